@@ -1,0 +1,26 @@
+// The floor every kvmid figure is compared to: a raw UNIX-socket ping-pong
+// with the exact sizes of a KVMI event and its reply, once with blocking
+// I/O and once with io_uring, measured in the same run as kvmid.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bench {
+
+// Round-trip times in nanoseconds, one per exchange.
+using samples = std::vector<uint64_t>;
+
+samples floor_blocking(size_t rounds, size_t event_bytes, size_t reply_bytes);
+samples floor_uring(size_t rounds, size_t event_bytes, size_t reply_bytes);
+
+struct summary {
+  uint64_t p50 = 0, p99 = 0, p999 = 0, max = 0;
+  double mean = 0;
+};
+summary summarize(samples s); // sorts its copy
+
+uint64_t now_ns();
+
+} // namespace bench

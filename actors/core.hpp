@@ -1,0 +1,57 @@
+// CONTRACT WITH THE CONTROL PLANE (helper D): the running core, as main()
+// builds it and hands it to the control plane. Additive changes only.
+//   core c(opts);                        // actor system, registry, bus, metrics
+//   c.api().list_vms(cb);                // operator requests (control_api.hpp)
+//   auto sub = c.bus().subscribe(f, n);  // event stream (event_bus.hpp)
+//   c.metrics().snapshot();              // Prometheus (metrics.hpp)
+#pragma once
+
+#include "actors/control_api.hpp"
+#include "actors/event_bus.hpp"
+#include "actors/metrics.hpp"
+#include "actors/policy.hpp"
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace caf {
+class actor_system;
+class actor;
+} // namespace caf
+
+namespace kvmid {
+
+struct core_options {
+  size_t worker_threads = 2;
+  policy_set policies;                  // initial policies
+  // reload_policies() calls this; nullopt + err fills api_errc::invalid.
+  std::function<std::optional<policy_set>(std::string& err)> reload;
+  std::chrono::milliseconds command_timeout{5000}; // per KVMI command
+};
+
+class core {
+public:
+  explicit core(core_options opts);
+  ~core(); // shuts the actor system down (after every VM actor is gone)
+
+  caf::actor_system& system();
+  const caf::actor& registry() const;
+  metrics_registry& metrics() { return *metrics_; }
+  event_bus& bus() { return *bus_; }
+  control_api& api() { return api_; }
+  const core_options& options() const { return opts_; }
+
+  struct impl;
+  impl& internals() { return *impl_; }
+
+private:
+  core_options opts_;
+  std::unique_ptr<metrics_registry> metrics_;
+  std::unique_ptr<event_bus> bus_;
+  std::unique_ptr<impl> impl_;
+  control_api api_;
+};
+
+} // namespace kvmid

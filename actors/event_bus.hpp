@@ -1,0 +1,102 @@
+// CONTRACT WITH THE CONTROL PLANE (helper D): the internal event bus.
+// Additive changes only. The core publishes lifecycle records (VM connected,
+// disconnected, unhooked), alerts (every policy violation) and, when some
+// subscriber asks for them, every KVMI event. publish() never blocks a vCPU:
+// each subscription has a bounded queue; when it is full the record is
+// dropped and the subscription's drop counter (and the global
+// kvmid_bus_dropped_total) go up.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kvmid {
+
+class counter;
+
+enum class bus_kind : uint8_t {
+  lifecycle, // vm-connected, vm-disconnected, vm-unhooked, handshake-failed, protocol-error
+  alert,     // a policy violation: page-protection, msr-protection, cr-pin, ...
+  event,     // a KVMI event as it arrived (name = event kind: "pf", "msr", ...)
+  report,    // a guest agent's hypercall report (name "hypercall")
+};
+std::string_view name(bus_kind k);
+
+struct bus_record {
+  uint64_t seq = 0;      // bus-wide, increasing
+  int64_t time_ns = 0;   // CLOCK_REALTIME
+  bus_kind kind = bus_kind::event;
+  std::string name;      // "vm-connected", "msr-protection", "pf", ...
+  std::string vm;        // uuid, "" when not about one VM
+  std::string vm_name;
+  int32_t vcpu = -1;
+  std::string message;   // one human line
+  std::vector<std::pair<std::string, std::string>> fields; // details (gpa, msr, action, ...)
+};
+
+struct bus_filter {
+  std::vector<std::string> vms;     // uuids or VM names; empty = all
+  std::vector<bus_kind> kinds;      // empty = lifecycle + alert + report (not raw events)
+  std::vector<std::string> names;   // record names; empty = all
+  bool matches(const bus_record& r) const;
+  bool wants_events() const;
+};
+
+class event_bus;
+
+class subscription {
+public:
+  // Moves up to `max` queued records into out (appends). Thread-safe.
+  size_t poll(std::vector<bus_record>& out, size_t max = SIZE_MAX);
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  size_t capacity() const { return capacity_; }
+  // Called (from the publishing thread, outside the bus lock) when the queue
+  // goes from empty to non-empty; keep it cheap (e.g. reactor::post).
+  void set_notify(std::function<void()> fn);
+  ~subscription(); // unsubscribes
+
+private:
+  friend class event_bus;
+  subscription(event_bus* bus, bus_filter f, size_t capacity)
+    : bus_(bus), filter_(std::move(f)), capacity_(capacity) {}
+  bool offer(const bus_record& r, counter* global_drops); // true: notify needed
+
+  event_bus* bus_;
+  bus_filter filter_;
+  size_t capacity_;
+  std::mutex mu_;
+  std::deque<bus_record> q_;
+  std::function<void()> notify_;
+  std::atomic<uint64_t> dropped_{0};
+};
+
+class event_bus {
+public:
+  explicit event_bus(counter* dropped_total = nullptr) : dropped_total_(dropped_total) {}
+  // The bus must outlive its subscriptions.
+  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity = 1024);
+  void publish(bus_record r); // fills seq and time_ns when 0
+  // Cheap check before building a raw-event record.
+  bool wants_events() const { return event_subs_.load(std::memory_order_relaxed) > 0; }
+  size_t subscribers() const;
+  uint64_t published() const { return seq_.load(std::memory_order_relaxed); }
+
+private:
+  friend class subscription;
+  void unsubscribe(subscription* s);
+
+  counter* dropped_total_;
+  mutable std::mutex mu_;
+  std::vector<subscription*> subs_;
+  std::atomic<uint64_t> seq_{0};
+  std::atomic<int> event_subs_{0};
+};
+
+} // namespace kvmid

@@ -296,6 +296,13 @@ reply_shape expected_reply(const command& c) {
 
 namespace {
 error pad_ok(const auto& x) { return padding_zero(x) ? no_error : bad_padding; }
+
+// A variable command whose request or reply payload exceeds max_payload
+// cannot be framed (hdr.size is 16 bits, and the splitter refuses more).
+constexpr error too_big{errc::oversize, "request or its reply exceeds the largest KVMI frame"};
+bool fits(size_t fixed, size_t count, size_t element) {
+  return count <= (max_payload - fixed) / element;
+}
 } // namespace
 
 error check_physical_range(uint64_t gpa, uint64_t size) {
@@ -321,6 +328,8 @@ error check(const get_guest_info& x) {
 error check(const get_registers_cmd& x) {
   if (x.msrs_idx.size() != x.req.nmsrs)
     return {errc::bad_size, "nmsrs does not match the msrs_idx array"};
+  if (!fits(sizeof(error_code) + sizeof(get_registers_reply), x.req.nmsrs, sizeof(kvm_msr_entry)))
+    return too_big;
   return pad_ok(x.req);
 }
 error check(const set_registers& x) { return pad_ok(x); }
@@ -328,6 +337,8 @@ error check(const get_cpuid& x) { return pad_ok(x); }
 error check(const get_page_access_cmd& x) {
   if (x.gpa.size() != x.req.count)
     return {errc::bad_size, "count does not match the gpa array"};
+  if (!fits(sizeof(x.req), x.req.count, sizeof(uint64_t)))
+    return too_big;
   if (x.req.view != 0)
     return {errc::bad_view, "v5 supports page-access view 0 only"};
   return pad_ok(x.req);
@@ -335,6 +346,8 @@ error check(const get_page_access_cmd& x) {
 error check(const set_page_access_cmd& x) {
   if (x.entries.size() != x.req.count)
     return {errc::bad_size, "count does not match the entries array"};
+  if (!fits(sizeof(x.req), x.req.count, sizeof(page_access_entry)))
+    return too_big;
   if (x.req.view != 0)
     return {errc::bad_view, "v5 supports page-access view 0 only"};
   for (auto& e : x.entries) {
@@ -382,6 +395,8 @@ error check(const control_msr& x) {
 error check(const control_ve_cmd& x) {
   if (x.gpa.size() != x.req.count)
     return {errc::bad_size, "count does not match the gpa array"};
+  if (!fits(sizeof(x.req), x.req.count, sizeof(uint64_t)))
+    return too_big;
   if (x.req.enable > 1)
     return {errc::bad_value, "enable must be 0 or 1"};
   return pad_ok(x.req);
@@ -457,18 +472,25 @@ error check(const event_msg& m) {
     return bad_padding;
   bool data_ok = std::visit(overloaded{
                               [&](std::monostate) { return event_size(e) == sizeof(event); },
-                              [&](const event_cr& d) { return e == event_id::cr && padding_zero(d); },
-                              [&](const event_msr& d) { return e == event_id::msr && padding_zero(d); },
+                              [&](const event_cr&) { return e == event_id::cr; },
+                              [&](const event_msr&) { return e == event_id::msr; },
                               [&](const event_breakpoint&) { return e == event_id::breakpoint; },
-                              [&](const event_pf& d) { return e == event_id::pf && padding_zero(d); },
-                              [&](const event_trap& d) { return e == event_id::trap && padding_zero(d); },
-                              [&](const event_descriptor& d) {
-                                return e == event_id::descriptor && padding_zero(d);
-                              },
+                              [&](const event_pf&) { return e == event_id::pf; },
+                              [&](const event_trap&) { return e == event_id::trap; },
+                              [&](const event_descriptor&) { return e == event_id::descriptor; },
                             },
                             m.data);
   if (!data_ok)
-    return {errc::bad_size, "event data does not match the event kind or has padding set"};
+    return {errc::bad_size, "event data does not match the event kind"};
+  // Set padding in the data is bad_padding, as decode_event says too.
+  if (!std::visit([](const auto& d) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(d)>, std::monostate>)
+          return true;
+        else
+          return padding_zero(d);
+      },
+      m.data))
+    return bad_padding;
   if (auto* pf = std::get_if<event_pf>(&m.data); pf && (pf->mode & ~page_access_rwx))
     return {errc::unknown_access_bits, "PF mode has bits other than r, w, x"};
   if (auto* d = std::get_if<event_descriptor>(&m.data);

@@ -1,0 +1,767 @@
+#include "server/control/api.hpp"
+
+#include "proto/ids.hpp"
+#include "server/control/encoding.hpp"
+#include "server/control/json.hpp"
+#include "server/control/prometheus.hpp"
+#include "server/control/sse.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <arpa/inet.h>
+
+namespace kvmid::control {
+
+using nlohmann::json;
+
+// --- options ------------------------------------------------------------------
+
+namespace {
+
+bool is_loopback(const std::string& host) {
+  in_addr a4{};
+  if (inet_pton(AF_INET, host.c_str(), &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  in6_addr a6{};
+  if (inet_pton(AF_INET6, host.c_str(), &a6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&a6);
+  return false;
+}
+
+// "unix:/path", "tcp:127.0.0.1:8700", "tcp:[::1]:8700".
+std::variant<net::listen_spec, std::string> parse_listen(const std::string& s) {
+  net::listen_spec l;
+  if (s.starts_with("unix:")) {
+    l.type = net::listen_spec::kind::unix_socket;
+    l.path = s.substr(5);
+    if (l.path.empty() || l.path.front() != '/')
+      return "api.listen: '" + s + "': unix socket path must be absolute";
+    if (l.path.size() >= 108)
+      return "api.listen: '" + s + "': unix socket path too long";
+    return l;
+  }
+  if (s.starts_with("tcp:")) {
+    l.type = net::listen_spec::kind::tcp;
+    std::string rest = s.substr(4);
+    std::string host, port;
+    if (rest.starts_with("[")) {
+      auto close = rest.find("]:");
+      if (close == std::string::npos)
+        return "api.listen: '" + s + "': expected tcp:[v6addr]:port";
+      host = rest.substr(1, close - 1);
+      port = rest.substr(close + 2);
+    } else {
+      auto colon = rest.rfind(':');
+      if (colon == std::string::npos)
+        return "api.listen: '" + s + "': expected tcp:host:port";
+      host = rest.substr(0, colon);
+      port = rest.substr(colon + 1);
+    }
+    auto p = parse_u64(port);
+    in6_addr tmp{};
+    if (!p || *p > 65535 || port.starts_with("0x"))
+      return "api.listen: '" + s + "': bad port";
+    if (inet_pton(AF_INET, host.c_str(), &tmp) != 1 && inet_pton(AF_INET6, host.c_str(), &tmp) != 1)
+      return "api.listen: '" + s + "': host must be a numeric IP address";
+    l.host = host;
+    l.port = static_cast<uint16_t>(*p);
+    return l;
+  }
+  return "api.listen: '" + s + "': expected unix:/path or tcp:host:port";
+}
+
+} // namespace
+
+std::variant<api_options, std::string> parse_api_options(const json& j) {
+  api_options o;
+  if (!j.is_object())
+    return std::string("api: must be an object");
+  bool allow_remote = false;
+  if (j.contains("allow_remote")) {
+    if (!j["allow_remote"].is_boolean())
+      return std::string("api.allow_remote: must be a boolean");
+    allow_remote = j["allow_remote"].get<bool>();
+  }
+  auto ms = [&](const char* key, std::chrono::milliseconds& out) -> std::string {
+    if (!j.contains(key))
+      return {};
+    auto& v = j[key];
+    if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 || v.get<uint64_t>() > 3'600'000)
+      return std::string("api.") + key + ": must be an integer 1..3600000 (ms)";
+    out = std::chrono::milliseconds(v.get<uint64_t>());
+    return {};
+  };
+  auto count = [&](const char* key, size_t& out, uint64_t lo, uint64_t hi) -> std::string {
+    if (!j.contains(key))
+      return {};
+    auto& v = j[key];
+    if (!v.is_number_unsigned() || v.get<uint64_t>() < lo || v.get<uint64_t>() > hi)
+      return std::string("api.") + key + ": must be an integer " + std::to_string(lo) + ".."
+             + std::to_string(hi);
+    out = v.get<uint64_t>();
+    return {};
+  };
+  for (auto& [k, v] : j.items()) {
+    static const char* known[] = {"listen", "token_file", "allow_remote", "max_header_bytes",
+                                  "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
+                                  "idle_timeout_ms", "max_connections", "stream_queue",
+                                  "stream_backlog", "heartbeat_ms"};
+    if (std::find(std::begin(known), std::end(known), k) == std::end(known))
+      return "api." + k + ": unknown field";
+    (void)v;
+  }
+  if (!j.contains("token_file") || !j["token_file"].is_string()
+      || j["token_file"].get<std::string>().empty())
+    return std::string("api.token_file: required (path of the bearer token file)");
+  o.token_file = j["token_file"].get<std::string>();
+  if (!j.contains("listen"))
+    return std::string("api.listen: required (e.g. [\"unix:/run/kvmid/api.sock\"])");
+  auto& ls = j["listen"];
+  if (!ls.is_array() || ls.empty())
+    return std::string("api.listen: must be a non-empty array of strings");
+  for (auto& e : ls) {
+    if (!e.is_string())
+      return std::string("api.listen: must be a non-empty array of strings");
+    auto r = parse_listen(e.get<std::string>());
+    if (auto* err = std::get_if<std::string>(&r))
+      return *err;
+    auto& l = std::get<net::listen_spec>(r);
+    if (l.type == net::listen_spec::kind::tcp && !is_loopback(l.host) && !allow_remote)
+      return "api.listen: '" + e.get<std::string>()
+             + "': not a loopback address (set api.allow_remote to expose the API)";
+    o.listen.push_back(std::move(l));
+  }
+  std::string err;
+  if (!(err = count("max_header_bytes", o.http.max_header_bytes, 1024, 1 << 20)).empty()
+      || !(err = count("max_body_bytes", o.http.max_body_bytes, 1024, 64 << 20)).empty()
+      || !(err = ms("header_timeout_ms", o.http.header_timeout)).empty()
+      || !(err = ms("body_timeout_ms", o.http.body_timeout)).empty()
+      || !(err = ms("idle_timeout_ms", o.http.idle_timeout)).empty()
+      || !(err = count("max_connections", o.max_connections, 1, 65536)).empty()
+      || !(err = count("stream_queue", o.stream_queue, 1, 1 << 20)).empty()
+      || !(err = count("stream_backlog", o.stream_backlog, 1, 4096)).empty()
+      || !(err = ms("heartbeat_ms", o.heartbeat)).empty())
+    return err;
+  return o;
+}
+
+http_error to_http(const api_error& e) {
+  switch (e.code) {
+    case api_errc::not_found: return {404, "not_found", e.message};
+    case api_errc::conflict: return {409, "conflict", e.message};
+    case api_errc::unsafe_region: return {422, "unsafe_region", e.message};
+    case api_errc::invalid: return {422, "invalid", e.message};
+    case api_errc::timeout: return {503, "kernel_timeout", e.message};
+    case api_errc::kernel: return {502, "kernel_error", e.message};
+    case api_errc::internal: break;
+  }
+  return {500, "internal", e.message};
+}
+
+// --- shared state -------------------------------------------------------------
+
+struct http_api::shared {
+  backend& be;
+  token_auth auth;
+  api_options opts;
+  poster post;
+  std::atomic<size_t> connections{0};
+  gauge* streams = nullptr;
+  counter* stream_drops = nullptr;
+
+  shared(backend& b, token_auth a, api_options o, poster p)
+    : be(b), auth(std::move(a)), opts(std::move(o)), post(std::move(p)) {
+    streams = &be.metrics().get_gauge("kvmid_event_streams", "Open GET /v1/events streams.");
+    stream_drops = &be.metrics().get_counter(
+      "kvmid_bus_dropped_total", "Event-bus records dropped because a subscriber was slow.");
+  }
+
+  void count_request(std::string_view route, int status) {
+    be.metrics()
+      .get_counter("kvmid_http_requests_total", "Control-plane HTTP requests by route and status.",
+                   {{"code", std::to_string(status)}, {"route", std::string(route)}})
+      .inc();
+  }
+};
+
+// --- request handling ----------------------------------------------------------
+
+namespace {
+
+response json_response(int status, const json& body) {
+  response r;
+  r.status = status;
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  return r;
+}
+
+template <class T, class F>
+api_callback<T> answer(std::function<void(response)> reply, F to_body, int status = 200) {
+  return [reply = std::move(reply), to_body = std::move(to_body), status](api_result<T> r) {
+    if (!r.ok()) {
+      reply(error_response(to_http(r.error())));
+      return;
+    }
+    reply(json_response(status, to_body(r.value())));
+  };
+}
+
+// A u64 given as a JSON number or a "0x..." / decimal string.
+std::optional<uint64_t> json_u64(const json& v) {
+  if (v.is_number_unsigned())
+    return v.get<uint64_t>();
+  if (v.is_string())
+    return parse_u64(v.get<std::string>());
+  return std::nullopt;
+}
+
+struct body_error {
+  http_error e;
+};
+
+// Parses a JSON object body, allowing only `fields`.
+json parse_body(const request& r, std::initializer_list<std::string_view> fields) {
+  json j = json::parse(r.body, nullptr, false);
+  if (j.is_discarded())
+    throw body_error{bad_request("request body is not valid JSON")};
+  if (!j.is_object())
+    throw body_error{bad_request("request body must be a JSON object")};
+  for (auto& [k, v] : j.items()) {
+    (void)v;
+    if (std::find(fields.begin(), fields.end(), k) == fields.end())
+      throw body_error{bad_request("unknown field '" + k + "'")};
+  }
+  return j;
+}
+
+uint64_t need_u64(const json& j, const char* key) {
+  if (!j.contains(key))
+    throw body_error{bad_request(std::string("missing field '") + key + "'")};
+  auto v = json_u64(j[key]);
+  if (!v)
+    throw body_error{bad_request(std::string("field '") + key
+                                 + "' must be an unsigned integer or a \"0x...\" string")};
+  return *v;
+}
+
+uint16_t vcpu_param(const route_match& m) {
+  auto v = parse_u64(m.param("vcpu"));
+  if (!v || *v > 0xFFFF)
+    throw body_error{bad_request("vCPU index must be an integer 0..65535")};
+  return static_cast<uint16_t>(*v);
+}
+
+uint32_t event_mask(const json& list, const char* key) {
+  if (!list.is_array())
+    throw body_error{bad_request(std::string("field '") + key
+                                 + "' must be an array of event names")};
+  uint32_t mask = 0;
+  for (auto& e : list) {
+    auto k = e.is_string() ? parse_event_kind(e.get<std::string>()) : std::nullopt;
+    if (!k)
+      throw body_error{bad_request("unknown event '" + (e.is_string() ? e.get<std::string>()
+                                                                       : e.dump())
+                                   + "'")};
+    if (!(kvmi::known_vcpu_events & (1u << *k)))
+      throw body_error{unprocessable("invalid", "'" + e.get<std::string>()
+                                                  + "' is not a per-vCPU event")};
+    mask |= 1u << *k;
+  }
+  return mask;
+}
+
+constexpr uint64_t max_memory_len = 64 * 1024; // control_api's bound per call
+
+void check_range(uint64_t gpa, uint64_t len) {
+  if (len == 0 || len > max_memory_len)
+    throw body_error{unprocessable("invalid_range", "length must be 1.." + std::to_string(max_memory_len))};
+  if (gpa + len < gpa)
+    throw body_error{unprocessable("invalid_range", "gpa + length overflows")};
+}
+
+} // namespace
+
+void http_api::dispatch(const route_match& m, const request& r,
+                        std::function<void(response)> reply) {
+  backend& be = st_->be;
+  std::string vm(m.param("vm"));
+  auto ok_body = [vm](std::string_view what) {
+    return [vm, what = std::string(what)](const done&) {
+      return json{{"vm", vm}, {"result", what}};
+    };
+  };
+  try {
+    switch (m.id) {
+      case route_id::list_vms:
+        be.list_vms(answer<std::vector<vm_info>>(std::move(reply), [](const auto& vms) {
+          json a = json::array();
+          for (auto& v : vms)
+            a.push_back(to_json(v, false));
+          return json{{"vms", std::move(a)}};
+        }));
+        return;
+      case route_id::get_vm:
+        be.get_vm(vm, answer<vm_info>(std::move(reply), [](const vm_info& v) {
+          return to_json(v, true);
+        }));
+        return;
+      case route_id::list_vcpus:
+        be.list_vcpus(vm, answer<std::vector<vcpu_info>>(std::move(reply), [](const auto& vs) {
+          json a = json::array();
+          for (auto& v : vs)
+            a.push_back(to_json(v));
+          return json{{"vcpus", std::move(a)}};
+        }));
+        return;
+      case route_id::pause_vm:
+        be.pause_vm(vm, answer<done>(std::move(reply), ok_body("paused")));
+        return;
+      case route_id::resume_vm:
+        be.resume_vm(vm, answer<done>(std::move(reply), ok_body("resumed")));
+        return;
+      case route_id::unhook_vm:
+        be.unhook(vm, answer<done>(std::move(reply), ok_body("unhooked")));
+        return;
+      case route_id::reload_policies:
+        be.reload_policies(answer<done>(std::move(reply), [](const done&) {
+          return json{{"result", "reloaded"}};
+        }));
+        return;
+      case route_id::get_registers: {
+        uint16_t vcpu = vcpu_param(m);
+        std::vector<uint32_t> msrs;
+        if (auto q = r.query_param("msrs")) {
+          std::string_view s = *q;
+          while (!s.empty()) {
+            auto c = s.find(',');
+            auto v = parse_u64(s.substr(0, c));
+            if (!v || *v > 0xFFFFFFFFu)
+              throw body_error{bad_request("msrs must be a comma-separated list of MSR indices")};
+            msrs.push_back(static_cast<uint32_t>(*v));
+            s = c == std::string_view::npos ? std::string_view{} : s.substr(c + 1);
+          }
+          if (msrs.size() > 64)
+            throw body_error{unprocessable("invalid", "at most 64 MSRs per request")};
+        }
+        be.get_registers(vm, vcpu, std::move(msrs),
+                         answer<registers_info>(std::move(reply), [vcpu](const registers_info& x) {
+                           json j = to_json(x);
+                           j["vcpu"] = vcpu;
+                           return j;
+                         }));
+        return;
+      }
+      case route_id::set_vcpu_events: {
+        uint16_t vcpu = vcpu_param(m);
+        json j = parse_body(r, {"events", "enable", "disable"});
+        bool replace = j.contains("events");
+        if (replace == (j.contains("enable") || j.contains("disable")))
+          throw body_error{bad_request("give either 'events' or 'enable'/'disable'")};
+        auto set = [&be, vm, vcpu, reply](uint32_t mask) mutable {
+          be.set_vcpu_events(vm, vcpu, mask,
+                             answer<done>(std::move(reply), [vm, vcpu, mask](const done&) {
+                               return json{{"vm", vm}, {"vcpu", vcpu},
+                                           {"enabled_events", event_names(mask)}};
+                             }));
+        };
+        if (replace) {
+          set(event_mask(j["events"], "events"));
+          return;
+        }
+        uint32_t on = j.contains("enable") ? event_mask(j["enable"], "enable") : 0;
+        uint32_t off = j.contains("disable") ? event_mask(j["disable"], "disable") : 0;
+        if (on & off)
+          throw body_error{bad_request("an event is both enabled and disabled")};
+        // Read-modify-write of the mask kvmid keeps for that vCPU.
+        be.list_vcpus(vm, [set, reply, vcpu, on, off](api_result<std::vector<vcpu_info>> res) mutable {
+          if (!res.ok()) {
+            reply(error_response(to_http(res.error())));
+            return;
+          }
+          for (auto& v : res.value())
+            if (v.index == vcpu) {
+              set((v.enabled_events | on) & ~off);
+              return;
+            }
+          reply(error_response(not_found("not_found", "no vCPU " + std::to_string(vcpu))));
+        });
+        return;
+      }
+      case route_id::read_memory: {
+        auto gpa_s = r.query_param("gpa");
+        auto len_s = r.query_param("len");
+        if (!gpa_s || !len_s)
+          throw body_error{bad_request("query parameters gpa and len are required")};
+        auto gpa = parse_u64(*gpa_s);
+        auto len = parse_u64(*len_s);
+        if (!gpa || !len)
+          throw body_error{bad_request("gpa and len must be unsigned integers (decimal or 0x hex)")};
+        std::string enc = r.query_param("encoding").value_or("hex");
+        if (enc != "hex" && enc != "base64")
+          throw body_error{bad_request("encoding must be hex or base64")};
+        check_range(*gpa, *len);
+        be.read_physical(vm, *gpa, *len,
+                         answer<std::vector<uint8_t>>(
+                           std::move(reply), [g = *gpa, enc](const std::vector<uint8_t>& d) {
+                             return json{{"gpa", hex_u64(g)},
+                                         {"len", d.size()},
+                                         {"encoding", enc},
+                                         {"data", enc == "hex" ? to_hex(d) : to_base64(d)}};
+                           }));
+        return;
+      }
+      case route_id::write_memory: {
+        json j = parse_body(r, {"gpa", "data", "encoding"});
+        uint64_t gpa = need_u64(j, "gpa");
+        if (!j.contains("data") || !j["data"].is_string())
+          throw body_error{bad_request("field 'data' (string) is required")};
+        std::string enc = "hex";
+        if (j.contains("encoding")) {
+          if (!j["encoding"].is_string())
+            throw body_error{bad_request("encoding must be hex or base64")};
+          enc = j["encoding"].get<std::string>();
+        }
+        if (enc != "hex" && enc != "base64")
+          throw body_error{bad_request("encoding must be hex or base64")};
+        auto& s = j["data"].get_ref<const std::string&>();
+        auto data = enc == "hex" ? from_hex(s) : from_base64(s);
+        if (!data)
+          throw body_error{bad_request("data is not valid " + enc)};
+        check_range(gpa, data->size());
+        size_t n = data->size();
+        be.write_physical(vm, gpa, std::move(*data),
+                          answer<done>(std::move(reply), [vm, gpa, n](const done&) {
+                            return json{{"vm", vm}, {"gpa", hex_u64(gpa)}, {"len", n}};
+                          }));
+        return;
+      }
+      case route_id::get_page_access:
+        be.get_page_access(vm, answer<std::vector<page_access_info>>(
+                                 std::move(reply), [](const auto& ps) {
+                                   json a = json::array();
+                                   for (auto& p : ps)
+                                     a.push_back(to_json(p));
+                                   return json{{"pages", std::move(a)}};
+                                 }));
+        return;
+      case route_id::set_page_access: {
+        json j = parse_body(r, {"gpa", "access"});
+        uint64_t gpa = need_u64(j, "gpa");
+        if (!j.contains("access") || !j["access"].is_string())
+          throw body_error{bad_request("field 'access' (e.g. \"r-x\") is required")};
+        auto acc = parse_access(j["access"].get<std::string>());
+        if (!acc)
+          throw body_error{bad_request("access must look like \"rwx\", \"r-x\" or \"---\"")};
+        if (gpa % kvmi::page_size)
+          throw body_error{unprocessable("invalid_range", "gpa must be page aligned")};
+        be.set_page_access(vm, gpa, *acc,
+                           answer<done>(std::move(reply), [vm, gpa, a = *acc](const done&) {
+                             return json{{"vm", vm}, {"gpa", hex_u64(gpa)},
+                                         {"access", access_string(a)}};
+                           }));
+        return;
+      }
+      case route_id::list_breakpoints:
+        be.list_breakpoints(vm, answer<std::vector<breakpoint_info>>(
+                                  std::move(reply), [](const auto& bs) {
+                                    json a = json::array();
+                                    for (auto& b : bs)
+                                      a.push_back(to_json(b));
+                                    return json{{"breakpoints", std::move(a)}};
+                                  }));
+        return;
+      case route_id::add_breakpoint: {
+        json j = parse_body(r, {"gpa"});
+        uint64_t gpa = need_u64(j, "gpa");
+        be.add_breakpoint(vm, gpa,
+                          answer<breakpoint_info>(
+                            std::move(reply), [](const breakpoint_info& b) { return to_json(b); },
+                            201));
+        return;
+      }
+      case route_id::remove_breakpoint: {
+        auto gpa = parse_u64(m.param("gpa"));
+        if (!gpa)
+          throw body_error{bad_request("breakpoint gpa must be an unsigned integer")};
+        be.remove_breakpoint(vm, *gpa, answer<done>(std::move(reply), [vm, g = *gpa](const done&) {
+                               return json{{"vm", vm}, {"gpa", hex_u64(g)}, {"result", "removed"}};
+                             }));
+        return;
+      }
+      case route_id::metrics: {
+        response resp;
+        resp.content_type = prometheus_content_type;
+        resp.body = render_metrics();
+        reply(std::move(resp));
+        return;
+      }
+      case route_id::events:
+        reply(error_response(bad_request("the event stream is served by the connection")));
+        return;
+    }
+  } catch (const body_error& e) {
+    reply(error_response(e.e));
+    return;
+  }
+  reply(error_response({500, "internal", "unhandled route"}));
+}
+
+std::string http_api::render_metrics() {
+  auto fams = st_->be.metrics().snapshot();
+  return render_prometheus(fams);
+}
+
+// --- the connection ------------------------------------------------------------
+
+namespace {
+
+constexpr uint64_t read_timer = 1;
+constexpr uint64_t heartbeat_timer = 2;
+
+class http_conn final : public net::connection_handler {
+public:
+  http_conn(std::shared_ptr<http_api::shared> st, http_api* api)
+    : st_(std::move(st)), api_(api), parser_(st_->opts.http) {}
+
+  void on_open(net::conn_ctx& ctx) override {
+    id_ = ctx.id();
+    idle_since_ = clock::now();
+    counted_ = true;
+    if (st_->connections.fetch_add(1) >= st_->opts.max_connections) {
+      send_final(ctx, error_response({503, "too_many_connections",
+                                      "connection limit reached, try again later"}));
+      return;
+    }
+    arm(ctx);
+  }
+
+  void on_data(net::conn_ctx& ctx, std::span<const uint8_t> bytes) override {
+    if (closing_ || streaming_)
+      return; // a stream's client has nothing more to say; closing ignores input
+    in_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    // Pipelined input waiting behind a busy request is bounded like one request.
+    if (in_.size() > st_->opts.http.max_header_bytes + st_->opts.http.max_body_bytes + 4096) {
+      send_final(ctx, error_response({413, "payload_too_large", "too much pipelined input"}));
+      return;
+    }
+    pump(ctx);
+  }
+
+  void on_timer(net::conn_ctx& ctx, uint64_t token) override {
+    if (closing_)
+      return;
+    if (token == heartbeat_timer && streaming_) {
+      flush(ctx, true);
+      ctx.set_timer(st_->opts.heartbeat, heartbeat_timer);
+      return;
+    }
+    if (token != read_timer || busy_ || streaming_)
+      return;
+    auto dl = parser_.deadline(idle_since_);
+    if (!dl)
+      return;
+    auto now = clock::now();
+    if (now < *dl) {
+      arm(ctx);
+      return;
+    }
+    if (parser_.state() == request_parser::phase::idle) {
+      closing_ = true; // idle keep-alive connection: just close
+      ctx.close();
+      return;
+    }
+    send_final(ctx, error_response({408, "request_timeout",
+                                    parser_.state() == request_parser::phase::headers
+                                      ? "request headers not received in time"
+                                      : "request body not received in time"}));
+  }
+
+  void on_close(net::conn_ctx&, net::close_reason) override {
+    if (sub_) {
+      sub_->set_notify(nullptr);
+      sub_.reset();
+      st_->streams->add(-1);
+    }
+    if (counted_)
+      st_->connections.fetch_sub(1);
+    counted_ = false;
+  }
+
+  // Back on the ring thread with the backend's answer.
+  void finish(net::conn_ctx& ctx, const response& r, bool keep_alive, std::string_view route) {
+    busy_ = false;
+    st_->count_request(route, r.status);
+    if (closing_)
+      return;
+    ctx.send(as_bytes(serialize(r, keep_alive)));
+    idle_since_ = clock::now();
+    if (!keep_alive) {
+      closing_ = true;
+      ctx.close();
+      return;
+    }
+    pump(ctx);
+  }
+
+  // Moves queued bus records to the socket (heartbeat: also a comment line).
+  void flush(net::conn_ctx& ctx, bool heartbeat = false) {
+    if (!sub_ || closing_)
+      return;
+    batch_.clear();
+    sub_->poll(batch_);
+    std::string out;
+    uint64_t lost = sub_->dropped() + local_drops_;
+    if (ctx.queued() >= st_->opts.stream_backlog) {
+      // The client reads slower than records come: drop here rather than
+      // grow the socket queue (the bus already bounds what waits upstream).
+      local_drops_ += batch_.size();
+      st_->stream_drops->inc(batch_.size());
+      return;
+    }
+    if (lost > reported_drops_) {
+      out += format_sse_dropped(lost);
+      reported_drops_ = lost;
+    }
+    for (auto& r : batch_)
+      out += format_sse(r);
+    if (out.empty() && heartbeat)
+      out = sse_heartbeat;
+    if (!out.empty())
+      ctx.send(as_bytes(out));
+  }
+
+private:
+  static std::vector<uint8_t> as_bytes(const std::string& s) {
+    return std::vector<uint8_t>(s.begin(), s.end());
+  }
+
+  void send_final(net::conn_ctx& ctx, const response& r) {
+    closing_ = true;
+    ctx.cancel_timer(read_timer);
+    ctx.send(as_bytes(serialize(r, false)));
+    ctx.close();
+  }
+
+  void arm(net::conn_ctx& ctx) {
+    auto dl = parser_.deadline(idle_since_);
+    if (busy_ || streaming_ || closing_ || !dl) {
+      ctx.cancel_timer(read_timer);
+      return;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*dl - clock::now());
+    ctx.set_timer(std::max(left, std::chrono::milliseconds(1)), read_timer);
+  }
+
+  void pump(net::conn_ctx& ctx) {
+    while (!busy_ && !closing_ && !streaming_) {
+      size_t n = parser_.feed(std::span<const char>(in_.data(), in_.size()), clock::now());
+      in_.erase(0, n);
+      if (parser_.state() == request_parser::phase::failed) {
+        auto& f = parser_.failure();
+        st_->count_request("-", f.status);
+        send_final(ctx, error_response({f.status, f.code, f.message}));
+        return;
+      }
+      if (parser_.state() != request_parser::phase::ready)
+        break;
+      start(ctx, parser_.take());
+    }
+    arm(ctx);
+  }
+
+  void start(net::conn_ctx& ctx, request req) {
+    auto rt = route(req.method, req.path);
+    std::string_view route_name = rt.match ? name(rt.match->id) : "-";
+    // Auth before routing details: an unauthenticated client learns nothing
+    // about which paths exist.
+    if (!st_->auth.check(req.header("authorization"))) {
+      reply_now(ctx, error_response(unauthorized(req.header("authorization")
+                                                   ? "wrong bearer token"
+                                                   : "missing Authorization: Bearer token")),
+                req.keep_alive, route_name);
+      return;
+    }
+    if (!rt.match) {
+      if (rt.status == 405) {
+        auto r = error_response({405, "method_not_allowed",
+                                 req.method + " not allowed on " + req.path});
+        r.headers.emplace_back("Allow", rt.allow);
+        reply_now(ctx, r, req.keep_alive, route_name);
+      } else {
+        reply_now(ctx, error_response(not_found("no_route", "no such endpoint: " + req.path)),
+                  req.keep_alive, route_name);
+      }
+      return;
+    }
+    if (rt.match->id == route_id::events) {
+      start_stream(ctx, req);
+      return;
+    }
+    busy_ = true;
+    ctx.cancel_timer(read_timer);
+    auto post = st_->post;
+    bool keep = req.keep_alive;
+    api_->dispatch(*rt.match, req, [post, id = id_, keep, route_name](response r) {
+      post(id, [r = std::move(r), keep, route_name](net::conn_ctx& c, net::connection_handler& h) {
+        static_cast<http_conn&>(h).finish(c, r, keep, route_name);
+      });
+    });
+  }
+
+  void reply_now(net::conn_ctx& ctx, const response& r, bool keep_alive, std::string_view route) {
+    busy_ = true;
+    finish(ctx, r, keep_alive, route);
+  }
+
+  void start_stream(net::conn_ctx& ctx, const request& req) {
+    auto f = parse_stream_filter(req);
+    if (auto* e = std::get_if<http_error>(&f)) {
+      reply_now(ctx, error_response(*e), req.keep_alive, "/v1/events");
+      return;
+    }
+    sub_ = st_->be.subscribe(std::get<bus_filter>(std::move(f)), st_->opts.stream_queue);
+    if (!sub_) {
+      reply_now(ctx, error_response({503, "unavailable", "event stream unavailable"}), false,
+                "/v1/events");
+      return;
+    }
+    st_->count_request("/v1/events", 200);
+    st_->streams->add(1);
+    streaming_ = true;
+    ctx.cancel_timer(read_timer);
+    ctx.send(as_bytes(serialize_stream_head(200, "text/event-stream")));
+    auto post = st_->post;
+    sub_->set_notify([post, id = id_] {
+      post(id, [](net::conn_ctx& c, net::connection_handler& h) {
+        static_cast<http_conn&>(h).flush(c);
+      });
+    });
+    flush(ctx, true); // records that arrived before set_notify, or the first heartbeat
+    ctx.set_timer(st_->opts.heartbeat, heartbeat_timer);
+  }
+
+  std::shared_ptr<http_api::shared> st_;
+  http_api* api_;
+  request_parser parser_;
+  std::string in_;
+  net::conn_id id_ = 0;
+  clock::time_point idle_since_{};
+  bool busy_ = false, streaming_ = false, closing_ = false, counted_ = false;
+  std::shared_ptr<subscription> sub_;
+  std::vector<bus_record> batch_;
+  uint64_t local_drops_ = 0, reported_drops_ = 0;
+};
+
+} // namespace
+
+http_api::http_api(backend& be, token_auth auth, api_options opts, poster post)
+  : st_(std::make_shared<shared>(be, std::move(auth), std::move(opts), std::move(post))) {}
+
+http_api::~http_api() = default;
+
+net::handler_factory http_api::factory() {
+  auto st = st_;
+  return [st, this] { return std::make_unique<http_conn>(st, this); };
+}
+
+} // namespace kvmid::control

@@ -1,0 +1,99 @@
+#include "server/control/sse.hpp"
+
+#include "server/control/encoding.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace kvmid::control {
+
+namespace {
+std::vector<std::string> split_list(std::string_view s) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    auto c = s.find(',');
+    auto item = s.substr(0, c);
+    if (!item.empty())
+      out.emplace_back(item);
+    s = c == std::string_view::npos ? std::string_view{} : s.substr(c + 1);
+  }
+  return out;
+}
+
+bool safe_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+} // namespace
+
+std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
+  bus_filter f;
+  bool explicit_kind = false;
+  std::string_view q = r.query;
+  while (!q.empty()) {
+    auto amp = q.find('&');
+    std::string_view item = q.substr(0, amp);
+    q = amp == std::string_view::npos ? std::string_view{} : q.substr(amp + 1);
+    auto eq = item.find('=');
+    std::string key = percent_decode(item.substr(0, eq), true);
+    std::string val =
+      eq == std::string_view::npos ? std::string{} : percent_decode(item.substr(eq + 1), true);
+    if (key == "vm") {
+      for (auto& v : split_list(val))
+        f.vms.push_back(v);
+    } else if (key == "kind") {
+      for (auto& k : split_list(val)) {
+        if (k.size() > 64 || !std::all_of(k.begin(), k.end(), safe_name_char))
+          return bad_request("invalid kind '" + k + "'");
+        if (k == "alert") {
+          f.kinds.push_back(bus_kind::alert);
+          explicit_kind = true;
+        } else if (k == "lifecycle") {
+          f.kinds.push_back(bus_kind::lifecycle);
+          explicit_kind = true;
+        } else if (k == "event") {
+          f.kinds.push_back(bus_kind::event);
+          explicit_kind = true;
+        } else {
+          f.names.push_back(k);
+        }
+      }
+    } else if (!key.empty()) {
+      return bad_request("unknown query parameter '" + key + "' (vm, kind)");
+    }
+  }
+  if (!f.names.empty() && !explicit_kind) {
+    // Names alone pick records of any kind; raw events only if one of the
+    // names is a KVMI event kind (subscribing to raw events costs the core).
+    f.kinds = {bus_kind::lifecycle, bus_kind::alert};
+    for (auto& n : f.names)
+      if (parse_event_kind(n)) {
+        f.kinds.push_back(bus_kind::event);
+        break;
+      }
+  }
+  return f;
+}
+
+std::string format_sse(const bus_record& r) {
+  nlohmann::json j = {{"seq", r.seq},       {"time_ns", r.time_ns}, {"kind", name(r.kind)},
+                      {"name", r.name},     {"vm", r.vm},           {"vm_name", r.vm_name},
+                      {"message", r.message}};
+  if (r.vcpu >= 0)
+    j["vcpu"] = r.vcpu;
+  nlohmann::json fields = nlohmann::json::object();
+  for (auto& [k, v] : r.fields)
+    fields[k] = v;
+  j["fields"] = std::move(fields);
+  std::string ev = r.name;
+  if (ev.empty() || !std::all_of(ev.begin(), ev.end(), safe_name_char))
+    ev = std::string(name(r.kind));
+  std::string out = "id: " + std::to_string(r.seq) + "\nevent: " + ev + "\ndata: ";
+  out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  out += "\n\n";
+  return out;
+}
+
+std::string format_sse_dropped(uint64_t dropped) {
+  return "event: dropped\ndata: {\"dropped\":" + std::to_string(dropped) + "}\n\n";
+}
+
+} // namespace kvmid::control

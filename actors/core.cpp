@@ -1,0 +1,51 @@
+#include "actors/core_impl.hpp"
+
+#include <chrono>
+
+namespace kvmid {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+core::core(core_options opts)
+  : opts_(std::move(opts)), metrics_(std::make_unique<metrics_registry>()),
+    impl_(std::make_unique<impl>()), api_(*this) {
+  auto& m = impl_->m;
+  m.reg = metrics_.get();
+  m.vms = &metrics_->get_gauge("kvmid_vms", "Connected VMs (KVMI sessions)");
+  m.vcpus = &metrics_->get_gauge("kvmid_vcpus", "vCPUs of connected VMs");
+  for (uint32_t e = 0; e < kvmi::num_events; ++e)
+    m.events[e] = &metrics_->get_counter(
+      "kvmid_events_total", "KVMI events received, by kind",
+      {{"kind", std::string(kvmi::name(static_cast<kvmi::event_id>(e)))}});
+  m.reply_latency = &metrics_->get_histogram(
+    "kvmid_event_reply_seconds", "Time from an event's arrival to its reply being queued",
+    reply_latency_bounds());
+  m.send_queue = &metrics_->get_gauge("kvmid_send_queue_depth",
+                                      "Messages queued for sending on all KVMI sockets");
+  m.bus_dropped = &metrics_->get_counter(
+    "kvmid_bus_dropped_total", "Event-bus records dropped because a subscriber was slow");
+  bus_ = std::make_unique<event_bus>(m.bus_dropped);
+  impl_->self = this;
+  impl_->policies = std::make_shared<const policy_set>(opts_.policies);
+  impl_->cfg.set("scheduler.max-threads", opts_.worker_threads);
+  impl_->cfg.set("logger.verbosity", caf::atom("quiet"));
+  impl_->sys = std::make_unique<caf::actor_system>(impl_->cfg);
+  impl_->registry = spawn_registry(*this);
+}
+
+core::~core() {
+  if (impl_->sys) {
+    caf::anon_send_exit(impl_->registry, caf::exit_reason::user_shutdown);
+    impl_->registry = caf::actor{};
+    impl_->sys.reset(); // waits for every actor
+  }
+}
+
+caf::actor_system& core::system() { return *impl_->sys; }
+const caf::actor& core::registry() const { return impl_->registry; }
+
+} // namespace kvmid

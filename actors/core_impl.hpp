@@ -1,0 +1,76 @@
+// Internals shared by the core's actors (not part of the contract).
+#pragma once
+
+#include "actors/core.hpp"
+#include "actors/link.hpp"
+#include "actors/messages.hpp"
+
+#include <caf/all.hpp>
+
+#include <array>
+#include <memory>
+#include <mutex>
+
+namespace kvmid {
+
+// Hot-path metrics resolved once: atomic increments only.
+struct core_metrics {
+  gauge* vms = nullptr;
+  gauge* vcpus = nullptr;
+  std::array<counter*, kvmi::num_events> events{};
+  histogram* reply_latency = nullptr;
+  gauge* send_queue = nullptr;
+  counter* bus_dropped = nullptr;
+  metrics_registry* reg = nullptr;
+  counter& alert(std::string_view rule) {
+    return reg->get_counter("kvmid_alerts_total", "Policy violations (alerts) by rule",
+                            {{"rule", std::string(rule)}});
+  }
+  counter& command(kvmi::msg_id id, std::string_view result) {
+    return reg->get_counter("kvmid_commands_total", "KVMI commands sent, by command and result",
+                            {{"command", std::string(kvmi::name(id))},
+                             {"result", std::string(result)}});
+  }
+  counter& protocol_error(std::string_view reason) {
+    return reg->get_counter("kvmid_protocol_errors_total",
+                            "KVMI sessions closed for a protocol error, by reason",
+                            {{"reason", std::string(reason)}});
+  }
+  counter& handshake_failure(std::string_view reason) {
+    return reg->get_counter("kvmid_handshake_failures_total",
+                            "Failed or timed-out handshakes, by reason",
+                            {{"reason", std::string(reason)}});
+  }
+};
+
+struct core::impl {
+  core* self = nullptr;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::actor registry;
+  core_metrics m;
+  std::mutex policy_mu;
+  std::shared_ptr<const policy_set> policies;
+
+  std::shared_ptr<const policy_set> current_policies() {
+    std::lock_guard lk(policy_mu);
+    return policies;
+  }
+};
+
+// What the server hands over when a handshake succeeded.
+struct session_params {
+  kvmi::hs::guest_info guest;
+  link_ptr link;
+  std::string peer;
+};
+
+// Spawns the VM actor for one KVMI session and installs it in the link's
+// routing table before returning, so the ring can route at once.
+caf::actor spawn_vm(core& c, session_params p);
+
+caf::actor spawn_registry(core& c);
+
+int64_t now_ns(); // steady clock
+
+} // namespace kvmid

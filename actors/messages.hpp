@@ -1,0 +1,142 @@
+// Every CAF message of the core in one place (CAF 0.17: atoms plus plain
+// structs; local-only types are allowed unsafe, i.e. never serialised).
+#pragma once
+
+#include "actors/control_api.hpp"
+#include "actors/policy.hpp"
+#include "proto/codec.hpp"
+#include "proto/handshake.hpp"
+
+#include <caf/all.hpp>
+
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace kvmid {
+
+class kvmi_link;
+
+// ring -> vCPU actor (or VM actor when the vCPU has no actor yet)
+using event_atom = caf::atom_constant<caf::atom("event")>;
+// ring -> VM actor: a command reply frame (header+payload as received)
+using reply_atom = caf::atom_constant<caf::atom("reply")>;
+// ring -> VM actor: the socket closed
+using closed_atom = caf::atom_constant<caf::atom("closed")>;
+// anyone -> VM actor: close the session for a protocol error
+using proto_err_atom = caf::atom_constant<caf::atom("protoerr")>;
+// vCPU -> VM actor: send this command, answer with cmd_result
+using command_atom = caf::atom_constant<caf::atom("command")>;
+using cmd_timeout_atom = caf::atom_constant<caf::atom("cmdtimeout")>;
+// vCPU -> VM actor: make sure the VM-wide set-up ran (pages, breakpoints)
+using vm_setup_atom = caf::atom_constant<caf::atom("vmsetup")>;
+using unprotect_atom = caf::atom_constant<caf::atom("unprotect")>;
+using restore_bp_atom = caf::atom_constant<caf::atom("restorebp")>;
+using held_atom = caf::atom_constant<caf::atom("held")>;
+// VM -> vCPU
+using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
+using policy_atom = caf::atom_constant<caf::atom("policy")>;
+using resume_atom = caf::atom_constant<caf::atom("resume")>;
+using reconfig_atom = caf::atom_constant<caf::atom("reconfig")>;
+// control plane -> VM actor / registry
+using api_atom = caf::atom_constant<caf::atom("api")>;
+using info_atom = caf::atom_constant<caf::atom("info")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+using find_atom = caf::atom_constant<caf::atom("find")>;
+using register_atom = caf::atom_constant<caf::atom("register")>;
+using unregister_atom = caf::atom_constant<caf::atom("unregister")>;
+using reload_atom = caf::atom_constant<caf::atom("reload")>;
+using bootstrap_atom = caf::atom_constant<caf::atom("bootstrap")>;
+
+struct raw_frame {
+  std::vector<uint8_t> bytes;
+};
+
+// What a command produced: sent and answered (err 0 or -KVM_E*), or not
+// sent / not answered (failure non-empty).
+struct cmd_result {
+  kvmi::reply_msg reply;
+  std::string failure;
+  api_errc code = api_errc::internal;
+  bool ok() const { return failure.empty() && reply.err == 0; }
+};
+
+// A VM's history, kept by the registry across reconnects of its uuid.
+struct vm_history {
+  std::string uuid, name;
+  uint64_t sessions = 0, events = 0, alerts = 0, protocol_errors = 0;
+  std::map<uint64_t, breakpoint_state> breakpoints; // hits survive reconnects
+  vm_info last;                                     // as it was at disconnect
+};
+
+// Operator requests to a VM actor.
+namespace op {
+struct info {};
+struct vcpus {};
+struct pause {};
+struct resume {};
+struct get_registers {
+  uint16_t vcpu;
+  std::vector<uint32_t> msrs;
+};
+struct read_phys {
+  uint64_t gpa, size;
+};
+struct write_phys {
+  uint64_t gpa;
+  std::vector<uint8_t> data;
+};
+struct get_access {};
+struct set_access {
+  uint64_t gpa;
+  uint8_t access;
+};
+struct list_bps {};
+struct add_bp {
+  uint64_t gpa;
+};
+struct remove_bp {
+  uint64_t gpa;
+};
+struct set_events {
+  uint16_t vcpu;
+  uint32_t mask;
+};
+struct unhook {};
+} // namespace op
+
+using api_request =
+  std::variant<op::info, op::vcpus, op::pause, op::resume, op::get_registers, op::read_phys,
+               op::write_phys, op::get_access, op::set_access, op::list_bps, op::add_bp,
+               op::remove_bp, op::set_events, op::unhook>;
+
+using api_value = std::variant<done, vm_info, std::vector<vcpu_info>, registers_info,
+                               std::vector<uint8_t>, std::vector<page_access_info>,
+                               std::vector<breakpoint_info>, breakpoint_info>;
+
+struct api_response {
+  std::optional<api_value> value;
+  api_error error;
+};
+
+using link_ptr = std::shared_ptr<kvmi_link>;
+using policy_ptr = std::shared_ptr<const vm_policy>;
+using state_ptr = std::shared_ptr<const vm_state>;
+
+} // namespace kvmid
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::event_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::command)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::raw_frame)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::cmd_result)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_history)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::api_request)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::api_response)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::link_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::policy_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::state_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_info)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<kvmid::vm_info>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::hs::guest_info)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<const kvmid::policy_set>)

@@ -1,0 +1,119 @@
+// The registry: every VM (connected or not) by uuid, with the history that
+// survives reconnects; the control plane's way in to a VM actor.
+#include "actors/core_impl.hpp"
+
+#include <map>
+
+namespace kvmid {
+
+namespace {
+
+struct reg_entry {
+  caf::actor vm; // null while disconnected
+  vm_history hist;
+};
+
+struct reg_st {
+  static inline const char* name = "kvmid.registry";
+  core* c = nullptr;
+  std::map<std::string, reg_entry> vms;
+};
+
+using reg_actor = caf::stateful_actor<reg_st>;
+
+api_response from_history(const vm_history& h, const api_request& req) {
+  if (std::holds_alternative<op::info>(req))
+    return {api_value{h.last}, {}};
+  if (std::holds_alternative<op::vcpus>(req))
+    return {api_value{h.last.vcpus}, {}};
+  if (std::holds_alternative<op::list_bps>(req)) {
+    std::vector<breakpoint_info> v;
+    for (auto& [gpa, bp] : h.breakpoints)
+      v.push_back({gpa, bp.original, false, bp.hits});
+    return {api_value{v}, {}};
+  }
+  return {std::nullopt, {api_errc::conflict, "the VM is disconnected"}};
+}
+
+caf::behavior registry_behavior(reg_actor* self, core* c) {
+  self->state.c = c;
+  return {
+    [=](register_atom, const std::string& uuid, const std::string& name) -> vm_history {
+      auto& e = self->state.vms[uuid];
+      e.hist.name = name;
+      e.vm = caf::actor_cast<caf::actor>(self->current_sender());
+      auto h = e.hist;
+      h.uuid = uuid;
+      return h;
+    },
+    [=](unregister_atom, vm_history& h) {
+      auto& e = self->state.vms[h.uuid];
+      if (e.vm && e.vm.address() == self->current_sender())
+        e.vm = caf::actor{};
+      e.hist = std::move(h);
+    },
+    [=](find_atom, const std::string& key) -> caf::actor {
+      for (auto& [uuid, e] : self->state.vms)
+        if (uuid == key || e.hist.name == key || e.hist.last.name == key)
+          return e.vm;
+      return caf::actor{};
+    },
+    [=](api_atom, const std::string& key, api_request& req) -> caf::result<api_response> {
+      for (auto& [uuid, e] : self->state.vms) {
+        if (uuid != key && e.hist.name != key)
+          continue;
+        if (e.vm) {
+          self->delegate(e.vm, api_atom::value, std::move(req));
+          return caf::delegated<api_response>{};
+        }
+        return from_history(e.hist, req);
+      }
+      return api_response{std::nullopt, {api_errc::not_found, "no VM " + key}};
+    },
+    [=](list_atom) -> caf::result<std::vector<vm_info>> {
+      auto rp = self->make_response_promise<std::vector<vm_info>>();
+      auto out = std::make_shared<std::vector<vm_info>>();
+      auto left = std::make_shared<size_t>(1); // +1 until all requests are out
+      auto finish = [=]() mutable {
+        if (--*left == 0) {
+          std::sort(out->begin(), out->end(),
+                    [](const vm_info& a, const vm_info& b) { return a.uuid < b.uuid; });
+          rp.deliver(std::move(*out));
+        }
+      };
+      for (auto& [uuid, e] : self->state.vms) {
+        if (!e.vm) {
+          out->push_back(e.hist.last);
+          continue;
+        }
+        ++*left;
+        auto last = e.hist.last;
+        self->request(e.vm, std::chrono::seconds(5), api_atom::value, api_request{op::info{}})
+          .then(
+            [=](api_response& r) mutable {
+              if (r.value)
+                if (auto* v = std::get_if<vm_info>(&*r.value)) {
+                  v->vcpus.clear();
+                  out->push_back(std::move(*v));
+                }
+              finish();
+            },
+            [=](caf::error&) mutable { finish(); });
+      }
+      finish();
+      return rp;
+    },
+    [=](reload_atom, std::shared_ptr<const policy_set>& ps) {
+      for (auto& [uuid, e] : self->state.vms)
+        if (e.vm)
+          self->send(e.vm, policy_atom::value,
+                     std::make_shared<const vm_policy>(ps->select(uuid, e.hist.name)));
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_registry(core& c) { return c.system().spawn(registry_behavior, &c); }
+
+} // namespace kvmid

@@ -1,0 +1,916 @@
+// The VM actor: one per KVMI session. Owns the VM-wide pending-command table
+// (replies arrive out of order, matched by seq), the memory map and its
+// safety rules, page-access state, kvmid-owned breakpoints, the session
+// bootstrap, UNHOOK, and operator requests.
+#include "actors/core_impl.hpp"
+#include "actors/vcpu_actor.hpp"
+
+#include <cstdio>
+#include <deque>
+#include <set>
+#include <unordered_map>
+
+namespace kvmid {
+
+namespace {
+
+constexpr uint16_t max_vcpus = 4096; // bound on a vCPU index from the wire
+constexpr uint64_t max_api_bytes = 64 * 1024;
+
+struct pending_cmd {
+  kvmi::reply_shape shape;
+  std::function<void(cmd_result)> done;
+};
+
+struct vm_st {
+  static inline const char* name = "kvmid.vm";
+  core* c = nullptr;
+  session_params p;
+  std::string uuid;
+  kvmi::byte_order order = kvmi::byte_order::native;
+  policy_ptr policy;
+  vm_state st;
+  uint32_t next_seq = 1;
+  std::unordered_map<uint32_t, pending_cmd> pending;
+  std::set<uint32_t> timed_out; // late replies to these are legal
+  std::vector<caf::actor> vcpus;
+  std::vector<std::shared_ptr<vcpu_stats>> stats;
+  kvmi::get_version_reply version{0, kvmi::known_commands | kvmi::flag(kvmi::msg_id::get_version),
+                                  kvmi::known_events, 0};
+  uint64_t tsc_speed = 0;
+  bool setup_done = false, setup_running = false;
+  std::vector<caf::response_promise> setup_waiters;
+  std::set<uint16_t> held;
+  std::vector<caf::response_promise> pause_waiters;
+  vm_history hist;
+  std::shared_ptr<std::atomic<uint64_t>> events = std::make_shared<std::atomic<uint64_t>>(0);
+  std::shared_ptr<std::atomic<uint64_t>> alerts = std::make_shared<std::atomic<uint64_t>>(0);
+  uint64_t base_events = 0, base_alerts = 0;
+  bool closed = false, closing = false;
+  std::vector<uint8_t> buf;
+};
+
+using vm_actor = caf::stateful_actor<vm_st>;
+using done_fn = std::function<void()>;
+
+api_response fail(api_errc c, std::string msg) { return api_response{std::nullopt, {c, std::move(msg)}}; }
+api_response okv(api_value v) { return api_response{std::move(v), {}}; }
+
+api_errc errc_of(const cmd_result& r) {
+  if (!r.failure.empty())
+    return r.code;
+  if (r.reply.err == -kvmi::kvm_eagain)
+    return api_errc::conflict;
+  if (r.reply.err == -kvmi::kvm_einval || r.reply.err == -kvmi::kvm_enoent)
+    return api_errc::invalid;
+  return api_errc::kernel;
+}
+std::string what(const cmd_result& r) {
+  if (!r.failure.empty())
+    return r.failure;
+  return std::string(kvmi::name(r.reply.id)) + " failed: -KVM_"
+         + std::string(kvmi::kvm_error_name(r.reply.err));
+}
+
+void log(vm_actor* self, const char* fmt, const std::string& a) {
+  std::fprintf(stderr, "kvmid: vm %s (%s): ", self->state.uuid.c_str(),
+               self->state.p.guest.name.c_str());
+  std::fprintf(stderr, fmt, a.c_str());
+  std::fputc('\n', stderr);
+}
+
+void publish(vm_actor* self, bus_kind k, std::string name, std::string msg) {
+  bus_record r;
+  r.kind = k;
+  r.name = std::move(name);
+  r.vm = self->state.uuid;
+  r.vm_name = self->state.p.guest.name;
+  r.message = std::move(msg);
+  self->state.c->bus().publish(std::move(r));
+}
+
+void protocol_error(vm_actor* self, const std::string& reason) {
+  auto& s = self->state;
+  if (s.closing)
+    return;
+  s.closing = true;
+  s.c->internals().m.protocol_error(reason).inc();
+  s.hist.protocol_errors++;
+  log(self, "protocol error, closing the session: %s", reason);
+  publish(self, bus_kind::lifecycle, "protocol-error", reason);
+  s.p.link->close();
+}
+
+// --- commands -------------------------------------------------------------
+
+void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)> done) {
+  auto& s = self->state;
+  auto id = kvmi::id_of(cmd);
+  cmd_result r;
+  r.reply.id = id;
+  if (s.closed || s.closing) {
+    r.failure = "the VM's session is closed";
+    r.code = api_errc::conflict;
+    return done(std::move(r));
+  }
+  if (auto e = kvmi::check(cmd)) {
+    r.failure = std::string(kvmi::name(id)) + ": " + std::string(e.reason);
+    r.code = api_errc::invalid;
+    return done(std::move(r));
+  }
+  if (!kvmi::allowed_command(id, s.version.commands)) {
+    r.failure = std::string(kvmi::name(id)) + " is not allowed by the host";
+    r.code = api_errc::conflict;
+    s.c->internals().m.command(id, "not_allowed").inc();
+    return done(std::move(r));
+  }
+  uint32_t seq = s.next_seq++;
+  if (s.next_seq == 0)
+    s.next_seq = 1;
+  auto shape = kvmi::expected_reply(cmd);
+  auto buf = s.p.link->take_buffer();
+  kvmi::encode(buf, kvmi::command_msg{seq, std::move(cmd)}, s.order);
+  s.pending.emplace(seq, pending_cmd{shape, std::move(done)});
+  s.p.link->send(std::move(buf));
+  self->delayed_send(self, s.c->options().command_timeout, cmd_timeout_atom::value, seq);
+}
+
+// Runs fns one after another (each calls its continuation), then last.
+void chain(std::shared_ptr<std::deque<std::function<void(done_fn)>>> q, done_fn last) {
+  if (q->empty())
+    return last();
+  auto f = std::move(q->front());
+  q->pop_front();
+  f([q, last] { chain(q, last); });
+}
+
+void publish_snapshot(vm_actor* self) {
+  auto& s = self->state;
+  auto snap = std::make_shared<const vm_state>(s.st);
+  for (auto& v : s.vcpus)
+    if (v)
+      self->send(v, snapshot_atom::value, state_ptr(snap));
+}
+
+uint16_t any_stopped_vcpu(vm_actor* self, bool& found) {
+  auto& s = self->state;
+  for (size_t i = 0; i < s.stats.size(); ++i)
+    if (s.stats[i]
+        && s.stats[i]->state.load(std::memory_order_relaxed)
+             != static_cast<uint8_t>(vcpu_state::running)) {
+      found = true;
+      return static_cast<uint16_t>(i);
+    }
+  found = false;
+  return 0;
+}
+
+// SET_PAGE_ACCESS for many pages, in commands that stay below KVMI_MSG_SIZE.
+void set_access(vm_actor* self, uint16_t vcpu, std::vector<kvmi::page_access_entry> entries,
+                std::function<void(bool, std::string)> done) {
+  constexpr size_t per_cmd = (kvmi::msg_size - sizeof(kvmi::set_page_access))
+                             / sizeof(kvmi::page_access_entry);
+  if (entries.empty())
+    return done(true, {});
+  auto left = std::make_shared<size_t>((entries.size() + per_cmd - 1) / per_cmd);
+  auto ok = std::make_shared<bool>(true);
+  auto err = std::make_shared<std::string>();
+  for (size_t i = 0; i < entries.size(); i += per_cmd) {
+    kvmi::set_page_access_cmd c{};
+    c.entries.assign(entries.begin() + i, entries.begin() + std::min(entries.size(), i + per_cmd));
+    c.req.vcpu = vcpu;
+    c.req.count = static_cast<uint16_t>(c.entries.size());
+    send_cmd(self, std::move(c), [=](cmd_result r) {
+      if (!r.ok()) {
+        *ok = false;
+        *err = what(r);
+      }
+      if (--*left == 0)
+        done(*ok, *err);
+    });
+  }
+}
+
+void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
+                      std::function<void(bool, std::string)> done) {
+  auto& s = self->state;
+  if (auto why = unsafe_reason(s.p.guest.regions, gpa, 1); !why.empty())
+    return done(false, "breakpoint at " + std::to_string(gpa) + ": " + why);
+  send_cmd(self, kvmi::read_physical{gpa, 1}, [=](cmd_result r) {
+    if (!r.ok())
+      return done(false, what(r));
+    auto& data = std::get<kvmi::physical_data>(r.reply.data).data;
+    uint8_t original = data.empty() ? 0 : data[0];
+    if (original == 0xCC) // already an INT3 (the guest's, or ours from a lost session)
+      return done(false, "gpa already holds an INT3");
+    kvmi::write_physical_cmd w{};
+    w.req = {gpa, 1};
+    w.data = {0xCC};
+    send_cmd(self, std::move(w), [=](cmd_result r2) {
+      if (!r2.ok())
+        return done(false, what(r2));
+      auto& bp = self->state.st.breakpoints[gpa];
+      bp.name = name;
+      bp.original = original;
+      bp.planted = true;
+      done(true, {});
+    });
+  });
+}
+
+void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> done) {
+  auto it = self->state.st.breakpoints.find(gpa);
+  if (it == self->state.st.breakpoints.end() || !it->second.planted)
+    return done(true);
+  kvmi::write_physical_cmd w{};
+  w.req = {gpa, 1};
+  w.data = {it->second.original};
+  send_cmd(self, std::move(w), [=](cmd_result r) {
+    if (r.ok()) {
+      auto it2 = self->state.st.breakpoints.find(gpa);
+      if (it2 != self->state.st.breakpoints.end())
+        it2->second.planted = false;
+    }
+    done(r.ok());
+  });
+}
+
+// The VM-wide part of the policy: page restrictions and breakpoints. Needs
+// a vCPU stopped in an event (SET_PAGE_ACCESS is a vCPU command).
+void run_setup(vm_actor* self, uint16_t vcpu) {
+  auto& s = self->state;
+  s.setup_running = true;
+  auto& pol = *s.policy;
+  // Desired page protections: from the rules, keeping operator ones.
+  std::map<uint64_t, protected_page> want;
+  for (auto& [gpa, pg] : s.st.pages)
+    if (pg.rule < 0)
+      want[gpa] = pg;
+  for (size_t i = 0; i < pol.pages.size(); ++i) {
+    auto& r = pol.pages[i];
+    for (uint64_t a = r.gpa; a < r.gpa + r.size; a += kvmi::page_size) {
+      if (auto why = unsafe_reason(s.p.guest.regions, a, kvmi::page_size); !why.empty()) {
+        log(self, "page rule %s", r.name + ": skipping gpa " + std::to_string(a) + ": " + why);
+        continue;
+      }
+      want[a] = protected_page{r.access, int(i), r.on_violation, r.name};
+    }
+  }
+  std::vector<kvmi::page_access_entry> entries;
+  for (auto& [gpa, pg] : s.st.pages)
+    if (!want.count(gpa))
+      entries.push_back({gpa, kvmi::page_access_rwx, {}});
+  for (auto& [gpa, pg] : want) {
+    auto it = s.st.pages.find(gpa);
+    if (it == s.st.pages.end() || it->second.access != pg.access)
+      entries.push_back({gpa, pg.access, {}});
+  }
+  auto q = std::make_shared<std::deque<std::function<void(done_fn)>>>();
+  q->push_back([=, want = std::move(want), entries = std::move(entries)](done_fn next) mutable {
+    set_access(self, vcpu, std::move(entries), [=, want = std::move(want)](bool ok, std::string err) {
+      if (!ok)
+        log(self, "page protection: %s", err);
+      self->state.st.pages = want; // kvmid's intent; failures are logged
+      next();
+    });
+  });
+  for (auto& b : pol.breakpoints) {
+    auto it = s.st.breakpoints.find(b.gpa);
+    if (it != s.st.breakpoints.end() && (it->second.planted || it->second.hits > 0))
+      continue; // planted, or already hit in this session (one-shot)
+    q->push_back([=](done_fn next) {
+      plant_breakpoint(self, b.gpa, b.name, [=](bool ok, std::string err) {
+        if (!ok)
+          log(self, "breakpoint: %s", err);
+        next();
+      });
+    });
+  }
+  chain(q, [=] {
+    auto& s2 = self->state;
+    s2.setup_done = true;
+    s2.setup_running = false;
+    publish_snapshot(self);
+    for (auto& rp : s2.setup_waiters)
+      rp.deliver(true);
+    s2.setup_waiters.clear();
+  });
+}
+
+void ensure_vcpu(vm_actor* self, uint16_t i) {
+  auto& s = self->state;
+  if (i < s.vcpus.size() && s.vcpus[i])
+    return;
+  if (s.vcpus.size() <= i) {
+    s.vcpus.resize(size_t(i) + 1);
+    s.stats.resize(size_t(i) + 1);
+  }
+  vcpu_params vp;
+  vp.index = i;
+  vp.vm = caf::actor_cast<caf::actor>(self);
+  vp.link = s.p.link;
+  vp.order = s.order;
+  vp.allowed_events = s.version.events;
+  vp.policy = s.policy;
+  vp.snapshot = std::make_shared<const vm_state>(s.st);
+  vp.uuid = s.uuid;
+  vp.name = s.p.guest.name;
+  vp.stats = std::make_shared<vcpu_stats>();
+  vp.vm_events = s.events;
+  vp.vm_alerts = s.alerts;
+  s.stats[i] = vp.stats;
+  auto a = spawn_vcpu(*s.c, std::move(vp));
+  self->link_to(a); // the vCPUs go when the VM actor goes
+  s.vcpus[i] = a;
+  s.p.link->set_vcpu(i, a);
+  s.c->internals().m.vcpus->add(1);
+}
+
+void check_paused(vm_actor* self) {
+  auto& s = self->state;
+  size_t live = 0;
+  for (auto& v : s.vcpus)
+    live += v ? 1 : 0;
+  if (s.st.paused && s.held.size() >= live) {
+    for (auto& rp : s.pause_waiters)
+      rp.deliver(api_response{api_value{done{}}, {}});
+    s.pause_waiters.clear();
+  }
+}
+
+vm_info make_info(vm_actor* self, bool with_vcpus) {
+  auto& s = self->state;
+  vm_info v;
+  v.uuid = s.uuid;
+  v.name = s.p.guest.name;
+  v.connected = !s.closed;
+  v.peer = s.p.peer;
+  v.sessions = s.hist.sessions;
+  v.start_time = s.p.guest.start_time;
+  v.byte_order = s.order == kvmi::byte_order::native ? "native" : "swapped";
+  v.vcpu_count = 0;
+  for (auto& x : s.vcpus)
+    v.vcpu_count += x ? 1 : 0;
+  v.paused = s.st.paused;
+  v.commands_mask = s.version.commands;
+  v.events_mask = s.version.events;
+  v.events = s.base_events + s.events->load();
+  v.alerts = s.base_alerts + s.alerts->load();
+  v.protocol_errors = s.hist.protocol_errors;
+  v.policy = s.policy->name;
+  for (auto& r : s.p.guest.regions) {
+    region_info ri;
+    ri.gpa = r.gpa;
+    ri.size = r.size;
+    switch (static_cast<kvmi::hs::region_type>(r.type)) {
+      case kvmi::hs::region_type::ram: ri.type = "ram"; break;
+      case kvmi::hs::region_type::mmio: ri.type = "mmio"; break;
+      case kvmi::hs::region_type::nvlink2_gpu_ram: ri.type = "nvlink2-gpu-ram"; break;
+      case kvmi::hs::region_type::nvlink2_atsd: ri.type = "nvlink2-atsd"; break;
+      default: ri.type = "unknown"; break;
+    }
+    ri.online = r.flags & kvmi::hs::region_online;
+    ri.tgt = r.tgt;
+    v.regions.push_back(ri);
+  }
+  if (with_vcpus)
+    for (size_t i = 0; i < s.stats.size(); ++i) {
+      if (!s.stats[i])
+        continue;
+      vcpu_info ci;
+      ci.index = static_cast<uint16_t>(i);
+      ci.state = static_cast<vcpu_state>(s.stats[i]->state.load());
+      int32_t e = s.stats[i]->event.load();
+      if (e >= 0)
+        ci.event = std::string(kvmi::name(static_cast<kvmi::event_id>(e)));
+      ci.enabled_events = s.stats[i]->enabled.load();
+      ci.events = s.stats[i]->events.load();
+      ci.alerts = s.stats[i]->alerts.load();
+      v.vcpus.push_back(std::move(ci));
+    }
+  return v;
+}
+
+// Remove what kvmid planted, then close (UNHOOK, or an operator unhook).
+void unhook(vm_actor* self, done_fn then) {
+  auto& s = self->state;
+  auto q = std::make_shared<std::deque<std::function<void(done_fn)>>>();
+  for (auto& [gpa, bp] : s.st.breakpoints)
+    if (bp.planted) {
+      uint64_t g = gpa;
+      q->push_back([=](done_fn next) { restore_breakpoint(self, g, [=](bool) { next(); }); });
+    }
+  bool found = false;
+  uint16_t v = any_stopped_vcpu(self, found);
+  // Page restrictions: lifted here when a vCPU can carry the command; the
+  // kernel restores rwx on every tracked page when the session ends anyway.
+  if (found && !s.st.pages.empty()) {
+    std::vector<kvmi::page_access_entry> entries;
+    for (auto& [gpa, pg] : s.st.pages)
+      entries.push_back({gpa, kvmi::page_access_rwx, {}});
+    q->push_back([=](done_fn next) {
+      set_access(self, v, entries, [=](bool, std::string) {
+        self->state.st.pages.clear();
+        next();
+      });
+    });
+  }
+  chain(q, [=] {
+    publish(self, bus_kind::lifecycle, "vm-unhooked", "kvmid removed its hooks and closed");
+    self->state.closing = true;
+    self->state.p.link->close();
+    then();
+  });
+}
+
+void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
+  auto& s = self->state;
+  auto need_session = [&]() -> bool {
+    if (s.closed || s.closing) {
+      rp.deliver(fail(api_errc::conflict, "the VM is disconnected"));
+      return false;
+    }
+    return true;
+  };
+  auto stopped_vcpu = [&](uint16_t v) -> bool {
+    if (v >= s.stats.size() || !s.stats[v]) {
+      rp.deliver(fail(api_errc::not_found, "no vCPU " + std::to_string(v)));
+      return false;
+    }
+    if (s.stats[v]->state.load() == static_cast<uint8_t>(vcpu_state::running)) {
+      rp.deliver(fail(api_errc::conflict, "vCPU " + std::to_string(v)
+                                            + " is running: pause the VM first"));
+      return false;
+    }
+    return true;
+  };
+  std::visit(
+    [&](auto& x) {
+      using T = std::decay_t<decltype(x)>;
+      if constexpr (std::is_same_v<T, op::info>) {
+        rp.deliver(okv(make_info(self, true)));
+      } else if constexpr (std::is_same_v<T, op::vcpus>) {
+        rp.deliver(okv(make_info(self, true).vcpus));
+      } else if constexpr (std::is_same_v<T, op::pause>) {
+        if (!need_session())
+          return;
+        s.pause_waiters.push_back(rp);
+        if (!s.st.paused) {
+          s.st.paused = true;
+          s.held.clear();
+          publish_snapshot(self);
+          send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result r) {
+            if (!r.ok()) {
+              for (auto& w : self->state.pause_waiters)
+                w.deliver(fail(errc_of(r), what(r)));
+              self->state.pause_waiters.clear();
+            }
+          });
+          publish(self, bus_kind::lifecycle, "vm-paused", "operator pause");
+        }
+        check_paused(self);
+      } else if constexpr (std::is_same_v<T, op::resume>) {
+        s.st.paused = false;
+        s.held.clear();
+        publish_snapshot(self);
+        for (auto& v : s.vcpus)
+          if (v)
+            self->send(v, resume_atom::value);
+        for (auto& w : s.pause_waiters)
+          w.deliver(fail(api_errc::conflict, "resumed before every vCPU stopped"));
+        s.pause_waiters.clear();
+        publish(self, bus_kind::lifecycle, "vm-resumed", "operator resume");
+        rp.deliver(okv(done{}));
+      } else if constexpr (std::is_same_v<T, op::get_registers>) {
+        if (!need_session() || !stopped_vcpu(x.vcpu))
+          return;
+        kvmi::get_registers_cmd c{};
+        c.req.vcpu = x.vcpu;
+        c.req.nmsrs = static_cast<uint16_t>(x.msrs.size());
+        c.msrs_idx = x.msrs;
+        send_cmd(self, std::move(c), [=](cmd_result r) mutable {
+          if (!r.ok())
+            return rp.deliver(fail(errc_of(r), what(r)));
+          auto& rr = std::get<kvmi::registers_reply>(r.reply.data);
+          registers_info ri;
+          ri.mode = rr.fixed.mode;
+          ri.regs = rr.fixed.regs;
+          ri.sregs = rr.fixed.sregs;
+          for (auto& e : rr.msrs)
+            ri.msrs.emplace_back(e.index, e.data);
+          rp.deliver(okv(std::move(ri)));
+        });
+      } else if constexpr (std::is_same_v<T, op::read_phys>) {
+        if (!need_session())
+          return;
+        if (x.size == 0 || x.size > max_api_bytes)
+          return rp.deliver(fail(api_errc::invalid, "size must be 1..65536"));
+        if (auto why = unsafe_reason(s.p.guest.regions, x.gpa, x.size); !why.empty())
+          return rp.deliver(fail(api_errc::unsafe_region, why));
+        auto out = std::make_shared<std::vector<uint8_t>>(x.size);
+        auto left = std::make_shared<size_t>(0);
+        auto err = std::make_shared<std::optional<cmd_result>>();
+        std::vector<std::pair<uint64_t, uint64_t>> parts;
+        for (uint64_t at = x.gpa; at < x.gpa + x.size;) {
+          uint64_t n = std::min<uint64_t>(x.gpa + x.size - at,
+                                          kvmi::page_size - (at & (kvmi::page_size - 1)));
+          parts.emplace_back(at, n);
+          at += n;
+        }
+        *left = parts.size();
+        uint64_t base = x.gpa;
+        for (auto [at, n] : parts)
+          send_cmd(self, kvmi::read_physical{at, n}, [=](cmd_result r) mutable {
+            if (!r.ok())
+              *err = r;
+            else {
+              auto& d = std::get<kvmi::physical_data>(r.reply.data).data;
+              std::copy(d.begin(), d.end(), out->begin() + (at - base));
+            }
+            if (--*left == 0) {
+              if (*err)
+                rp.deliver(fail(errc_of(**err), what(**err)));
+              else
+                rp.deliver(okv(std::move(*out)));
+            }
+          });
+      } else if constexpr (std::is_same_v<T, op::write_phys>) {
+        if (!need_session())
+          return;
+        if (x.data.empty() || x.data.size() > max_api_bytes)
+          return rp.deliver(fail(api_errc::invalid, "size must be 1..65536"));
+        if (auto why = unsafe_reason(s.p.guest.regions, x.gpa, x.data.size()); !why.empty())
+          return rp.deliver(fail(api_errc::unsafe_region, why));
+        auto left = std::make_shared<size_t>(0);
+        auto err = std::make_shared<std::optional<cmd_result>>();
+        std::vector<kvmi::write_physical_cmd> parts;
+        for (uint64_t at = x.gpa; at < x.gpa + x.data.size();) {
+          uint64_t n = std::min<uint64_t>(x.gpa + x.data.size() - at,
+                                          kvmi::page_size - (at & (kvmi::page_size - 1)));
+          kvmi::write_physical_cmd w{};
+          w.req = {at, n};
+          w.data.assign(x.data.begin() + (at - x.gpa), x.data.begin() + (at - x.gpa + n));
+          parts.push_back(std::move(w));
+          at += n;
+        }
+        *left = parts.size();
+        for (auto& w : parts)
+          send_cmd(self, std::move(w), [=](cmd_result r) mutable {
+            if (!r.ok())
+              *err = r;
+            if (--*left == 0) {
+              if (*err)
+                rp.deliver(fail(errc_of(**err), what(**err)));
+              else
+                rp.deliver(okv(done{}));
+            }
+          });
+      } else if constexpr (std::is_same_v<T, op::get_access>) {
+        std::vector<page_access_info> v;
+        for (auto& [gpa, pg] : s.st.pages)
+          v.push_back({gpa, pg.access});
+        rp.deliver(okv(std::move(v)));
+      } else if constexpr (std::is_same_v<T, op::set_access>) {
+        if (!need_session())
+          return;
+        if (x.access & ~kvmi::page_access_rwx)
+          return rp.deliver(fail(api_errc::invalid, "access has bits other than rwx"));
+        uint64_t page = x.gpa & ~uint64_t(kvmi::page_size - 1);
+        if (auto why = unsafe_reason(s.p.guest.regions, page, kvmi::page_size); !why.empty())
+          return rp.deliver(fail(api_errc::unsafe_region, why));
+        bool found = false;
+        uint16_t v = any_stopped_vcpu(self, found);
+        if (!found)
+          return rp.deliver(
+            fail(api_errc::conflict, "SET_PAGE_ACCESS needs a stopped vCPU: pause the VM first"));
+        uint8_t acc = x.access;
+        set_access(self, v, {{page, acc, {}}}, [=](bool ok, std::string err) mutable {
+          if (!ok)
+            return rp.deliver(fail(api_errc::kernel, err));
+          auto& st = self->state.st;
+          if (acc == kvmi::page_access_rwx)
+            st.pages.erase(page);
+          else
+            st.pages[page] = protected_page{acc, -1, pf_action::allow_once, "operator"};
+          publish_snapshot(self);
+          rp.deliver(okv(done{}));
+        });
+      } else if constexpr (std::is_same_v<T, op::list_bps>) {
+        std::vector<breakpoint_info> v;
+        for (auto& [gpa, bp] : s.st.breakpoints)
+          v.push_back({gpa, bp.original, bp.planted, bp.hits});
+        rp.deliver(okv(std::move(v)));
+      } else if constexpr (std::is_same_v<T, op::add_bp>) {
+        if (!need_session())
+          return;
+        if (auto it = s.st.breakpoints.find(x.gpa); it != s.st.breakpoints.end() && it->second.planted)
+          return rp.deliver(fail(api_errc::conflict, "a breakpoint is already planted there"));
+        if (auto why = unsafe_reason(s.p.guest.regions, x.gpa, 1); !why.empty())
+          return rp.deliver(fail(api_errc::unsafe_region, why));
+        uint64_t gpa = x.gpa;
+        plant_breakpoint(self, gpa, "operator", [=](bool ok, std::string err) mutable {
+          if (!ok)
+            return rp.deliver(fail(api_errc::conflict, err));
+          publish_snapshot(self);
+          auto& bp = self->state.st.breakpoints[gpa];
+          rp.deliver(okv(breakpoint_info{gpa, bp.original, bp.planted, bp.hits}));
+        });
+      } else if constexpr (std::is_same_v<T, op::remove_bp>) {
+        if (!s.st.breakpoints.count(x.gpa))
+          return rp.deliver(fail(api_errc::not_found, "no breakpoint there"));
+        uint64_t gpa = x.gpa;
+        restore_breakpoint(self, gpa, [=](bool ok) mutable {
+          if (!ok)
+            return rp.deliver(fail(api_errc::kernel, "could not restore the original byte"));
+          self->state.st.breakpoints.erase(gpa);
+          publish_snapshot(self);
+          rp.deliver(okv(done{}));
+        });
+      } else if constexpr (std::is_same_v<T, op::set_events>) {
+        if (!need_session() || !stopped_vcpu(x.vcpu))
+          return;
+        if (x.mask & ~kvmi::known_vcpu_events)
+          return rp.deliver(fail(api_errc::invalid, "mask has bits that are not vCPU events"));
+        uint32_t mask = x.mask & s.version.events;
+        auto st = s.stats[x.vcpu];
+        send_cmd(self, kvmi::control_events{x.vcpu, 0, mask}, [=](cmd_result r) mutable {
+          if (!r.ok())
+            return rp.deliver(fail(errc_of(r), what(r)));
+          st->enabled.store(mask);
+          rp.deliver(okv(done{}));
+        });
+      } else if constexpr (std::is_same_v<T, op::unhook>) {
+        if (!need_session())
+          return;
+        unhook(self, [=]() mutable { rp.deliver(okv(done{})); });
+      }
+    },
+    req);
+}
+
+void on_reply_frame(vm_actor* self, raw_frame& rf) {
+  auto& s = self->state;
+  auto f = kvmi::parse_frame(rf.bytes, s.order);
+  if (!f)
+    return protocol_error(self, std::string(kvmi::name(f.err().code)));
+  auto it = s.pending.find(f->hdr.seq);
+  if (it == s.pending.end()) {
+    if (s.timed_out.erase(f->hdr.seq))
+      return; // the answer to a command we gave up on
+    return protocol_error(self, "reply with an unknown seq");
+  }
+  auto pc = std::move(it->second);
+  s.pending.erase(it);
+  if (f->hdr.id != static_cast<uint16_t>(pc.shape.id))
+    return protocol_error(self, "reply id does not match its command");
+  auto r = kvmi::decode_reply(*f, pc.shape, s.order);
+  if (!r)
+    return protocol_error(self, std::string("bad reply: ") + std::string(r.err().reason));
+  s.c->internals().m.command(pc.shape.id, r->err == 0 ? "ok" : kvmi::kvm_error_name(r->err)).inc();
+  cmd_result cr;
+  cr.reply = std::move(*r);
+  pc.done(std::move(cr));
+}
+
+void on_closed(vm_actor* self) {
+  auto& s = self->state;
+  if (s.closed)
+    return;
+  s.closed = true;
+  auto pend = std::move(s.pending);
+  s.pending.clear();
+  for (auto& [seq, pc] : pend) {
+    cmd_result r;
+    r.reply.id = pc.shape.id;
+    r.failure = "the VM's session closed";
+    r.code = api_errc::conflict;
+    pc.done(std::move(r));
+  }
+  for (auto& rp : s.setup_waiters)
+    rp.deliver(false);
+  s.setup_waiters.clear();
+  for (auto& w : s.pause_waiters)
+    w.deliver(fail(api_errc::conflict, "the VM disconnected"));
+  s.pause_waiters.clear();
+  size_t n = 0;
+  for (auto& v : s.vcpus)
+    if (v) {
+      ++n;
+      self->unlink_from(v);
+      self->send_exit(v, caf::exit_reason::user_shutdown);
+    }
+  s.c->internals().m.vcpus->add(-int64_t(n));
+  s.c->internals().m.vms->add(-1);
+  s.p.link->clear_routes();
+  s.hist.events = s.base_events + s.events->load();
+  s.hist.alerts = s.base_alerts + s.alerts->load();
+  for (auto& [gpa, bp] : s.st.breakpoints)
+    s.hist.breakpoints[gpa] = bp;
+  s.hist.last = make_info(self, true);
+  s.hist.last.connected = false;
+  s.vcpus.clear();
+  publish(self, bus_kind::lifecycle, "vm-disconnected", "session closed");
+  self->send(s.c->registry(), unregister_atom::value, s.hist);
+  self->quit();
+}
+
+void bootstrap(vm_actor* self) {
+  auto& s = self->state;
+  send_cmd(self, kvmi::get_version{}, [=](cmd_result r) {
+    auto& s2 = self->state;
+    if (!r.ok())
+      return protocol_error(self, "GET_VERSION failed");
+    s2.version = std::get<kvmi::get_version_reply>(r.reply.data);
+    if (s2.version.version < kvmi::version)
+      log(self, "%s", "host reports an older KVMI version");
+    for (auto& v : s2.vcpus)
+      if (v)
+        self->send(v, reconfig_atom::value, s2.version.events);
+    // GET_GUEST_INFO is a vCPU command and may see EAGAIN before the first
+    // event; the handshake's vCPU count stands then.
+    if (kvmi::allowed_command(kvmi::msg_id::get_guest_info, s2.version.commands))
+      send_cmd(self, kvmi::get_guest_info{0, {}}, [=](cmd_result gi) {
+        if (gi.ok()) {
+          auto& g = std::get<kvmi::get_guest_info_reply>(gi.reply.data);
+          self->state.tsc_speed = g.tsc_speed;
+          for (uint32_t i = 0; i < g.vcpu_count && i < max_vcpus; ++i)
+            ensure_vcpu(self, static_cast<uint16_t>(i));
+        }
+      });
+    uint32_t vm_events = (kvmi::flag(kvmi::event_id::create_vcpu) | kvmi::flag(kvmi::event_id::unhook))
+                         & s2.version.events;
+    send_cmd(self, kvmi::control_vm_events{vm_events, 0}, [=](cmd_result cv) {
+      if (!cv.ok())
+        log(self, "CONTROL_VM_EVENTS: %s", what(cv));
+      // Every vCPU stops in PAUSE_VCPU (after any CREATE_VCPU) and is
+      // configured there, then released.
+      send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result pr) {
+        if (!pr.ok())
+          log(self, "PAUSE_ALL_VCPUS: %s", what(pr));
+        else {
+          auto& pa = std::get<kvmi::pause_all_vcpus_reply>(pr.reply.data);
+          for (uint32_t i = 0; i < pa.vcpu_count && i < max_vcpus; ++i)
+            ensure_vcpu(self, static_cast<uint16_t>(i));
+        }
+      });
+    });
+  });
+}
+
+caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
+  auto& s = self->state;
+  s.c = c;
+  s.p = std::move(p);
+  s.uuid = kvmi::hs::to_string(s.p.guest.id);
+  s.order = s.p.guest.order;
+  auto pols = c->internals().current_policies();
+  s.policy = std::make_shared<const vm_policy>(pols->select(s.uuid, s.p.guest.name));
+  s.hist.uuid = s.uuid;
+  s.hist.name = s.p.guest.name;
+  c->internals().m.vms->add(1);
+  for (uint32_t i = 0; i < s.p.guest.vcpu_count && i < max_vcpus; ++i)
+    ensure_vcpu(self, static_cast<uint16_t>(i));
+  self->set_down_handler([](caf::down_msg&) {});
+  self->set_exit_handler([=](caf::exit_msg& m) {
+    if (m.source != self->state.c->registry().address() && m.reason == caf::exit_reason::user_shutdown) {
+      // A vCPU actor died unexpectedly is a bug; a shutdown closes the session.
+    }
+    self->state.p.link->close();
+    on_closed(self);
+  });
+  self->request(c->registry(), std::chrono::seconds(10), register_atom::value, s.uuid, s.p.guest.name)
+    .then([=](vm_history& h) {
+      auto& s2 = self->state;
+      s2.hist.sessions = h.sessions + 1;
+      s2.hist.protocol_errors += h.protocol_errors;
+      s2.base_events = h.events;
+      s2.base_alerts = h.alerts;
+      for (auto& [gpa, bp] : h.breakpoints)
+        if (!s2.st.breakpoints.count(gpa)) {
+          auto b = bp;
+          b.planted = false; // the new session plants afresh
+          s2.st.breakpoints[gpa] = b;
+        }
+    },
+          [](caf::error&) {});
+  publish(self, bus_kind::lifecycle, "vm-connected", "session from " + s.p.peer);
+  bootstrap(self);
+  return {
+    [=](event_atom, kvmi::event_msg& ev, int64_t t) {
+      auto& s2 = self->state;
+      if (ev.kind() == kvmi::event_id::unhook) {
+        unhook(self, [] {});
+        return;
+      }
+      uint16_t v = ev.common.vcpu;
+      if (v >= max_vcpus)
+        return protocol_error(self, "event from a vCPU index beyond any VM");
+      ensure_vcpu(self, v);
+      self->send(s2.vcpus[v], event_atom::value, std::move(ev), t);
+    },
+    [=](reply_atom, raw_frame& rf) { on_reply_frame(self, rf); },
+    [=](cmd_timeout_atom, uint32_t seq) {
+      auto& s2 = self->state;
+      auto it = s2.pending.find(seq);
+      if (it == s2.pending.end())
+        return;
+      auto pc = std::move(it->second);
+      s2.pending.erase(it);
+      s2.timed_out.insert(seq);
+      if (s2.timed_out.size() > 4096)
+        s2.timed_out.erase(s2.timed_out.begin());
+      s2.c->internals().m.command(pc.shape.id, "timeout").inc();
+      cmd_result r;
+      r.reply.id = pc.shape.id;
+      r.failure = std::string(kvmi::name(pc.shape.id)) + ": the kernel did not answer in time";
+      r.code = api_errc::timeout;
+      pc.done(std::move(r));
+    },
+    [=](closed_atom) { on_closed(self); },
+    [=](proto_err_atom, const std::string& why) { protocol_error(self, why); },
+    [=](command_atom, kvmi::command& cmd) {
+      auto rp = self->make_response_promise<cmd_result>();
+      send_cmd(self, std::move(cmd), [rp](cmd_result r) mutable { rp.deliver(std::move(r)); });
+      return rp;
+    },
+    [=](vm_setup_atom, uint16_t vcpu) -> caf::result<bool> {
+      auto& s2 = self->state;
+      if (s2.setup_done)
+        return true;
+      auto rp = self->make_response_promise<bool>();
+      s2.setup_waiters.push_back(rp);
+      if (!s2.setup_running)
+        run_setup(self, vcpu);
+      return rp;
+    },
+    [=](unprotect_atom, uint64_t gpa, uint16_t vcpu) -> caf::result<bool> {
+      auto& s2 = self->state;
+      auto it = s2.st.pages.find(gpa);
+      if (it == s2.st.pages.end())
+        return true; // another vCPU got there first
+      auto rp = self->make_response_promise<bool>();
+      set_access(self, vcpu, {{gpa, kvmi::page_access_rwx, {}}},
+                 [=](bool ok, std::string err) mutable {
+                   if (ok) {
+                     self->state.st.pages.erase(gpa);
+                     publish_snapshot(self);
+                   } else
+                     log(self, "unprotect: %s", err);
+                   rp.deliver(ok);
+                 });
+      return rp;
+    },
+    [=](restore_bp_atom, uint64_t gpa) -> caf::result<bool> {
+      auto& s2 = self->state;
+      auto it = s2.st.breakpoints.find(gpa);
+      if (it == s2.st.breakpoints.end())
+        return false;
+      it->second.hits++;
+      bus_record r;
+      r.kind = bus_kind::report;
+      r.name = "breakpoint-hit";
+      r.vm = s2.uuid;
+      r.vm_name = s2.p.guest.name;
+      r.message = "kvmid breakpoint " + it->second.name + " hit";
+      r.fields.emplace_back("gpa", std::to_string(gpa));
+      s2.c->bus().publish(std::move(r));
+      auto rp = self->make_response_promise<bool>();
+      restore_breakpoint(self, gpa, [=](bool ok) mutable {
+        publish_snapshot(self);
+        rp.deliver(ok);
+      });
+      return rp;
+    },
+    [=](held_atom, uint16_t vcpu) {
+      self->state.held.insert(vcpu);
+      check_paused(self);
+    },
+    [=](policy_atom, policy_ptr& pol) {
+      auto& s2 = self->state;
+      s2.policy = pol;
+      s2.setup_done = false;
+      for (auto& v : s2.vcpus)
+        if (v)
+          self->send(v, policy_atom::value, pol);
+      // Stop every vCPU once more so the new policy is applied at its next
+      // event (CONTROL_* on each, then the VM-wide set-up).
+      send_cmd(self, kvmi::pause_all_vcpus{}, [](cmd_result) {});
+    },
+    [=](api_atom, api_request& req) {
+      auto rp = self->make_response_promise<api_response>();
+      handle_api(self, req, rp);
+      return rp;
+    },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_vm(core& c, session_params p) {
+  auto link = p.link;
+  auto a = c.system().spawn(vm_behavior, &c, std::move(p));
+  link->set_vm(a);
+  return a;
+}
+
+} // namespace kvmid

@@ -161,6 +161,15 @@ struct map_mem_token {
 struct get_map_token_reply {
   map_mem_token token;
 };
+// /dev/kvmmem, for a tool inside a guest holding a map token (not on the
+// socket; here so that the uapi ABI test covers all of kvmi.h).
+struct mem_map {
+  map_mem_token token;
+  uint64_t gpa;
+  uint64_t gva;
+};
+inline constexpr unsigned long kvm_intro_mem_map = _IOW('i', 0x01, mem_map);
+inline constexpr unsigned long kvm_intro_mem_unmap = _IOW('i', 0x02, unsigned long);
 
 // v5 sends sizeof(struct kvm_xsave) as of 4.20: 4096 bytes. Newer uapi headers
 // add a flexible tail, so the size is fixed here rather than taken from them.
@@ -317,6 +326,7 @@ template <class F> void inspect(F& f, control_ve& x) {
 template <class F> void inspect(F& f, control_vm_events& x) { f(x.events, pad(x.padding)); }
 template <class F> void inspect(F& f, map_mem_token& x) { f(x.token); }
 template <class F> void inspect(F& f, get_map_token_reply& x) { f(x.token); }
+template <class F> void inspect(F& f, mem_map& x) { f(x.token, x.gpa, x.gva); }
 template <class F> void inspect(F& f, get_xsave& x) { f(x.vcpu, pad(x.padding)); }
 template <class F> void inspect(F& f, event_msrs& x) {
   f(x.sysenter_cs, x.sysenter_esp, x.sysenter_eip, x.efer, x.star, x.lstar, x.cstar, x.pat,
@@ -371,6 +381,7 @@ static_assert(sizeof(control_cr) == 8 && offsetof(control_cr, cr) == 4);
 static_assert(sizeof(control_msr) == 8 && offsetof(control_msr, msr) == 4);
 static_assert(sizeof(control_ve) == 8 && sizeof(control_vm_events) == 8);
 static_assert(sizeof(get_map_token_reply) == 32);
+static_assert(sizeof(mem_map) == 48 && offsetof(mem_map, gpa) == 32);
 static_assert(sizeof(get_xsave) == 8);
 static_assert(sizeof(kvm_regs) == 144 && sizeof(kvm_sregs) == 312);
 static_assert(sizeof(kvm_msr_entry) == 16);

@@ -147,7 +147,8 @@ struct counters {
   std::map<std::string, uint64_t> errors;     // error replies sent, by KVM_E* name
   std::map<std::string, uint64_t> violations; // protocol violations by kind
   uint64_t breakpoint_hits = 0;               // INT3 executed (event or guest #BP)
-  uint64_t pf_allowed = 0, pf_retried = 0, pf_crashed = 0, pf_guest = 0;
+  uint64_t pf_allowed = 0, pf_retried = 0, pf_crashed = 0;
+  uint64_t pf_unreported = 0;                 // restricted access let through: PF not enabled
   uint64_t hmis = 0;
   uint64_t sessions = 0;        // completed handshakes
   uint64_t reconnects = 0;

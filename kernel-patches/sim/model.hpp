@@ -1,0 +1,197 @@
+// Internal: the simulated guest and the per-VM kernel state of kvmi-sim.
+// Owned by one event loop (shard) and touched only under its mutex.
+#pragma once
+
+#include "kernel-patches/sim/sim.hpp"
+
+#include <deque>
+#include <memory_resource>
+#include <random>
+#include <unordered_map>
+
+namespace kvmi::sim::detail {
+
+using clock = std::chrono::steady_clock;
+using time_point = clock::time_point;
+
+// Well-known x86 MSRs the guest model carries.
+namespace msr {
+inline constexpr uint32_t tsc = 0x10, apic_base = 0x1b, sysenter_cs = 0x174,
+                          sysenter_esp = 0x175, sysenter_eip = 0x176, pat = 0x277,
+                          misc_enable = 0x1a0, efer = 0xc0000080, star = 0xc0000081,
+                          lstar = 0xc0000082, cstar = 0xc0000083, fmask = 0xc0000084,
+                          fs_base = 0xc0000100, gs_base = 0xc0000101,
+                          kernel_gs_base = 0xc0000102, tsc_aux = 0xc0000103;
+}
+
+// Violations the host detects in what the tool sends.
+enum class violation : uint8_t {
+  reply_unknown_seq,     // event reply for no pending event (also duplicates): closes
+  reply_bad_size,        // event reply size does not fit its own event field: closes
+  reply_event_mismatch,  // event field differs from the pending event: not applied
+  reply_bad_action,      // action not allowed for the event: taken as CONTINUE
+  reply_with_event_id,   // a reply sent with id KVMI_EVENT instead of EVENT_REPLY: closes
+  pf_ctx_oversize,       // PF reply ctx_size > 256: closes
+  bad_padding,           // non-zero padding: EINVAL (commands) or closes (replies)
+  unknown_id,            // id >= 29, or unknown id with payload: closes
+  bad_size,              // command size does not match its id/counts: closes
+  physical_range,        // READ/WRITE_PHYSICAL beyond one page: closes
+  invalid_command,       // a command the kernel answers with EINVAL for bad fields
+  unhook_timeout,        // the tool did not close after UNHOOK in time
+  count_
+};
+std::string_view name(violation v);
+
+// One guest action on a vCPU: what the guest does, where it stands and
+// what it has seen so far.
+struct guest_action {
+  enum kind : uint8_t { msr, cr, access, execute, hypercall, descriptor, xsetbv };
+  kind k = msr;
+  uint32_t a = 0;      // msr index, cr number, access mode, descriptor kind
+  uint64_t x = 0;      // value to write, or gpa
+  uint64_t y = 0;      // descriptor: write flag; access: byte to write
+  uint8_t phase = 0;   // execute: 0 = fetch permission, 1 = INT3 check
+  bool workload = false;
+  std::shared_ptr<std::promise<outcome>> done; // scripted actions only
+  outcome out;
+};
+
+struct injection {
+  uint8_t nr = 0;
+  bool has_error = false;
+  uint16_t error_code = 0;
+  uint64_t address = 0;
+};
+
+struct vcpu {
+  uint16_t index = 0;
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  uint64_t xcr0 = 0x7;
+  std::vector<std::pair<uint32_t, uint64_t>> msrs; // sorted by index
+
+  // Introspection state of the current session.
+  uint32_t events = 0;   // CONTROL_EVENTS mask
+  uint8_t cr_watch = 0;  // bit per watched CR: 0 -> cr0, 1 -> cr3, 2 -> cr4
+  std::vector<uint32_t> msr_watch;
+  uint32_t pauses = 0;   // queued PAUSE_VCPU jobs
+  bool create_pending = false;
+  std::optional<kvm_regs> set_regs; // SET_REGISTERS waiting for the event reply
+  std::optional<injection> inject;
+
+  // The event this vCPU waits in.
+  bool waiting = false;
+  event_id ev{};
+  uint32_t ev_seq = 0;
+  time_point ev_sent{};
+  uint64_t ev_new = 0;      // CR/MSR: the value the guest tried to write
+  bool ev_for_action = false;
+
+  // Guest actions.
+  bool has_current = false;
+  guest_action current;
+  std::deque<guest_action> queue;
+  bool workload_due = false;
+};
+
+struct page {
+  uint8_t bytes[4096];
+};
+
+// Per-VM counters as arrays, so the hot path never builds map keys.
+struct vm_counts {
+  std::array<uint64_t, num_events> events{};
+  std::array<uint64_t, 3> replies{};
+  std::array<uint64_t, 32> commands{};
+  std::array<uint64_t, 1024> errors{}; // by -err, clipped
+  std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
+  uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
+           pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
+           unanswered_at_close = 0, faults_injected = 0;
+};
+
+struct vm {
+  uint32_t index = 0;  // global
+  uint32_t local = 0;  // in its shard
+  hs::uuid uuid{};
+  std::string name;
+  std::mt19937_64 rng;
+
+  // Guest.
+  std::deque<vcpu> vcpus;
+  std::unordered_map<uint64_t, std::unique_ptr<page>> memory; // sparse, by gfn
+  std::vector<hs::region> regions;
+  std::vector<bool> gpu_online; // per GPU RAM region, in region order
+  bool crashed = false;
+
+  // Connection.
+  int fd = -1;
+  uint32_t gen = 0; // bumps per connection: stale completions are ignored
+  bool connecting = false, connected = false, hooked = false;
+  bool recv_inflight = false, send_inflight = false, connect_inflight = false;
+  bool close_after_send = false;
+  bool ever_hooked = false;
+  std::unique_ptr<hs::dm_side> dm;
+  std::unique_ptr<frame_splitter> splitter;
+  std::vector<uint8_t> rbuf;
+  std::vector<uint8_t> out, inflight, deferred, scratch;
+  size_t inflight_off = 0;
+  size_t split_at = 0;      // torn frame: send only up to here, then pause
+  bool held = false;        // waiting for the torn pause to pass
+  bool dirty = false;
+
+  // Kernel session state.
+  uint32_t ev_seq = 0;
+  uint32_t vm_events = 0;   // CONTROL_VM_EVENTS mask
+  std::unordered_map<uint64_t, uint8_t> access; // restricted pages by gfn
+  uint32_t tokens = 0;
+  std::pmr::unsynchronized_pool_resource pool;
+  std::pmr::unordered_map<uint32_t, uint16_t> pending{&pool}; // event seq -> vcpu
+  bool unhook_sent = false, unhook_requested = false, unhooked = false;
+  std::vector<std::shared_ptr<std::promise<outcome>>> unhook_waiters;
+  uint32_t unhook_gen = 0;
+
+  vm_counts c;
+};
+
+// Log-linear latency histogram in nanoseconds (16 sub-buckets per power of two).
+struct histogram {
+  std::array<uint64_t, 64 * 16> b{};
+  uint64_t n = 0, max = 0;
+  static size_t bucket(uint64_t v) {
+    if (v < 16)
+      return v;
+    int msb = 63 - __builtin_clzll(v);
+    return static_cast<size_t>((msb - 3) * 16) + ((v >> (msb - 4)) & 15);
+  }
+  static uint64_t lower(size_t i) {
+    if (i < 16)
+      return i;
+    size_t msb = i / 16 + 3, sub = i % 16;
+    return (uint64_t{1} << msb) | (uint64_t{sub} << (msb - 4));
+  }
+  void add(uint64_t v) {
+    ++b[bucket(v)];
+    ++n;
+    max = std::max(max, v);
+  }
+  void merge(const histogram& o) {
+    for (size_t i = 0; i < b.size(); ++i)
+      b[i] += o.b[i];
+    n += o.n;
+    max = std::max(max, o.max);
+  }
+  uint64_t quantile(double q) const {
+    if (n == 0)
+      return 0;
+    uint64_t want = static_cast<uint64_t>(q * static_cast<double>(n - 1)) + 1, seen = 0;
+    for (size_t i = 0; i < b.size(); ++i) {
+      seen += b[i];
+      if (seen >= want)
+        return std::min(max, lower(i + 1));
+    }
+    return max;
+  }
+};
+
+} // namespace kvmi::sim::detail

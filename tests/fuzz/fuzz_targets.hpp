@@ -1,0 +1,224 @@
+// The fuzz targets' logic, shared by the libFuzzer binaries (clang,
+// -fsanitize=fuzzer,address,undefined) and the doctest that replays seeds
+// and seeded random inputs through them under the normal build.
+//
+// Invariants checked beyond "no crash, no over-read":
+//  - decode is exact: whatever decodes re-encodes to the same bytes;
+//  - check() and name() never fail on decoded input;
+//  - the splitter only hands out whole frames within max_payload, accounts
+//    for every byte it was fed, and fails only with oversize;
+//  - the handshake never completes on bytes that carry no valid MAC.
+#pragma once
+
+#include "proto/codec.hpp"
+#include "proto/handshake.hpp"
+#include "tests/proto/samples.hpp"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
+#include <vector>
+
+#ifndef KVMI_FUZZ_FAIL
+#define KVMI_FUZZ_FAIL(msg) (std::fprintf(stderr, "invariant violated: %s\n", msg), std::abort())
+#endif
+#define KVMI_FUZZ_ASSERT(cond)                                                                    \
+  do {                                                                                            \
+    if (!(cond))                                                                                  \
+      KVMI_FUZZ_FAIL(#cond);                                                                      \
+  } while (0)
+
+namespace kvmi::fuzz {
+
+// Reply shapes to decode against: one per command, plus variable-count ones
+// whose counts come from the input itself.
+inline const std::vector<reply_shape>& fixed_shapes() {
+  static const std::vector<reply_shape> shapes = [] {
+    std::vector<reply_shape> s;
+    for (auto& c : testing::sample_commands())
+      s.push_back(expected_reply(c));
+    return s;
+  }();
+  return shapes;
+}
+
+// Input: byte 0 selects byte order (bit 0) and shape; bytes 1-2 give a count
+// for the variable shapes; the rest is one frame.
+inline int decode_one(const uint8_t* data, size_t size) {
+  if (size < 3)
+    return 0;
+  auto order = (data[0] & 1) ? byte_order::swapped : byte_order::native;
+  uint16_t count = static_cast<uint16_t>(data[1] | (data[2] << 8));
+  std::span<const uint8_t> bytes(data + 3, size - 3);
+  std::vector<uint8_t> re;
+
+  auto f = parse_frame(bytes, order);
+  if (!f) {
+    KVMI_FUZZ_ASSERT(!name(f.err().code).empty());
+    // A frame with a bad header never decodes from raw bytes either.
+    KVMI_FUZZ_ASSERT(!decode_from_tool(bytes, order).ok());
+    return 0;
+  }
+  KVMI_FUZZ_ASSERT(f->payload.size() == f->hdr.size);
+
+  if (auto d = decode_from_tool(*f, order); d.ok()) {
+    std::visit([&](const auto& m) { encode(re, m, order); }, *d);
+    KVMI_FUZZ_ASSERT(re.size() == bytes.size() && std::equal(re.begin(), re.end(), bytes.begin()));
+    if (auto* c = std::get_if<command_msg>(&*d)) {
+      auto e = check(c->body);
+      KVMI_FUZZ_ASSERT(e.ok() || !name(e.code).empty());
+      KVMI_FUZZ_ASSERT(!name(id_of(c->body)).empty());
+      (void)vcpu_of(c->body);
+      (void)expected_reply(c->body);
+    } else {
+      (void)check(std::get<event_reply_msg>(*d));
+    }
+  }
+  if (auto e = decode_event(*f, order); e.ok()) {
+    encode(re, *e, order);
+    KVMI_FUZZ_ASSERT(re.size() == bytes.size() && std::equal(re.begin(), re.end(), bytes.begin()));
+    (void)check(*e);
+    KVMI_FUZZ_ASSERT(event_size(e->kind()) == f->hdr.size);
+  }
+  auto try_shape = [&](const reply_shape& s) {
+    if (auto r = decode_reply(*f, s, order); r.ok()) {
+      encode(re, *r, order);
+      KVMI_FUZZ_ASSERT(re.size() == bytes.size()
+                       && std::equal(re.begin(), re.end(), bytes.begin()));
+      (void)check(*r);
+    }
+  };
+  const auto& shapes = fixed_shapes();
+  size_t sel = data[0] >> 1;
+  try_shape(shapes[sel < shapes.size() ? sel : 0]);
+  for (auto& s : shapes)
+    if (static_cast<uint16_t>(s.id) == f->hdr.id)
+      try_shape(s);
+  // Counts from the input for the shapes that depend on the command.
+  get_registers_cmd gr{{0, count, {}}, {}};
+  try_shape(expected_reply(gr));
+  get_page_access_cmd pa{{0, count, 0, 0}, {}};
+  try_shape(expected_reply(pa));
+  try_shape(expected_reply(read_physical{0, count}));
+  return 0;
+}
+
+// Input: byte 0 = byte order and a chunking seed; the rest is a stream,
+// fed in chunks whose sizes come from a generator seeded by byte 0.
+inline int split_stream(const uint8_t* data, size_t size) {
+  if (size < 1)
+    return 0;
+  auto order = (data[0] & 1) ? byte_order::swapped : byte_order::native;
+  uint32_t state = data[0] * 2654435761u + 1;
+  std::span<const uint8_t> bytes(data + 1, size - 1);
+  frame_splitter sp(order);
+  size_t at = 0, out = 0;
+  error err;
+  while (at < bytes.size()) {
+    state = state * 1103515245u + 12345u;
+    size_t n = std::min<size_t>(bytes.size() - at, 1 + (state >> 16) % 5000);
+    err = sp.feed(bytes.subspan(at, n), [&](const frame& f) {
+      KVMI_FUZZ_ASSERT(f.payload.size() == f.hdr.size);
+      KVMI_FUZZ_ASSERT(f.hdr.size <= max_payload);
+      out += sizeof(msg_hdr) + f.payload.size();
+    });
+    at += n;
+    if (err)
+      break;
+  }
+  if (err) {
+    KVMI_FUZZ_ASSERT(err.code == errc::oversize);
+    KVMI_FUZZ_ASSERT(out <= at);
+  } else {
+    KVMI_FUZZ_ASSERT(out + sp.buffered() == bytes.size());
+    KVMI_FUZZ_ASSERT(sp.buffered() < max_frame);
+  }
+  return 0;
+}
+
+// Input: byte 0 = mode and byte order; the rest is what a device manager
+// sent. Without the cookie nothing here can carry a valid MAC, so the tool
+// side must never reach done in kvmi mode.
+inline int handshake_bytes(const uint8_t* data, size_t size) {
+  if (size < 1)
+    return 0;
+  bool qemu = data[0] & 1;
+  std::vector<uint8_t> cookie{'f', 'u', 'z', 'z'};
+  hs::nonce tool_nonce{};
+  tool_nonce[0] = data[0];
+  hs::tool_side t(cookie, qemu ? hs::mode::qemu_v5 : hs::mode::kvmi, tool_nonce);
+  std::span<const uint8_t> in(data + 1, size - 1);
+  size_t chunk = 1 + (data[0] >> 1);
+  while (!in.empty() && t.state() == hs::status::in_progress) {
+    auto piece = in.first(std::min(chunk, in.size()));
+    auto before = piece.size();
+    t.feed(piece);
+    KVMI_FUZZ_ASSERT(piece.size() <= before);
+    in = in.subspan(before - piece.size());
+    if (!piece.empty())
+      break; // done or failed with bytes left over
+  }
+  if (!qemu)
+    KVMI_FUZZ_ASSERT(t.state() != hs::status::done);
+  if (t.state() == hs::status::done)
+    KVMI_FUZZ_ASSERT(t.info().name.size() <= 64);
+  return 0;
+}
+
+// Seed inputs built by encode(): valid frames of every kind in both orders.
+inline std::vector<std::vector<uint8_t>> decode_seeds() {
+  std::vector<std::vector<uint8_t>> seeds;
+  for (auto o : {byte_order::native, byte_order::swapped}) {
+    uint8_t sel = 0;
+    for (auto& f : testing::sample_frames(o)) {
+      std::vector<uint8_t> s{static_cast<uint8_t>((sel++ % 18) << 1 | (o == byte_order::swapped)),
+                             4, 0};
+      s.insert(s.end(), f.begin(), f.end());
+      seeds.push_back(std::move(s));
+    }
+  }
+  return seeds;
+}
+
+inline std::vector<std::vector<uint8_t>> splitter_seeds() {
+  std::vector<std::vector<uint8_t>> seeds;
+  for (auto o : {byte_order::native, byte_order::swapped}) {
+    for (uint8_t k = 0; k < 4; ++k) {
+      std::vector<uint8_t> s{static_cast<uint8_t>(k << 1 | (o == byte_order::swapped))};
+      for (auto& f : testing::sample_frames(o, k + 1))
+        s.insert(s.end(), f.begin(), f.end());
+      seeds.push_back(std::move(s));
+    }
+  }
+  return seeds;
+}
+
+inline std::vector<std::vector<uint8_t>> handshake_seeds() {
+  std::vector<std::vector<uint8_t>> seeds;
+  hs::guest_info info;
+  info.name = "seed";
+  info.vcpu_count = 2;
+  info.regions = {{0, 0x100000, 0, 0, 0}};
+  for (auto o : {byte_order::native, byte_order::swapped}) {
+    // A real hello, then a guest message made for another tool nonce.
+    std::vector<uint8_t> cookie{'f', 'u', 'z', 'z'};
+    info.order = o;
+    hs::dm_side d(cookie, info);
+    hs::tool_side other(cookie);
+    std::span<const uint8_t> h(d.out());
+    other.feed(h);
+    std::span<const uint8_t> ch(other.out());
+    d.feed(ch);
+    std::vector<uint8_t> s{static_cast<uint8_t>(o == byte_order::swapped ? 16 : 0)};
+    s.insert(s.end(), d.out().begin(), d.out().end());
+    seeds.push_back(std::move(s));
+    hs::dm_side q(cookie, info, hs::mode::qemu_v5);
+    std::vector<uint8_t> qs{1};
+    qs.insert(qs.end(), q.out().begin(), q.out().end());
+    seeds.push_back(std::move(qs));
+  }
+  return seeds;
+}
+
+} // namespace kvmi::fuzz

@@ -149,4 +149,23 @@ private:
   std::shared_ptr<shared> st_;
 };
 
+// What kvmid's main() needs: validate the config's "api" section, read the
+// token file, add every listener to the reactor. Throws std::runtime_error
+// naming the field or file on any problem (start-up should stop). Keep the
+// returned object alive until the reactor has stopped.
+class control_plane {
+public:
+  control_plane(core& c, net::reactor& r, const nlohmann::json& api_section);
+  ~control_plane();
+  const api_options& options() const { return opts_; }
+  // TCP ports actually bound, in listen order (0 for UNIX sockets).
+  const std::vector<uint16_t>& ports() const { return ports_; }
+
+private:
+  api_options opts_;
+  std::unique_ptr<core_backend> backend_;
+  std::unique_ptr<http_api> api_;
+  std::vector<uint16_t> ports_;
+};
+
 } // namespace kvmid::control

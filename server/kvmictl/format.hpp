@@ -1,0 +1,40 @@
+// kvmictl's output: readable tables of the API's JSON, a hexdump for guest
+// memory, and the SSE parser behind `watch`. Pure, so it is unit tested.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kvmictl {
+
+std::string format_vms(const nlohmann::json& body);      // GET /v1/vms
+std::string format_vm(const nlohmann::json& vm);         // GET /v1/vms/{vm}
+std::string format_vcpus(const nlohmann::json& body);    // GET .../vcpus
+std::string format_regs(const nlohmann::json& body);     // GET .../registers
+std::string format_event(std::string_view event, const nlohmann::json& data); // one line
+// 16 bytes a line: address, hex, printable ASCII.
+std::string hexdump(uint64_t gpa, const std::vector<uint8_t>& bytes);
+// The first line of an error body, "code: message", or the raw text.
+std::string format_error(long status, std::string_view body);
+
+// Incremental text/event-stream parser: feed() bytes as they arrive; each
+// complete event (blank-line terminated) calls on_event(event, data).
+class sse_parser {
+public:
+  using handler = std::function<void(const std::string& event, const std::string& data)>;
+  explicit sse_parser(handler h) : on_event_(std::move(h)) {}
+  void feed(std::string_view bytes);
+
+private:
+  void line(std::string_view l);
+  handler on_event_;
+  std::string buf_, event_, data_;
+  bool has_data_ = false;
+};
+
+} // namespace kvmictl

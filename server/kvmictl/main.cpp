@@ -1,0 +1,356 @@
+// kvmictl: a small CLI over kvmid's HTTP API.
+//
+//   kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json] CMD ...
+//   env: KVMID_API (http://127.0.0.1:8700 or unix:/run/kvmid/api.sock),
+//        KVMID_TOKEN, KVMID_TOKEN_FILE
+//
+// Exit codes: 0 ok, 1 the API answered with an error, 2 usage, 3 no answer.
+#include "server/kvmictl/format.hpp"
+
+#include <curl/curl.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using nlohmann::json;
+
+const char* usage =
+  "usage: kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json]\n"
+  "               [--timeout SECONDS] COMMAND [ARGS]\n"
+  "commands:\n"
+  "  vms                         list VMs\n"
+  "  vm UUID                     one VM with its memory map and vCPUs\n"
+  "  vcpus UUID                  the VM's vCPUs and their state\n"
+  "  pause UUID | resume UUID    pause or resume every vCPU of a VM\n"
+  "  regs UUID VCPU              registers of a paused vCPU\n"
+  "  read UUID GPA LEN           guest physical memory (hexdump; --json: hex)\n"
+  "  unhook UUID                 remove kvmid's hooks and disconnect the VM\n"
+  "  reload                      reload policies\n"
+  "  watch [--vm V] [--kind K] [--count N]\n"
+  "                              the event stream, one line per event\n"
+  "environment: KVMID_API, KVMID_TOKEN, KVMID_TOKEN_FILE\n";
+
+struct options {
+  std::string server = "http://127.0.0.1:8700";
+  std::string unix_path;
+  std::string token;
+  bool json_out = false;
+  long timeout = 30;
+};
+
+struct http_result {
+  bool ok = false;        // transport worked
+  std::string error;      // transport error
+  long status = 0;
+  std::string body;
+};
+
+size_t collect(char* p, size_t sz, size_t n, void* ud) {
+  static_cast<std::string*>(ud)->append(p, sz * n);
+  return sz * n;
+}
+
+CURL* make_handle(const options& o, const std::string& path, curl_slist*& hdrs) {
+  CURL* c = curl_easy_init();
+  if (!c)
+    return nullptr;
+  std::string url = (o.unix_path.empty() ? o.server : std::string("http://localhost")) + path;
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  if (!o.unix_path.empty())
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, o.unix_path.c_str());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  hdrs = nullptr;
+  if (!o.token.empty())
+    hdrs = curl_slist_append(hdrs, ("Authorization: Bearer " + o.token).c_str());
+  hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+  return c;
+}
+
+http_result request(const options& o, const std::string& method, const std::string& path,
+                    const std::string& body = "") {
+  http_result r;
+  curl_slist* hdrs = nullptr;
+  CURL* c = make_handle(o, path, hdrs);
+  if (!c) {
+    r.error = "curl_easy_init failed";
+    return r;
+  }
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, o.timeout);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method != "GET") {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  }
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  CURLcode rc = curl_easy_perform(c);
+  if (rc == CURLE_OK) {
+    r.ok = true;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  } else {
+    r.error = curl_easy_strerror(rc);
+  }
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(c);
+  return r;
+}
+
+// Prints the answer: the JSON itself with --json, else fmt(json).
+template <class F>
+int show(const options& o, const http_result& r, F fmt) {
+  if (!r.ok) {
+    std::cerr << "kvmictl: " << r.error << "\n";
+    return 3;
+  }
+  if (r.status < 200 || r.status >= 300) {
+    if (o.json_out)
+      std::cout << r.body << "\n";
+    std::cerr << "kvmictl: " << kvmictl::format_error(r.status, r.body) << "\n";
+    return 1;
+  }
+  json j = json::parse(r.body, nullptr, false);
+  if (j.is_discarded()) {
+    std::cerr << "kvmictl: the server's answer is not JSON\n";
+    return 3;
+  }
+  if (o.json_out)
+    std::cout << j.dump() << "\n";
+  else
+    std::cout << fmt(j);
+  return 0;
+}
+
+std::string enc(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      char b[4];
+      std::snprintf(b, sizeof b, "%%%02X", c);
+      out += b;
+    }
+  }
+  return out;
+}
+
+struct watch_state {
+  const options* o;
+  kvmictl::sse_parser parser;
+  long remaining; // -1 = forever
+  bool done = false;
+  long status = 0;
+  std::string err_body;
+  CURL* handle = nullptr;
+};
+
+size_t watch_write(char* p, size_t sz, size_t n, void* ud) {
+  auto* w = static_cast<watch_state*>(ud);
+  if (w->status == 0)
+    curl_easy_getinfo(w->handle, CURLINFO_RESPONSE_CODE, &w->status);
+  if (w->status != 200) {
+    w->err_body.append(p, sz * n);
+    return sz * n;
+  }
+  w->parser.feed(std::string_view(p, sz * n));
+  std::cout.flush();
+  return w->done ? 0 : sz * n; // 0 stops the transfer after --count events
+}
+
+int watch(const options& o, const std::string& vm, const std::string& kind, long count) {
+  std::string path = "/v1/events";
+  std::string q;
+  if (!vm.empty())
+    q += "vm=" + enc(vm);
+  if (!kind.empty())
+    q += std::string(q.empty() ? "" : "&") + "kind=" + enc(kind);
+  if (!q.empty())
+    path += "?" + q;
+  watch_state w{&o, kvmictl::sse_parser(nullptr), count, false, 0, {}, nullptr};
+  w.parser = kvmictl::sse_parser([&w, &o](const std::string& ev, const std::string& data) {
+    if (w.done)
+      return;
+    json j = json::parse(data, nullptr, false);
+    if (o.json_out) {
+      json line = {{"event", ev}, {"data", j.is_discarded() ? json(data) : j}};
+      std::cout << line.dump() << "\n";
+    } else {
+      std::cout << kvmictl::format_event(ev, j.is_discarded() ? json(data) : j) << "\n";
+    }
+    if (ev != "dropped" && w.remaining > 0 && --w.remaining == 0)
+      w.done = true;
+  });
+  curl_slist* hdrs = nullptr;
+  CURL* c = make_handle(o, path, hdrs);
+  if (!c)
+    return 3;
+  w.handle = c;
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, watch_write);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
+  CURLcode rc = curl_easy_perform(c);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(c);
+  if (w.done)
+    return 0;
+  if (w.status != 0 && w.status != 200) {
+    std::cerr << "kvmictl: " << kvmictl::format_error(w.status, w.err_body) << "\n";
+    return 1;
+  }
+  if (rc != CURLE_OK) {
+    std::cerr << "kvmictl: " << curl_easy_strerror(rc) << "\n";
+    return 3;
+  }
+  return 0; // the server ended the stream
+}
+
+std::optional<std::string> read_token_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    return std::nullopt;
+  std::string t;
+  in >> t;
+  return t;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  if (const char* s = std::getenv("KVMID_API")) {
+    std::string v = s;
+    if (v.starts_with("unix:"))
+      o.unix_path = v.substr(5);
+    else
+      o.server = v;
+  }
+  if (const char* f = std::getenv("KVMID_TOKEN_FILE")) {
+    if (auto t = read_token_file(f))
+      o.token = *t;
+  }
+  if (const char* t = std::getenv("KVMID_TOKEN"))
+    o.token = t;
+
+  std::vector<std::string> args;
+  std::string watch_vm, watch_kind;
+  long watch_count = -1;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::cerr << "kvmictl: " << a << " needs a value\n" << usage;
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--server") {
+      o.server = next();
+      o.unix_path.clear();
+    } else if (a == "--unix") {
+      o.unix_path = next();
+    } else if (a == "--token") {
+      o.token = next();
+    } else if (a == "--token-file") {
+      std::string f = next();
+      auto t = read_token_file(f);
+      if (!t) {
+        std::cerr << "kvmictl: cannot read token file " << f << "\n";
+        return 2;
+      }
+      o.token = *t;
+    } else if (a == "--json") {
+      o.json_out = true;
+    } else if (a == "--timeout") {
+      o.timeout = std::atol(next().c_str());
+    } else if (a == "--vm") {
+      watch_vm = next();
+    } else if (a == "--kind") {
+      watch_kind = next();
+    } else if (a == "--count") {
+      watch_count = std::atol(next().c_str());
+    } else if (a == "-h" || a == "--help") {
+      std::cout << usage;
+      return 0;
+    } else if (a.starts_with("--")) {
+      std::cerr << "kvmictl: unknown option " << a << "\n" << usage;
+      return 2;
+    } else {
+      args.push_back(a);
+    }
+  }
+  if (args.empty()) {
+    std::cerr << usage;
+    return 2;
+  }
+  auto need = [&](size_t n) {
+    if (args.size() != n + 1) {
+      std::cerr << "kvmictl: " << args[0] << " takes " << n << " argument(s)\n" << usage;
+      std::exit(2);
+    }
+  };
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  const std::string& cmd = args[0];
+  int rc = 2;
+  if (cmd == "vms") {
+    need(0);
+    rc = show(o, request(o, "GET", "/v1/vms"), kvmictl::format_vms);
+  } else if (cmd == "vm") {
+    need(1);
+    rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1])), kvmictl::format_vm);
+  } else if (cmd == "vcpus") {
+    need(1);
+    rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus"), kvmictl::format_vcpus);
+  } else if (cmd == "pause" || cmd == "resume" || cmd == "unhook") {
+    need(1);
+    rc = show(o, request(o, "POST", "/v1/vms/" + enc(args[1]) + "/" + cmd, "{}"),
+              [&](const json& j) { return args[1] + ": " + j.value("result", cmd) + "\n"; });
+  } else if (cmd == "reload") {
+    need(0);
+    rc = show(o, request(o, "POST", "/v1/policies/reload", "{}"),
+              [](const json&) { return std::string("policies reloaded\n"); });
+  } else if (cmd == "regs") {
+    need(2);
+    rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus/" + enc(args[2])
+                                     + "/registers"),
+              kvmictl::format_regs);
+  } else if (cmd == "read") {
+    need(3);
+    rc = show(o,
+              request(o, "GET", "/v1/vms/" + enc(args[1]) + "/memory?gpa=" + enc(args[2])
+                                  + "&len=" + enc(args[3]) + "&encoding=hex"),
+              [](const json& j) {
+                std::vector<uint8_t> bytes;
+                std::string h = j.value("data", "");
+                auto nib = [](char c) {
+                  return c >= '0' && c <= '9' ? c - '0'
+                         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+                };
+                for (size_t i = 0; i + 1 < h.size(); i += 2) {
+                  int hi = nib(h[i]), lo = nib(h[i + 1]);
+                  if (hi < 0 || lo < 0)
+                    return "(data is not hex) " + h + "\n";
+                  bytes.push_back(static_cast<uint8_t>(hi * 16 + lo));
+                }
+                uint64_t gpa = std::strtoull(j.value("gpa", "0").c_str(), nullptr, 0);
+                return kvmictl::hexdump(gpa, bytes);
+              });
+  } else if (cmd == "watch") {
+    need(0);
+    rc = watch(o, watch_vm, watch_kind, watch_count);
+  } else {
+    std::cerr << "kvmictl: unknown command " << cmd << "\n" << usage;
+  }
+  curl_global_cleanup();
+  return rc;
+}

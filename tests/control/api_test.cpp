@@ -1,0 +1,586 @@
+#include "api_fakes.hpp"
+#include "promtool.hpp"
+
+#include "server/control/encoding.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <thread>
+
+using namespace kvmid;
+using namespace kvmid::control;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* token = "t0ken-for-tests";
+constexpr const char* vm1 = "2b7c4e1a-0000-4000-8000-000000000001";
+
+struct parsed {
+  int status = 0;
+  std::map<std::string, std::string> headers; // lower-case names
+  std::string body;
+  json j() const { return json::parse(body); }
+};
+
+// Splits the bytes a connection sent into responses (Content-Length framed).
+std::vector<parsed> responses(std::string s) {
+  std::vector<parsed> out;
+  while (!s.empty()) {
+    auto end = s.find("\r\n\r\n");
+    REQUIRE(end != std::string::npos);
+    parsed p;
+    std::string head = s.substr(0, end);
+    REQUIRE(head.starts_with("HTTP/1.1 "));
+    p.status = std::stoi(head.substr(9, 3));
+    size_t pos = head.find("\r\n");
+    while (pos != std::string::npos) {
+      size_t next = head.find("\r\n", pos + 2);
+      std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos
+                                                                        : next - pos - 2);
+      auto colon = line.find(": ");
+      std::string k = line.substr(0, colon);
+      for (auto& c : k)
+        c = static_cast<char>(std::tolower(c));
+      p.headers[k] = line.substr(colon + 2);
+      pos = next;
+    }
+    size_t len = std::stoul(p.headers.at("content-length"));
+    REQUIRE(s.size() >= end + 4 + len);
+    p.body = s.substr(end + 4, len);
+    s.erase(0, end + 4 + len);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+struct harness {
+  test::fake_backend be;
+  test::fake_ring ring;
+  api_options opts;
+  std::unique_ptr<http_api> api;
+  std::unique_ptr<net::connection_handler> h;
+  test::fake_ctx ctx;
+
+  explicit harness(api_options o = {}) : opts(std::move(o)) {
+    api = std::make_unique<http_api>(be, token_auth(token), opts, ring.poster());
+    h = api->factory()();
+    h->on_open(ctx);
+  }
+  ~harness() { h->on_close(ctx, net::close_reason::local); }
+
+  void feed(std::string_view raw) {
+    h->on_data(ctx, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(raw.data()),
+                                             raw.size()));
+    ring.run(ctx, *h);
+  }
+  std::vector<parsed> exchange(std::string_view raw) {
+    feed(raw);
+    return responses(ctx.take());
+  }
+  parsed one(const std::string& method, const std::string& target, const std::string& body = "",
+             bool auth = true) {
+    std::string raw = method + " " + target + " HTTP/1.1\r\nHost: x\r\n";
+    if (auth)
+      raw += std::string("Authorization: Bearer ") + token + "\r\n";
+    if (!body.empty() || method != "GET")
+      raw += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    raw += "\r\n" + body;
+    auto r = exchange(raw);
+    REQUIRE(r.size() == 1);
+    return r[0];
+  }
+};
+
+void check_error(const parsed& p, int status, const std::string& code) {
+  CAPTURE(p.body);
+  CHECK(p.status == status);
+  CHECK(p.headers.at("content-type") == "application/json");
+  json j = json::parse(p.body);
+  CHECK(j["error"]["code"] == code);
+  CHECK(j["error"]["message"].is_string());
+  CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
+}
+
+} // namespace
+
+TEST_SUITE("control") {
+
+TEST_CASE("api: no token or a wrong one is 401, and the backend is not asked") {
+  harness t;
+  auto p = t.one("GET", "/v1/vms", "", false);
+  check_error(p, 401, "unauthorized");
+  CHECK(p.headers["www-authenticate"].starts_with("Bearer"));
+  auto q = t.exchange("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n");
+  REQUIRE(q.size() == 1);
+  check_error(q[0], 401, "unauthorized");
+  // Unknown paths are 401 too without a token: nothing is revealed.
+  check_error(t.one("GET", "/v1/secret", "", false), 401, "unauthorized");
+  check_error(t.one("GET", "/metrics", "", false), 401, "unauthorized");
+  CHECK(t.be.calls.empty());
+  CHECK_FALSE(t.ctx.closed); // 401 keeps the connection
+}
+
+TEST_CASE("api: unknown path 404, wrong method 405 with Allow") {
+  harness t;
+  check_error(t.one("GET", "/v1/nothing"), 404, "no_route");
+  auto p = t.one("DELETE", "/v1/vms/x/memory");
+  check_error(p, 405, "method_not_allowed");
+  CHECK(p.headers["allow"] == "GET, PUT");
+}
+
+TEST_CASE("api: list VMs and one VM with memory map and vCPUs") {
+  harness t;
+  auto p = t.one("GET", "/v1/vms");
+  REQUIRE(p.status == 200);
+  auto j = p.j();
+  REQUIRE(j["vms"].size() == 1);
+  CHECK(j["vms"][0]["uuid"] == vm1);
+  CHECK(j["vms"][0]["name"] == "web1");
+  CHECK(j["vms"][0]["vcpus"] == 2);
+  CHECK(j["vms"][0]["state"] == "running");
+  CHECK(j["vms"][0]["counters"].contains("events"));
+  CHECK_FALSE(j["vms"][0].contains("memory_map"));
+
+  auto v = t.one("GET", std::string("/v1/vms/") + vm1).j();
+  REQUIRE(v["memory_map"].size() == 2);
+  CHECK(v["memory_map"][1]["gpa"] == "0xfe000000");
+  CHECK(v["memory_map"][1]["type"] == "mmio");
+  CHECK(v["memory_map"][1]["online"] == false);
+  REQUIRE(v["vcpu_list"].size() == 2);
+  CHECK(v["vcpu_list"][0]["enabled_events"] == json::array({"pf"}));
+
+  // By name as well as uuid (the core resolves both).
+  CHECK(t.one("GET", "/v1/vms/web1/vcpus").j()["vcpus"].size() == 2);
+  check_error(t.one("GET", "/v1/vms/nope"), 404, "not_found");
+}
+
+TEST_CASE("api: core errors map to the issue's statuses") {
+  struct row {
+    api_errc e;
+    int status;
+    const char* code;
+  } rows[] = {{api_errc::not_found, 404, "not_found"},
+              {api_errc::conflict, 409, "conflict"},
+              {api_errc::unsafe_region, 422, "unsafe_region"},
+              {api_errc::invalid, 422, "invalid"},
+              {api_errc::timeout, 503, "kernel_timeout"},
+              {api_errc::kernel, 502, "kernel_error"},
+              {api_errc::internal, 500, "internal"}};
+  for (auto& r : rows) {
+    CAPTURE(r.code);
+    harness t;
+    t.be.fail = api_error{r.e, "scripted"};
+    auto p = t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/0/registers");
+    check_error(p, r.status, r.code);
+    CHECK(p.j()["error"]["message"] == "scripted");
+  }
+}
+
+TEST_CASE("api: registers, with MSRs") {
+  harness t;
+  auto j = t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/1/registers?msrs=0xc0000080,0x174").j();
+  CHECK(j["vcpu"] == 1);
+  CHECK(j["mode"] == 8);
+  CHECK(j["regs"]["rip"] == "0xffffffff81000000");
+  CHECK(j["regs"]["rax"] == "0x1");
+  CHECK(j["sregs"]["cr3"] == "0x1000");
+  REQUIRE(j["msrs"].size() == 2);
+  CHECK(j["msrs"][0]["index"] == "0xc0000080");
+  CHECK(t.be.calls.back() == std::string("get_registers ") + vm1 + " 1 msrs=2");
+  check_error(t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/x/registers"), 400,
+              "bad_request");
+  check_error(t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/65536/registers"), 400,
+              "bad_request");
+  check_error(t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/0/registers?msrs=zz"), 400,
+              "bad_request");
+}
+
+TEST_CASE("api: read memory, hex and base64, with range validation") {
+  harness t;
+  std::string base = std::string("/v1/vms/") + vm1 + "/memory";
+  auto j = t.one("GET", base + "?gpa=0x1000&len=4").j();
+  CHECK(j["gpa"] == "0x1000");
+  CHECK(j["len"] == 4);
+  CHECK(j["encoding"] == "hex");
+  CHECK(j["data"] == "00010203");
+  auto b = t.one("GET", base + "?gpa=4096&len=3&encoding=base64").j();
+  CHECK(b["data"] == to_base64(std::vector<uint8_t>{0, 1, 2}));
+  check_error(t.one("GET", base + "?gpa=0x1000"), 400, "bad_request");
+  check_error(t.one("GET", base + "?gpa=x&len=1"), 400, "bad_request");
+  check_error(t.one("GET", base + "?gpa=0&len=1&encoding=rot13"), 400, "bad_request");
+  check_error(t.one("GET", base + "?gpa=0x1000&len=0"), 422, "invalid_range");
+  check_error(t.one("GET", base + "?gpa=0x1000&len=65537"), 422, "invalid_range");
+  check_error(t.one("GET", base + "?gpa=0xffffffffffffffff&len=2"), 422, "invalid_range");
+  // None of the refused reads reached the core.
+  size_t reads = 0;
+  for (auto& c : t.be.calls)
+    reads += c.starts_with("read_physical");
+  CHECK(reads == 2);
+}
+
+TEST_CASE("api: write memory") {
+  harness t;
+  std::string base = std::string("/v1/vms/") + vm1 + "/memory";
+  auto p = t.one("PUT", base, R"({"gpa":"0x2000","data":"cafe"})");
+  REQUIRE(p.status == 200);
+  CHECK(p.j()["len"] == 2);
+  CHECK(t.be.memory[0x2000] == 0xca);
+  CHECK(t.be.memory[0x2001] == 0xfe);
+  REQUIRE(t.one("PUT", base, R"({"gpa":8192,"data":"AQI=","encoding":"base64"})").status == 200);
+  CHECK(t.be.memory[0x2000] == 1);
+  CHECK(t.be.memory[0x2001] == 2);
+  check_error(t.one("PUT", base, "{not json"), 400, "bad_request");
+  check_error(t.one("PUT", base, "[1,2]"), 400, "bad_request");
+  check_error(t.one("PUT", base, R"({"gpa":1,"data":"00","extra":1})"), 400, "bad_request");
+  check_error(t.one("PUT", base, R"({"data":"00"})"), 400, "bad_request");
+  check_error(t.one("PUT", base, R"({"gpa":-1,"data":"00"})"), 400, "bad_request");
+  check_error(t.one("PUT", base, R"({"gpa":1,"data":"0g"})"), 400, "bad_request");
+  check_error(t.one("PUT", base, R"({"gpa":1,"data":""})"), 422, "invalid_range");
+  t.be.fail = api_error{api_errc::unsafe_region, "0xfe000000 is mmio"};
+  check_error(t.one("PUT", base, R"({"gpa":"0xfe000000","data":"00"})"), 422, "unsafe_region");
+}
+
+TEST_CASE("api: page access, breakpoints, events, pause/resume, unhook, reload") {
+  harness t;
+  std::string vm = std::string("/v1/vms/") + vm1;
+  auto pa = t.one("GET", vm + "/page-access").j();
+  CHECK(pa["pages"][0]["gpa"] == "0x2000");
+  CHECK(pa["pages"][0]["access"] == "r-x");
+  REQUIRE(t.one("PUT", vm + "/page-access", R"({"gpa":"0x3000","access":"r--"})").status == 200);
+  CHECK(t.be.calls.back() == std::string("set_page_access ") + vm1 + " 12288 1");
+  check_error(t.one("PUT", vm + "/page-access", R"({"gpa":"0x3001","access":"r--"})"), 422,
+              "invalid_range");
+  check_error(t.one("PUT", vm + "/page-access", R"({"gpa":"0x3000","access":"rw"})"), 400,
+              "bad_request");
+
+  auto bl = t.one("GET", vm + "/breakpoints").j();
+  CHECK(bl["breakpoints"][0]["gpa"] == "0x1234");
+  CHECK(bl["breakpoints"][0]["hits"] == 2);
+  auto added = t.one("POST", vm + "/breakpoints", R"({"gpa":"0x4000"})");
+  CHECK(added.status == 201);
+  CHECK(added.j()["gpa"] == "0x4000");
+  CHECK(t.one("DELETE", vm + "/breakpoints/0x4000").status == 200);
+  CHECK(t.be.calls.back() == std::string("remove_breakpoint ") + vm1 + " 16384");
+  check_error(t.one("DELETE", vm + "/breakpoints/zz"), 400, "bad_request");
+
+  auto ev = t.one("PUT", vm + "/vcpus/1/events", R"({"events":["breakpoint","msr"]})");
+  REQUIRE(ev.status == 200);
+  CHECK(t.be.last_mask == ((1u << 4) | (1u << 2)));
+  CHECK(ev.j()["enabled_events"] == json::array({"msr", "breakpoint"}));
+  // enable/disable edit the mask the core reports (pf is on in the fake).
+  REQUIRE(t.one("PUT", vm + "/vcpus/1/events", R"({"enable":["cr"],"disable":["pf"]})").status
+          == 200);
+  CHECK(t.be.last_mask == (1u << 1));
+  check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":["nope"]})"), 400, "bad_request");
+  check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":["unhook"]})"), 422, "invalid");
+  check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":[],"enable":["pf"]})"), 400,
+              "bad_request");
+  check_error(t.one("PUT", vm + "/vcpus/7/events", R"({"enable":["pf"]})"), 404, "not_found");
+
+  CHECK(t.one("POST", vm + "/pause").j()["result"] == "paused");
+  CHECK(t.one("POST", vm + "/resume").j()["result"] == "resumed");
+  CHECK(t.one("POST", vm + "/unhook").j()["result"] == "unhooked");
+  CHECK(t.one("POST", "/v1/policies/reload").j()["result"] == "reloaded");
+  t.be.fail = api_error{api_errc::conflict, "VM disconnected"};
+  check_error(t.one("POST", vm + "/pause"), 409, "conflict");
+}
+
+TEST_CASE("api: keep-alive and pipelining answer in order, one request at a time") {
+  harness t;
+  t.be.hold = true; // the core has not answered yet
+  std::string a = std::string("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer ") + token + "\r\n\r\n";
+  std::string b = std::string("GET /v1/vms/web1 HTTP/1.1\r\nAuthorization: Bearer ") + token
+                  + "\r\n\r\n";
+  std::string c = std::string("POST /v1/vms/web1/pause HTTP/1.1\r\nAuthorization: Bearer ") + token
+                  + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+  t.feed(a + b + c);
+  CHECK(t.ctx.out.empty());
+  CHECK(t.be.calls.size() == 1); // the second waits for the first
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(t.be.held.size() == 1);
+    auto fn = std::move(t.be.held.front());
+    t.be.held.clear();
+    fn();
+    t.ring.run(t.ctx, *t.h);
+  }
+  auto rs = responses(t.ctx.take());
+  REQUIRE(rs.size() == 3);
+  CHECK(rs[0].j().contains("vms"));
+  CHECK(rs[0].headers["connection"] == "keep-alive");
+  CHECK(rs[1].j()["name"] == "web1");
+  CHECK(rs[2].j()["result"] == "paused");
+  CHECK(rs[2].headers["connection"] == "close");
+  CHECK(t.ctx.closed);
+  CHECK(t.be.calls == std::vector<std::string>{"list_vms", "get_vm web1", "pause_vm web1"});
+}
+
+TEST_CASE("api: an answer arriving after the client left goes nowhere") {
+  harness t;
+  t.be.hold = true;
+  t.feed(std::string("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer ") + token + "\r\n\r\n");
+  REQUIRE(t.be.held.size() == 1);
+  t.h->on_close(t.ctx, net::close_reason::peer_closed);
+  t.h.reset(); // the reactor destroys the handler
+  t.be.held[0]();
+  // The posted work is for a connection that is gone: the reactor drops it.
+  t.ring.q.clear();
+  t.h = t.api->factory()(); // (for the harness destructor)
+  t.h->on_open(t.ctx);
+}
+
+TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and closed") {
+  {
+    harness t;
+    auto r = t.exchange("NOT HTTP AT ALL\r\n\r\n");
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 400, "bad_request");
+    CHECK(r[0].headers["connection"] == "close");
+    CHECK(t.ctx.closed);
+  }
+  {
+    api_options o;
+    o.http.max_body_bytes = 4096;
+    harness t(o);
+    auto r = t.exchange(std::string("PUT /v1/vms/web1/memory HTTP/1.1\r\nAuthorization: Bearer ")
+                        + token + "\r\nContent-Length: 100000\r\n\r\n");
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 413, "payload_too_large");
+    CHECK(t.ctx.closed);
+    CHECK(t.be.calls.empty());
+  }
+  {
+    api_options o;
+    o.http.max_header_bytes = 1024;
+    harness t(o);
+    auto r = t.exchange("GET /v1/vms HTTP/1.1\r\nX-Big: " + std::string(2000, 'a') + "\r\n\r\n");
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 431, "headers_too_large");
+    CHECK(t.ctx.closed);
+  }
+}
+
+TEST_CASE("api: a slow client gets 408 and is closed; an idle one is just closed") {
+  api_options o;
+  o.http.header_timeout = std::chrono::milliseconds(1);
+  o.http.idle_timeout = std::chrono::milliseconds(1);
+  o.http.body_timeout = std::chrono::milliseconds(1);
+  {
+    harness t(o);
+    CHECK(t.ctx.timers.count(1)); // armed from the start (idle)
+    t.feed("GET /v1/vms HTTP/1.1\r\nAuthor");
+    REQUIRE(t.ctx.timers.count(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    t.h->on_timer(t.ctx, 1);
+    auto r = responses(t.ctx.take());
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 408, "request_timeout");
+    CHECK(t.ctx.closed);
+  }
+  {
+    harness t(o);
+    t.feed(std::string("PUT /v1/vms/web1/memory HTTP/1.1\r\nAuthorization: Bearer ") + token
+           + "\r\nContent-Length: 10\r\n\r\n{\"gp");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    t.h->on_timer(t.ctx, 1);
+    auto r = responses(t.ctx.take());
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 408, "request_timeout");
+    CHECK(t.be.calls.empty());
+  }
+  {
+    harness t(o);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    t.h->on_timer(t.ctx, 1);
+    CHECK(t.ctx.out.empty());
+    CHECK(t.ctx.closed);
+  }
+  {
+    // A timer that fires early (before the deadline) only re-arms.
+    api_options slow;
+    slow.http.idle_timeout = std::chrono::milliseconds(600'000);
+    harness t(slow);
+    t.h->on_timer(t.ctx, 1);
+    CHECK_FALSE(t.ctx.closed);
+    CHECK(t.ctx.timers.count(1));
+  }
+}
+
+TEST_CASE("api: connection limit answers 503") {
+  api_options o;
+  o.max_connections = 1;
+  harness t(o);
+  test::fake_ctx second;
+  second.cid = 2;
+  auto h2 = t.api->factory()();
+  h2->on_open(second);
+  auto r = responses(second.take());
+  REQUIRE(r.size() == 1);
+  check_error(r[0], 503, "too_many_connections");
+  CHECK(second.closed);
+  h2->on_close(second, net::close_reason::local);
+  // Once it is gone, a new connection is served again.
+  test::fake_ctx third;
+  third.cid = 3;
+  auto h3 = t.api->factory()();
+  h3->on_open(third);
+  CHECK(third.out.empty());
+  CHECK_FALSE(third.closed);
+  h3->on_close(third, net::close_reason::local);
+}
+
+TEST_CASE("api: /metrics is Prometheus text that promtool accepts") {
+  harness t;
+  t.be.reg.get_counter("kvmid_events_total", "KVMI events by kind.", {{"kind", "pf"}}).inc(3);
+  t.be.reg.get_histogram("kvmid_event_reply_seconds", "Reply latency.", reply_latency_bounds())
+    .observe(0.0002);
+  t.one("GET", "/v1/vms");
+  t.one("GET", "/nope");
+  auto p = t.one("GET", "/metrics");
+  REQUIRE(p.status == 200);
+  CHECK(p.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+  CHECK(p.body.find("kvmid_events_total{kind=\"pf\"} 3\n") != std::string::npos);
+  CHECK(p.body.find("kvmid_http_requests_total{code=\"200\",route=\"/v1/vms\"} 1\n")
+        != std::string::npos);
+  CHECK(p.body.find("kvmid_http_requests_total{code=\"404\",route=\"-\"} 1\n")
+        != std::string::npos);
+  CHECK(p.body.find("kvmid_event_reply_seconds_count 1\n") != std::string::npos);
+  auto r = test::promtool_check(p.body);
+  if (!r) {
+    MESSAGE("skipped promtool: not installed (Debian package prometheus)");
+    return;
+  }
+  INFO(r->output);
+  CHECK(r->status == 0);
+}
+
+TEST_CASE("api: the event stream delivers filtered records and reports drops") {
+  api_options o;
+  o.stream_queue = 4;
+  o.stream_backlog = 2;
+  harness t(o);
+  t.feed(std::string("GET /v1/events?vm=web1&kind=alert HTTP/1.1\r\nAuthorization: Bearer ")
+         + token + "\r\n\r\n");
+  std::string head = t.ctx.take();
+  CHECK(head.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(head.find("Content-Type: text/event-stream\r\n") != std::string::npos);
+  CHECK(t.ctx.timers.count(2)); // heartbeat
+  CHECK_FALSE(t.ctx.timers.count(1)); // no read deadline on a stream
+  CHECK(t.be.bus.subscribers() == 1);
+
+  auto rec = [](std::string name, std::string vm, bus_kind k) {
+    bus_record r;
+    r.kind = k;
+    r.name = std::move(name);
+    r.vm = vm == "web1" ? vm1 : "other-uuid";
+    r.vm_name = std::move(vm);
+    r.vcpu = 1;
+    r.message = "line\nwith newline";
+    r.fields = {{"gpa", "0x1000"}};
+    return r;
+  };
+  t.be.bus.publish(rec("page-protection", "web1", bus_kind::alert));
+  t.be.bus.publish(rec("page-protection", "db", bus_kind::alert));     // other VM
+  t.be.bus.publish(rec("vm-connected", "web1", bus_kind::lifecycle)); // other kind
+  t.be.bus.publish(rec("msr-protection", "web1", bus_kind::alert));
+  t.ring.run(t.ctx, *t.h);
+  std::string s = t.ctx.take();
+  CHECK(s.find("event: page-protection\ndata: {") != std::string::npos);
+  CHECK(s.find("event: msr-protection\n") != std::string::npos);
+  CHECK(s.find("vm-connected") == std::string::npos);
+  CHECK(s.find("\"vm_name\":\"db\"") == std::string::npos);
+  CHECK(s.find("line\\nwith newline") != std::string::npos); // escaped, framing intact
+  // Every data line is one JSON object.
+  size_t events = 0;
+  for (size_t pos = 0; (pos = s.find("data: ", pos)) != std::string::npos; ++events) {
+    auto end = s.find('\n', pos);
+    auto j = json::parse(s.substr(pos + 6, end - pos - 6));
+    CHECK(j["vm"] == vm1);
+    CHECK(j["kind"] == "alert");
+    CHECK(j["fields"]["gpa"] == "0x1000");
+    pos = end;
+  }
+  CHECK(events == 2);
+
+  // The client stops reading: the socket backlog fills, records are dropped
+  // (never queued without bound), and the drop is reported once it reads again.
+  t.ctx.queued_msgs = 10;
+  for (int i = 0; i < 10; ++i)
+    t.be.bus.publish(rec("page-protection", "web1", bus_kind::alert));
+  t.ring.run(t.ctx, *t.h);
+  CHECK(t.ctx.out.empty());
+  t.ctx.queued_msgs = 0;
+  t.be.bus.publish(rec("cr-pin", "web1", bus_kind::alert));
+  t.ring.run(t.ctx, *t.h);
+  s = t.ctx.take();
+  CHECK(s.starts_with("event: dropped\ndata: {\"dropped\":"));
+  auto dj = json::parse(s.substr(s.find("data: ") + 6, s.find('\n', s.find("data: ")) - s.find("data: ") - 6));
+  CHECK(dj["dropped"].get<uint64_t>() == 10);
+  CHECK(s.find("event: cr-pin\n") != std::string::npos);
+  auto m = t.api->render_metrics();
+  CHECK(m.find("kvmid_event_streams 1\n") != std::string::npos);
+  CHECK(m.find("kvmid_bus_dropped_total 10\n") != std::string::npos);
+
+  // Quiet stream: the heartbeat is a comment line.
+  t.h->on_timer(t.ctx, 2);
+  CHECK(t.ctx.take() == ": keep-alive\n\n");
+  t.h->on_close(t.ctx, net::close_reason::peer_closed);
+  CHECK(t.be.bus.subscribers() == 0);
+  CHECK(t.api->render_metrics().find("kvmid_event_streams 0\n") != std::string::npos);
+  t.h = t.api->factory()();
+  t.h->on_open(t.ctx);
+}
+
+TEST_CASE("api: bad stream filters are 400") {
+  harness t;
+  check_error(t.one("GET", "/v1/events?color=red"), 400, "bad_request");
+  check_error(t.one("GET", "/v1/events?kind=a%0Ab"), 400, "bad_request");
+  CHECK(t.be.bus.subscribers() == 0);
+}
+
+TEST_CASE("api: config section parsing and validation") {
+  auto ok = parse_api_options(json::parse(R"({"listen":["tcp:127.0.0.1:8700","unix:/run/kvmid/api.sock","tcp:[::1]:0"],
+    "token_file":"/etc/kvmid/token","max_body_bytes":2048,"header_timeout_ms":500})"));
+  REQUIRE(std::holds_alternative<api_options>(ok));
+  auto& o = std::get<api_options>(ok);
+  REQUIRE(o.listen.size() == 3);
+  CHECK(o.listen[0].type == net::listen_spec::kind::tcp);
+  CHECK(o.listen[0].host == "127.0.0.1");
+  CHECK(o.listen[0].port == 8700);
+  CHECK(o.listen[1].type == net::listen_spec::kind::unix_socket);
+  CHECK(o.listen[1].path == "/run/kvmid/api.sock");
+  CHECK(o.listen[2].host == "::1");
+  CHECK(o.http.max_body_bytes == 2048);
+  CHECK(o.http.header_timeout == std::chrono::milliseconds(500));
+  CHECK(o.token_file == "/etc/kvmid/token");
+
+  struct bad_case {
+    const char* json;
+    const char* mentions;
+  } bad[] = {
+    {R"({"listen":["tcp:127.0.0.1:8700"]})", "token_file"},
+    {R"({"token_file":"/t"})", "listen"},
+    {R"({"token_file":"/t","listen":[]})", "listen"},
+    {R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"]})", "loopback"},
+    {R"({"token_file":"/t","listen":["tcp:localhost:8700"]})", "numeric"},
+    {R"({"token_file":"/t","listen":["tcp:127.0.0.1:70000"]})", "port"},
+    {R"({"token_file":"/t","listen":["unix:relative.sock"]})", "absolute"},
+    {R"({"token_file":"/t","listen":["http://x"]})", "expected"},
+    {R"({"token_file":"/t","listen":["unix:/a"],"max_body_bytes":-1})", "max_body_bytes"},
+    {R"({"token_file":"/t","listen":["unix:/a"],"idle_timeout_ms":0})", "idle_timeout_ms"},
+    {R"({"token_file":"/t","listen":["unix:/a"],"colour":1})", "colour"},
+    {R"([1])", "object"},
+  };
+  for (auto& b : bad) {
+    CAPTURE(b.json);
+    auto r = parse_api_options(json::parse(b.json));
+    REQUIRE(std::holds_alternative<std::string>(r));
+    CHECK(std::get<std::string>(r).find(b.mentions) != std::string::npos);
+  }
+  auto remote = parse_api_options(
+    json::parse(R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"],"allow_remote":true})"));
+  CHECK(std::holds_alternative<api_options>(remote));
+}
+
+}

@@ -715,7 +715,6 @@ void on_closed(vm_actor* self) {
 }
 
 void bootstrap(vm_actor* self) {
-  auto& s = self->state;
   send_cmd(self, kvmi::get_version{}, [=](cmd_result r) {
     auto& s2 = self->state;
     if (!r.ok())

@@ -121,6 +121,11 @@ public:
   void post(std::function<void()> fn);
 
   size_t connections() const;
+  size_t queued_total() const; // messages waiting on every connection (metrics)
+
+  // Thread-safe pool of send buffers (capacity kept): take one, fill it,
+  // hand it to post_send / ctx.send; the ring returns it after sending.
+  std::vector<uint8_t> take_buffer();
 
   struct impl;
 

@@ -1,0 +1,60 @@
+// kvmid's JSON config (config/kvmid.json, schema config/kvmid.schema.json):
+// parsed and validated in C++; a bad file stops start-up with the file, the
+// field (as a JSON pointer) and the reason.
+#pragma once
+
+#include "actors/policy.hpp"
+#include "proto/handshake.hpp"
+#include "server/reactor.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace kvmid {
+
+struct config_error : std::runtime_error {
+  config_error(std::string file, std::string field, std::string reason)
+    : std::runtime_error(file + ": " + (field.empty() ? "" : field + ": ") + reason),
+      file(std::move(file)), field(std::move(field)), reason(std::move(reason)) {}
+  std::string file, field, reason;
+};
+
+struct kvmi_listener_config {
+  net::listen_spec spec;
+  std::string cookie_file; // empty: the default cookie
+};
+
+enum class log_level : uint8_t { error, warn, info, debug };
+std::optional<log_level> parse_log_level(std::string_view s);
+
+struct config {
+  std::string file;
+  log_level level = log_level::info;
+  std::vector<kvmi_listener_config> listeners;
+  std::string cookie_file;           // the default cookie
+  kvmi::hs::mode handshake = kvmi::hs::mode::kvmi;
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::chrono::milliseconds command_timeout{5000};
+  size_t send_queue_limit = 4096;
+  size_t workers = 2;
+  policy_set policies;
+  std::optional<nlohmann::json> api; // the control plane's section, validated there
+};
+
+// Throws config_error.
+config parse_config(const nlohmann::json& j, const std::string& file);
+config load_config(const std::string& path);
+policy_set parse_policies(const nlohmann::json& j, const std::string& file,
+                          const std::string& at = "/policies");
+
+// Reads a cookie file (bytes, a trailing newline dropped); throws
+// config_error naming the field that referred to it.
+std::vector<uint8_t> read_cookie(const std::string& path, const std::string& file,
+                                 const std::string& field);
+
+} // namespace kvmid

@@ -1,0 +1,371 @@
+// kvmid: the KVMI introspection daemon.
+//   kvmid --config config/kvmid.json
+//   kvmid --simulate 4x4 --duration 10     (an in-process kvmi-sim fleet)
+#include "actors/core.hpp"
+#include "server/config.hpp"
+#include "server/kvmi_session.hpp"
+#include "server/reactor.hpp"
+
+#ifdef KVMID_HAVE_CONTROL
+#include "server/control/api.hpp"
+#endif
+#ifdef KVMID_HAVE_SIM
+#include "kernel-patches/sim/sim.hpp"
+#include <nlohmann/json.hpp>
+#endif
+
+#include <openssl/rand.h>
+
+#include <array>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <unistd.h>
+
+using namespace kvmid;
+
+namespace {
+
+void usage(FILE* f) {
+  std::fprintf(f,
+               "usage: kvmid [--config FILE] [--log-level error|warn|info|debug]\n"
+               "             [--simulate VMSxVCPUS] [--duration SECONDS]\n"
+               "  --config FILE        JSON config (see config/kvmid.json)\n"
+               "  --simulate 4x4       run kvmi-sim in-process against kvmid's own socket\n"
+               "  --duration SECONDS   exit cleanly after this time, printing a final summary\n");
+}
+
+// The fleet summary: VMs, vCPUs, events/s by kind, alerts.
+struct summary {
+  std::array<uint64_t, kvmi::num_events> last{};
+  uint64_t last_alerts = 0;
+  std::chrono::steady_clock::time_point last_t = std::chrono::steady_clock::now();
+
+  static uint64_t alerts(const std::vector<metric_family>& fams) {
+    uint64_t n = 0;
+    for (auto& f : fams)
+      if (f.name == "kvmid_alerts_total")
+        for (auto& s : f.samples)
+          n += uint64_t(s.value);
+    return n;
+  }
+
+  std::string line(core& c, bool final) {
+    auto fams = c.metrics().snapshot();
+    int64_t vms = 0, vcpus = 0;
+    std::map<std::string, uint64_t> ev;
+    for (auto& f : fams) {
+      if (f.name == "kvmid_vms" && !f.samples.empty())
+        vms = int64_t(f.samples[0].value);
+      if (f.name == "kvmid_vcpus" && !f.samples.empty())
+        vcpus = int64_t(f.samples[0].value);
+      if (f.name == "kvmid_events_total")
+        for (auto& s : f.samples)
+          ev[s.lbls.empty() ? "" : s.lbls[0].second] = uint64_t(s.value);
+    }
+    auto now = std::chrono::steady_clock::now();
+    double dt = std::chrono::duration<double>(now - last_t).count();
+    last_t = now;
+    std::string out = std::string(final ? "final: " : "") + std::to_string(vms) + " VMs, "
+                      + std::to_string(vcpus) + " vCPUs | events/s";
+    uint64_t total = 0;
+    for (uint32_t e = 0; e < kvmi::num_events; ++e) {
+      auto nm = std::string(kvmi::name(static_cast<kvmi::event_id>(e)));
+      uint64_t v = ev[nm];
+      total += v;
+      uint64_t d = v - last[e];
+      last[e] = v;
+      if (d > 0 && dt > 0) {
+        char b[64];
+        std::snprintf(b, sizeof b, " %s %.0f", nm.c_str(), double(d) / dt);
+        out += b;
+      }
+    }
+    uint64_t a = alerts(fams);
+    out += " | alerts +" + std::to_string(a - last_alerts) + " (total " + std::to_string(a)
+           + ") | events total " + std::to_string(total);
+    last_alerts = a;
+    return out;
+  }
+};
+
+std::vector<uint8_t> random_cookie() {
+  std::vector<uint8_t> c(32);
+  RAND_bytes(c.data(), int(c.size()));
+  return c;
+}
+
+#ifdef KVMID_HAVE_SIM
+// The demo policy --simulate uses without a config: protect what the
+// simulated guest touches, so every policy path shows in the summary.
+policy_set demo_policies() {
+  policy_set ps;
+  vm_policy p;
+  p.name = "demo";
+  p.match = {"*"};
+  kvmi::sim::workload_spec w;
+  p.pages.push_back({"kernel-text", w.hot_gpa, uint64_t(w.hot_pages / 2) * kvmi::page_size,
+                     kvmi::page_access_r | kvmi::page_access_x, pf_action::allow_once});
+  p.msrs.push_back({"lstar", 0xc0000082});
+  p.msrs.push_back({"sysenter-eip", 0x176});
+  for (auto n : {"cr0.wp", "cr4.smep", "cr4.smap"})
+    p.crs.push_back(*parse_cr_pin(n));
+  ps.policies.push_back(p);
+  return ps;
+}
+#endif
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path, level_arg, simulate;
+  double duration = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "kvmid: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--config" || a == "-c")
+      config_path = next();
+    else if (a == "--log-level")
+      level_arg = next();
+    else if (a == "--simulate")
+      simulate = next();
+    else if (a == "--duration") {
+      auto s = next();
+      char* end = nullptr;
+      duration = std::strtod(s.c_str(), &end);
+      if (*end || duration <= 0) {
+        std::fprintf(stderr, "kvmid: --duration must be a positive number of seconds\n");
+        return 2;
+      }
+    } else if (a == "--help" || a == "-h") {
+      usage(stdout);
+      return 0;
+    } else {
+      std::fprintf(stderr, "kvmid: unknown argument %s\n", a.c_str());
+      usage(stderr);
+      return 2;
+    }
+  }
+  uint32_t sim_vms = 0, sim_vcpus = 0;
+  if (!simulate.empty()) {
+#ifndef KVMID_HAVE_SIM
+    std::fprintf(stderr, "kvmid: built without kvmi-sim; --simulate is unavailable\n");
+    return 2;
+#else
+    if (std::sscanf(simulate.c_str(), "%ux%u", &sim_vms, &sim_vcpus) != 2 || sim_vms == 0
+        || sim_vcpus == 0 || sim_vms > 4096 || sim_vcpus > 1024) {
+      std::fprintf(stderr, "kvmid: --simulate wants VMSxVCPUS, e.g. 4x4\n");
+      return 2;
+    }
+#endif
+  }
+  if (config_path.empty() && simulate.empty()) {
+    std::fprintf(stderr, "kvmid: --config FILE is required (or --simulate VMSxVCPUS)\n");
+    usage(stderr);
+    return 2;
+  }
+
+  config cfg;
+  std::vector<std::vector<uint8_t>> cookies;
+  std::filesystem::path tmpdir;
+  try {
+    if (!config_path.empty()) {
+      cfg = load_config(config_path);
+      std::vector<uint8_t> def;
+      if (!cfg.cookie_file.empty())
+        def = read_cookie(cfg.cookie_file, cfg.file, "/cookie_file");
+      for (size_t i = 0; i < cfg.listeners.size(); ++i)
+        cookies.push_back(cfg.listeners[i].cookie_file.empty()
+                            ? def
+                            : read_cookie(cfg.listeners[i].cookie_file, cfg.file,
+                                          "/listeners/" + std::to_string(i) + "/cookie_file"));
+    } else {
+      // --simulate alone: a private socket and a random cookie.
+      char tmpl[] = "/tmp/kvmid-sim-XXXXXX";
+      if (!mkdtemp(tmpl)) {
+        std::perror("kvmid: mkdtemp");
+        return 1;
+      }
+      tmpdir = tmpl;
+      cfg.file = "(built-in --simulate config)";
+      kvmi_listener_config l;
+      l.spec.type = net::listen_spec::kind::unix_socket;
+      l.spec.path = (tmpdir / "kvmi.sock").string();
+      cfg.listeners.push_back(l);
+      cookies.push_back(random_cookie());
+#ifdef KVMID_HAVE_SIM
+      cfg.policies = demo_policies();
+#endif
+    }
+  } catch (const config_error& e) {
+    std::fprintf(stderr, "kvmid: bad config %s\n", e.what());
+    return 1;
+  }
+  if (!level_arg.empty()) {
+    auto l = parse_log_level(level_arg);
+    if (!l) {
+      std::fprintf(stderr, "kvmid: --log-level must be error, warn, info or debug\n");
+      return 2;
+    }
+    cfg.level = *l;
+  }
+  if (cfg.handshake == kvmi::hs::mode::qemu_v5)
+    std::fprintf(stderr, "kvmid: WARNING: qemu-v5 handshake: only the tool is authenticated "
+                         "and the exchange can be replayed\n");
+
+  // Signals are taken synchronously by the main thread only.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  core_options co;
+  co.worker_threads = cfg.workers;
+  co.policies = cfg.policies;
+  co.command_timeout = cfg.command_timeout;
+  if (!config_path.empty())
+    co.reload = [path = config_path](std::string& err) -> std::optional<policy_set> {
+      try {
+        return load_config(path).policies;
+      } catch (const config_error& e) {
+        err = e.what();
+        return std::nullopt;
+      }
+    };
+  int rc = 0;
+  {
+    core c(co);
+    net::reactor_options ro;
+    ro.send_queue_limit = cfg.send_queue_limit;
+    net::reactor r(ro);
+    std::string sim_target;
+    try {
+      for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+        kvmi_listener_options lo;
+        lo.cookie = cookies[i];
+        lo.mode = cfg.handshake;
+        lo.handshake_timeout = cfg.handshake_timeout;
+        int li = r.add_listener(cfg.listeners[i].spec, kvmi_handler_factory(r, c, lo));
+        auto& sp = cfg.listeners[i].spec;
+        std::fprintf(stderr, "kvmid: KVMI listening on %s\n", sp.describe().c_str());
+        if (sim_target.empty() && sp.type == net::listen_spec::kind::unix_socket)
+          sim_target = sp.path;
+        else if (sim_target.empty() && sp.type == net::listen_spec::kind::tcp)
+          sim_target = "tcp:" + std::to_string(r.bound_port(li));
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "kvmid: cannot listen: %s\n", e.what());
+      return 1;
+    }
+#ifdef KVMID_HAVE_CONTROL
+    std::unique_ptr<control::core_backend> backend;
+    std::unique_ptr<control::http_api> api;
+    if (cfg.api) {
+      auto o = control::parse_api_options(*cfg.api);
+      if (auto* err = std::get_if<std::string>(&o)) {
+        std::fprintf(stderr, "kvmid: bad config %s: /api: %s\n", cfg.file.c_str(), err->c_str());
+        return 1;
+      }
+      auto& ao = std::get<control::api_options>(o);
+      try {
+        backend = std::make_unique<control::core_backend>(c);
+        api = std::make_unique<control::http_api>(*backend, control::token_auth::from_file(ao.token_file),
+                                                  ao, control::reactor_poster(r));
+        for (auto& l : ao.listen) {
+          r.add_listener(l, api->factory());
+          std::fprintf(stderr, "kvmid: API listening on %s\n", l.describe().c_str());
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "kvmid: control plane: %s\n", e.what());
+        return 1;
+      }
+    }
+#endif
+    r.start();
+    if (!r.multishot())
+      std::fprintf(stderr, "kvmid: multishot recv unavailable, using plain recv\n");
+
+#ifdef KVMID_HAVE_SIM
+    std::unique_ptr<kvmi::sim::host> sim;
+    if (sim_vms) {
+      if (sim_target.empty()) {
+        std::fprintf(stderr, "kvmid: --simulate needs a unix or tcp listener\n");
+        return 1;
+      }
+      kvmi::sim::options so;
+      if (sim_target.rfind("tcp:", 0) == 0)
+        so.tcp_port = uint16_t(std::stoi(sim_target.substr(4)));
+      else
+        so.unix_path = sim_target;
+      so.vms = sim_vms;
+      so.vcpus_per_vm = sim_vcpus;
+      so.cookie = cookies[0];
+      so.handshake = cfg.handshake;
+      so.workload.rate_per_vcpu = 50;
+      so.threads = 1;
+      sim = std::make_unique<kvmi::sim::host>(so);
+      sim->start();
+      std::fprintf(stderr, "kvmid: simulating %u VMs x %u vCPUs\n", sim_vms, sim_vcpus);
+    }
+#endif
+
+    summary sum;
+    auto start = std::chrono::steady_clock::now();
+    bool print = cfg.level >= log_level::info;
+    while (true) {
+      timespec ts{1, 0};
+      int sig = sigtimedwait(&sigs, nullptr, &ts);
+      if (sig == SIGINT || sig == SIGTERM) {
+        std::fprintf(stderr, "kvmid: signal %d, shutting down\n", sig);
+        break;
+      }
+      c.metrics()
+        .get_gauge("kvmid_send_queue_depth", "Messages queued for sending on all KVMI sockets")
+        .set(int64_t(r.queued_total()));
+      if (print)
+        std::printf("kvmid: %s\n", sum.line(c, false).c_str());
+      std::fflush(stdout);
+      if (duration > 0
+          && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+               >= duration)
+        break;
+    }
+    std::printf("kvmid: %s\n", sum.line(c, true).c_str());
+#ifdef KVMID_HAVE_SIM
+    if (sim) {
+      auto rep = sim->make_report();
+      sim->stop();
+      std::printf("kvmid: simulator: %u VMs, %u vCPUs, %llu sessions, %llu protocol "
+                  "violations, %llu HMIs, event->reply p50 %.1f us p99 %.1f us\n",
+                  rep.vms, rep.vcpus, (unsigned long long)rep.total.sessions,
+                  (unsigned long long)rep.total.violation_count(),
+                  (unsigned long long)rep.total.hmis, rep.event_latency.p50_us,
+                  rep.event_latency.p99_us);
+      if (!rep.ok())
+        rc = 3;
+    }
+#endif
+    std::fflush(stdout);
+    r.stop();
+#ifdef KVMID_HAVE_CONTROL
+    api.reset();
+    backend.reset();
+#endif
+  }
+  if (!tmpdir.empty())
+    std::filesystem::remove_all(tmpdir);
+  return rc;
+}

@@ -1,0 +1,737 @@
+// The io_uring reactor: one ring thread does accept, recv and send for
+// every socket; actors and API callbacks reach it only through a
+// mutex-protected task queue plus an eventfd the ring reads.
+#include "server/reactor.hpp"
+
+#include <liburing.h>
+
+#include <arpa/inet.h>
+#include <linux/vm_sockets.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+
+namespace kvmid::net {
+
+std::string listen_spec::describe() const {
+  switch (type) {
+    case kind::unix_socket: return "unix:" + path;
+    case kind::tcp: return "tcp:" + host + ":" + std::to_string(port);
+    case kind::vsock:
+      return "vsock:" + std::to_string(int32_t(cid)) + ":" + std::to_string(vport);
+  }
+  return "?";
+}
+
+std::string_view name(close_reason r) {
+  switch (r) {
+    case close_reason::peer_closed: return "peer_closed";
+    case close_reason::io_error: return "io_error";
+    case close_reason::local: return "local";
+    case close_reason::queue_full: return "queue_full";
+    case close_reason::shutdown: return "shutdown";
+  }
+  return "?";
+}
+
+namespace {
+
+enum op_type : uint64_t { op_accept = 1, op_recv, op_send, op_wake, op_shutdown_done };
+constexpr uint64_t id_mask = (uint64_t(1) << 56) - 1;
+uint64_t tag(op_type t, uint64_t id) { return (uint64_t(t) << 56) | (id & id_mask); }
+constexpr uint16_t buf_group = 7;
+
+struct listener {
+  int fd = -1;
+  listen_spec spec;
+  handler_factory make;
+  uint16_t port = 0;
+  bool armed = false;
+  sockaddr_storage addr{};
+  socklen_t addrlen = sizeof(sockaddr_storage);
+};
+
+} // namespace
+
+struct reactor::impl {
+  struct conn final : conn_ctx {
+    impl* r = nullptr;
+    conn_id cid = 0;
+    int fd = -1;
+    std::string peer_;
+    std::unique_ptr<connection_handler> h;
+    std::deque<std::vector<uint8_t>> q;
+    size_t off = 0;
+    bool sending = false, recv_armed = false;
+    bool closing = false, flush_then_close = false, notified = false;
+    close_reason why = close_reason::local;
+    std::vector<uint8_t> rbuf; // plain recv fallback
+
+    conn_id id() const override { return cid; }
+    const std::string& peer() const override { return peer_; }
+    bool send(std::span<const uint8_t> b) override {
+      auto v = r->take_buffer();
+      v.assign(b.begin(), b.end());
+      return send(std::move(v));
+    }
+    bool send(std::vector<uint8_t>&& b) override {
+      if (closing)
+        return false;
+      if (q.size() >= r->opts.send_queue_limit) {
+        r->begin_close(*this, close_reason::queue_full, true);
+        return false;
+      }
+      q.push_back(std::move(b));
+      r->queued.fetch_add(1, std::memory_order_relaxed);
+      r->dirty.push_back(cid);
+      return true;
+    }
+    void close(bool now) override {
+      if (now || q.empty())
+        r->begin_close(*this, close_reason::local, true);
+      else
+        flush_then_close = true;
+    }
+    void set_timer(std::chrono::milliseconds after, uint64_t token) override {
+      cancel_timer(token);
+      auto at = std::chrono::steady_clock::now() + after;
+      auto it = r->timers.emplace(at, std::make_pair(cid, token));
+      r->timer_index[{cid, token}] = it;
+    }
+    void cancel_timer(uint64_t token) override {
+      auto it = r->timer_index.find({cid, token});
+      if (it != r->timer_index.end()) {
+        r->timers.erase(it->second);
+        r->timer_index.erase(it);
+      }
+    }
+    size_t queued() const override { return q.size(); }
+  };
+
+  using clock = std::chrono::steady_clock;
+  using timer_map = std::multimap<clock::time_point, std::pair<conn_id, uint64_t>>;
+
+  reactor_options opts;
+  io_uring ring{};
+  bool ring_ok = false;
+  int wake_fd = -1;
+  uint64_t wake_val = 0;
+  std::thread th;
+  std::atomic<bool> run_flag{false}, stop_req{false};
+  std::atomic<size_t> nconns{0};
+  std::atomic<size_t> queued{0};
+
+  // multishot recv
+  bool use_multishot = false;
+  io_uring_buf_ring* br = nullptr;
+  size_t br_size = 0;
+  std::vector<uint8_t> bufs;
+  unsigned nbufs = 0;
+
+  mutable std::mutex lmu;
+  std::vector<listener> listeners;
+  std::vector<size_t> new_listeners;
+
+  std::unordered_map<conn_id, std::unique_ptr<conn>> conns;
+  conn_id next_id = 1;
+  std::vector<conn_id> dirty; // connections with sends to start
+  timer_map timers;
+  std::map<std::pair<conn_id, uint64_t>, timer_map::iterator> timer_index;
+
+  std::mutex tmu;
+  std::vector<std::function<void()>> tasks;
+  // Sends from other threads have their own queue: no std::function (and
+  // no allocation) per reply on the hot path.
+  std::vector<std::pair<conn_id, std::vector<uint8_t>>> sends, sends_ring;
+
+  std::mutex pool_mu;
+  std::vector<std::vector<uint8_t>> pool;
+
+  std::vector<uint8_t> take_buffer() {
+    std::lock_guard lk(pool_mu);
+    if (pool.empty())
+      return {};
+    auto v = std::move(pool.back());
+    pool.pop_back();
+    v.clear();
+    return v;
+  }
+  void give_buffer(std::vector<uint8_t>&& v) {
+    if (v.capacity() == 0 || v.capacity() > 65536)
+      return;
+    std::lock_guard lk(pool_mu);
+    if (pool.size() < 4096)
+      pool.push_back(std::move(v));
+  }
+
+  io_uring_sqe* sqe() {
+    auto* s = io_uring_get_sqe(&ring);
+    if (!s) {
+      io_uring_submit(&ring);
+      s = io_uring_get_sqe(&ring);
+    }
+    return s;
+  }
+
+  void post_send(conn_id c, std::vector<uint8_t>&& b) {
+    bool wake;
+    {
+      std::lock_guard lk(tmu);
+      wake = tasks.empty() && sends.empty();
+      sends.emplace_back(c, std::move(b));
+    }
+    if (wake) {
+      uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+    }
+  }
+
+  void post(std::function<void()> fn) {
+    bool wake;
+    {
+      std::lock_guard lk(tmu);
+      wake = tasks.empty() && sends.empty();
+      tasks.push_back(std::move(fn));
+    }
+    if (wake) {
+      uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+    }
+  }
+
+  void arm_wake() {
+    auto* s = sqe();
+    io_uring_prep_read(s, wake_fd, &wake_val, sizeof wake_val, 0);
+    io_uring_sqe_set_data64(s, tag(op_wake, 0));
+  }
+
+  void arm_accept(size_t li) {
+    auto& l = listeners[li];
+    l.addrlen = sizeof l.addr;
+    auto* s = sqe();
+    io_uring_prep_accept(s, l.fd, reinterpret_cast<sockaddr*>(&l.addr), &l.addrlen,
+                         SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(s, tag(op_accept, li));
+    l.armed = true;
+  }
+
+  void arm_recv(conn& c) {
+    if (c.closing || c.recv_armed)
+      return;
+    auto* s = sqe();
+    if (use_multishot) {
+      io_uring_prep_recv_multishot(s, c.fd, nullptr, 0, 0);
+      s->flags |= IOSQE_BUFFER_SELECT;
+      s->buf_group = buf_group;
+    } else {
+      if (c.rbuf.empty())
+        c.rbuf.resize(opts.buffer_size);
+      io_uring_prep_recv(s, c.fd, c.rbuf.data(), c.rbuf.size(), 0);
+    }
+    io_uring_sqe_set_data64(s, tag(op_recv, c.cid));
+    c.recv_armed = true;
+  }
+
+  void start_send(conn& c) {
+    if (c.sending || c.q.empty() || c.fd < 0)
+      return;
+    auto& b = c.q.front();
+    auto* s = sqe();
+    io_uring_prep_send(s, c.fd, b.data() + c.off, b.size() - c.off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(s, tag(op_send, c.cid));
+    c.sending = true;
+  }
+
+  void begin_close(conn& c, close_reason why, bool now) {
+    if (c.closing)
+      return;
+    c.closing = true;
+    c.why = why;
+    if (now) {
+      queued.fetch_sub(c.q.size(), std::memory_order_relaxed);
+      c.q.clear();
+    }
+    // Wakes the pending recv (and fails a pending send); finish() runs when
+    // nothing is in flight any more.
+    ::shutdown(c.fd, SHUT_RDWR);
+    maybe_finish(c);
+  }
+
+  void maybe_finish(conn& c) {
+    if (!c.closing || c.recv_armed || c.sending)
+      return;
+    if (!c.notified) {
+      c.notified = true;
+      // Cancel timers before the handler goes.
+      for (auto it = timer_index.lower_bound({c.cid, 0});
+           it != timer_index.end() && it->first.first == c.cid;) {
+        timers.erase(it->second);
+        it = timer_index.erase(it);
+      }
+      if (c.h)
+        c.h->on_close(c, c.why);
+    }
+    ::close(c.fd);
+    c.fd = -1;
+    queued.fetch_sub(c.q.size(), std::memory_order_relaxed);
+    conns.erase(c.cid); // destroys c and its handler
+    nconns.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  void on_accept(size_t li, int res) {
+    auto& l = listeners[li];
+    l.armed = false;
+    if (stop_req.load())
+      return;
+    if (res >= 0) {
+      auto c = std::make_unique<conn>();
+      c->r = this;
+      c->cid = next_id++;
+      c->fd = res;
+      c->peer_ = peer_name(l);
+      c->h = l.make();
+      auto* cp = c.get();
+      conns.emplace(cp->cid, std::move(c));
+      nconns.fetch_add(1, std::memory_order_relaxed);
+      if (!cp->h) {
+        begin_close(*cp, close_reason::local, true);
+      } else {
+        cp->h->on_open(*cp);
+        if (!cp->closing)
+          arm_recv(*cp);
+      }
+    }
+    if (res != -EBADF && res != -EINVAL)
+      arm_accept(li);
+  }
+
+  static std::string peer_name(const listener& l) {
+    char b[INET6_ADDRSTRLEN + 16] = "";
+    switch (l.addr.ss_family) {
+      case AF_INET: {
+        auto* a = reinterpret_cast<const sockaddr_in*>(&l.addr);
+        inet_ntop(AF_INET, &a->sin_addr, b, sizeof b);
+        return "tcp:" + std::string(b) + ":" + std::to_string(ntohs(a->sin_port));
+      }
+      case AF_INET6: {
+        auto* a = reinterpret_cast<const sockaddr_in6*>(&l.addr);
+        inet_ntop(AF_INET6, &a->sin6_addr, b, sizeof b);
+        return "tcp:[" + std::string(b) + "]:" + std::to_string(ntohs(a->sin6_port));
+      }
+      case AF_VSOCK: {
+        auto* a = reinterpret_cast<const sockaddr_vm*>(&l.addr);
+        return "vsock:" + std::to_string(a->svm_cid) + ":" + std::to_string(a->svm_port);
+      }
+      default: return "unix:" + l.spec.path;
+    }
+  }
+
+  void on_recv(conn& c, io_uring_cqe* cqe) {
+    int res = cqe->res;
+    bool more = use_multishot && (cqe->flags & IORING_CQE_F_MORE);
+    if (!more)
+      c.recv_armed = false;
+    if (res > 0) {
+      if (use_multishot) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        uint8_t* p = bufs.data() + size_t(bid) * opts.buffer_size;
+        if (!c.closing)
+          c.h->on_data(c, std::span<const uint8_t>(p, size_t(res)));
+        io_uring_buf_ring_add(br, p, opts.buffer_size, bid, io_uring_buf_ring_mask(nbufs), 0);
+        io_uring_buf_ring_advance(br, 1);
+      } else if (!c.closing) {
+        c.h->on_data(c, std::span<const uint8_t>(c.rbuf.data(), size_t(res)));
+      }
+      if (!c.recv_armed)
+        arm_recv(c);
+      maybe_finish(c);
+      return;
+    }
+    if (res == -ENOBUFS && !c.closing) {
+      arm_recv(c); // buffers come back as handlers return; try again
+      return;
+    }
+    if (res == 0)
+      begin_close(c, close_reason::peer_closed, false);
+    else if (!c.closing)
+      begin_close(c, close_reason::io_error, true);
+    maybe_finish(c);
+  }
+
+  void on_send(conn& c, int res) {
+    c.sending = false;
+    if (res < 0) {
+      if (!c.closing)
+        begin_close(c, close_reason::io_error, true);
+      maybe_finish(c);
+      return;
+    }
+    if (!c.q.empty()) {
+      c.off += size_t(res);
+      if (c.off >= c.q.front().size()) {
+        give_buffer(std::move(c.q.front()));
+        c.q.pop_front();
+        queued.fetch_sub(1, std::memory_order_relaxed);
+        c.off = 0;
+      }
+    }
+    if (c.q.empty() && c.flush_then_close && !c.closing) {
+      begin_close(c, close_reason::local, false);
+      return;
+    }
+    if (c.closing && c.q.empty()) {
+      maybe_finish(c);
+      return;
+    }
+    start_send(c);
+    maybe_finish(c);
+  }
+
+  conn* find(conn_id id) {
+    auto it = conns.find(id);
+    return it == conns.end() ? nullptr : it->second.get();
+  }
+
+  void run_tasks() {
+    std::vector<std::function<void()>> mine;
+    {
+      std::lock_guard lk(tmu);
+      mine.swap(tasks);
+      sends_ring.swap(sends);
+    }
+    for (auto& [cid, b] : sends_ring) {
+      if (auto* x = find(cid))
+        x->send(std::move(b));
+      else
+        give_buffer(std::move(b));
+    }
+    sends_ring.clear(); // capacity stays for the next round
+    for (auto& t : mine)
+      t();
+  }
+
+  void fire_timers() {
+    auto now = clock::now();
+    while (!timers.empty() && timers.begin()->first <= now) {
+      auto [cid, token] = timers.begin()->second;
+      timer_index.erase({cid, token});
+      timers.erase(timers.begin());
+      if (auto* c = find(cid); c && !c->closing && c->h)
+        c->h->on_timer(*c, token);
+    }
+  }
+
+  void flush_dirty() {
+    auto d = std::move(dirty);
+    dirty.clear();
+    for (auto id : d)
+      if (auto* c = find(id))
+        start_send(*c);
+  }
+
+  void loop() {
+    arm_wake();
+    while (true) {
+      {
+        std::lock_guard lk(lmu);
+        for (auto li : new_listeners)
+          arm_accept(li);
+        new_listeners.clear();
+      }
+      flush_dirty();
+      if (stop_req.load() && conns.empty())
+        break;
+      __kernel_timespec ts{};
+      __kernel_timespec* tsp = nullptr;
+      if (!timers.empty()) {
+        auto d = timers.begin()->first - clock::now();
+        if (d < clock::duration::zero())
+          d = clock::duration::zero();
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+        ts.tv_sec = ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        tsp = &ts;
+      }
+      io_uring_cqe* cqe = nullptr;
+      int rc = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, tsp, nullptr);
+      if (rc < 0 && rc != -ETIME && rc != -EINTR)
+        break;
+      unsigned head, n = 0;
+      io_uring_for_each_cqe(&ring, head, cqe) {
+        ++n;
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        auto type = static_cast<op_type>(ud >> 56);
+        uint64_t id = ud & id_mask;
+        switch (type) {
+          case op_accept: on_accept(size_t(id), cqe->res); break;
+          case op_recv:
+            if (auto* c = find(id))
+              on_recv(*c, cqe);
+            break;
+          case op_send:
+            if (auto* c = find(id))
+              on_send(*c, cqe->res);
+            break;
+          case op_wake:
+            run_tasks();
+            if (!stop_req.load() || !conns.empty())
+              arm_wake();
+            break;
+          default: break;
+        }
+      }
+      io_uring_cq_advance(&ring, n);
+      fire_timers();
+      if (stop_req.load()) {
+        run_tasks();
+        std::vector<conn*> all;
+        for (auto& [id, c] : conns)
+          all.push_back(c.get());
+        for (auto* c : all)
+          begin_close(*c, close_reason::shutdown, true);
+        std::lock_guard lk(lmu);
+        for (auto& l : listeners)
+          if (l.fd >= 0) {
+            ::shutdown(l.fd, SHUT_RDWR);
+          }
+      }
+    }
+  }
+
+  void setup_multishot() {
+    if (opts.force_plain_recv)
+      return;
+    nbufs = 1;
+    while (nbufs < opts.buffer_count)
+      nbufs <<= 1;
+    br_size = sizeof(io_uring_buf) * nbufs;
+    void* mem = mmap(nullptr, br_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED)
+      return;
+    br = static_cast<io_uring_buf_ring*>(mem);
+    io_uring_buf_ring_init(br);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<uint64_t>(br);
+    reg.ring_entries = nbufs;
+    reg.bgid = buf_group;
+    if (io_uring_register_buf_ring(&ring, &reg, 0) != 0) {
+      munmap(mem, br_size);
+      br = nullptr;
+      return; // older kernel: plain recv
+    }
+    bufs.resize(size_t(nbufs) * opts.buffer_size);
+    for (unsigned i = 0; i < nbufs; ++i)
+      io_uring_buf_ring_add(br, bufs.data() + size_t(i) * opts.buffer_size, opts.buffer_size, i,
+                            io_uring_buf_ring_mask(nbufs), int(i));
+    io_uring_buf_ring_advance(br, int(nbufs));
+    // Probe: multishot recv needs IORING_OP_RECV with IORING_RECV_MULTISHOT (5.19+).
+    io_uring_probe* probe = io_uring_get_probe_ring(&ring);
+    bool ok = probe && io_uring_opcode_supported(probe, IORING_OP_SOCKET); // 5.19 marker
+    if (probe)
+      io_uring_free_probe(probe);
+    use_multishot = ok;
+  }
+};
+
+reactor::reactor(reactor_options opts) : impl_(std::make_unique<impl>()) {
+  impl_->opts = opts;
+  int rc = io_uring_queue_init(opts.ring_entries, &impl_->ring, 0);
+  if (rc < 0)
+    throw std::system_error(-rc, std::generic_category(), "io_uring_queue_init");
+  impl_->ring_ok = true;
+  impl_->wake_fd = eventfd(0, EFD_CLOEXEC);
+  if (impl_->wake_fd < 0)
+    throw std::system_error(errno, std::generic_category(), "eventfd");
+  impl_->setup_multishot();
+}
+
+reactor::~reactor() {
+  stop();
+  for (auto& l : impl_->listeners) {
+    if (l.fd >= 0)
+      ::close(l.fd);
+    if (l.spec.type == listen_spec::kind::unix_socket && !l.spec.path.empty())
+      ::unlink(l.spec.path.c_str());
+  }
+  if (impl_->br) {
+    io_uring_unregister_buf_ring(&impl_->ring, buf_group);
+    munmap(impl_->br, impl_->br_size);
+  }
+  if (impl_->ring_ok)
+    io_uring_queue_exit(&impl_->ring);
+  if (impl_->wake_fd >= 0)
+    ::close(impl_->wake_fd);
+}
+
+int reactor::add_listener(const listen_spec& spec, handler_factory make) {
+  auto fail = [&](const char* what) {
+    throw std::system_error(errno, std::generic_category(),
+                            std::string(what) + " " + spec.describe());
+  };
+  int fd = -1;
+  uint16_t port = 0;
+  switch (spec.type) {
+    case listen_spec::kind::unix_socket: {
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      if (spec.path.empty() || spec.path.size() >= sizeof a.sun_path) {
+        errno = ENAMETOOLONG;
+        fail("bad socket path");
+      }
+      std::memcpy(a.sun_path, spec.path.data(), spec.path.size());
+      fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0)
+        fail("socket");
+      struct stat st{};
+      if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+        ::unlink(spec.path.c_str()); // a stale socket from an earlier run
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+        int e = errno;
+        ::close(fd);
+        errno = e;
+        fail("bind");
+      }
+      if (::chmod(spec.path.c_str(), spec.mode) < 0
+          || ((spec.uid >= 0 || spec.gid >= 0)
+              && ::chown(spec.path.c_str(), uid_t(spec.uid), gid_t(spec.gid)) < 0)) {
+        int e = errno;
+        ::close(fd);
+        errno = e;
+        fail("chmod/chown");
+      }
+      break;
+    }
+    case listen_spec::kind::tcp: {
+      sockaddr_storage ss{};
+      socklen_t len = 0;
+      auto* a4 = reinterpret_cast<sockaddr_in*>(&ss);
+      auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      if (inet_pton(AF_INET, spec.host.c_str(), &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(spec.port);
+        len = sizeof *a4;
+      } else if (inet_pton(AF_INET6, spec.host.c_str(), &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(spec.port);
+        len = sizeof *a6;
+      } else {
+        errno = EINVAL;
+        fail("bad address");
+      }
+      fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0)
+        fail("socket");
+      int one = 1;
+      ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+        int e = errno;
+        ::close(fd);
+        errno = e;
+        fail("bind");
+      }
+      socklen_t l2 = sizeof ss;
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &l2);
+      port = ntohs(ss.ss_family == AF_INET ? a4->sin_port : a6->sin6_port);
+      break;
+    }
+    case listen_spec::kind::vsock: {
+      sockaddr_vm a{};
+      a.svm_family = AF_VSOCK;
+      a.svm_cid = spec.cid;
+      a.svm_port = spec.vport;
+      fd = ::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0)
+        fail("socket");
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+        int e = errno;
+        ::close(fd);
+        errno = e;
+        fail("bind");
+      }
+      break;
+    }
+  }
+  if (::listen(fd, 1024) < 0) {
+    int e = errno;
+    ::close(fd);
+    errno = e;
+    fail("listen");
+  }
+  std::lock_guard lk(impl_->lmu);
+  listener l;
+  l.fd = fd;
+  l.spec = spec;
+  l.make = std::move(make);
+  l.port = port;
+  impl_->listeners.push_back(std::move(l));
+  size_t idx = impl_->listeners.size() - 1;
+  impl_->new_listeners.push_back(idx);
+  if (impl_->run_flag.load())
+    impl_->post([] {}); // wake the ring so it arms the accept
+  return int(idx);
+}
+
+uint16_t reactor::bound_port(int l) const {
+  std::lock_guard lk(impl_->lmu);
+  return l >= 0 && size_t(l) < impl_->listeners.size() ? impl_->listeners[size_t(l)].port : 0;
+}
+
+void reactor::start() {
+  if (impl_->run_flag.exchange(true))
+    return;
+  impl_->th = std::thread([this] { impl_->loop(); });
+}
+
+void reactor::stop() {
+  if (!impl_->run_flag.load())
+    return;
+  impl_->stop_req.store(true);
+  impl_->post([] {});
+  if (impl_->th.joinable())
+    impl_->th.join();
+  impl_->run_flag.store(false);
+}
+
+bool reactor::running() const { return impl_->run_flag.load(); }
+bool reactor::multishot() const { return impl_->use_multishot; }
+size_t reactor::connections() const { return impl_->nconns.load(); }
+size_t reactor::queued_total() const { return impl_->queued.load(); }
+std::vector<uint8_t> reactor::take_buffer() { return impl_->take_buffer(); }
+
+void reactor::post_send(conn_id c, std::vector<uint8_t> bytes) {
+  impl_->post_send(c, std::move(bytes));
+}
+
+void reactor::post_close(conn_id c) {
+  auto* im = impl_.get();
+  im->post([im, c] {
+    if (auto* x = im->find(c))
+      x->close(false);
+  });
+}
+
+void reactor::post(conn_id c, std::function<void(conn_ctx&, connection_handler&)> fn) {
+  auto* im = impl_.get();
+  im->post([im, c, fn = std::move(fn)] {
+    if (auto* x = im->find(c); x && !x->closing && x->h)
+      fn(*x, *x->h);
+  });
+}
+
+void reactor::post(std::function<void()> fn) { impl_->post(std::move(fn)); }
+
+} // namespace kvmid::net

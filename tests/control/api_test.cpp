@@ -420,7 +420,9 @@ TEST_CASE("api: connection limit answers 503") {
   check_error(r[0], 503, "too_many_connections");
   CHECK(second.closed);
   h2->on_close(second, net::close_reason::local);
-  // Once it is gone, a new connection is served again.
+  // Refused connections do not hold a slot; once the first one is gone too,
+  // a new connection is served again.
+  t.h->on_close(t.ctx, net::close_reason::peer_closed);
   test::fake_ctx third;
   third.cid = 3;
   auto h3 = t.api->factory()();
@@ -428,6 +430,9 @@ TEST_CASE("api: connection limit answers 503") {
   CHECK(third.out.empty());
   CHECK_FALSE(third.closed);
   h3->on_close(third, net::close_reason::local);
+  t.h = t.api->factory()();
+  t.h->on_open(t.ctx);
+  CHECK_FALSE(t.ctx.closed);
 }
 
 TEST_CASE("api: /metrics is Prometheus text that promtool accepts") {

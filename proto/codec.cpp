@@ -183,7 +183,8 @@ std::string_view name(action a) {
 }
 
 std::string_view kvm_error_name(int32_t err) {
-  switch (-err) {
+  // Widened first: -INT32_MIN (a peer may send it) would overflow.
+  switch (-static_cast<int64_t>(err)) {
     case 0: return "OK";
     case kvm_enosys: return "ENOSYS";
     case kvm_efault: return "EFAULT";

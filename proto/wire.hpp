@@ -399,5 +399,15 @@ static_assert(offsetof(event_descriptor, descriptor) == 16);
 static_assert(sizeof(event_breakpoint) == 8);
 static_assert(sizeof(event_cr_reply) == 8 && sizeof(event_msr_reply) == 8);
 static_assert(sizeof(event_pf_reply) == 264 && offsetof(event_pf_reply, ctx_data) == 8);
+static_assert(offsetof(event_pf_reply, ctx_size) == 4);
+static_assert(offsetof(event_reply, event) == 4 && offsetof(error_code, padding) == 4);
+static_assert(offsetof(event_cr, old_value) == 8 && offsetof(event_msr, old_value) == 8);
+static_assert(offsetof(event_pf, mode) == 16 && offsetof(event_trap, cr2) == 16);
+static_assert(offsetof(get_page_access, view) == 4 && offsetof(set_page_access, view) == 4);
+static_assert(offsetof(control_ve, enable) == 4 && offsetof(get_version_reply, events) == 8);
+static_assert(offsetof(write_physical, size) == 8 && offsetof(read_physical, size) == 8);
+// The GET_XSAVE reply is the 4.20 kvm_xsave region; newer headers only add
+// a flexible tail after it.
+static_assert(offsetof(kvm_xsave, region) == 0 && sizeof(kvm_xsave::region) == xsave_size);
 
 } // namespace kvmi

@@ -87,6 +87,7 @@ inline int decode_one(const uint8_t* data, size_t size) {
       KVMI_FUZZ_ASSERT(re.size() == bytes.size()
                        && std::equal(re.begin(), re.end(), bytes.begin()));
       (void)check(*r);
+      KVMI_FUZZ_ASSERT(!kvm_error_name(r->err).empty());
     }
   };
   const auto& shapes = fixed_shapes();

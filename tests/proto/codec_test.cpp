@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <climits>
 #include <set>
 #include <string>
 
@@ -283,6 +284,10 @@ TEST_CASE("ids, flags and masks have the v5 values") {
   CHECK(kvm_error_name(-kvm_eacces) == "EACCES");
   CHECK(kvm_error_name(-kvm_enosys) == "ENOSYS");
   CHECK(kvm_error_name(-12345) == "E?");
+  // Any int32 a peer can send, the extremes included, is named safely.
+  CHECK(kvm_error_name(INT32_MIN) == "E?");
+  CHECK(kvm_error_name(INT32_MAX) == "E?");
+  CHECK(kvm_error_name(0) == "OK");
   CHECK(event_reply_size(event_id::cr) == 16);
   CHECK(event_reply_size(event_id::msr) == 16);
   CHECK(event_reply_size(event_id::pf) == 8 + 264);

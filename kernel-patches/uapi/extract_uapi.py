@@ -8,7 +8,8 @@ usage: extract_uapi.py PATCH OUTDIR
 
 Writes OUTDIR/include/linux/kvmi.h and OUTDIR/include/asm/kvmi.h (the '+'
 lines of the new-file hunks), OUTDIR/include/kvmi_para_added.h (the lines
-the patch adds to an existing kvm_para.h) and OUTDIR/abi_dump.c. Fails on a
+the patch adds to an existing kvm_para.h), OUTDIR/preimage/<path> (the
+context the patch expects in each file it changes) and OUTDIR/abi_dump.c. Fails on a
 malformed patch (hunk line counts that do not add up), since `git am` would
 too.
 """
@@ -40,7 +41,8 @@ def parse_patch(text):
             m = re.match(r"diff --git a/(\S+) b/(\S+)$", line)
             if not m:
                 die("bad diff line: " + line)
-            cur = files.setdefault(m.group(2), {"new": False, "added": [], "context": []})
+            cur = files.setdefault(m.group(2), {"new": False, "added": [], "context": [],
+                                                "preimage": []})
         elif line.startswith("new file mode") and cur is not None:
             cur["new"] = True
         elif line.startswith("@@ "):
@@ -60,9 +62,11 @@ def parse_patch(text):
                     cur["added"].append(body[1:])
                     new_n -= 1
                 elif body.startswith("-"):
+                    cur["preimage"].append(body[1:])
                     old_n -= 1
                 elif body.startswith(" ") or body == "":
                     cur["context"].append(body[1:])
+                    cur["preimage"].append(body[1:])
                     old_n -= 1
                     new_n -= 1
                 elif body.startswith("\\"):
@@ -164,6 +168,11 @@ def main():
     for path, dest in INCLUDE_MAP.items():
         headers[dest] = files[path]["added"]
     headers["include/kvmi_para_added.h"] = files[PARA]["added"]
+    # What the patch expects to find in the files it changes (context and
+    # removed lines), so a test can `git apply --check` it without a tree.
+    for path, f in files.items():
+        if not f["new"]:
+            headers[os.path.join("preimage", path)] = f["preimage"]
     for dest, body in headers.items():
         full = os.path.join(outdir, dest)
         os.makedirs(os.path.dirname(full), exist_ok=True)

@@ -154,21 +154,24 @@ struct vm {
   vm_counts c;
 };
 
-// Log-linear latency histogram in nanoseconds (16 sub-buckets per power of two).
+// Log-linear latency histogram in nanoseconds (64 sub-buckets per power of
+// two: quantiles within 1.6%), fixed size so recording never allocates.
 struct histogram {
-  std::array<uint64_t, 64 * 16> b{};
+  static constexpr int sub_bits = 6;
+  static constexpr uint64_t subs = uint64_t{1} << sub_bits;
+  std::array<uint64_t, 64 * subs> b{};
   uint64_t n = 0, max = 0;
   static size_t bucket(uint64_t v) {
-    if (v < 16)
+    if (v < subs)
       return v;
     int msb = 63 - __builtin_clzll(v);
-    return static_cast<size_t>((msb - 3) * 16) + ((v >> (msb - 4)) & 15);
+    return static_cast<size_t>((msb - sub_bits + 1) * subs) + ((v >> (msb - sub_bits)) & (subs - 1));
   }
   static uint64_t lower(size_t i) {
-    if (i < 16)
+    if (i < subs)
       return i;
-    size_t msb = i / 16 + 3, sub = i % 16;
-    return (uint64_t{1} << msb) | (uint64_t{sub} << (msb - 4));
+    size_t msb = i / subs + sub_bits - 1, sub = i % subs;
+    return (uint64_t{1} << msb) | (uint64_t{sub} << (msb - sub_bits));
   }
   void add(uint64_t v) {
     ++b[bucket(v)];

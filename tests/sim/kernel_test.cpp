@@ -8,6 +8,9 @@
 
 #include <future>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 using namespace kvmi;
 using namespace kvmi::test;
 using sim::outcome;
@@ -91,7 +94,7 @@ T get(std::future<T>& f) {
 
 } // namespace
 
-TEST_CASE("handshake carries uuid, name, vcpus and the memory map; GET_VERSION reports masks") {
+TEST_CASE("sim: handshake carries uuid, name, vcpus and the memory map; GET_VERSION reports masks") {
   fixture f;
   f.start([](sim::options& o) { o.memory.gpus.push_back(sim::gpu_spec{32ull << 30, std::nullopt}); });
   auto view = f.h->vm(0);
@@ -123,7 +126,7 @@ TEST_CASE("handshake carries uuid, name, vcpus and the memory map; GET_VERSION r
   CHECK(v.events == 0x7FF);
 }
 
-TEST_CASE("vCPU commands outside an event get EAGAIN; bad vCPU EINVAL; unknown ids") {
+TEST_CASE("sim: vCPU commands outside an event get EAGAIN; bad vCPU EINVAL; unknown ids") {
   fixture f;
   f.start();
   CHECK(f.err_of(get_registers_cmd{{0, 0, {}}, {}}) == -kvm_eagain);
@@ -151,7 +154,7 @@ TEST_CASE("vCPU commands outside an event get EAGAIN; bad vCPU EINVAL; unknown i
   CHECK(f.violations("unknown_id") == 1);
 }
 
-TEST_CASE("unknown id with a payload closes the session, and the device manager reconnects") {
+TEST_CASE("sim: unknown id with a payload closes the session, and the device manager reconnects") {
   fixture f;
   f.start();
   uint8_t msg[16] = {};
@@ -167,7 +170,7 @@ TEST_CASE("unknown id with a payload closes the session, and the device manager 
   CHECK(r->err == 0);
 }
 
-TEST_CASE("PAUSE_ALL_VCPUS: one PAUSE_VCPU per vCPU, held replies keep the vCPU paused") {
+TEST_CASE("sim: PAUSE_ALL_VCPUS: one PAUSE_VCPU per vCPU, held replies keep the vCPU paused") {
   fixture f;
   f.start([](sim::options& o) { o.vcpus_per_vm = 3; });
   auto evs = f.pause_all();
@@ -205,7 +208,7 @@ TEST_CASE("PAUSE_ALL_VCPUS: one PAUSE_VCPU per vCPU, held replies keep the vCPU 
   CHECK(f.counts().violation_count() == 0);
 }
 
-TEST_CASE("replies come out of order: VM commands at once, vCPU commands from the vCPU") {
+TEST_CASE("sim: replies come out of order: VM commands at once, vCPU commands from the vCPU") {
   fixture f;
   f.start();
   auto evs = f.pause_all();
@@ -227,7 +230,7 @@ TEST_CASE("replies come out of order: VM commands at once, vCPU commands from th
     f.c->reply(e, action::continue_);
 }
 
-TEST_CASE("allow masks: disallowed commands EACCES, disallowed events EPERM") {
+TEST_CASE("sim: allow masks: disallowed commands EACCES, disallowed events EPERM") {
   fixture f;
   f.start([](sim::options& o) {
     o.allowed_commands = known_commands & ~flag(msg_id::read_physical);
@@ -251,7 +254,7 @@ TEST_CASE("allow masks: disallowed commands EACCES, disallowed events EPERM") {
     f.c->reply(e, action::continue_);
 }
 
-TEST_CASE("CREATE_VCPU for every existing vCPU once enabled, and on hot-plug") {
+TEST_CASE("sim: CREATE_VCPU for every existing vCPU once enabled, and on hot-plug") {
   fixture f;
   f.start([](sim::options& o) { o.vcpus_per_vm = 4; });
   CHECK(f.err_of(control_vm_events{flag(event_id::create_vcpu), 0}) == 0);
@@ -291,7 +294,7 @@ TEST_CASE("CREATE_VCPU for every existing vCPU once enabled, and on hot-plug") {
   CHECK(f.counts().events[size_t(event_id::create_vcpu)] == 5);
 }
 
-TEST_CASE("MSR and CR events: CONTINUE with new_val sets what the guest sees") {
+TEST_CASE("sim: MSR and CR events: CONTINUE with new_val sets what the guest sees") {
   fixture f;
   f.start();
   f.enable(flag(event_id::msr) | flag(event_id::cr),
@@ -331,7 +334,7 @@ TEST_CASE("MSR and CR events: CONTINUE with new_val sets what the guest sees") {
   CHECK(f.counts().violation_count() == 0);
 }
 
-TEST_CASE("SET_REGISTERS takes effect only at the event reply") {
+TEST_CASE("sim: SET_REGISTERS takes effect only at the event reply") {
   fixture f;
   f.start();
   auto evs = f.pause_all();
@@ -347,7 +350,7 @@ TEST_CASE("SET_REGISTERS takes effect only at the event reply") {
   f.c->reply(evs[1], action::continue_);
 }
 
-TEST_CASE("page access: PF on restricted pages, RETRY re-executes, rwx forgets, EINVAL bits") {
+TEST_CASE("sim: page access: PF on restricted pages, RETRY re-executes, rwx forgets, EINVAL bits") {
   fixture f;
   f.start();
   auto evs = f.pause_all();
@@ -390,7 +393,7 @@ TEST_CASE("page access: PF on restricted pages, RETRY re-executes, rwx forgets, 
   CHECK(get(a = f.h->access(0, 0, hot + 8, page_access_r)).events == 0);
 }
 
-TEST_CASE("breakpoints: INT3 raises BREAKPOINT; RETRY after restoring the byte runs on") {
+TEST_CASE("sim: breakpoints: INT3 raises BREAKPOINT; RETRY after restoring the byte runs on") {
   fixture f;
   f.start();
   uint64_t gpa = hot + 0x234;
@@ -424,7 +427,7 @@ TEST_CASE("breakpoints: INT3 raises BREAKPOINT; RETRY after restoring the byte r
   CHECK(f.counts().breakpoint_hits == 2);
 }
 
-TEST_CASE("READ/WRITE_PHYSICAL beyond one page tears the session down; rwx restored") {
+TEST_CASE("sim: READ/WRITE_PHYSICAL beyond one page tears the session down; rwx restored") {
   fixture f;
   f.start();
   auto evs = f.pause_all();
@@ -445,7 +448,7 @@ TEST_CASE("READ/WRITE_PHYSICAL beyond one page tears the session down; rwx resto
   CHECK(c2->wait_closed());
 }
 
-TEST_CASE("event replies: unknown seq and wrong size close; a mismatched event is not applied") {
+TEST_CASE("sim: event replies: unknown seq and wrong size close; a mismatched event is not applied") {
   fixture f;
   f.start([](sim::options& o) { o.vcpus_per_vm = 1; });
   auto evs = f.pause_all();
@@ -480,7 +483,7 @@ TEST_CASE("event replies: unknown seq and wrong size close; a mismatched event i
   CHECK(f.violations("reply_bad_size") == 1);
 }
 
-TEST_CASE("padding must be zero: commands get EINVAL and the violation is counted") {
+TEST_CASE("sim: padding must be zero: commands get EINVAL and the violation is counted") {
   fixture f;
   f.start();
   control_vm_events c{flag(event_id::create_vcpu), 1};
@@ -489,7 +492,7 @@ TEST_CASE("padding must be zero: commands get EINVAL and the violation is counte
   CHECK(f.err_of(get_version{}) == 0);
 }
 
-TEST_CASE("UNHOOK is sent without waiting; the session ends when the tool closes") {
+TEST_CASE("sim: UNHOOK is sent without waiting; the session ends when the tool closes") {
   fixture f;
   f.start();
   CHECK(f.err_of(control_vm_events{flag(event_id::unhook), 0}) == 0);
@@ -512,7 +515,7 @@ TEST_CASE("UNHOOK is sent without waiting; the session ends when the tool closes
   CHECK(f.counts().violation_count() == 0);
 }
 
-TEST_CASE("CRASH ends the VM: no reconnect, later actions are rejected") {
+TEST_CASE("sim: CRASH ends the VM: no reconnect, later actions are rejected") {
   fixture f;
   f.start();
   f.enable(flag(event_id::xsetbv));
@@ -529,7 +532,7 @@ TEST_CASE("CRASH ends the VM: no reconnect, later actions are rejected") {
   CHECK(f.l.accept(200ms) < 0);
 }
 
-TEST_CASE("injected exceptions that get overwritten raise TRAP") {
+TEST_CASE("sim: injected exceptions that get overwritten raise TRAP") {
   fixture f;
   f.start([](sim::options& o) { o.workload.mix.trap = 1; });
   auto evs = f.pause_all();
@@ -547,7 +550,7 @@ TEST_CASE("injected exceptions that get overwritten raise TRAP") {
   f.c->reply(evs[1], action::continue_);
 }
 
-TEST_CASE("vCPU query commands: CPUID (ENOENT), XSAVE, guest info, descriptor events") {
+TEST_CASE("sim: vCPU query commands: CPUID (ENOENT), XSAVE, guest info, descriptor events") {
   fixture f;
   f.start([](sim::options& o) { o.max_tokens = 2; });
   auto evs = f.pause_all();
@@ -584,7 +587,7 @@ TEST_CASE("vCPU query commands: CPUID (ENOENT), XSAVE, guest info, descriptor ev
   CHECK(get(d).events == 1);
 }
 
-TEST_CASE("NVLink2: touching offline GPU RAM or ATSD counts an HMI; RAM and online GPU RAM do not") {
+TEST_CASE("sim: NVLink2: touching offline GPU RAM or ATSD counts an HMI; RAM and online GPU RAM do not") {
   fixture f;
   f.start([](sim::options& o) {
     o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, std::nullopt}); // never trained
@@ -614,7 +617,7 @@ TEST_CASE("NVLink2: touching offline GPU RAM or ATSD counts an HMI; RAM and onli
   CHECK_FALSE(rep.ok());
 }
 
-TEST_CASE("swapped byte order: the handshake tells, and the whole session is converted") {
+TEST_CASE("sim: swapped byte order: the handshake tells, and the whole session is converted") {
   fixture f;
   f.start([](sim::options& o) { o.order = byte_order::swapped; });
   CHECK(f.c->order() == byte_order::swapped);
@@ -632,7 +635,7 @@ TEST_CASE("swapped byte order: the handshake tells, and the whole session is con
   CHECK(f.counts().violation_count() == 0);
 }
 
-TEST_CASE("qemu-v5 handshake mode") {
+TEST_CASE("sim: qemu-v5 handshake mode") {
   listener l;
   sim::options o;
   o.unix_path = l.path();
@@ -651,7 +654,7 @@ TEST_CASE("qemu-v5 handshake mode") {
   CHECK(r->err == 0);
 }
 
-TEST_CASE("a device manager that fails its MAC is refused and retries") {
+TEST_CASE("sim: a device manager that fails its MAC is refused and retries") {
   listener l;
   sim::options o;
   o.unix_path = l.path();
@@ -670,7 +673,7 @@ TEST_CASE("a device manager that fails its MAC is refused and retries") {
   CHECK(h.vm_counters(0).sessions == 0);
 }
 
-TEST_CASE("fault injection: garbage and a frame cut mid-way make the tool's stream fail") {
+TEST_CASE("sim: fault injection: garbage and a frame cut mid-way make the tool's stream fail") {
   fixture f;
   f.start();
   auto gf = f.h->inject_fault(0, "garbage");
@@ -693,7 +696,7 @@ TEST_CASE("fault injection: garbage and a frame cut mid-way make the tool's stre
   CHECK_FALSE(get(bad).ok);
 }
 
-TEST_CASE("scenario JSON drives exact sequences and checks expectations") {
+TEST_CASE("sim: scenario JSON drives exact sequences and checks expectations") {
   fixture f;
   f.start();
   auto sc = nlohmann::json::parse(R"({"steps": [
@@ -712,4 +715,61 @@ TEST_CASE("scenario JSON drives exact sequences and checks expectations") {
   CHECK(res[4].value("failed", false)); // cr 5 does not exist: expectation fails
   CHECK(f.h->msr(0, 1, lstar) == 4096);
   CHECK(f.counts().breakpoint_hits == 1);
+}
+
+TEST_CASE("sim: GPU RAM becomes online when the links are trained; then it is safe") {
+  fixture f;
+  f.start([](sim::options& o) { o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, sim::ms{100}}); });
+  hs::region gpu{};
+  for (auto& r : f.c->info().regions)
+    if (r.type == uint32_t(hs::region_type::nvlink2_gpu_ram))
+      gpu = r;
+  REQUIRE(gpu.size == (16ull << 30));
+  CHECK((gpu.flags & hs::region_online) == 0); // not trained at handshake time
+  auto online = [&] {
+    for (auto& r : f.h->vm(0).regions)
+      if (r.type == uint32_t(hs::region_type::nvlink2_gpu_ram))
+        return (r.flags & hs::region_online) != 0;
+    return false;
+  };
+  REQUIRE(f.h->wait_until(online, 5000ms));
+  CHECK(f.err_of(read_physical{gpu.gpa + 0x123000, 64}) == 0);
+  CHECK(f.counts().hmis == 0);
+  // A new session announces the region online.
+  f.c->close();
+  auto c2 = f.accept_conn();
+  bool announced = false;
+  for (auto& r : c2->info().regions)
+    if (r.type == uint32_t(hs::region_type::nvlink2_gpu_ram))
+      announced = (r.flags & hs::region_online) != 0;
+  CHECK(announced);
+}
+
+TEST_CASE("sim: TCP on loopback") {
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(lfd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(lfd, 16) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  sim::options o;
+  o.tcp_host = "127.0.0.1";
+  o.tcp_port = ntohs(a.sin_port);
+  o.cookie = test_cookie();
+  o.vms = 2;
+  sim::host h(o);
+  h.start();
+  for (int i = 0; i < 2; ++i) {
+    pollfd p{lfd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);
+    conn c(::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(c.handshake());
+    auto r = c.call(get_version{});
+    REQUIRE(r);
+    CHECK(r->err == 0);
+  }
+  ::close(lfd);
 }

@@ -176,7 +176,7 @@ uint64_t total(const std::array<uint64_t, num_events>& a) {
 
 } // namespace
 
-TEST_CASE("2,000 vCPUs over 40 VMs against a minimal introspector: zero violations") {
+TEST_CASE("sim: 2,000 vCPUs over 40 VMs against a minimal introspector: zero violations") {
   listener l;
   fleet_tool tool(l);
   sim::options o;
@@ -215,7 +215,7 @@ TEST_CASE("2,000 vCPUs over 40 VMs against a minimal introspector: zero violatio
   CHECK(tool.events >= total(r.total.events) - r.total.unanswered_at_close);
 }
 
-TEST_CASE("chaos: torn frames, slow replies, hot-plug and reconnect storms stay violation-free") {
+TEST_CASE("sim: chaos: torn frames, slow replies, hot-plug and reconnect storms stay violation-free") {
   listener l;
   fleet_tool tool(l);
   sim::options o;

@@ -459,7 +459,7 @@ TEST_CASE("reply shapes follow the command's parameters") {
   CHECK(xs.size == xsave_size);
 }
 
-TEST_CASE("GET_XSAVE replies of any multiple of 4 up to 4096 bytes decode; others do not") {
+TEST_CASE("GET_XSAVE replies of any multiple of 4 up to 4096 bytes decode, others do not") {
   std::vector<uint8_t> buf;
   auto shape = expected_reply(get_xsave{1, {}});
   for (uint32_t n : {4u, 512u, 1024u, 4096u}) {

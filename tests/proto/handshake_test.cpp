@@ -206,7 +206,7 @@ TEST_CASE("handshake: bytes after the guest message stay for the KVMI stream") {
   CHECK(in[0] == 1);
 }
 
-TEST_CASE("handshake: byte-by-byte delivery succeeds; truncated messages never complete") {
+TEST_CASE("handshake: byte-by-byte delivery succeeds, truncated messages never complete") {
   auto cookie = bytes("cookie-3");
   tool_side t(cookie);
   dm_side d(cookie, sample_info(byte_order::swapped));

@@ -561,6 +561,11 @@ TEST_CASE("check: GET_PAGE_ACCESS and SET_PAGE_ACCESS") {
   CHECK(check(s).code == errc::bad_size);
   set_page_access_cmd sbig{{0, 300, 0, 0}, std::vector<page_access_entry>(300)};
   CHECK(check(sbig).code == errc::oversize);
+  set_page_access_cmd spad{{0, 1, 0, 1}, {{0x1000, page_access_r, {}}}};
+  CHECK(check(spad).code == errc::bad_padding);
+  // The largest that fits: 8 + 16 * 256 = 4104 bytes.
+  set_page_access_cmd most{{0, 256, 0, 0}, std::vector<page_access_entry>(256)};
+  CHECK(check(most).ok());
 }
 
 TEST_CASE("check: INJECT_EXCEPTION vector and has_error") {
@@ -646,6 +651,8 @@ TEST_CASE("check: CONTROL_VE count, enable and padding") {
   v.req.padding[2] = 0;
   v.gpa.clear();
   CHECK(check(v).code == errc::bad_size);
+  control_ve_cmd big{{0, 600, 1, {}}, std::vector<uint64_t>(600, 0x1000)};
+  CHECK(check(big).code == errc::oversize);
 }
 
 TEST_CASE("check: event replies name a known event, an allowed action and the right data") {

@@ -306,6 +306,26 @@ bool fits(size_t fixed, size_t count, size_t element) {
 }
 } // namespace
 
+namespace {
+// 1 when a successful reply to id carries data after kvmi_error_code.
+int expected_data(msg_id id) {
+  switch (id) {
+    case msg_id::get_version:
+    case msg_id::get_guest_info:
+    case msg_id::pause_all_vcpus:
+    case msg_id::get_cpuid:
+    case msg_id::get_map_token:
+    case msg_id::get_registers:
+    case msg_id::get_page_access:
+    case msg_id::read_physical:
+    case msg_id::get_xsave:
+      return 1;
+    default:
+      return 0;
+  }
+}
+} // namespace
+
 error check_physical_range(uint64_t gpa, uint64_t size) {
   if (size == 0 || size > page_size)
     return {errc::bad_range, "physical access size must be 1..4096 bytes"};
@@ -503,9 +523,60 @@ error check(const event_msg& m) {
 error check(const reply_msg& m) {
   if (m.err > 0)
     return {errc::bad_value, "error codes are negative"};
-  if (m.err != 0 && m.data.index() != 0)
-    return {errc::bad_size, "a failed reply carries no data"};
-  return no_error;
+  if (m.err != 0) {
+    if (m.data.index() != 0)
+      return {errc::bad_size, "a failed reply carries no data"};
+    return no_error;
+  }
+  // A successful reply carries the data its command's reply has, and fits
+  // one frame: the tool decodes it against that shape (decode_reply).
+  constexpr error wrong{errc::bad_size, "reply data does not match its command"};
+  size_t size = 0;
+  bool matches = std::visit(
+    overloaded{
+      [&](std::monostate) { return expected_data(m.id) == 0; },
+      [&](const get_version_reply&) { return m.id == msg_id::get_version; },
+      [&](const get_guest_info_reply&) { return m.id == msg_id::get_guest_info; },
+      [&](const pause_all_vcpus_reply&) { return m.id == msg_id::pause_all_vcpus; },
+      [&](const get_cpuid_reply&) { return m.id == msg_id::get_cpuid; },
+      [&](const get_map_token_reply&) { return m.id == msg_id::get_map_token; },
+      [&](const registers_reply& x) {
+        size = sizeof(get_registers_reply) + x.msrs.size() * sizeof(kvm_msr_entry);
+        return m.id == msg_id::get_registers && x.fixed.msrs.nmsrs == x.msrs.size()
+               && padding_zero(x.fixed);
+      },
+      [&](const page_access_reply& x) {
+        size = x.access.size();
+        return m.id == msg_id::get_page_access;
+      },
+      [&](const physical_data& x) {
+        size = x.data.size();
+        return m.id == msg_id::read_physical && !x.data.empty() && x.data.size() <= page_size;
+      },
+      [&](const xsave_reply& x) {
+        size = x.region.size();
+        return m.id == msg_id::get_xsave && !x.region.empty() && x.region.size() <= xsave_size
+               && x.region.size() % 4 == 0;
+      },
+    },
+    m.data);
+  if (!matches)
+    return wrong;
+  if (sizeof(error_code) + size > max_payload)
+    return {errc::oversize, "reply exceeds the largest KVMI frame"};
+  if (auto* pa = std::get_if<page_access_reply>(&m.data))
+    for (auto a : pa->access)
+      if (a & ~page_access_rwx)
+        return {errc::unknown_access_bits, "page access has bits other than r, w, x"};
+  return std::visit(
+    [](const auto& x) -> error {
+      if constexpr (std::is_trivially_copyable_v<std::decay_t<decltype(x)>>
+                    && !std::is_same_v<std::decay_t<decltype(x)>, std::monostate>)
+        return padding_zero(x) ? no_error : bad_padding;
+      else
+        return no_error;
+    },
+    m.data);
 }
 
 // --- decode ---------------------------------------------------------------

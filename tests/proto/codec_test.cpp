@@ -737,9 +737,34 @@ TEST_CASE("check: events") {
 
 TEST_CASE("check: command replies") {
   CHECK(check(reply_msg{msg_id::control_cr, 1, -kvm_einval, {}}).ok());
+  CHECK(check(reply_msg{msg_id::get_version, 1, -kvm_eperm, {}}).ok());
   CHECK(check(reply_msg{msg_id::control_cr, 1, kvm_einval, {}}).code == errc::bad_value);
   CHECK(check(reply_msg{msg_id::get_version, 1, -kvm_einval, get_version_reply{}}).code
         == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::control_cr, 1, 0, {}}).ok());
+  // Success replies carry exactly their command's data.
+  CHECK(check(reply_msg{msg_id::get_version, 1, 0, {}}).code == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::get_version, 1, 0, get_cpuid_reply{}}).code == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::control_cr, 1, 0, get_version_reply{}}).code == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::get_version, 1, 0, get_version_reply{1, 2, 3, 4}}).code
+        == errc::bad_padding);
+  registers_reply rr{};
+  rr.fixed.msrs.nmsrs = 2;
+  rr.msrs.resize(1);
+  CHECK(check(reply_msg{msg_id::get_registers, 1, 0, rr}).code == errc::bad_size);
+  rr.fixed.msrs.nmsrs = 1;
+  CHECK(check(reply_msg{msg_id::get_registers, 1, 0, rr}).ok());
+  rr.msrs.resize(300);
+  rr.fixed.msrs.nmsrs = 300;
+  CHECK(check(reply_msg{msg_id::get_registers, 1, 0, rr}).code == errc::oversize);
+  CHECK(check(reply_msg{msg_id::get_xsave, 1, 0, xsave_reply{std::vector<uint8_t>(6)}}).code
+        == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::get_xsave, 1, 0, xsave_reply{std::vector<uint8_t>(4100)}}).code
+        == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::read_physical, 1, 0, physical_data{}}).code == errc::bad_size);
+  CHECK(check(reply_msg{msg_id::get_page_access, 1, 0, page_access_reply{{1, 7, 8}}}).code
+        == errc::unknown_access_bits);
+  CHECK(check(reply_msg{msg_id::get_page_access, 1, 0, page_access_reply{{1, 7, 0}}}).ok());
 }
 
 // --- decode errors ----------------------------------------------------------------

@@ -108,6 +108,30 @@ struct vm_counts {
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
            pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
            unanswered_at_close = 0, faults_injected = 0;
+
+  vm_counts& operator+=(const vm_counts& o) {
+    auto sum = [](auto& a, const auto& b) {
+      for (size_t i = 0; i < a.size(); ++i)
+        a[i] += b[i];
+    };
+    sum(events, o.events);
+    sum(replies, o.replies);
+    sum(commands, o.commands);
+    sum(errors, o.errors);
+    sum(violations, o.violations);
+    breakpoint_hits += o.breakpoint_hits;
+    pf_allowed += o.pf_allowed;
+    pf_retried += o.pf_retried;
+    pf_crashed += o.pf_crashed;
+    pf_unreported += o.pf_unreported;
+    hmis += o.hmis;
+    sessions += o.sessions;
+    reconnects += o.reconnects;
+    handshake_failures += o.handshake_failures;
+    unanswered_at_close += o.unanswered_at_close;
+    faults_injected += o.faults_injected;
+    return *this;
+  }
 };
 
 struct vm {

@@ -1706,6 +1706,10 @@ bool host::wait_until(const std::function<bool()>& pred, ms timeout) {
     std::unique_lock<std::mutex> l(p_->changed_mu);
     p_->changed_cv.wait_until(l, std::min(deadline, now + ms{20}),
                               [&] { return p_->changed_gen != g; });
+    // At most ~1000 evaluations a second: a predicate that takes every
+    // shard's lock must not starve the event loops.
+    l.unlock();
+    std::this_thread::sleep_for(us{500});
   }
 }
 
@@ -1736,30 +1740,6 @@ counters to_counters(const vm_counts& c) {
   r.unanswered_at_close = c.unanswered_at_close;
   r.faults_injected = c.faults_injected;
   return r;
-}
-
-void add(counters& a, const counters& b) {
-  for (size_t i = 0; i < a.events.size(); ++i)
-    a.events[i] += b.events[i];
-  for (size_t i = 0; i < a.replies.size(); ++i)
-    a.replies[i] += b.replies[i];
-  for (auto& [k, v] : b.commands)
-    a.commands[k] += v;
-  for (auto& [k, v] : b.errors)
-    a.errors[k] += v;
-  for (auto& [k, v] : b.violations)
-    a.violations[k] += v;
-  a.breakpoint_hits += b.breakpoint_hits;
-  a.pf_allowed += b.pf_allowed;
-  a.pf_retried += b.pf_retried;
-  a.pf_crashed += b.pf_crashed;
-  a.pf_unreported += b.pf_unreported;
-  a.hmis += b.hmis;
-  a.sessions += b.sessions;
-  a.reconnects += b.reconnects;
-  a.handshake_failures += b.handshake_failures;
-  a.unanswered_at_close += b.unanswered_at_close;
-  a.faults_injected += b.faults_injected;
 }
 
 vcpu_view view_of(const vcpu& c) {
@@ -1864,14 +1844,16 @@ report host::make_report() const {
                 ? std::chrono::duration<double>(clock::now() - p_->t0).count()
                 : 0;
   histogram lat;
+  vm_counts sum;
   for (auto& s : p_->shards) {
     std::lock_guard<std::mutex> l(s->mu);
     lat.merge(s->lat);
     for (auto& v : s->vms) {
       r.vcpus += static_cast<uint32_t>(v->vcpus.size());
-      add(r.total, to_counters(v->c));
+      sum += v->c;
     }
   }
+  r.total = to_counters(sum);
   r.event_latency.count = lat.n;
   r.event_latency.p50_us = double(lat.quantile(0.5)) / 1e3;
   r.event_latency.p99_us = double(lat.quantile(0.99)) / 1e3;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <future>
+#include <random>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -772,4 +773,36 @@ TEST_CASE("sim: TCP on loopback") {
     CHECK(r->err == 0);
   }
   ::close(lfd);
+}
+
+TEST_CASE("sim: random bytes from the tool never crash the host; it closes and counts") {
+  fixture f;
+  f.start([](sim::options& o) { o.reconnect_delay = sim::ms{1}; });
+  std::mt19937_64 rng(99);
+  int closes = 0;
+  for (int round = 0; round < 60; ++round) {
+    // A frame with a random id (mostly known ones), size and payload.
+    uint16_t id = static_cast<uint16_t>(rng() % 3 == 0 ? rng() % 64 : 1 + rng() % 28);
+    uint16_t size = static_cast<uint16_t>(rng() % 3 == 0 ? rng() % 600 : rng() % 40);
+    std::vector<uint8_t> bytes(sizeof(msg_hdr) + size);
+    msg_hdr h{id, size, static_cast<uint32_t>(rng())};
+    std::memcpy(bytes.data(), &h, sizeof h);
+    for (size_t i = sizeof h; i < bytes.size(); ++i)
+      bytes[i] = static_cast<uint8_t>(rng() % 4 == 0 ? rng() : 0);
+    f.c->send_all(bytes);
+    // Either a reply comes back or the host closes: both are fine.
+    auto r = f.c->next_raw(2000ms);
+    if (!r) {
+      REQUIRE(f.c->closed());
+      ++closes;
+      f.c = f.accept_conn();
+    }
+  }
+  CHECK(closes > 0);
+  auto c = f.counts();
+  CHECK(c.violation_count() > 0);
+  CHECK(c.sessions == static_cast<uint64_t>(closes + 1));
+  auto r = f.c->call(get_version{});
+  REQUIRE(r);
+  CHECK(r->err == 0);
 }

@@ -29,7 +29,7 @@ public:
     if (th_.joinable())
       th_.join();
   }
-  std::atomic<uint64_t> events{0}, cmd_errors{0}, stream_errors{0}, sessions{0};
+  std::atomic<uint64_t> events{0}, cmd_errors{0}, stream_errors{0}, sessions{0}, unhooks{0};
 
 private:
   struct session {
@@ -40,6 +40,7 @@ private:
     uint32_t seq = 0;
     std::unordered_map<uint32_t, reply_shape> shapes;
     bool hooked = false;
+    bool close_after_send = false;
   };
 
   void send(session& s, command c) {
@@ -59,8 +60,12 @@ private:
       }
       ++events;
       auto kind = e->kind();
-      if (kind == event_id::unhook)
+      if (kind == event_id::unhook) {
+        // Hooks would be removed here; closing tells the device manager to go on.
+        ++unhooks;
+        s.close_after_send = true;
         return;
+      }
       if (kind == event_id::create_vcpu) {
         uint16_t v = e->common.vcpu;
         uint32_t mask = flag(event_id::pf) | flag(event_id::msr) | flag(event_id::cr) |
@@ -137,7 +142,7 @@ private:
             s.hooked = true;
             ++sessions;
             s.sp.set_order(s.hs.info().order);
-            send(s, control_vm_events{flag(event_id::create_vcpu), 0});
+            send(s, control_vm_events{flag(event_id::create_vcpu) | flag(event_id::unhook), 0});
           } else if (s.hs.state() == hs::status::failed) {
             ::close(s.fd);
             s.fd = -1;
@@ -155,6 +160,10 @@ private:
           o = o.subspan(static_cast<size_t>(k));
         }
         s.out.clear();
+        if (s.close_after_send) {
+          ::close(s.fd);
+          s.fd = -1;
+        }
       }
       std::erase_if(ss, [](auto& s) { return s->fd < 0; });
     }
@@ -255,4 +264,56 @@ TEST_CASE("sim: chaos: torn frames, slow replies, hot-plug and reconnect storms 
   auto j = to_json(r);
   CHECK(j["violations_total"] == 0);
   CHECK(j["reconnects"].get<uint64_t>() >= 12);
+}
+
+TEST_CASE("sim: UNHOOK in the middle of an event storm: every VM ends cleanly, none reconnects") {
+  listener l;
+  fleet_tool tool(l);
+  sim::options o;
+  o.unix_path = l.path();
+  o.cookie = test_cookie();
+  o.vms = 8;
+  o.vcpus_per_vm = 16;
+  o.seed = 5;
+  o.threads = 2;
+  o.workload.rate_per_vcpu = 200;
+  o.reconnect_delay = sim::ms{5};
+  sim::host h(o);
+  h.start();
+  REQUIRE(h.wait_until(
+    [&] {
+      auto r = h.make_report();
+      return r.total.events[size_t(event_id::create_vcpu)] == 128 && total(r.total.events) >= 3000;
+    },
+    sim::ms{60000}));
+  std::vector<std::future<sim::outcome>> fs;
+  for (uint32_t v = 0; v < o.vms; ++v)
+    fs.push_back(h.request_unhook(v));
+  for (auto& f : fs) {
+    REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(f.get().ok);
+  }
+  for (uint32_t v = 0; v < o.vms; ++v) {
+    auto view = h.vm(v);
+    CHECK(view.unhooked);
+    CHECK_FALSE(view.hooked);
+    CHECK_FALSE(view.connected);
+  }
+  // The guests keep running without introspection: no events, no reconnects.
+  auto before = h.make_report();
+  auto w = h.write_msr(3, 2, lstar, 0x4242000);
+  REQUIRE(w.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(w.get().events == 0);
+  h.stop();
+  tool.stop();
+  auto r = h.make_report();
+  INFO(to_json(r).dump(2));
+  CHECK(r.ok());
+  CHECK(r.total.events[size_t(event_id::unhook)] == 8);
+  CHECK(tool.unhooks == 8);
+  CHECK(r.total.sessions == 8);
+  CHECK(r.total.reconnects == 0);
+  CHECK(total(r.total.events) == total(before.total.events));
+  uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
+  CHECK(replies + r.total.unanswered_at_close + 8 == total(r.total.events));
 }

@@ -77,7 +77,7 @@ struct reactor::impl {
     std::deque<std::vector<uint8_t>> q;
     size_t off = 0;
     bool sending = false, recv_armed = false;
-    bool closing = false, flush_then_close = false, notified = false;
+    bool closing = false, flush_then_close = false, notified = false, finished = false;
     close_reason why = close_reason::local;
     std::vector<uint8_t> rbuf; // plain recv fallback
 
@@ -149,6 +149,7 @@ struct reactor::impl {
   std::unordered_map<conn_id, std::unique_ptr<conn>> conns;
   conn_id next_id = 1;
   std::vector<conn_id> dirty; // connections with sends to start
+  std::vector<conn_id> dead;  // finished, to destroy
   timer_map timers;
   std::map<std::pair<conn_id, uint64_t>, timer_map::iterator> timer_index;
 
@@ -261,9 +262,11 @@ struct reactor::impl {
       return;
     c.closing = true;
     c.why = why;
-    if (now) {
-      queued.fetch_sub(c.q.size(), std::memory_order_relaxed);
-      c.q.clear();
+    if (now && !c.q.empty()) {
+      // The buffer of a send in flight stays until its completion.
+      size_t keep = c.sending ? 1 : 0;
+      queued.fetch_sub(c.q.size() - keep, std::memory_order_relaxed);
+      c.q.erase(c.q.begin() + keep, c.q.end());
     }
     // Wakes the pending recv (and fails a pending send); finish() runs when
     // nothing is in flight any more.
@@ -271,8 +274,11 @@ struct reactor::impl {
     maybe_finish(c);
   }
 
+  // Runs on_close and closes the fd once nothing is in flight; the conn
+  // object itself goes at the end of the loop iteration (callers may still
+  // hold a reference).
   void maybe_finish(conn& c) {
-    if (!c.closing || c.recv_armed || c.sending)
+    if (c.finished || !c.closing || c.recv_armed || c.sending)
       return;
     if (!c.notified) {
       c.notified = true;
@@ -288,8 +294,16 @@ struct reactor::impl {
     ::close(c.fd);
     c.fd = -1;
     queued.fetch_sub(c.q.size(), std::memory_order_relaxed);
-    conns.erase(c.cid); // destroys c and its handler
-    nconns.fetch_sub(1, std::memory_order_relaxed);
+    c.q.clear();
+    c.finished = true;
+    dead.push_back(c.cid);
+  }
+
+  void reap() {
+    for (auto id : dead)
+      if (conns.erase(id)) // destroys the conn and its handler
+        nconns.fetch_sub(1, std::memory_order_relaxed);
+    dead.clear();
   }
 
   void on_accept(size_t li, int res) {
@@ -403,7 +417,7 @@ struct reactor::impl {
 
   conn* find(conn_id id) {
     auto it = conns.find(id);
-    return it == conns.end() ? nullptr : it->second.get();
+    return it == conns.end() || it->second->finished ? nullptr : it->second.get();
   }
 
   void run_tasks() {
@@ -496,6 +510,7 @@ struct reactor::impl {
       }
       io_uring_cq_advance(&ring, n);
       fire_timers();
+      reap();
       if (stop_req.load()) {
         run_tasks();
         std::vector<conn*> all;
@@ -503,6 +518,7 @@ struct reactor::impl {
           all.push_back(c.get());
         for (auto* c : all)
           begin_close(*c, close_reason::shutdown, true);
+        reap();
         std::lock_guard lk(lmu);
         for (auto& l : listeners)
           if (l.fd >= 0) {

@@ -1,0 +1,287 @@
+// The io_uring reactor on real UNIX and TCP sockets: echo through both recv
+// paths, per-connection timers, the bounded send queue, and sends posted
+// from other threads.
+#include "server/reactor.hpp"
+
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
+
+using namespace kvmid::net;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct tmpdir {
+  std::filesystem::path p;
+  tmpdir() {
+    char t[] = "/tmp/kvmid-reactor-XXXXXX";
+    REQUIRE(mkdtemp(t));
+    p = t;
+  }
+  ~tmpdir() { std::filesystem::remove_all(p); }
+};
+
+int connect_unix(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+// Reads exactly n bytes or fails after 10 s (a hang is a failure, not a wait).
+std::string read_n(int fd, size_t n) {
+  std::string out;
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (out.size() < n && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char b[65536];
+    auto r = ::recv(fd, b, std::min(sizeof b, n - out.size()), 0);
+    if (r <= 0)
+      break;
+    out.append(b, size_t(r));
+  }
+  return out;
+}
+
+bool wait_eof(int fd) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char b[4096];
+    auto r = ::recv(fd, b, sizeof b, 0);
+    if (r <= 0)
+      return true;
+  }
+  return false;
+}
+
+struct echo : connection_handler {
+  std::atomic<int>* closes;
+  explicit echo(std::atomic<int>* c) : closes(c) {}
+  void on_data(conn_ctx& c, std::span<const uint8_t> b) override {
+    if (b.size() >= 4 && std::memcmp(b.data(), "quit", 4) == 0)
+      return c.close();
+    c.send(b);
+  }
+  void on_close(conn_ctx&, close_reason) override { ++*closes; }
+};
+
+void echo_roundtrip(bool plain) {
+  tmpdir d;
+  reactor_options o;
+  o.force_plain_recv = plain;
+  reactor r(o);
+  if (!plain)
+    MESSAGE("multishot recv in use: " << r.multishot());
+  CHECK((plain ? !r.multishot() : true));
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.path = (d.p / "echo.sock").string();
+  s.mode = 0640;
+  r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+  struct stat st{};
+  REQUIRE(::stat(s.path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0640);
+  r.start();
+  std::vector<int> fds;
+  for (int i = 0; i < 8; ++i)
+    fds.push_back(connect_unix(s.path));
+  // Large messages cross many provided buffers and partial sends.
+  std::string big(200000, 'x');
+  for (size_t i = 0; i < big.size(); ++i)
+    big[i] = char('a' + (i * 7) % 26);
+  for (int fd : fds) {
+    std::thread w([&] { ::send(fd, big.data(), big.size(), MSG_NOSIGNAL); });
+    CHECK(read_n(fd, big.size()) == big);
+    w.join();
+  }
+  for (int fd : fds) {
+    ::send(fd, "quit", 4, MSG_NOSIGNAL);
+    CHECK(wait_eof(fd));
+    ::close(fd);
+  }
+  for (int i = 0; i < 200 && closes.load() < 8; ++i)
+    std::this_thread::sleep_for(10ms);
+  CHECK(closes.load() == 8);
+  CHECK(r.connections() == 0);
+  r.stop();
+}
+
+} // namespace
+
+TEST_CASE("echo over a UNIX socket with multishot recv (when available)") { echo_roundtrip(false); }
+TEST_CASE("echo over a UNIX socket with the plain recv fallback") { echo_roundtrip(true); }
+
+TEST_CASE("timers fire per connection and can be cancelled") {
+  tmpdir d;
+  reactor r;
+  std::promise<uint64_t> fired;
+  struct timed : connection_handler {
+    std::promise<uint64_t>* p;
+    void on_open(conn_ctx& c) override {
+      c.set_timer(50ms, 1);
+      c.set_timer(20ms, 2);
+      c.cancel_timer(2);
+    }
+    void on_data(conn_ctx&, std::span<const uint8_t>) override {}
+    void on_timer(conn_ctx& c, uint64_t t) override {
+      p->set_value(t);
+      c.close(true);
+    }
+  };
+  listen_spec s;
+  s.path = (d.p / "t.sock").string();
+  r.add_listener(s, [&] {
+    auto h = std::make_unique<timed>();
+    h->p = &fired;
+    return h;
+  });
+  r.start();
+  int fd = connect_unix(s.path);
+  auto f = fired.get_future();
+  REQUIRE(f.wait_for(10s) == std::future_status::ready);
+  CHECK(f.get() == 1);
+  CHECK(wait_eof(fd));
+  ::close(fd);
+}
+
+TEST_CASE("a full send queue closes that connection only; posted sends arrive in order") {
+  tmpdir d;
+  reactor_options o;
+  o.send_queue_limit = 64;
+  reactor r(o);
+  std::mutex mu;
+  std::vector<conn_id> ids;
+  std::atomic<int> queue_full{0};
+  struct h : connection_handler {
+    std::mutex* mu;
+    std::vector<conn_id>* ids;
+    std::atomic<int>* qf;
+    void on_open(conn_ctx& c) override {
+      std::lock_guard lk(*mu);
+      ids->push_back(c.id());
+    }
+    void on_data(conn_ctx& c, std::span<const uint8_t>) override {
+      // Flood: a peer that never reads cannot hold more than the bound.
+      std::vector<uint8_t> chunk(1 << 18, 0x5a);
+      for (int i = 0; i < 1000 && c.send(std::span<const uint8_t>(chunk)); ++i) {
+      }
+    }
+    void on_close(conn_ctx& c, close_reason why) override {
+      if (why == close_reason::queue_full) {
+        std::lock_guard lk(*mu);
+        std::erase(*ids, c.id()); // what is left is the calm connection
+        ++*qf;
+      }
+    }
+  };
+  listen_spec s;
+  s.path = (d.p / "q.sock").string();
+  r.add_listener(s, [&] {
+    auto x = std::make_unique<h>();
+    x->mu = &mu;
+    x->ids = &ids;
+    x->qf = &queue_full;
+    return x;
+  });
+  r.start();
+  int flood = connect_unix(s.path);
+  int calm = connect_unix(s.path);
+  for (int i = 0; i < 500; ++i) {
+    std::lock_guard lk(mu);
+    if (ids.size() == 2)
+      break;
+    std::this_thread::sleep_for(10ms);
+  }
+  {
+    std::lock_guard lk(mu);
+    REQUIRE(ids.size() == 2);
+  }
+  ::send(flood, "go", 2, MSG_NOSIGNAL);
+  for (int i = 0; i < 500 && queue_full.load() == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  CHECK(queue_full.load() == 1);
+  conn_id calm_id;
+  {
+    std::lock_guard lk(mu);
+    REQUIRE(ids.size() == 1);
+    calm_id = ids[0];
+  }
+  // Sends posted from several threads arrive whole and, per thread, in order.
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) { // 40 in all: within the bound of 64
+        auto b = r.take_buffer();
+        b.assign({uint8_t(t), uint8_t(i), 0xee, 0xff});
+        r.post_send(calm_id, std::move(b));
+      }
+    });
+  for (auto& t : ts)
+    t.join();
+  auto got = read_n(calm, 160);
+  REQUIRE(got.size() == 160);
+  int next[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < got.size(); i += 4) {
+    int t = uint8_t(got[i]);
+    REQUIRE(t < 4);
+    CHECK(uint8_t(got[i + 1]) == next[t]++);
+    CHECK(uint8_t(got[i + 2]) == 0xee);
+  }
+  r.post_close(calm_id);
+  CHECK(wait_eof(calm));
+  ::close(flood);
+  ::close(calm);
+  r.post_send(calm_id, {1, 2, 3}); // a gone connection: dropped, no crash
+}
+
+TEST_CASE("tcp listeners bind loopback and report the port; bad addresses throw") {
+  reactor r;
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.type = listen_spec::kind::tcp;
+  s.port = 0;
+  int li = r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+  uint16_t port = r.bound_port(li);
+  CHECK(port != 0);
+  r.start();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  ::send(fd, "hello", 5, MSG_NOSIGNAL);
+  CHECK(read_n(fd, 5) == "hello");
+  ::close(fd);
+  listen_spec bad;
+  bad.type = listen_spec::kind::tcp;
+  bad.host = "not-an-address";
+  CHECK_THROWS_AS(r.add_listener(bad, [&] { return std::make_unique<echo>(&closes); }),
+                  std::system_error);
+  listen_spec badpath;
+  badpath.path = "/nonexistent-dir/x.sock";
+  CHECK_THROWS_AS(r.add_listener(badpath, [&] { return std::make_unique<echo>(&closes); }),
+                  std::system_error);
+}

@@ -1,0 +1,444 @@
+// kvmid (core + reactor + KVMI listener) against kvmi-sim over real UNIX
+// sockets, in one process. Every policy outcome is checked on the guest
+// side, through the simulator's state.
+#include "actors/core.hpp"
+#include "kernel-patches/sim/sim.hpp"
+#include "server/kvmi_session.hpp"
+#include "server/reactor.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <future>
+
+using namespace kvmid;
+using namespace std::chrono_literals;
+namespace sim = kvmi::sim;
+using kvmi::event_id;
+
+namespace {
+
+constexpr uint32_t msr_lstar = 0xc0000082;
+constexpr uint64_t cr0_wp = 1ull << 16, cr4_smep = 1ull << 20, cr4_smap = 1ull << 21;
+constexpr uint64_t text = 0x100000; // the simulator's hot pages
+
+struct fleet {
+  std::filesystem::path dir;
+  std::vector<uint8_t> cookie = std::vector<uint8_t>(32, 0x42);
+  std::unique_ptr<core> c;
+  std::unique_ptr<net::reactor> r;
+  std::unique_ptr<sim::host> h;
+
+  explicit fleet(policy_set ps, const std::function<void(sim::options&)>& tweak = {},
+                 std::vector<uint8_t> kvmid_cookie = {}) {
+    char t[] = "/tmp/kvmid-fleet-XXXXXX";
+    REQUIRE(mkdtemp(t));
+    dir = t;
+    core_options co;
+    co.policies = std::move(ps);
+    co.command_timeout = 5000ms;
+    c = std::make_unique<core>(co);
+    r = std::make_unique<net::reactor>();
+    net::listen_spec s;
+    s.path = (dir / "kvmi.sock").string();
+    kvmi_listener_options lo;
+    lo.cookie = kvmid_cookie.empty() ? cookie : kvmid_cookie;
+    r->add_listener(s, kvmi_handler_factory(*r, *c, lo));
+    r->start();
+    sim::options so;
+    so.unix_path = s.path;
+    so.cookie = cookie;
+    so.vms = 1;
+    so.vcpus_per_vm = 2;
+    so.reconnect_delay = 20ms;
+    if (tweak)
+      tweak(so);
+    h = std::make_unique<sim::host>(so);
+    h->start();
+  }
+  ~fleet() {
+    h->stop();
+    r->stop();
+    c.reset();
+    std::filesystem::remove_all(dir);
+  }
+
+  // Hooked, and every vCPU configured by kvmid and back in the guest.
+  bool ready(uint32_t vm, uint32_t mask = kvmi::flag(event_id::pause_vcpu)) {
+    return h->wait_until(
+      [&] {
+        auto v = h->vm(vm);
+        if (!v.hooked || v.vcpus.empty())
+          return false;
+        for (auto& x : v.vcpus)
+          if ((x.enabled_events & mask) != mask || x.state != sim::vcpu_state::running
+              || x.pending_pauses)
+            return false;
+        return true;
+      },
+      10000ms);
+  }
+
+  template <class T, class F>
+  api_result<T> call(F&& f) {
+    auto p = std::make_shared<std::promise<api_result<T>>>();
+    auto fut = p->get_future();
+    f(c->api(), [p](api_result<T> r) { p->set_value(std::move(r)); });
+    if (fut.wait_for(20s) != std::future_status::ready)
+      return api_error{api_errc::timeout, "test: no answer"};
+    return fut.get();
+  }
+
+  std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }
+
+  double metric(const std::string& name, const std::string& label = {},
+                const std::string& value = {}) {
+    double sum = 0;
+    for (auto& f : c->metrics().snapshot())
+      if (f.name == name)
+        for (auto& s : f.samples) {
+          bool ok = label.empty();
+          for (auto& [k, v] : s.lbls)
+            ok = ok || (k == label && v == value);
+          if (ok)
+            sum += s.value;
+        }
+    return sum;
+  }
+
+  sim::outcome get(std::future<sim::outcome> f) {
+    REQUIRE(f.wait_for(15s) == std::future_status::ready);
+    return f.get();
+  }
+};
+
+vm_policy guard() {
+  vm_policy p;
+  p.name = "guard";
+  p.match = {"*"};
+  p.msrs.push_back({"lstar", msr_lstar});
+  for (auto n : {"cr0.wp", "cr4.smep", "cr4.smap"})
+    p.crs.push_back(*parse_cr_pin(n));
+  return p;
+}
+
+policy_set one(vm_policy p) {
+  policy_set ps;
+  ps.policies.push_back(std::move(p));
+  return ps;
+}
+
+uint32_t guard_mask() {
+  return kvmi::flag(event_id::pause_vcpu) | kvmi::flag(event_id::msr) | kvmi::flag(event_id::cr);
+}
+
+void check_msr_denied(fleet& f, uint32_t vm) {
+  auto before = *f.h->msr(vm, 0, msr_lstar);
+  double alerts = f.metric("kvmid_alerts_total", "rule", "msr-protection");
+  auto o = f.get(f.h->write_msr(vm, 0, msr_lstar, before ^ 0xdead000));
+  CHECK(o.ok);
+  CHECK(o.event == event_id::msr);
+  CHECK(o.reply == kvmi::action::continue_);
+  CHECK(o.value == before);
+  CHECK(*f.h->msr(vm, 0, msr_lstar) == before);
+  CHECK(f.metric("kvmid_alerts_total", "rule", "msr-protection") == alerts + 1);
+}
+
+} // namespace
+
+TEST_CASE("msr protection: a denied write leaves the MSR's value") {
+  fleet f(one(guard()));
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  // An MSR nobody protects is not even intercepted: the write goes through.
+  auto o = f.get(f.h->write_msr(0, 1, 0x174, 0x10));
+  CHECK(o.value == 0x10);
+  CHECK(*f.h->msr(0, 1, 0x174) == 0x10);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("cr pins: WP, SMEP and SMAP stay set") {
+  fleet f(one(guard()));
+  REQUIRE(f.ready(0, guard_mask()));
+  auto cr4 = *f.h->cr(0, 1, 4);
+  auto cr0 = *f.h->cr(0, 1, 0);
+  REQUIRE((cr4 & (cr4_smep | cr4_smap)) == (cr4_smep | cr4_smap));
+  REQUIRE((cr0 & cr0_wp) == cr0_wp);
+  auto o4 = f.get(f.h->write_cr(0, 1, 4, (cr4 & ~(cr4_smep | cr4_smap)) | (1ull << 7)));
+  CHECK(o4.event == event_id::cr);
+  CHECK((*f.h->cr(0, 1, 4) & (cr4_smep | cr4_smap)) == (cr4_smep | cr4_smap));
+  CHECK((*f.h->cr(0, 1, 4) & (1ull << 7)) != 0); // the unpinned change went through
+  f.get(f.h->write_cr(0, 1, 0, cr0 & ~cr0_wp));
+  CHECK((*f.h->cr(0, 1, 0) & cr0_wp) == cr0_wp);
+  CHECK(f.metric("kvmid_alerts_total", "rule", "cr-pin") == 2);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("page protection: alert and each chosen action, seen by the guest") {
+  vm_policy p;
+  p.name = "pages";
+  p.match = {"*"};
+  p.pages.push_back({"once", text, 0x1000, kvmi::page_access_r | kvmi::page_access_x,
+                     pf_action::allow_once});
+  p.pages.push_back({"unprotect", text + 0x1000, 0x1000,
+                     kvmi::page_access_r | kvmi::page_access_x, pf_action::allow_and_unprotect});
+  p.pages.push_back({"fatal", text + 0x2000, 0x1000, kvmi::page_access_r | kvmi::page_access_x,
+                     pf_action::crash});
+  auto sub = [&](fleet& f) { return f.c->bus().subscribe(bus_filter{{}, {bus_kind::alert}, {}}, 64); };
+  fleet f(one(p));
+  auto alerts = sub(f);
+  REQUIRE(f.ready(0, kvmi::flag(event_id::pf)));
+  REQUIRE(f.h->wait_until([&] { return f.h->page_access(0, text + 0x2000) == 5; }, 5000ms));
+  CHECK(f.h->page_access(0, text) == (kvmi::page_access_r | kvmi::page_access_x));
+
+  auto once = f.get(f.h->access(0, 0, text + 8, kvmi::page_access_w));
+  CHECK(once.event == event_id::pf);
+  CHECK(once.reply == kvmi::action::continue_);
+  CHECK(once.allowed);
+  CHECK(f.h->page_access(0, text) == 5); // still protected
+  // Reads stay allowed and raise nothing.
+  auto rd = f.get(f.h->access(0, 0, text + 8, kvmi::page_access_r));
+  CHECK(rd.events == 0);
+
+  auto un = f.get(f.h->access(0, 1, text + 0x1008, kvmi::page_access_w));
+  CHECK(un.event == event_id::pf);
+  CHECK(un.allowed);
+  CHECK(f.h->page_access(0, text + 0x1000) == kvmi::page_access_rwx);
+  auto again = f.get(f.h->access(0, 1, text + 0x1010, kvmi::page_access_w));
+  CHECK(again.events == 0); // unprotected: no second alert
+
+  auto dead = f.get(f.h->access(0, 0, text + 0x2008, kvmi::page_access_w));
+  CHECK(dead.reply == kvmi::action::crash);
+  CHECK(dead.crashed);
+  CHECK(f.metric("kvmid_alerts_total", "rule", "page-protection") == 3);
+  std::vector<bus_record> got;
+  for (int i = 0; i < 100 && got.size() < 3; ++i) {
+    alerts->poll(got);
+    std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(got.size() == 3);
+  CHECK(got[0].name == "page-protection");
+  CHECK(got[0].vm == f.uuid(0));
+  CHECK(f.h->make_report().total.hmis == 0);
+}
+
+TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte restored; the guest's own INT3 is re-injected") {
+  vm_policy p;
+  p.name = "bp";
+  p.match = {"*"};
+  p.breakpoints.push_back({"probe", text + 0x40});
+  fleet f(one(p), [](sim::options& o) {
+    o.vms = 1;
+    o.vcpus_per_vm = 1;
+  });
+  // The guest's code there, before kvmid hooks.
+  f.h->guest_write(0, text + 0x40, {0x55});
+  f.h->guest_write(0, text + 0x80, {0xcc}); // the guest's own INT3
+  REQUIRE(f.ready(0, kvmi::flag(event_id::breakpoint)));
+  REQUIRE(f.h->wait_until([&] { return f.h->memory(0, text + 0x40, 1)[0] == 0xcc; }, 5000ms));
+  auto hit = f.get(f.h->execute(0, 0, text + 0x40));
+  CHECK(hit.event == event_id::breakpoint);
+  CHECK(hit.reply == kvmi::action::retry);
+  CHECK_FALSE(hit.guest_exception);
+  CHECK(f.h->memory(0, text + 0x40, 1)[0] == 0x55);
+  auto bps = f.call<std::vector<breakpoint_info>>(
+    [&](control_api& a, auto cb) { a.list_breakpoints(f.uuid(0), cb); });
+  REQUIRE(bps.ok());
+  REQUIRE(bps.value().size() == 1);
+  CHECK(bps.value()[0].hits == 1);
+  CHECK(bps.value()[0].original == 0x55);
+  CHECK_FALSE(bps.value()[0].planted);
+
+  auto own = f.get(f.h->execute(0, 0, text + 0x80));
+  CHECK(own.event == event_id::breakpoint);
+  CHECK(own.reply == kvmi::action::continue_);
+  CHECK(own.guest_exception);
+  CHECK(f.h->memory(0, text + 0x80, 1)[0] == 0xcc); // not kvmid's: untouched
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("pause holds every vCPU until resume; paused vCPUs answer register reads") {
+  fleet f(one(guard()), [](sim::options& o) { o.vcpus_per_vm = 3; });
+  REQUIRE(f.ready(0, guard_mask()));
+  auto pr = f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); });
+  REQUIRE(pr.ok());
+  auto v = f.h->vm(0);
+  for (auto& c : v.vcpus)
+    CHECK(c.state == sim::vcpu_state::paused);
+  auto fut = f.h->write_msr(0, 2, 0x174, 0x99);
+  CHECK(fut.wait_for(300ms) == std::future_status::timeout); // the guest is held
+  auto regs = f.call<registers_info>(
+    [&](control_api& a, auto cb) { a.get_registers(f.uuid(0), 1, {msr_lstar}, cb); });
+  REQUIRE(regs.ok());
+  CHECK(regs.value().sregs.cr4 == *f.h->cr(0, 1, 4));
+  REQUIRE(regs.value().msrs.size() == 1);
+  CHECK(regs.value().msrs[0].second == *f.h->msr(0, 1, msr_lstar));
+  auto vinfo = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(vinfo.ok());
+  CHECK(vinfo.value().paused);
+  for (auto& c : vinfo.value().vcpus)
+    CHECK(c.state == vcpu_state::paused);
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(0), cb); }).ok());
+  auto o = f.get(std::move(fut));
+  CHECK(o.value == 0x99);
+  // Running again: register reads are refused as a conflict, not sent.
+  REQUIRE(f.ready(0, guard_mask()));
+  auto late = f.call<registers_info>(
+    [&](control_api& a, auto cb) { a.get_registers(f.uuid(0), 1, {}, cb); });
+  REQUIRE_FALSE(late.ok());
+  CHECK(late.error().code == api_errc::conflict);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("unhook removes what kvmid planted and closes; the VM may come back with its history") {
+  vm_policy p = guard();
+  p.breakpoints.push_back({"probe", text + 0x40});
+  p.pages.push_back({"text", text + 0x3000, 0x2000, 5, pf_action::allow_once});
+  fleet f(one(p), [](sim::options& o) { o.vcpus_per_vm = 2; });
+  f.h->guest_write(0, text + 0x40, {0x90});
+  REQUIRE(f.ready(0, guard_mask()));
+  REQUIRE(f.h->wait_until([&] { return f.h->memory(0, text + 0x40, 1)[0] == 0xcc; }, 5000ms));
+  CHECK(f.h->page_access(0, text + 0x3000) == 5);
+  check_msr_denied(f, 0);
+  auto o = f.get(f.h->request_unhook(0));
+  CHECK(o.ok);
+  REQUIRE(f.h->wait_until([&] { return f.h->vm(0).unhooked; }, 10000ms));
+  CHECK(f.h->memory(0, text + 0x40, 1)[0] == 0x90);
+  CHECK(f.h->page_access(0, text + 0x3000) == kvmi::page_access_rwx);
+  CHECK(f.h->page_access(0, text + 0x4000) == kvmi::page_access_rwx);
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(info.ok());
+  CHECK_FALSE(info.value().connected);
+  CHECK(info.value().alerts >= 1);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("reconnects of the same uuid keep the VM's history") {
+  fleet f(one(guard()));
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  f.get(f.h->inject_fault(0, "disconnect"));
+  REQUIRE(f.h->wait_until([&] { return f.h->vm_counters(0).sessions >= 2; }, 10000ms));
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(info.ok());
+  CHECK(info.value().connected);
+  CHECK(info.value().sessions == 2);
+  CHECK(info.value().alerts == 2);
+}
+
+TEST_CASE("handshake failures: a wrong cookie costs only the socket, counted, no VM") {
+  fleet f(one(guard()), [](sim::options& o) { o.reconnect_delay = 50ms; },
+          std::vector<uint8_t>(32, 0x17));
+  REQUIRE(f.h->wait_until([&] { return f.h->vm_counters(0).handshake_failures >= 1; }, 10000ms));
+  REQUIRE(f.h->wait_until(
+    [&] { return f.metric("kvmid_handshake_failures_total") >= 1; }, 5000ms));
+  CHECK_FALSE(f.h->hooked(0));
+  auto list = f.call<std::vector<vm_info>>([&](control_api& a, auto cb) { a.list_vms(cb); });
+  REQUIRE(list.ok());
+  CHECK(list.value().empty());
+  CHECK(f.metric("kvmid_vms") == 0);
+}
+
+TEST_CASE("a host with the other byte order gets the same policy outcomes") {
+  fleet f(one(guard()), [](sim::options& o) { o.order = kvmi::byte_order::swapped; });
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  auto cr4 = *f.h->cr(0, 0, 4);
+  f.get(f.h->write_cr(0, 0, 4, cr4 & ~cr4_smep));
+  CHECK((*f.h->cr(0, 0, 4) & cr4_smep) == cr4_smep);
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(info.ok());
+  CHECK(info.value().byte_order == "swapped");
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("a malformed frame closes only that VM's session") {
+  fleet f(one(guard()), [](sim::options& o) {
+    o.vms = 3;
+    o.reconnect = false;
+  });
+  for (uint32_t i = 0; i < 3; ++i)
+    REQUIRE(f.ready(i, guard_mask()));
+  f.get(f.h->inject_fault(1, "garbage"));
+  REQUIRE(f.h->wait_until([&] { return !f.h->vm(1).connected; }, 10000ms));
+  REQUIRE(f.h->wait_until([&] { return f.metric("kvmid_protocol_errors_total") >= 1; }, 5000ms));
+  check_msr_denied(f, 0);
+  check_msr_denied(f, 2);
+  CHECK(f.h->vm(0).hooked);
+  CHECK(f.h->vm(2).hooked);
+  CHECK(f.metric("kvmid_vms") == 2);
+}
+
+TEST_CASE("unsafe regions are refused with a clear error and never touched") {
+  fleet f(one(guard()), [](sim::options& o) {
+    o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, std::nullopt}); // never online
+  });
+  REQUIRE(f.ready(0, guard_mask()));
+  auto regions = f.h->vm(0).regions;
+  uint64_t mmio = 0, gpu = 0, atsd = 0;
+  for (auto& r : regions) {
+    if (r.type == uint32_t(kvmi::hs::region_type::mmio))
+      mmio = r.gpa;
+    if (r.type == uint32_t(kvmi::hs::region_type::nvlink2_gpu_ram))
+      gpu = r.gpa;
+    if (r.type == uint32_t(kvmi::hs::region_type::nvlink2_atsd))
+      atsd = r.gpa;
+  }
+  REQUIRE(mmio != 0);
+  REQUIRE(gpu != 0);
+  for (uint64_t gpa : {mmio, gpu, atsd}) {
+    if (!gpa)
+      continue;
+    auto rd = f.call<std::vector<uint8_t>>(
+      [&](control_api& a, auto cb) { a.read_physical(f.uuid(0), gpa + 16, 8, cb); });
+    REQUIRE_FALSE(rd.ok());
+    CHECK(rd.error().code == api_errc::unsafe_region);
+    auto bp = f.call<breakpoint_info>(
+      [&](control_api& a, auto cb) { a.add_breakpoint(f.uuid(0), gpa, cb); });
+    REQUIRE_FALSE(bp.ok());
+    CHECK(bp.error().code == api_errc::unsafe_region);
+  }
+  // RAM across pages is fine.
+  f.h->guest_write(0, 0x7ffc, {1, 2, 3, 4, 5, 6, 7, 8});
+  auto ok = f.call<std::vector<uint8_t>>(
+    [&](control_api& a, auto cb) { a.read_physical(f.uuid(0), 0x7ffc, 8, cb); });
+  REQUIRE(ok.ok());
+  CHECK(ok.value() == std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8});
+  auto bad = f.call<std::vector<uint8_t>>(
+    [&](control_api& a, auto cb) { a.read_physical("no-such-vm", 0, 8, cb); });
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().code == api_errc::not_found);
+  CHECK(f.h->make_report().total.hmis == 0);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("1,000 vCPUs under a seeded workload: zero invariant violations, zero HMIs" * doctest::test_suite("no-sanitize")) {
+  vm_policy p = guard();
+  p.pages.push_back({"text", text, 0x8000, 5, pf_action::allow_once});
+  fleet f(one(p), [](sim::options& o) {
+    o.vms = 10;
+    o.vcpus_per_vm = 100;
+    o.workload.rate_per_vcpu = 20;
+    o.seed = 7;
+  });
+  for (uint32_t i = 0; i < 10; ++i)
+    REQUIRE(f.ready(i, guard_mask()));
+  CHECK(f.metric("kvmid_vcpus") == 1000);
+  auto base = f.h->make_report().total.events;
+  uint64_t sent0 = 0;
+  for (auto e : base)
+    sent0 += e;
+  std::this_thread::sleep_for(2s);
+  auto rep = f.h->make_report();
+  uint64_t sent = 0;
+  for (auto e : rep.total.events)
+    sent += e;
+  MESSAGE("events during the run: " << sent - sent0 << ", p99 " << rep.event_latency.p99_us
+                                    << " us");
+  CHECK(sent > sent0 + 1000);
+  CHECK(rep.total.violation_count() == 0);
+  CHECK(rep.total.hmis == 0);
+  CHECK(f.metric("kvmid_protocol_errors_total") == 0);
+}

@@ -63,8 +63,26 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
         if (uuid != key && e.hist.name != key)
           continue;
         if (e.vm) {
-          self->delegate(e.vm, api_atom::value, std::move(req));
-          return caf::delegated<api_response>{};
+          // Not delegate(): a VM actor that is just going away must still
+          // yield an answer, from the history it sends before it quits.
+          auto rp = self->make_response_promise<api_response>();
+          std::string id = uuid;
+          auto r = req;
+          self->request(e.vm, std::chrono::seconds(30), api_atom::value, std::move(req))
+            .then([rp](api_response& x) mutable { rp.deliver(std::move(x)); },
+                  [=](caf::error& err) mutable {
+                    if (err == caf::sec::request_timeout) {
+                      rp.deliver(api_response{std::nullopt,
+                                              {api_errc::timeout, "the VM actor did not answer"}});
+                      return;
+                    }
+                    auto it = self->state.vms.find(id);
+                    if (it == self->state.vms.end())
+                      rp.deliver(api_response{std::nullopt, {api_errc::not_found, "no VM " + id}});
+                    else
+                      rp.deliver(from_history(it->second.hist, r));
+                  });
+          return rp;
         }
         return from_history(e.hist, req);
       }

@@ -29,8 +29,10 @@ struct fleet {
   std::unique_ptr<net::reactor> r;
   std::unique_ptr<sim::host> h;
 
+  // before_start: guest state that must exist before the first hook.
   explicit fleet(policy_set ps, const std::function<void(sim::options&)>& tweak = {},
-                 std::vector<uint8_t> kvmid_cookie = {}) {
+                 std::vector<uint8_t> kvmid_cookie = {},
+                 const std::function<void(sim::host&)>& before_start = {}) {
     char t[] = "/tmp/kvmid-fleet-XXXXXX";
     REQUIRE(mkdtemp(t));
     dir = t;
@@ -54,6 +56,8 @@ struct fleet {
     if (tweak)
       tweak(so);
     h = std::make_unique<sim::host>(so);
+    if (before_start)
+      before_start(*h);
     h->start();
   }
   ~fleet() {
@@ -227,13 +231,18 @@ TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte rest
   p.name = "bp";
   p.match = {"*"};
   p.breakpoints.push_back({"probe", text + 0x40});
-  fleet f(one(p), [](sim::options& o) {
-    o.vms = 1;
-    o.vcpus_per_vm = 1;
-  });
-  // The guest's code there, before kvmid hooks.
-  f.h->guest_write(0, text + 0x40, {0x55});
-  f.h->guest_write(0, text + 0x80, {0xcc}); // the guest's own INT3
+  fleet f(
+    one(p),
+    [](sim::options& o) {
+      o.vms = 1;
+      o.vcpus_per_vm = 1;
+    },
+    {},
+    [](sim::host& h) {
+      // The guest's code there, before kvmid hooks.
+      h.guest_write(0, text + 0x40, {0x55});
+      h.guest_write(0, text + 0x80, {0xcc}); // the guest's own INT3
+    });
   REQUIRE(f.ready(0, kvmi::flag(event_id::breakpoint)));
   REQUIRE(f.h->wait_until([&] { return f.h->memory(0, text + 0x40, 1)[0] == 0xcc; }, 5000ms));
   auto hit = f.get(f.h->execute(0, 0, text + 0x40));
@@ -294,8 +303,8 @@ TEST_CASE("unhook removes what kvmid planted and closes; the VM may come back wi
   vm_policy p = guard();
   p.breakpoints.push_back({"probe", text + 0x40});
   p.pages.push_back({"text", text + 0x3000, 0x2000, 5, pf_action::allow_once});
-  fleet f(one(p), [](sim::options& o) { o.vcpus_per_vm = 2; });
-  f.h->guest_write(0, text + 0x40, {0x90});
+  fleet f(one(p), [](sim::options& o) { o.vcpus_per_vm = 2; }, {},
+          [](sim::host& h) { h.guest_write(0, text + 0x40, {0x90}); });
   REQUIRE(f.ready(0, guard_mask()));
   REQUIRE(f.h->wait_until([&] { return f.h->memory(0, text + 0x40, 1)[0] == 0xcc; }, 5000ms));
   CHECK(f.h->page_access(0, text + 0x3000) == 5);
@@ -306,10 +315,19 @@ TEST_CASE("unhook removes what kvmid planted and closes; the VM may come back wi
   CHECK(f.h->memory(0, text + 0x40, 1)[0] == 0x90);
   CHECK(f.h->page_access(0, text + 0x3000) == kvmi::page_access_rwx);
   CHECK(f.h->page_access(0, text + 0x4000) == kvmi::page_access_rwx);
-  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
-  REQUIRE(info.ok());
-  CHECK_FALSE(info.value().connected);
-  CHECK(info.value().alerts >= 1);
+  // kvmid learns of the close through the ring: wait for it, do not assume.
+  std::optional<vm_info> info;
+  for (int i = 0; i < 500; ++i) {
+    auto r = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+    REQUIRE(r.ok());
+    if (!r.value().connected) {
+      info = r.value();
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(info);
+  CHECK(info->alerts >= 1);
   CHECK(f.h->make_report().ok());
 }
 

@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j"$(nproc)"
-exec build/server/kvmi-messages "$@"
+# kvmid against the embedded simulated host: 4 VMs x 4 vCPUs for 15 s.
+# Pass your own flags to override (e.g. scripts/run.sh --simulate 32x8).
+if [ $# -eq 0 ]; then set -- --simulate 4x4 --duration 15; fi
+exec build/server/kvmid "$@"

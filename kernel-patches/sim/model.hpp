@@ -162,6 +162,7 @@ struct vm {
   size_t inflight_off = 0;
   size_t split_at = 0;      // torn frame: send only up to here, then pause
   bool held = false;        // waiting for the torn pause to pass
+  bool force_torn = false;  // inject_fault("torn"): tear the next frame
   bool dirty = false;
 
   // Kernel session state.

@@ -94,7 +94,10 @@ uint64_t ud(op o, uint32_t gen, uint32_t local) {
 }
 
 enum class timer_kind : uint8_t { connect, workload, unhook_timeout, torn_resume, slow_send,
-                                  gpu_online, reconnect_storm, hotplug_storm };
+                                  gpu_online, reconnect_storm, hotplug_storm, handshake_timeout };
+
+// DESIGN.md: each handshake step must arrive within 10 s.
+constexpr ms handshake_step_timeout{10000};
 
 struct timer {
   time_point at;
@@ -362,8 +365,8 @@ struct shard {
 
   // Appends one whole frame to the send queue, with the frame faults.
   void send_frame(vm& v, std::span<const uint8_t> f) {
-    if (v.fd < 0 || !v.connected)
-      return;
+    if (v.fd < 0 || !v.connected || v.close_after_send)
+      return; // after a frame cut mid-way nothing more goes out
     auto& fl = o.faults;
     if (chance(v, fl.garbage)) {
       ++v.c.faults_injected;
@@ -379,8 +382,10 @@ struct shard {
       ++v.c.faults_injected;
       put_bytes(v.out, f.subspan(0, std::max<size_t>(1, f.size() / 2)));
       v.close_after_send = true;
-    } else if (!v.split_at && chance(v, fl.torn_frames)) {
-      ++v.c.faults_injected;
+    } else if (!v.split_at && (v.force_torn || chance(v, fl.torn_frames))) {
+      if (!v.force_torn)
+        ++v.c.faults_injected;
+      v.force_torn = false;
       put_bytes(v.out, f.subspan(0, f.size() / 2));
       v.split_at = v.out.size();
       put_bytes(v.out, f.subspan(f.size() / 2));
@@ -879,6 +884,8 @@ struct shard {
     v.dm->out().clear();
     mark_dirty(v);
     submit_recv(v);
+    add_timer(clock::now() + handshake_step_timeout, timer_kind::handshake_timeout, v.local, 0,
+              v.gen);
   }
 
   void hook(vm& v) {
@@ -1432,6 +1439,12 @@ struct shard {
               send_frame(v, bytes);
               break;
             }
+        return;
+      case timer_kind::handshake_timeout:
+        if (t.gen == v.gen && v.fd >= 0 && !v.hooked) {
+          ++v.c.handshake_failures; // the introspector never finished its part
+          end_session(v);
+        }
         return;
       case timer_kind::gpu_online:
         if (t.vcpu < v.gpu_online.size())
@@ -2014,6 +2027,8 @@ std::future<outcome> host::inject_fault(uint32_t vmi, const std::string& fault) 
     r.data = get_version_reply{kvmi::version, p_->o.allowed_commands, p_->o.allowed_events, 0};
     encode(v_.scratch, r, p_->o.order);
     put_bytes(v_.out, std::span<const uint8_t>(v_.scratch));
+  } else if (fault == "torn") {
+    v_.force_torn = true; // the next frame goes out in two parts with a pause
   } else if (fault == "disconnect") {
     s_.end_session(v_);
   } else {

@@ -232,8 +232,10 @@ public:
   std::future<outcome> hotplug(uint32_t vm);        // adds a vCPU (CREATE_VCPU if enabled)
   std::future<outcome> request_unhook(uint32_t vm); // as QEMU would; resolves when closed
   std::future<outcome> crash(uint32_t vm);          // the guest dies
-  // Fault injection on demand: "drop_mid_frame", "garbage", "torn",
-  // "unknown_seq_reply", "disconnect".
+  // Fault injection on demand: "drop_mid_frame" (half a frame, then close),
+  // "garbage" (a frame with an id no kernel sends), "torn" (the next frame
+  // goes out in two sends with faults.torn_pause between), "unknown_seq_reply"
+  // (a GET_VERSION reply with a seq the tool never used), "disconnect".
   std::future<outcome> inject_fault(uint32_t vm, const std::string& fault);
 
   // Runs a JSON scenario: {"steps": [{"op": "write_msr", "vm": 0, "vcpu": 0,

@@ -674,9 +674,10 @@ TEST_CASE("sim: a device manager that fails its MAC is refused and retries") {
   CHECK(h.vm_counters(0).sessions == 0);
 }
 
-TEST_CASE("sim: fault injection: garbage and a frame cut mid-way make the tool's stream fail") {
+TEST_CASE("sim: fault injection on demand: garbage, a frame cut mid-way, torn frames, unknown seqs") {
   fixture f;
-  f.start();
+  // A long pause, so the tool surely reads the first part of a torn frame alone.
+  f.start([](sim::options& o) { o.faults.torn_pause = sim::ms{300}; });
   auto gf = f.h->inject_fault(0, "garbage");
   REQUIRE(get(gf).ok);
   // The tool sees a frame with an id no kernel sends: it must close.
@@ -691,8 +692,23 @@ TEST_CASE("sim: fault injection: garbage and a frame cut mid-way make the tool's
   REQUIRE(get(df).ok);
   CHECK(f.c->wait_closed());
   CHECK(f.c->queued_frames() == 0); // half a frame never becomes a frame
-  auto c3 = f.accept_conn();
-  CHECK(f.counts().faults_injected == 2);
+  f.c = f.accept_conn();
+  // A torn frame is still one frame: the reply arrives whole after the pause.
+  auto tf = f.h->inject_fault(0, "torn");
+  REQUIRE(get(tf).ok);
+  CHECK(f.c->partial_reads() == 0);
+  CHECK(f.err_of(get_version{}) == 0);
+  CHECK(f.c->partial_reads() == 1);
+  CHECK(f.err_of(get_map_token{}) == 0);
+  CHECK_FALSE(f.c->stream_error());
+  // A reply with a seq the tool never used.
+  auto us = f.h->inject_fault(0, "unknown_seq_reply");
+  REQUIRE(get(us).ok);
+  auto raw2 = f.c->next_raw();
+  REQUIRE(raw2);
+  CHECK(raw2->hdr.id == uint16_t(msg_id::get_version));
+  CHECK((raw2->hdr.seq & 0xffff0000u) == 0xdead0000u);
+  CHECK(f.counts().faults_injected == 4);
   auto bad = f.h->inject_fault(0, "no-such-fault");
   CHECK_FALSE(get(bad).ok);
 }

@@ -216,6 +216,7 @@ public:
   const std::vector<uint32_t>& arrival() const { return arrival_; }
   size_t queued_frames() const { return frames_.size(); }
   bool stream_error() const { return bad_stream_; }
+  uint64_t partial_reads() const { return partial_reads_; }
 
   // Reads whatever is there within the deadline; false on timeout/EOF.
   bool pump(std::chrono::steady_clock::time_point deadline) {
@@ -248,6 +249,8 @@ private:
     });
     if (err)
       bad_stream_ = true;
+    if (splitter_.buffered() > 0)
+      ++partial_reads_; // a read ended inside a frame
   }
 
   int fd_;
@@ -259,6 +262,7 @@ private:
   uint32_t seq_ = 0;
   bool eof_ = false;
   bool bad_stream_ = false;
+  uint64_t partial_reads_ = 0;
 };
 
 } // namespace kvmi::test

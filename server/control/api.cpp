@@ -517,6 +517,9 @@ namespace {
 
 constexpr uint64_t read_timer = 1;
 constexpr uint64_t heartbeat_timer = 2;
+constexpr uint64_t linger_timer = 3;
+constexpr std::chrono::milliseconds linger_time{1000};
+constexpr size_t linger_max_bytes = 4 << 20;
 
 class http_conn final : public net::connection_handler {
 public:
@@ -536,8 +539,14 @@ public:
   }
 
   void on_data(net::conn_ctx& ctx, std::span<const uint8_t> bytes) override {
-    if (closing_ || streaming_)
-      return; // a stream's client has nothing more to say; closing ignores input
+    if (closing_) {
+      discarded_ += bytes.size();
+      if (discarded_ > linger_max_bytes)
+        ctx.close(); // still sending: stop lingering
+      return;
+    }
+    if (streaming_)
+      return; // a stream's client has nothing more to say
     in_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     // Pipelined input waiting behind a busy request is bounded like one request.
     if (in_.size() > st_->opts.http.max_header_bytes + st_->opts.http.max_body_bytes + 4096) {
@@ -548,6 +557,10 @@ public:
   }
 
   void on_timer(net::conn_ctx& ctx, uint64_t token) override {
+    if (token == linger_timer) {
+      ctx.close();
+      return;
+    }
     if (closing_)
       return;
     if (token == heartbeat_timer && streaming_) {
@@ -635,11 +648,14 @@ private:
     return std::vector<uint8_t>(s.begin(), s.end());
   }
 
+  // An error that ends the connection. Closing at once with unread request
+  // bytes in the socket would make the kernel send RST, and the client could
+  // lose the response; so keep reading (and discarding) for a moment first.
   void send_final(net::conn_ctx& ctx, const response& r) {
     closing_ = true;
     ctx.cancel_timer(read_timer);
     ctx.send(as_bytes(serialize(r, false)));
-    ctx.close();
+    ctx.set_timer(linger_time, linger_timer);
   }
 
   void arm(net::conn_ctx& ctx) {
@@ -750,6 +766,7 @@ private:
   std::shared_ptr<subscription> sub_;
   std::vector<bus_record> batch_;
   uint64_t local_drops_ = 0, reported_drops_ = 0;
+  size_t discarded_ = 0;
 };
 
 } // namespace

@@ -337,6 +337,18 @@ TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and cl
     REQUIRE(r.size() == 1);
     check_error(r[0], 400, "bad_request");
     CHECK(r[0].headers["connection"] == "close");
+    CHECK_FALSE(t.ctx.closed); // lingers to drain the request first
+    REQUIRE(t.ctx.timers.count(3));
+    t.h->on_timer(t.ctx, 3);
+    CHECK(t.ctx.closed);
+  }
+  {
+    harness t;
+    t.exchange("BAD\r\n\r\n");
+    t.feed(std::string("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer ") + token + "\r\n\r\n");
+    CHECK(t.ctx.out.empty()); // nothing after the error is served
+    CHECK(t.be.calls.empty());
+    t.feed(std::string(5 << 20, 'x')); // a client that keeps sending is cut off
     CHECK(t.ctx.closed);
   }
   {
@@ -347,6 +359,9 @@ TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and cl
                         + token + "\r\nContent-Length: 100000\r\n\r\n");
     REQUIRE(r.size() == 1);
     check_error(r[0], 413, "payload_too_large");
+    CHECK_FALSE(t.ctx.closed); // lingers to drain the request first
+    REQUIRE(t.ctx.timers.count(3));
+    t.h->on_timer(t.ctx, 3);
     CHECK(t.ctx.closed);
     CHECK(t.be.calls.empty());
   }
@@ -357,6 +372,9 @@ TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and cl
     auto r = t.exchange("GET /v1/vms HTTP/1.1\r\nX-Big: " + std::string(2000, 'a') + "\r\n\r\n");
     REQUIRE(r.size() == 1);
     check_error(r[0], 431, "headers_too_large");
+    CHECK_FALSE(t.ctx.closed); // lingers to drain the request first
+    REQUIRE(t.ctx.timers.count(3));
+    t.h->on_timer(t.ctx, 3);
     CHECK(t.ctx.closed);
   }
 }
@@ -376,6 +394,9 @@ TEST_CASE("api: a slow client gets 408 and is closed; an idle one is just closed
     auto r = responses(t.ctx.take());
     REQUIRE(r.size() == 1);
     check_error(r[0], 408, "request_timeout");
+    CHECK_FALSE(t.ctx.closed); // lingers to drain the request first
+    REQUIRE(t.ctx.timers.count(3));
+    t.h->on_timer(t.ctx, 3);
     CHECK(t.ctx.closed);
   }
   {
@@ -418,6 +439,9 @@ TEST_CASE("api: connection limit answers 503") {
   auto r = responses(second.take());
   REQUIRE(r.size() == 1);
   check_error(r[0], 503, "too_many_connections");
+  CHECK_FALSE(second.closed); // lingers to drain the request first
+  REQUIRE(second.timers.count(3));
+  h2->on_timer(second, 3);
   CHECK(second.closed);
   h2->on_close(second, net::close_reason::local);
   // Refused connections do not hold a slot; once the first one is gone too,

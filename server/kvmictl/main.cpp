@@ -1,7 +1,7 @@
 // kvmictl: a small CLI over kvmid's HTTP API.
 //
 //   kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json] CMD ...
-//   env: KVMID_API (http://127.0.0.1:8700 or unix:/run/kvmid/api.sock),
+//   env: KVMID_API (http://127.0.0.1:8181 or unix:/run/kvmid/api.sock),
 //        KVMID_TOKEN, KVMID_TOKEN_FILE
 //
 // Exit codes: 0 ok, 1 the API answered with an error, 2 usage, 3 no answer.
@@ -24,7 +24,7 @@ namespace {
 using nlohmann::json;
 
 const char* usage =
-  "usage: kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json]\n"
+  "usage: kvmictl [--server URL|unix:PATH | --unix PATH] [--token T | --token-file F] [--json]\n"
   "               [--timeout SECONDS] COMMAND [ARGS]\n"
   "commands:\n"
   "  vms                         list VMs\n"
@@ -40,7 +40,7 @@ const char* usage =
   "environment: KVMID_API, KVMID_TOKEN, KVMID_TOKEN_FILE\n";
 
 struct options {
-  std::string server = "http://127.0.0.1:8700";
+  std::string server = "http://127.0.0.1:8181"; // config/kvmid.json's API port
   std::string unix_path;
   std::string token;
   bool json_out = false;
@@ -254,8 +254,13 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--server") {
-      o.server = next();
-      o.unix_path.clear();
+      std::string v = next();
+      if (v.starts_with("unix:")) {
+        o.unix_path = v.substr(5);
+      } else {
+        o.server = v;
+        o.unix_path.clear();
+      }
     } else if (a == "--unix") {
       o.unix_path = next();
     } else if (a == "--token") {

@@ -481,6 +481,9 @@ TEST_CASE("e2e: kvmictl tables, --json and errors") {
                        KVMICTL_BIN, "vms"});
   CHECK(env_only.status == 0);
   CHECK(env_only.out.find("sim-vm-1") != std::string::npos);
+  auto via_server = t.kvmictl({"--server", "unix:" + t.api_sock, "--token", t.token, "vms"}, false);
+  CHECK(via_server.status == 0);
+  CHECK(via_server.out.find("sim-vm-0") != std::string::npos);
   auto down = t.kvmictl({"--unix", (t.dir / "missing.sock").string(), "vms"}, false);
   CHECK(down.status == 3);
   CHECK(t.kvmictl({"frobnicate"}).status == 2);

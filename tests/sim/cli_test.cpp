@@ -122,3 +122,25 @@ TEST_CASE("sim: kvmi-sim exits non-zero when the tool breaks a rule") {
   CHECK(j["ok"] == false);
   CHECK(j["violations"]["bad_padding"] == 1);
 }
+
+TEST_CASE("sim: kvmi-sim runs the example scenario file") {
+  listener l;
+  process p({KVMI_SIM_BIN, "--unix", l.path(), "--vcpus", "2", "--cookie", "7365637265742d31",
+             "--scenario", KVMI_SIM_SCENARIOS "/example.json"});
+  int fd = l.accept(10000ms);
+  REQUIRE(fd >= 0);
+  conn c(fd);
+  REQUIRE(c.handshake());
+  // The tool enables nothing: every step runs without events, and the
+  // final unhook closes the session from the host's side.
+  CHECK(c.wait_closed(20000ms));
+  REQUIRE(p.finish(20000ms));
+  CHECK(p.status == 0);
+  auto j = nlohmann::json::parse(p.text);
+  REQUIRE(j["scenario"].size() == 9);
+  for (auto& step : j["scenario"])
+    CHECK_FALSE(step.value("failed", false));
+  CHECK(j["scenario"][3]["guest_exception"] == true); // the guest's own INT3
+  CHECK(j["scenario"][6]["vcpu"] == 2);
+  CHECK(j["vcpus"] == 3);
+}

@@ -7,7 +7,7 @@
 //  - check() and name() never fail on decoded input;
 //  - the splitter only hands out whole frames within max_payload, accounts
 //    for every byte it was fed, and fails only with oversize;
-//  - the handshake never completes on bytes that carry no valid MAC.
+//  - neither handshake side completes on bytes that carry no valid MAC.
 #pragma once
 
 #include "proto/codec.hpp"
@@ -138,32 +138,52 @@ inline int split_stream(const uint8_t* data, size_t size) {
   return 0;
 }
 
-// Input: byte 0 = mode and byte order; the rest is what a device manager
-// sent. Without the cookie nothing here can carry a valid MAC, so the tool
-// side must never reach done in kvmi mode.
+// Input: byte 0 picks the side and mode (bits 0-1: tool/kvmi, tool/qemu-v5,
+// dm/kvmi, dm/qemu-v5) and the chunk size; the rest is what the peer sent.
+// Without the cookie no input can carry a valid MAC, so neither side may
+// reach done in kvmi mode (qemu-v5 authenticates nothing on the tool side,
+// and its cookie hash is a replayable constant by design).
 inline int handshake_bytes(const uint8_t* data, size_t size) {
   if (size < 1)
     return 0;
-  bool qemu = data[0] & 1;
+  unsigned mode = data[0] & 3;
+  bool qemu = mode & 1;
+  size_t chunk = 1 + (data[0] >> 2);
   std::vector<uint8_t> cookie{'f', 'u', 'z', 'z'};
-  hs::nonce tool_nonce{};
-  tool_nonce[0] = data[0];
-  hs::tool_side t(cookie, qemu ? hs::mode::qemu_v5 : hs::mode::kvmi, tool_nonce);
+  hs::nonce own{};
+  own[0] = data[0];
+  own[1] = 0x5a;
   std::span<const uint8_t> in(data + 1, size - 1);
-  size_t chunk = 1 + (data[0] >> 1);
-  while (!in.empty() && t.state() == hs::status::in_progress) {
-    auto piece = in.first(std::min(chunk, in.size()));
-    auto before = piece.size();
-    t.feed(piece);
-    KVMI_FUZZ_ASSERT(piece.size() <= before);
-    in = in.subspan(before - piece.size());
-    if (!piece.empty())
-      break; // done or failed with bytes left over
+  auto drive = [&](auto& side) {
+    while (!in.empty() && side.state() == hs::status::in_progress) {
+      auto piece = in.first(std::min(chunk, in.size()));
+      auto before = piece.size();
+      side.feed(piece);
+      KVMI_FUZZ_ASSERT(piece.size() <= before);
+      in = in.subspan(before - piece.size());
+      if (!piece.empty())
+        break; // done or failed with bytes left over
+    }
+  };
+  if (mode < 2) {
+    hs::tool_side t(cookie, qemu ? hs::mode::qemu_v5 : hs::mode::kvmi, own);
+    drive(t);
+    if (!qemu)
+      KVMI_FUZZ_ASSERT(t.state() != hs::status::done);
+    if (t.state() == hs::status::done)
+      KVMI_FUZZ_ASSERT(t.info().name.size() <= 64);
+  } else {
+    hs::guest_info info;
+    info.name = "fuzz";
+    info.regions = {{0, 0x1000, 0, 0, 0}};
+    hs::dm_side d(cookie, info, qemu ? hs::mode::qemu_v5 : hs::mode::kvmi, own);
+    size_t first = d.out().size();
+    drive(d);
+    if (!qemu)
+      KVMI_FUZZ_ASSERT(d.state() != hs::status::done);
+    if (d.state() != hs::status::done)
+      KVMI_FUZZ_ASSERT(d.out().size() == first); // nothing more sent unless done
   }
-  if (!qemu)
-    KVMI_FUZZ_ASSERT(t.state() != hs::status::done);
-  if (t.state() == hs::status::done)
-    KVMI_FUZZ_ASSERT(t.info().name.size() <= 64);
   return 0;
 }
 
@@ -196,29 +216,39 @@ inline std::vector<std::vector<uint8_t>> splitter_seeds() {
 }
 
 inline std::vector<std::vector<uint8_t>> handshake_seeds() {
+  // Recorded exchanges between other nonces: to the fuzzed side they are
+  // replays, valid in every field but the MAC.
   std::vector<std::vector<uint8_t>> seeds;
   hs::guest_info info;
   info.name = "seed";
   info.vcpu_count = 2;
   info.regions = {{0, 0x100000, 0, 0, 0}};
+  std::vector<uint8_t> cookie{'f', 'u', 'z', 'z'};
+  auto seed = [&](uint8_t head, std::span<const uint8_t> body) {
+    std::vector<uint8_t> s{head};
+    s.insert(s.end(), body.begin(), body.end());
+    seeds.push_back(std::move(s));
+  };
   for (auto o : {byte_order::native, byte_order::swapped}) {
-    // A real hello, then a guest message made for another tool nonce.
-    std::vector<uint8_t> cookie{'f', 'u', 'z', 'z'};
     info.order = o;
     hs::dm_side d(cookie, info);
-    hs::tool_side other(cookie);
+    hs::tool_side t(cookie);
     std::span<const uint8_t> h(d.out());
-    other.feed(h);
-    std::span<const uint8_t> ch(other.out());
+    t.feed(h);
+    std::span<const uint8_t> ch(t.out());
     d.feed(ch);
-    std::vector<uint8_t> s{static_cast<uint8_t>(o == byte_order::swapped ? 16 : 0)};
-    s.insert(s.end(), d.out().begin(), d.out().end());
-    seeds.push_back(std::move(s));
+    uint8_t chunk = o == byte_order::swapped ? 16 << 2 : 0;
+    seed(static_cast<uint8_t>(chunk | 0), d.out());  // hello + guest, to a tool
+    seed(static_cast<uint8_t>(chunk | 2), t.out());  // a challenge, to a device manager
     hs::dm_side q(cookie, info, hs::mode::qemu_v5);
-    std::vector<uint8_t> qs{1};
-    qs.insert(qs.end(), q.out().begin(), q.out().end());
-    seeds.push_back(std::move(qs));
+    seed(1, q.out()); // qemu2introspector, to a tool
   }
+  // A qemu-v5 reply with the wrong hash, to a device manager.
+  hs::tool_side qt(std::vector<uint8_t>{'n', 'o', 'p', 'e'}, hs::mode::qemu_v5);
+  hs::dm_side qd(cookie, info, hs::mode::qemu_v5);
+  std::span<const uint8_t> qin(qd.out());
+  qt.feed(qin);
+  seed(3, qt.out());
   return seeds;
 }
 

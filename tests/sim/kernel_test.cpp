@@ -95,7 +95,7 @@ T get(std::future<T>& f) {
 
 } // namespace
 
-TEST_CASE("sim: handshake carries uuid, name, vcpus and the memory map; GET_VERSION reports masks") {
+TEST_CASE("sim: handshake carries uuid, name, vcpus and the memory map - GET_VERSION reports masks") {
   fixture f;
   f.start([](sim::options& o) { o.memory.gpus.push_back(sim::gpu_spec{32ull << 30, std::nullopt}); });
   auto view = f.h->vm(0);
@@ -127,7 +127,7 @@ TEST_CASE("sim: handshake carries uuid, name, vcpus and the memory map; GET_VERS
   CHECK(v.events == 0x7FF);
 }
 
-TEST_CASE("sim: vCPU commands outside an event get EAGAIN; bad vCPU EINVAL; unknown ids") {
+TEST_CASE("sim: vCPU commands outside an event get EAGAIN - bad vCPU EINVAL - unknown ids") {
   fixture f;
   f.start();
   CHECK(f.err_of(get_registers_cmd{{0, 0, {}}, {}}) == -kvm_eagain);
@@ -394,7 +394,7 @@ TEST_CASE("sim: page access: PF on restricted pages, RETRY re-executes, rwx forg
   CHECK(get(a = f.h->access(0, 0, hot + 8, page_access_r)).events == 0);
 }
 
-TEST_CASE("sim: breakpoints: INT3 raises BREAKPOINT; RETRY after restoring the byte runs on") {
+TEST_CASE("sim: breakpoints: INT3 raises BREAKPOINT - RETRY after restoring the byte runs on") {
   fixture f;
   f.start();
   uint64_t gpa = hot + 0x234;
@@ -428,7 +428,7 @@ TEST_CASE("sim: breakpoints: INT3 raises BREAKPOINT; RETRY after restoring the b
   CHECK(f.counts().breakpoint_hits == 2);
 }
 
-TEST_CASE("sim: READ/WRITE_PHYSICAL beyond one page tears the session down; rwx restored") {
+TEST_CASE("sim: READ/WRITE_PHYSICAL beyond one page tears the session down - rwx restored") {
   fixture f;
   f.start();
   auto evs = f.pause_all();
@@ -449,7 +449,7 @@ TEST_CASE("sim: READ/WRITE_PHYSICAL beyond one page tears the session down; rwx 
   CHECK(c2->wait_closed());
 }
 
-TEST_CASE("sim: event replies: unknown seq and wrong size close; a mismatched event is not applied") {
+TEST_CASE("sim: event replies: unknown seq and wrong size close - a mismatched event is not applied") {
   fixture f;
   f.start([](sim::options& o) { o.vcpus_per_vm = 1; });
   auto evs = f.pause_all();
@@ -493,7 +493,7 @@ TEST_CASE("sim: padding must be zero: commands get EINVAL and the violation is c
   CHECK(f.err_of(get_version{}) == 0);
 }
 
-TEST_CASE("sim: UNHOOK is sent without waiting; the session ends when the tool closes") {
+TEST_CASE("sim: UNHOOK is sent without waiting - the session ends when the tool closes") {
   fixture f;
   f.start();
   CHECK(f.err_of(control_vm_events{flag(event_id::unhook), 0}) == 0);
@@ -588,7 +588,7 @@ TEST_CASE("sim: vCPU query commands: CPUID (ENOENT), XSAVE, guest info, descript
   CHECK(get(d).events == 1);
 }
 
-TEST_CASE("sim: NVLink2: touching offline GPU RAM or ATSD counts an HMI; RAM and online GPU RAM do not") {
+TEST_CASE("sim: NVLink2: touching offline GPU RAM or ATSD counts an HMI - RAM and online GPU RAM do not") {
   fixture f;
   f.start([](sim::options& o) {
     o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, std::nullopt}); // never trained
@@ -734,7 +734,7 @@ TEST_CASE("sim: scenario JSON drives exact sequences and checks expectations") {
   CHECK(f.counts().breakpoint_hits == 1);
 }
 
-TEST_CASE("sim: GPU RAM becomes online when the links are trained; then it is safe") {
+TEST_CASE("sim: GPU RAM becomes online when the links are trained - then it is safe") {
   fixture f;
   f.start([](sim::options& o) { o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, sim::ms{100}}); });
   hs::region gpu{};
@@ -791,7 +791,7 @@ TEST_CASE("sim: TCP on loopback") {
   ::close(lfd);
 }
 
-TEST_CASE("sim: random bytes from the tool never crash the host; it closes and counts") {
+TEST_CASE("sim: random bytes from the tool never crash the host - it closes and counts") {
   fixture f;
   f.start([](sim::options& o) { o.reconnect_delay = sim::ms{1}; });
   std::mt19937_64 rng(99);

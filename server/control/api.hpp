@@ -1,10 +1,13 @@
 // The control plane: the /v1 JSON API, GET /v1/events (SSE) and GET /metrics
 // as a connection handler on kvmid's io_uring reactor.
 //
+//   auto opts = std::get<control::api_options>(control::parse_api_options(cfg.api));
 //   control::core_backend be(core);
 //   control::http_api api(be, control::token_auth::from_file(opts.token_file), opts,
 //                         control::reactor_poster(reactor));
 //   for (auto& l : opts.listen) reactor.add_listener(l, api.factory());
+//   ...
+//   reactor.stop();  // before api and be go away
 //
 // Everything a connection does runs on the ring thread; backend answers
 // arrive on actor threads and come back through the poster, so neither a
@@ -147,25 +150,6 @@ public:
 
 private:
   std::shared_ptr<shared> st_;
-};
-
-// What kvmid's main() needs: validate the config's "api" section, read the
-// token file, add every listener to the reactor. Throws std::runtime_error
-// naming the field or file on any problem (start-up should stop). Keep the
-// returned object alive until the reactor has stopped.
-class control_plane {
-public:
-  control_plane(core& c, net::reactor& r, const nlohmann::json& api_section);
-  ~control_plane();
-  const api_options& options() const { return opts_; }
-  // TCP ports actually bound, in listen order (0 for UNIX sockets).
-  const std::vector<uint16_t>& ports() const { return ports_; }
-
-private:
-  api_options opts_;
-  std::unique_ptr<core_backend> backend_;
-  std::unique_ptr<http_api> api_;
-  std::vector<uint16_t> ports_;
 };
 
 } // namespace kvmid::control

@@ -2,10 +2,6 @@
 #include "actors/core.hpp"
 #include "server/control/api.hpp"
 
-#include <nlohmann/json.hpp>
-
-#include <stdexcept>
-
 namespace kvmid::control {
 
 // --- core_backend: plain forwarding to the core's control_api ---------------
@@ -70,21 +66,5 @@ std::shared_ptr<subscription> core_backend::subscribe(bus_filter f, size_t capac
   return core_.bus().subscribe(std::move(f), capacity);
 }
 metrics_registry& core_backend::metrics() { return core_.metrics(); }
-
-control_plane::control_plane(core& c, net::reactor& r, const nlohmann::json& api_section) {
-  auto parsed = parse_api_options(api_section);
-  if (auto* err = std::get_if<std::string>(&parsed))
-    throw std::runtime_error(*err);
-  opts_ = std::get<api_options>(std::move(parsed));
-  auto auth = token_auth::from_file(opts_.token_file);
-  backend_ = std::make_unique<core_backend>(c);
-  api_ = std::make_unique<http_api>(*backend_, std::move(auth), opts_, reactor_poster(r));
-  for (auto& l : opts_.listen) {
-    int id = r.add_listener(l, api_->factory());
-    ports_.push_back(r.bound_port(id));
-  }
-}
-
-control_plane::~control_plane() = default;
 
 } // namespace kvmid::control

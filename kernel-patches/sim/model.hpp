@@ -103,7 +103,9 @@ struct vm_counts {
   std::array<uint64_t, num_events> events{};
   std::array<uint64_t, 3> replies{};
   std::array<uint64_t, 32> commands{};
-  std::array<uint64_t, 1024> errors{}; // by -err, clipped
+  // Error replies by -err; the last slot holds every code >= 63 (ENOSYS).
+  std::array<uint64_t, 64> errors{};
+  static size_t error_slot(int32_t err) { return std::min<size_t>(size_t(-int64_t(err)), 63); }
   std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
            pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,

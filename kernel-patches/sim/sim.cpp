@@ -434,7 +434,7 @@ struct shard {
   // the kernel sends them from the vCPU thread after the VM thread's.
   void reply(vm& v, const reply_msg& r, bool from_vcpu) {
     if (r.err < 0)
-      ++v.c.errors[std::min<size_t>(size_t(-r.err), v.c.errors.size() - 1)];
+      ++v.c.errors[vm_counts::error_slot(r.err)];
     encode(v.scratch, r, o.order);
     auto& fl = o.faults;
     if (chance(v, fl.slow_reply_fraction)) {
@@ -1711,18 +1711,20 @@ bool host::wait_until(const std::function<bool()>& pred, ms timeout) {
       std::lock_guard<std::mutex> l(p_->changed_mu);
       g = p_->changed_gen;
     }
+    auto t = clock::now();
     if (pred())
       return true;
     auto now = clock::now();
     if (now >= deadline)
       return pred();
+    auto took = now - t;
     std::unique_lock<std::mutex> l(p_->changed_mu);
     p_->changed_cv.wait_until(l, std::min(deadline, now + ms{20}),
                               [&] { return p_->changed_gen != g; });
-    // At most ~1000 evaluations a second: a predicate that takes every
-    // shard's lock must not starve the event loops.
+    // A predicate that takes every shard's lock must not starve the event
+    // loops: it gets at most ~10% of the time.
     l.unlock();
-    std::this_thread::sleep_for(us{500});
+    std::this_thread::sleep_for(std::max<clock::duration>(us{500}, took * 10));
   }
 }
 
@@ -1737,7 +1739,8 @@ counters to_counters(const vm_counts& c) {
       r.commands[std::string(name(static_cast<msg_id>(i)))] += c.commands[i];
   for (size_t i = 0; i < c.errors.size(); ++i)
     if (c.errors[i])
-      r.errors[std::string(kvm_error_name(-static_cast<int32_t>(i)))] += c.errors[i];
+      r.errors[std::string(kvm_error_name(i == 63 ? -kvm_enosys : -static_cast<int32_t>(i)))] +=
+        c.errors[i];
   for (size_t i = 0; i < c.violations.size(); ++i)
     if (c.violations[i])
       r.violations[std::string(name(static_cast<violation>(i)))] += c.violations[i];

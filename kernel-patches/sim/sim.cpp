@@ -1577,6 +1577,13 @@ struct shard {
 
 shard& host::impl::shard_of(uint32_t vm) { return *shards[vm % shards.size()]; }
 
+namespace {
+const memory_spec& memory_of(const options& o, uint32_t vm) {
+  auto it = o.memory_per_vm.find(vm);
+  return it != o.memory_per_vm.end() ? it->second : o.memory;
+}
+} // namespace
+
 // --- host -----------------------------------------------------------------------
 
 host::host(options o) : p_(std::make_unique<impl>()) {
@@ -1611,7 +1618,6 @@ host::host(options o) : p_(std::make_unique<impl>()) {
   for (unsigned i = 0; i < nthreads; ++i)
     p_->shards.push_back(std::make_unique<shard>(p_.get(), i));
   uint64_t sm = op.seed;
-  auto regions = memory_map(op.memory);
   for (uint32_t i = 0; i < op.vms; ++i) {
     auto& s = p_->shard_of(i);
     auto v = std::make_unique<detail::vm>();
@@ -1625,8 +1631,9 @@ host::host(options o) : p_(std::make_unique<impl>()) {
     v->name = op.name_prefix + std::to_string(i);
     if (v->name.size() > 31)
       v->name.resize(31);
-    v->regions = regions;
-    v->gpu_online.assign(op.memory.gpus.size(), false);
+    auto& mem = memory_of(op, i);
+    v->regions = memory_map(mem);
+    v->gpu_online.assign(mem.gpus.size(), false);
     v->rbuf.resize(64 << 10);
     v->pending.reserve(op.vcpus_per_vm * 2);
     for (uint32_t c = 0; c < op.vcpus_per_vm; ++c)
@@ -1649,8 +1656,9 @@ void host::start() {
     std::lock_guard<std::mutex> l(s->mu);
     for (auto& v : s->vms) {
       s->add_timer(p_->t0, timer_kind::connect, v->local);
-      for (size_t g = 0; g < o.memory.gpus.size(); ++g) {
-        auto& on = o.memory.gpus[g].online_after;
+      auto& mem = memory_of(o, v->index);
+      for (size_t g = 0; g < mem.gpus.size(); ++g) {
+        auto& on = mem.gpus[g].online_after;
         if (on && on->count() <= 0)
           v->gpu_online[g] = true;
         else if (on)

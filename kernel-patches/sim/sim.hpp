@@ -99,6 +99,7 @@ struct options {
   uint32_t allowed_events = known_events;
 
   memory_spec memory;
+  std::map<uint32_t, memory_spec> memory_per_vm; // overrides `memory` for these VMs
   workload_spec workload;
   fault_spec faults;
 

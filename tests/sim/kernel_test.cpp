@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <future>
+#include <map>
 #include <random>
 
 #include <arpa/inet.h>
@@ -762,6 +763,35 @@ TEST_CASE("sim: GPU RAM becomes online when the links are trained - then it is s
   CHECK(announced);
 }
 
+TEST_CASE("sim: a memory map per VM") {
+  listener l;
+  sim::options o;
+  o.unix_path = l.path();
+  o.cookie = test_cookie();
+  o.vms = 2;
+  o.memory.ram_size = 8ull << 30;
+  o.memory_per_vm[1].ram_size = 512ull << 20;
+  o.memory_per_vm[1].gpus.push_back(sim::gpu_spec{32ull << 30, sim::ms{0}});
+  sim::host h(o);
+  h.start();
+  std::map<std::string, std::vector<hs::region>> maps;
+  for (int i = 0; i < 2; ++i) {
+    conn c(l.accept(5000ms));
+    REQUIRE(c.handshake());
+    maps[c.info().name] = c.info().regions;
+  }
+  auto& big = maps[h.vm(0).name];
+  auto& gpu = maps[h.vm(1).name];
+  REQUIRE(big.size() == 3); // RAM below the hole, the MMIO hole, RAM above 4 GiB
+  CHECK(big[0].size + big[2].size == (8ull << 30));
+  CHECK(big[1].type == uint32_t(hs::region_type::mmio));
+  REQUIRE(gpu.size() == 4); // RAM, MMIO hole, GPU RAM, ATSD
+  CHECK(gpu[0].size == (512ull << 20));
+  CHECK(gpu[2].type == uint32_t(hs::region_type::nvlink2_gpu_ram));
+  CHECK((gpu[2].flags & hs::region_online) != 0);
+  CHECK(gpu[3].type == uint32_t(hs::region_type::nvlink2_atsd));
+}
+
 TEST_CASE("sim: TCP on loopback") {
   int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(lfd >= 0);
@@ -821,4 +851,21 @@ TEST_CASE("sim: random bytes from the tool never crash the host - it closes and 
   auto r = f.c->call(get_version{});
   REQUIRE(r);
   CHECK(r->err == 0);
+}
+
+TEST_CASE("sim: an action the event does not accept is a violation and taken as CONTINUE") {
+  fixture f;
+  f.start();
+  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, lstar}});
+  auto w = f.h->write_msr(0, 0, lstar, 0x5000);
+  auto e = f.c->next_event();
+  REQUIRE(e);
+  REQUIRE(e->kind() == event_id::msr);
+  f.c->reply(*e, action::retry, 0x6000); // MSR events take CONTINUE or CRASH only
+  auto out = get(w);
+  CHECK(out.reply == action::continue_);
+  CHECK(out.value == 0x6000);
+  CHECK(f.violations("reply_bad_action") == 1);
+  CHECK(f.h->hooked(0)); // the session stays
+  CHECK(f.err_of(get_version{}) == 0);
 }

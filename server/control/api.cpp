@@ -678,8 +678,16 @@ private:
         send_final(ctx, error_response({f.status, f.code, f.message}));
         return;
       }
+      if (parser_.state() == request_parser::phase::body && !continued_) {
+        // curl and others wait for this before sending a larger body.
+        auto expect = parser_.current().header("expect");
+        if (expect && (*expect == "100-continue" || *expect == "100-Continue"))
+          ctx.send(as_bytes("HTTP/1.1 100 Continue\r\n\r\n"));
+        continued_ = true;
+      }
       if (parser_.state() != request_parser::phase::ready)
         break;
+      continued_ = false;
       start(ctx, parser_.take());
     }
     arm(ctx);
@@ -767,6 +775,7 @@ private:
   std::vector<bus_record> batch_;
   uint64_t local_drops_ = 0, reported_drops_ = 0;
   size_t discarded_ = 0;
+  bool continued_ = false; // 100 Continue handled for the current request
 };
 
 } // namespace

@@ -73,6 +73,8 @@ public:
   phase state() const { return phase_; }
   const parse_failure& failure() const { return failure_; }
   request take(); // only when ready; returns to idle
+  // The request being assembled (headers are complete from phase::body on).
+  const request& current() const { return cur_; }
 
   // When the current phase times out (nullopt while ready/failed: the
   // server, not the client, is the one to act then). `idle_since` is when

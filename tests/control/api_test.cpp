@@ -287,6 +287,23 @@ TEST_CASE("api: page access, breakpoints, events, pause/resume, unhook, reload")
   check_error(t.one("POST", vm + "/pause"), 409, "conflict");
 }
 
+TEST_CASE("api: Expect: 100-continue gets an interim response before the body") {
+  harness t;
+  t.feed(std::string("PUT /v1/vms/web1/memory HTTP/1.1\r\nAuthorization: Bearer ") + token
+         + "\r\nExpect: 100-continue\r\nContent-Length: 26\r\n\r\n");
+  CHECK(t.ctx.take() == "HTTP/1.1 100 Continue\r\n\r\n");
+  auto r = t.exchange(R"({"gpa":"0x10","data":"ab"})");
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].status == 200);
+  CHECK(t.be.memory[0x10] == 0xab);
+  // Without the header, no interim response.
+  auto plain = t.exchange(std::string("PUT /v1/vms/web1/memory HTTP/1.1\r\nAuthorization: Bearer ")
+                          + token + "\r\nContent-Length: 26\r\n\r\n"
+                          + R"({"gpa":"0x10","data":"cd"})");
+  REQUIRE(plain.size() == 1);
+  CHECK(plain[0].status == 200);
+}
+
 TEST_CASE("api: keep-alive and pipelining answer in order, one request at a time") {
   harness t;
   t.be.hold = true; // the core has not answered yet
@@ -379,7 +396,7 @@ TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and cl
   }
 }
 
-TEST_CASE("api: a slow client gets 408 and is closed; an idle one is just closed") {
+TEST_CASE("api: a slow client gets 408 and is closed, an idle one is just closed") {
   api_options o;
   o.http.header_timeout = std::chrono::milliseconds(1);
   o.http.idle_timeout = std::chrono::milliseconds(1);

@@ -128,6 +128,15 @@ TEST_CASE("e2e: guest memory, page access, breakpoints, events, unhook over curl
   CHECK(r["data"] == "deadbeef");
   auto b = t.curl("GET", vm0 + "/memory?gpa=0x200ffe&len=4&encoding=base64").j();
   CHECK(from_base64(b["data"].get<std::string>()) == from_hex("deadbeef"));
+  // A larger body (curl sends Expect: 100-continue for it) across pages.
+  std::vector<uint8_t> big(6000);
+  for (size_t i = 0; i < big.size(); ++i)
+    big[i] = uint8_t(i * 31 + 7);
+  REQUIRE(t.curl("PUT", vm0 + "/memory",
+                 R"({"gpa":"0x600800","data":")" + control::to_hex(big) + R"("})").status == 200);
+  CHECK(t.sim->memory(0, 0x600800, big.size()) == big);
+  auto back = t.curl("GET", vm0 + "/memory?gpa=0x600800&len=6000&encoding=base64").j();
+  CHECK(from_base64(back["data"].get<std::string>()) == big);
   // Unsafe regions and invalid ranges are refused before the kernel is asked.
   json map = t.curl("GET", vm0).j()["memory_map"];
   for (auto& reg : map) {

@@ -1373,9 +1373,10 @@ struct shard {
         v.inflight_off += static_cast<size_t>(res);
         if (v.inflight_off < v.inflight.size())
           return submit_send(v);
-        if (v.close_after_send)
-          return end_session(v);
         flush(v);
+        // A frame cut mid-way: drop the connection once its first half is out.
+        if (v.close_after_send && !v.send_inflight && v.out.empty())
+          end_session(v);
         return;
       default:
         return;

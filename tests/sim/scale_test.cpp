@@ -54,10 +54,8 @@ private:
     auto order = s.hs.info().order;
     if (f.hdr.id == uint16_t(msg_id::event)) {
       auto e = decode_event(f, order);
-      if (!e || check(*e)) {
-        ++stream_errors;
-        return;
-      }
+      if (!e || check(*e))
+        return broken(s);
       ++events;
       auto kind = e->kind();
       if (kind == event_id::unhook) {
@@ -95,16 +93,20 @@ private:
       return;
     }
     auto it = s.shapes.find(f.hdr.seq);
-    if (it == s.shapes.end()) {
-      ++stream_errors;
-      return;
-    }
+    if (it == s.shapes.end())
+      return broken(s); // a reply nobody asked for (or twice)
     auto r = decode_reply(f, it->second, order);
     s.shapes.erase(it);
     if (!r)
-      ++stream_errors;
-    else if (r->err != 0)
+      return broken(s);
+    if (r->err != 0)
       ++cmd_errors;
+  }
+
+  // What the protocol asks of a tool that sees a bad frame: close the socket.
+  void broken(session& s) {
+    ++stream_errors;
+    s.close_after_send = true;
   }
 
   void run() {
@@ -150,8 +152,11 @@ private:
           }
         }
         if (s.hooked && !in.empty())
-          if (s.sp.feed(in, [&](const frame& f) { on_frame(s, f); }))
-            ++stream_errors;
+          if (s.sp.feed(in, [&](const frame& f) {
+                if (!s.close_after_send)
+                  on_frame(s, f);
+              }))
+            broken(s);
         std::span<const uint8_t> o(s.out);
         while (!o.empty()) {
           auto k = ::send(s.fd, o.data(), o.size(), MSG_NOSIGNAL);
@@ -316,4 +321,42 @@ TEST_CASE("sim: UNHOOK in the middle of an event storm: every VM ends cleanly, n
   CHECK(total(r.total.events) == total(before.total.events));
   uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
   CHECK(replies + r.total.unanswered_at_close + 8 == total(r.total.events));
+}
+
+TEST_CASE("sim: chaos: frames cut mid-way, garbage, duplicated and unknown-seq replies - the tool closes, the host reconnects") {
+  listener l;
+  fleet_tool tool(l);
+  sim::options o;
+  o.unix_path = l.path();
+  o.cookie = test_cookie();
+  o.vms = 6;
+  o.vcpus_per_vm = 6;
+  o.seed = 13;
+  o.workload.rate_per_vcpu = 100;
+  o.faults.drop_mid_frame = 0.002;
+  o.faults.garbage = 0.002;
+  o.faults.duplicate_reply = 0.01;
+  o.faults.unknown_seq_reply = 0.01;
+  o.faults.bad_mac = 0.1;
+  o.reconnect_delay = sim::ms{5};
+  sim::host h(o);
+  h.start();
+  bool reached = h.wait_until(
+    [&] {
+      auto r = h.make_report();
+      return r.total.reconnects >= 20 && r.total.handshake_failures >= 1 &&
+             total(r.total.events) >= 3000;
+    },
+    sim::ms{60000});
+  h.stop();
+  tool.stop();
+  auto r = h.make_report();
+  INFO(to_json(r).dump(2));
+  CHECK(reached);
+  CHECK(r.ok()); // faults are the host's doing, not the tool's
+  CHECK(r.total.faults_injected >= 20);
+  CHECK(tool.stream_errors > 0);
+  CHECK(tool.cmd_errors == 0);
+  uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
+  CHECK(replies + r.total.unanswered_at_close == total(r.total.events));
 }

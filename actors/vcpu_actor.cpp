@@ -2,6 +2,7 @@
 // policy decision and the reply. Events arrive straight from the ring thread
 // (one hop); the reply goes straight to the link (one hop back).
 #include "actors/vcpu_actor.hpp"
+#include "actors/log.hpp"
 
 #include <cstdio>
 
@@ -190,7 +191,7 @@ void configure(vcpu_actor* self) {
     self->request(s.p.vm, request_timeout, command_atom::value, c)
       .then(
         [=](cmd_result& r) {
-          if (!r.ok())
+          if (!r.ok() && log_on(log_warn))
             std::fprintf(stderr, "kvmid: vm %s vcpu %u: configuring: %s %s\n",
                          self->state.p.uuid.c_str(), self->state.p.index,
                          r.failure.empty() ? "kernel error"

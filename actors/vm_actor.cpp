@@ -3,6 +3,7 @@
 // safety rules, page-access state, kvmid-owned breakpoints, the session
 // bootstrap, UNHOOK, and operator requests.
 #include "actors/core_impl.hpp"
+#include "actors/log.hpp"
 #include "actors/vcpu_actor.hpp"
 
 #include <cstdio>
@@ -73,6 +74,8 @@ std::string what(const cmd_result& r) {
 }
 
 void log(vm_actor* self, const char* fmt, const std::string& a) {
+  if (!log_on(log_warn))
+    return;
   std::fprintf(stderr, "kvmid: vm %s (%s): ", self->state.uuid.c_str(),
                self->state.p.guest.name.c_str());
   std::fprintf(stderr, fmt, a.c_str());

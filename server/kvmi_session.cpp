@@ -2,6 +2,7 @@
 
 #include "actors/core_impl.hpp"
 #include "actors/link.hpp"
+#include "actors/log.hpp"
 
 #include <cstdio>
 #include <optional>
@@ -83,7 +84,8 @@ private:
 
   void count_failure(net::conn_ctx& ctx, const std::string& why) {
     c_.internals().m.handshake_failure(why).inc();
-    std::fprintf(stderr, "kvmid: handshake with %s failed: %s\n", ctx.peer().c_str(),
+    if (log_on(log_warn))
+      std::fprintf(stderr, "kvmid: handshake with %s failed: %s\n", ctx.peer().c_str(),
                  why.c_str());
     bus_record r;
     r.kind = bus_kind::lifecycle;
@@ -109,7 +111,8 @@ private:
     link_ = std::make_shared<reactor_link>(r_, ctx.id(), ctx.peer());
     session_params p{info, link_, ctx.peer()};
     vm_ = spawn_vm(c_, std::move(p));
-    std::fprintf(stderr, "kvmid: vm %s (%s) connected from %s, %u vCPUs%s\n",
+    if (log_on(log_info))
+      std::fprintf(stderr, "kvmid: vm %s (%s) connected from %s, %u vCPUs%s\n",
                  kvmi::hs::to_string(info.id).c_str(), info.name.c_str(), ctx.peer().c_str(),
                  info.vcpu_count, order_ == kvmi::byte_order::swapped ? ", swapped byte order" : "");
   }

@@ -2,6 +2,7 @@
 //   kvmid --config config/kvmid.json
 //   kvmid --simulate 4x4 --duration 10     (an in-process kvmi-sim fleet)
 #include "actors/core.hpp"
+#include "actors/log.hpp"
 #include "server/config.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
@@ -55,6 +56,9 @@ struct summary {
     return n;
   }
 
+  std::array<uint64_t, kvmi::num_events> first{};
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+
   std::string line(core& c, bool final) {
     auto fams = c.metrics().snapshot();
     int64_t vms = 0, vcpus = 0;
@@ -69,7 +73,7 @@ struct summary {
           ev[s.lbls.empty() ? "" : s.lbls[0].second] = uint64_t(s.value);
     }
     auto now = std::chrono::steady_clock::now();
-    double dt = std::chrono::duration<double>(now - last_t).count();
+    double dt = std::chrono::duration<double>(now - (final ? t0 : last_t)).count();
     last_t = now;
     std::string out = std::string(final ? "final: " : "") + std::to_string(vms) + " VMs, "
                       + std::to_string(vcpus) + " vCPUs | events/s";
@@ -78,7 +82,7 @@ struct summary {
       auto nm = std::string(kvmi::name(static_cast<kvmi::event_id>(e)));
       uint64_t v = ev[nm];
       total += v;
-      uint64_t d = v - last[e];
+      uint64_t d = v - (final ? first[e] : last[e]);
       last[e] = v;
       if (d > 0 && dt > 0) {
         char b[64];
@@ -220,6 +224,7 @@ int main(int argc, char** argv) {
     }
     cfg.level = *l;
   }
+  log_verbosity.store(int(cfg.level));
   if (cfg.handshake == kvmi::hs::mode::qemu_v5)
     std::fprintf(stderr, "kvmid: WARNING: qemu-v5 handshake: only the tool is authenticated "
                          "and the exchange can be replayed\n");

@@ -8,8 +8,13 @@
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <future>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 using namespace kvmid;
 using namespace std::chrono_literals;
@@ -32,19 +37,22 @@ struct fleet {
   // before_start: guest state that must exist before the first hook.
   explicit fleet(policy_set ps, const std::function<void(sim::options&)>& tweak = {},
                  std::vector<uint8_t> kvmid_cookie = {},
-                 const std::function<void(sim::host&)>& before_start = {}) {
+                 const std::function<void(sim::host&)>& before_start = {},
+                 const std::function<void(core_options&, kvmi_listener_options&)>& kvmid_tweak = {}) {
     char t[] = "/tmp/kvmid-fleet-XXXXXX";
     REQUIRE(mkdtemp(t));
     dir = t;
     core_options co;
     co.policies = std::move(ps);
     co.command_timeout = 5000ms;
+    kvmi_listener_options lo;
+    lo.cookie = kvmid_cookie.empty() ? cookie : kvmid_cookie;
+    if (kvmid_tweak)
+      kvmid_tweak(co, lo);
     c = std::make_unique<core>(co);
     r = std::make_unique<net::reactor>();
     net::listen_spec s;
     s.path = (dir / "kvmi.sock").string();
-    kvmi_listener_options lo;
-    lo.cookie = kvmid_cookie.empty() ? cookie : kvmid_cookie;
     r->add_listener(s, kvmi_handler_factory(*r, *c, lo));
     r->start();
     sim::options so;
@@ -226,7 +234,7 @@ TEST_CASE("page protection: alert and each chosen action, seen by the guest") {
   CHECK(f.h->make_report().total.hmis == 0);
 }
 
-TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte restored; the guest's own INT3 is re-injected") {
+TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte restored, the guest's own INT3 is re-injected") {
   vm_policy p;
   p.name = "bp";
   p.match = {"*"};
@@ -266,7 +274,7 @@ TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte rest
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("pause holds every vCPU until resume; paused vCPUs answer register reads") {
+TEST_CASE("pause holds every vCPU until resume, paused vCPUs answer register reads") {
   fleet f(one(guard()), [](sim::options& o) { o.vcpus_per_vm = 3; });
   REQUIRE(f.ready(0, guard_mask()));
   auto pr = f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); });
@@ -299,7 +307,7 @@ TEST_CASE("pause holds every vCPU until resume; paused vCPUs answer register rea
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("unhook removes what kvmid planted and closes; the VM may come back with its history") {
+TEST_CASE("unhook removes what kvmid planted and closes, the VM may come back with its history") {
   vm_policy p = guard();
   p.breakpoints.push_back({"probe", text + 0x40});
   p.pages.push_back({"text", text + 0x3000, 0x2000, 5, pf_action::allow_once});
@@ -459,4 +467,118 @@ TEST_CASE("1,000 vCPUs under a seeded workload: zero invariant violations, zero 
   CHECK(rep.total.violation_count() == 0);
   CHECK(rep.total.hmis == 0);
   CHECK(f.metric("kvmid_protocol_errors_total") == 0);
+}
+
+TEST_CASE("hot-plugged vCPUs are configured from their CREATE_VCPU event") {
+  fleet f(one(guard()));
+  REQUIRE(f.ready(0, guard_mask()));
+  auto o = f.get(f.h->hotplug(0));
+  REQUIRE(o.ok);
+  uint32_t v = o.vcpu;
+  REQUIRE(f.h->wait_until(
+    [&] {
+      auto c = f.h->vcpu(0, v);
+      return c && (c->enabled_events & guard_mask()) == guard_mask()
+             && c->state == sim::vcpu_state::running;
+    },
+    10000ms));
+  auto before = *f.h->msr(0, v, msr_lstar);
+  auto w = f.get(f.h->write_msr(0, v, msr_lstar, before + 0x1000));
+  CHECK(w.event == event_id::msr);
+  CHECK(*f.h->msr(0, v, msr_lstar) == before);
+  CHECK(f.metric("kvmid_vcpus") == 3);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("a silent peer times out in the handshake and is counted") {
+  fleet f(one(guard()), [](sim::options& o) { o.vms = 1; }, {}, {},
+          [](core_options&, kvmi_listener_options& lo) { lo.handshake_timeout = 200ms; });
+  REQUIRE(f.ready(0, guard_mask()));
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  auto path = (f.dir / "kvmi.sock").string();
+  std::memcpy(a.sun_path, path.c_str(), path.size());
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  // kvmid closes without a word.
+  char b[64];
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ssize_t got;
+  do // some other thread's signal may interrupt the wait
+    got = ::recv(fd, b, sizeof b, 0);
+  while (got < 0 && errno == EINTR);
+  int err = errno;
+  INFO("recv: " << got << " errno " << err);
+  CHECK(got == 0);
+  ::close(fd);
+  REQUIRE(f.h->wait_until(
+    [&] { return f.metric("kvmid_handshake_failures_total", "reason", "handshake timed out") == 1; },
+    5000ms));
+  CHECK(f.metric("kvmid_vms") == 1); // the real VM is untouched
+  check_msr_denied(f, 0);
+}
+
+TEST_CASE("the qemu-v5 compatibility handshake, when configured, gives a working session without a memory map") {
+  fleet f(one(guard()), [](sim::options& o) { o.handshake = kvmi::hs::mode::qemu_v5; }, {}, {},
+          [](core_options&, kvmi_listener_options& lo) { lo.mode = kvmi::hs::mode::qemu_v5; });
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  // No memory map: kvmid refuses every memory access rather than guess.
+  auto rd = f.call<std::vector<uint8_t>>(
+    [&](control_api& a, auto cb) { a.read_physical(f.uuid(0), 0x1000, 8, cb); });
+  REQUIRE_FALSE(rd.ok());
+  CHECK(rd.error().code == api_errc::unsafe_region);
+  CHECK(f.h->make_report().ok());
+}
+
+TEST_CASE("policy reload applies new rules to a connected VM") {
+  auto next = std::make_shared<policy_set>();
+  vm_policy open;
+  open.name = "open";
+  open.match = {"*"};
+  fleet f(one(open), {}, {}, {}, [next](core_options& co, kvmi_listener_options&) {
+    co.reload = [next](std::string&) -> std::optional<policy_set> { return *next; };
+  });
+  REQUIRE(f.ready(0));
+  auto before = *f.h->msr(0, 0, msr_lstar);
+  f.get(f.h->write_msr(0, 0, msr_lstar, before + 1));
+  CHECK(*f.h->msr(0, 0, msr_lstar) == before + 1); // not protected yet
+  *next = one(guard());
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.reload_policies(cb); }).ok());
+  REQUIRE(f.ready(0, guard_mask()));
+  check_msr_denied(f, 0);
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(info.ok());
+  CHECK(info.value().policy == "guard");
+}
+
+TEST_CASE("operator breakpoints and page access through the control API") {
+  fleet f(one(guard()), {}, {}, [](sim::host& h) { h.guest_write(0, text + 0x200, {0x41}); });
+  REQUIRE(f.ready(0, guard_mask()));
+  auto bp = f.call<breakpoint_info>(
+    [&](control_api& a, auto cb) { a.add_breakpoint(f.uuid(0), text + 0x200, cb); });
+  REQUIRE(bp.ok());
+  CHECK(bp.value().original == 0x41);
+  CHECK(f.h->memory(0, text + 0x200, 1)[0] == 0xcc);
+  auto dup = f.call<breakpoint_info>(
+    [&](control_api& a, auto cb) { a.add_breakpoint(f.uuid(0), text + 0x200, cb); });
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.error().code == api_errc::conflict);
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.remove_breakpoint(f.uuid(0), text + 0x200, cb); }).ok());
+  CHECK(f.h->memory(0, text + 0x200, 1)[0] == 0x41);
+  // SET_PAGE_ACCESS needs a stopped vCPU.
+  auto running = f.call<done>(
+    [&](control_api& a, auto cb) { a.set_page_access(f.uuid(0), text + 0x5000, 5, cb); });
+  REQUIRE_FALSE(running.ok());
+  CHECK(running.error().code == api_errc::conflict);
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); }).ok());
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.set_page_access(f.uuid(0), text + 0x5000, 5, cb); }).ok());
+  CHECK(f.h->page_access(0, text + 0x5000) == 5);
+  auto bad = f.call<done>(
+    [&](control_api& a, auto cb) { a.set_vcpu_events(f.uuid(0), 0, 1u << 30, cb); });
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().code == api_errc::invalid);
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(0), cb); }).ok());
+  CHECK(f.h->make_report().ok());
 }

@@ -1,0 +1,412 @@
+// Chaos with kvmid as a real process (started and stopped by pid, sockets
+// in a fresh temp dir): SIGKILL and restart, RSS across 100 reconnect
+// cycles, HTTP API clients and SSE subscribers that never read.
+#include "kernel-patches/sim/sim.hpp"
+#include "tests/control/proc.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace sim = kvmi::sim;
+using nlohmann::json;
+using kvmi::event_id;
+
+namespace {
+
+constexpr uint32_t lstar = 0xc0000082;
+constexpr uint64_t hot = 0x100000;
+constexpr uint64_t bp_gpa = 0x200000;
+constexpr uint8_t bp_original = 0x55;
+
+bool scaled_down() {
+  if (const char* s = std::getenv("KVMID_CHAOS_SCALE"))
+    return std::strcmp(s, "small") == 0;
+#if defined(__SANITIZE_ADDRESS__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+uint64_t rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::stoull(line.substr(6));
+  return 0;
+}
+
+bool alive(pid_t pid) {
+  int st = 0;
+  return ::waitpid(pid, &st, WNOHANG) == 0;
+}
+
+struct kvmid_proc {
+  fs::path dir;
+  std::string token = "chaos-token-19c2";
+  std::vector<uint8_t> cookie = std::vector<uint8_t>(32, 0x3c);
+  std::string api_sock, kvmi_sock;
+  pid_t pid = -1;
+  std::unique_ptr<sim::host> h;
+  sim::options so;
+
+  explicit kvmid_proc(const std::function<void(sim::options&)>& tweak) {
+    std::string t = (fs::temp_directory_path() / "kvmid-chaos-XXXXXX").string();
+    REQUIRE(mkdtemp(t.data()));
+    dir = t;
+    api_sock = (dir / "api.sock").string();
+    kvmi_sock = (dir / "kvmi.sock").string();
+    write("cookie", std::string(cookie.begin(), cookie.end()));
+    write("token", token + "\n");
+    json cfg = {
+      {"log_level", "warn"},
+      {"cookie_file", (dir / "cookie").string()},
+      {"command_timeout_ms", 5000},
+      {"listeners", json::array({{{"type", "unix"}, {"path", kvmi_sock}}})},
+      {"api", {{"listen", json::array({"unix:" + api_sock})}, {"token_file", (dir / "token").string()}}},
+      {"policies",
+       json::array({{{"name", "chaos"},
+                     {"match", json::array({"*"})},
+                     {"page_protection", json::array({{{"name", "kernel-text"},
+                                                       {"gpa", hot},
+                                                       {"size", 16 * 4096},
+                                                       {"access", "r-x"},
+                                                       {"on_violation", "allow-once"}}})},
+                     {"msr_protection", json::array({{{"name", "lstar"}, {"msr", lstar}}})},
+                     {"cr_pins", json::array({"cr0.wp", "cr4.smep"})},
+                     {"breakpoints", json::array({{{"name", "probe"}, {"gpa", bp_gpa}}})}}})}};
+    write("kvmid.json", cfg.dump(2));
+    start_kvmid();
+    so.unix_path = kvmi_sock;
+    so.cookie = cookie;
+    so.reconnect = true;
+    so.reconnect_delay = 20ms;
+    so.seed = 5;
+    tweak(so);
+    h = std::make_unique<sim::host>(so);
+    for (uint32_t v = 0; v < so.vms; ++v)
+      h->guest_write(v, bp_gpa, {bp_original});
+    h->start();
+  }
+  ~kvmid_proc() {
+    if (h)
+      h->stop();
+    kvmid::test::stop(pid);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+
+  void write(const std::string& name, const std::string& text) {
+    std::ofstream(dir / name, std::ios::binary) << text;
+    ::chmod((dir / name).c_str(), 0600);
+  }
+  std::string log() const {
+    std::ifstream in(dir / "kvmid.err");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  void start_kvmid() {
+    pid = kvmid::test::spawn({KVMID_BIN, "--config", (dir / "kvmid.json").string()},
+                             (dir / "kvmid.out").string(), (dir / "kvmid.err").string());
+    REQUIRE(pid > 0);
+    bool up = false;
+    for (int i = 0; i < 400 && !up; ++i) {
+      up = fs::exists(api_sock) && http("GET", "/v1/vms").first == 200;
+      if (!up)
+        std::this_thread::sleep_for(25ms);
+    }
+    INFO("kvmid stderr: " << log());
+    REQUIRE(up);
+  }
+
+  int connect_api() {
+    int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", api_sock.c_str());
+    if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(s);
+      return -1;
+    }
+    timeval tv{20, 0}; // a safety net only
+    ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return s;
+  }
+
+  // One HTTP/1.1 request on its own connection: {status, body}; {0, ""} if
+  // the connection failed.
+  std::pair<int, std::string> http(const std::string& method, const std::string& path,
+                                   const std::string& body = "") {
+    int s = connect_api();
+    if (s < 0)
+      return {0, ""};
+    std::string req = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+                      + token + "\r\nConnection: close\r\nContent-Length: "
+                      + std::to_string(body.size()) + "\r\n"
+                      + (body.empty() ? "" : "Content-Type: application/json\r\n") + "\r\n" + body;
+    ::send(s, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string in;
+    char buf[8192];
+    for (;;) {
+      ssize_t n = ::recv(s, buf, sizeof buf, 0);
+      if (n <= 0)
+        break;
+      in.append(buf, size_t(n));
+    }
+    ::close(s);
+    int status = 0;
+    if (in.rfind("HTTP/1.1 ", 0) == 0)
+      status = std::atoi(in.c_str() + 9);
+    auto at = in.find("\r\n\r\n");
+    std::string b = at == std::string::npos ? "" : in.substr(at + 4);
+    // Chunked bodies (if any) are not needed here: statuses and small JSON.
+    return {status, b};
+  }
+
+  uint32_t hooked() {
+    uint32_t n = 0;
+    for (uint32_t v = 0; v < so.vms; ++v)
+      n += h->hooked(v) ? 1 : 0;
+    return n;
+  }
+
+  // Every VM hooked, every vCPU with kvmid's events on, the breakpoint planted.
+  bool configured(std::chrono::milliseconds timeout) {
+    uint32_t mask = kvmi::flag(event_id::msr) | kvmi::flag(event_id::pf);
+    return h->wait_until(
+      [&] {
+        for (uint32_t v = 0; v < so.vms; ++v) {
+          auto vm = h->vm(v);
+          if (!vm.hooked || vm.vcpus.empty() || h->memory(v, bp_gpa, 1)[0] != 0xcc)
+            return false;
+          for (auto& c : vm.vcpus)
+            if ((c.enabled_events & mask) != mask)
+              return false;
+        }
+        return true;
+      },
+      timeout);
+  }
+
+  // LSTAR write denied on (vm, 0): kvmid's policy is in force.
+  void check_msr_denied(uint32_t vm) {
+    auto before = *h->msr(vm, 0, lstar);
+    auto f = h->write_msr(vm, 0, lstar, before ^ 0x5000);
+    REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    auto o = f.get();
+    CHECK(o.event == event_id::msr);
+    CHECK(o.value == before);
+    CHECK(*h->msr(vm, 0, lstar) == before);
+  }
+
+  // The simulator's invariants, frozen after stopping it.
+  void check_sim_invariants() {
+    h->stop();
+    auto rep = h->make_report();
+    auto& c = rep.total;
+    uint64_t sent = 0, waiting = 0;
+    for (auto e : c.events)
+      sent += e;
+    sent -= c.events[size_t(event_id::unhook)];
+    for (uint32_t v = 0; v < so.vms; ++v)
+      for (auto& x : h->vm(v).vcpus)
+        waiting += x.state != sim::vcpu_state::running ? 1 : 0;
+    uint64_t replied = c.replies[0] + c.replies[1] + c.replies[2];
+    INFO("sent " << sent << " replied " << replied << " aborted " << c.unanswered_at_close
+                 << " waiting " << waiting);
+    for (auto& [k, n] : c.violations)
+      INFO("violation " << k << ": " << n);
+    CHECK(c.violation_count() == 0);
+    CHECK(c.hmis == 0);
+    CHECK(sent == replied + c.unanswered_at_close + waiting);
+  }
+};
+
+} // namespace
+
+namespace {
+
+void kill_options(sim::options& o) {
+  o.vms = scaled_down() ? 4 : 16;
+  o.vcpus_per_vm = 4;
+  o.workload.rate_per_vcpu = 200;
+}
+
+// SIGKILLs kvmid, checks what the kernel undoes by itself, restarts kvmid
+// and waits until every VM is back and configured with the policy in force.
+void kill_and_restart(kvmid_proc& k) {
+  ::kill(k.pid, SIGKILL);
+  int st = 0;
+  REQUIRE(::waitpid(k.pid, &st, 0) == k.pid);
+  CHECK(WIFSIGNALED(st));
+  k.pid = -1;
+  // The kernel ends each session: restrictions gone, waits aborted.
+  REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
+  for (uint32_t v = 0; v < k.so.vms; ++v)
+    CHECK(k.h->page_access(v, hot) == kvmi::page_access_rwx);
+  k.start_kvmid();
+  // The device managers reconnect and the new kvmid sets everything up again.
+  REQUIRE(k.configured(30s));
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    CHECK(k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x));
+    k.check_msr_denied(v);
+  }
+}
+
+} // namespace
+
+TEST_CASE("chaos: kvmid killed with SIGKILL and restarted, device managers reconnect, policies back in force") {
+  kvmid_proc k(kill_options);
+  REQUIRE(k.configured(30s));
+  for (uint32_t v = 0; v < k.so.vms; ++v)
+    k.check_msr_denied(v);
+  for (int round = 0; round < 2; ++round)
+    kill_and_restart(k);
+  k.check_sim_invariants();
+  CHECK(alive(k.pid));
+  CHECK(kvmid::test::stop(k.pid) == 0); // clean exit on SIGTERM
+  k.pid = -1;
+}
+
+// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
+// an INT3 planted by the killed kvmid stays in guest memory (the kernel
+// does not know it); the restarted kvmid finds 0xcc at its breakpoint,
+// does not know the byte under it, and UNHOOK leaves the INT3 in the
+// guest. kvmid needs to persist the original bytes it replaces.
+TEST_CASE("chaos: after SIGKILL and restart, UNHOOK leaves no INT3 of kvmid's in the guest"
+          * doctest::may_fail()) {
+  kvmid_proc k(kill_options);
+  REQUIRE(k.configured(30s));
+  kill_and_restart(k);
+  std::vector<std::future<sim::outcome>> un;
+  for (uint32_t v = 0; v < k.so.vms; ++v)
+    un.push_back(k.h->request_unhook(v));
+  for (auto& f : un) {
+    REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    CHECK(f.get().ok);
+  }
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    INFO("vm " << v);
+    REQUIRE(k.h->wait_until([&] { return k.h->vm(v).unhooked; }, 10000ms));
+    CHECK(k.h->memory(v, bp_gpa, 1)[0] == bp_original);
+    CHECK(k.h->page_access(v, hot) == kvmi::page_access_rwx);
+  }
+  k.check_sim_invariants();
+  CHECK(kvmid::test::stop(k.pid) == 0);
+  k.pid = -1;
+}
+
+TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest::test_suite("no-sanitize")) {
+  // Bound: after a 10-cycle warm-up, RSS may grow by at most 4 MiB over the
+  // next 90 cycles (16 vCPUs: a leak of even 3 KiB per vCPU per cycle shows).
+  constexpr uint64_t bound_kib = 4096;
+  kvmid_proc k([](sim::options& o) {
+    o.vms = 4;
+    o.vcpus_per_vm = 4;
+    o.workload.rate_per_vcpu = 100;
+    o.reconnect_delay = 5ms;
+  });
+  REQUIRE(k.configured(30s));
+  uint64_t warm = 0;
+  for (uint32_t cycle = 1; cycle <= 100; ++cycle) {
+    std::vector<std::future<sim::outcome>> fs;
+    for (uint32_t v = 0; v < k.so.vms; ++v)
+      fs.push_back(k.h->inject_fault(v, "disconnect"));
+    for (auto& f : fs)
+      REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    REQUIRE(k.h->wait_until(
+      [&] {
+        for (uint32_t v = 0; v < k.so.vms; ++v)
+          if (k.h->vm_counters(v).sessions < cycle + 1 || !k.h->hooked(v))
+            return false;
+        return true;
+      },
+      20000ms));
+    if (cycle == 10) {
+      REQUIRE(k.configured(30s));
+      warm = rss_kib(k.pid);
+    }
+  }
+  REQUIRE(k.configured(30s));
+  uint64_t end = rss_kib(k.pid);
+  MESSAGE("kvmid RSS after 10 cycles " << warm << " KiB, after 100 " << end << " KiB");
+  REQUIRE(warm > 0);
+  CHECK(end <= warm + bound_kib);
+  // kvmid kept one VM per uuid with all 101 sessions.
+  auto [st, body] = k.http("GET", "/v1/vms");
+  REQUIRE(st == 200);
+  auto j = json::parse(body, nullptr, false);
+  REQUIRE(j.contains("vms"));
+  CHECK(j["vms"].size() == k.so.vms);
+  k.check_sim_invariants();
+  CHECK(alive(k.pid));
+  CHECK(kvmid::test::stop(k.pid) == 0);
+  k.pid = -1;
+}
+
+TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read, during a storm") {
+  kvmid_proc k([](sim::options& o) {
+    o.vms = scaled_down() ? 4 : 16;
+    o.vcpus_per_vm = scaled_down() ? 4 : 16;
+    o.workload.rate_per_vcpu = 500;
+  });
+  REQUIRE(k.configured(30s));
+  // SSE subscribers with raw events, whose socket buffers fill up because
+  // they never read.
+  std::vector<int> sse;
+  for (int i = 0; i < 6; ++i) {
+    int s = k.connect_api();
+    REQUIRE(s >= 0);
+    int small = 4096;
+    ::setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    std::string req = "GET /v1/events?kind=event,alert HTTP/1.1\r\nHost: localhost\r\n"
+                      "Authorization: Bearer " + k.token + "\r\nAccept: text/event-stream\r\n\r\n";
+    ::send(s, req.data(), req.size(), MSG_NOSIGNAL);
+    sse.push_back(s);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> requests{0}, ok{0}, failed{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 3; ++c)
+    clients.emplace_back([&, c] {
+      uint32_t i = uint32_t(c);
+      while (!stop) {
+        auto id = kvmi::hs::to_string(k.h->vm(i++ % k.so.vms).uuid);
+        for (auto path : {std::string("/v1/vms"), "/v1/vms/" + id, std::string("/metrics")}) {
+          ++requests;
+          auto [st, body] = k.http("GET", path);
+          if (st == 200 && !body.empty())
+            ++ok;
+          else
+            ++failed;
+        }
+      }
+    });
+  std::this_thread::sleep_for(scaled_down() ? 1000ms : 3000ms);
+  // kvmid still answers every vCPU at once: a policy decision goes through.
+  for (uint32_t v = 0; v < k.so.vms; ++v)
+    k.check_msr_denied(v);
+  stop = true;
+  for (auto& t : clients)
+    t.join();
+  CHECK(requests.load() > 0);
+  CHECK(failed.load() == 0);
+  CHECK(ok.load() == requests.load());
+  for (int s : sse)
+    ::close(s);
+  k.check_sim_invariants();
+  CHECK(alive(k.pid));
+  CHECK(kvmid::test::stop(k.pid) == 0);
+  k.pid = -1;
+}

@@ -1,0 +1,45 @@
+// kvmid measured through kvmi-sim: event round trips (as the simulated
+// kernel sees them: event sent -> reply received), throughput, attach time
+// and kvmid's memory, each next to the floor it is compared to.
+#pragma once
+
+#include "kernel-patches/sim/sim.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace bench {
+
+enum class target { kvmid, raw }; // kvmid in this process, or the raw C++ responder
+
+struct fleet_run {
+  kvmi::sim::latency lat;   // event sent -> reply received, whole run
+  double events_per_s = 0;  // replies received per second in the measured window
+  uint64_t events = 0;      // replies in the window
+  double attach_s = 0;      // sim start -> every vCPU configured
+  uint64_t violations = 0, hmis = 0;
+};
+
+// vms x vcpus, each vCPU drawing guest actions at `rate` per second, for
+// `seconds` after every vCPU is configured.
+fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seconds,
+                unsigned sim_threads = 1);
+
+struct memory_run {
+  uint64_t base_kib = 0;          // kvmid with no VM
+  uint64_t vms_kib = 0;           // with `vms` VMs x 1 vCPU
+  uint64_t fleet_kib = 0;         // with fleet_vms x fleet_vcpus (idle: no workload)
+  uint32_t vms = 0, fleet_vms = 0, fleet_vcpus = 0;
+  double attach_s = 0;            // the fleet: sim start -> every vCPU configured
+  double per_vm_kib() const;      // (vms_kib - base) / vms
+  double per_vcpu_kib() const;    // (fleet - vms-run) / extra vCPUs
+  bool ok = false;
+  std::string error;
+};
+
+// kvmid as a process (the kvmid binary at kvmid_bin), RSS from /proc.
+memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t fleet_vms,
+                          uint32_t fleet_vcpus);
+
+} // namespace bench

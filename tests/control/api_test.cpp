@@ -107,7 +107,7 @@ void check_error(const parsed& p, int status, const std::string& code) {
 
 TEST_SUITE("control") {
 
-TEST_CASE("api: no token or a wrong one is 401, and the backend is not asked") {
+TEST_CASE("api: no token or a wrong one is 401 / and the backend is not asked") {
   harness t;
   auto p = t.one("GET", "/v1/vms", "", false);
   check_error(p, 401, "unauthorized");
@@ -122,7 +122,7 @@ TEST_CASE("api: no token or a wrong one is 401, and the backend is not asked") {
   CHECK_FALSE(t.ctx.closed); // 401 keeps the connection
 }
 
-TEST_CASE("api: unknown path 404, wrong method 405 with Allow") {
+TEST_CASE("api: unknown path 404 / wrong method 405 with Allow") {
   harness t;
   check_error(t.one("GET", "/v1/nothing"), 404, "no_route");
   auto p = t.one("DELETE", "/v1/vms/x/memory");
@@ -178,7 +178,7 @@ TEST_CASE("api: core errors map to the issue's statuses") {
   }
 }
 
-TEST_CASE("api: registers, with MSRs") {
+TEST_CASE("api: registers / with MSRs") {
   harness t;
   auto j = t.one("GET", std::string("/v1/vms/") + vm1 + "/vcpus/1/registers?msrs=0xc0000080,0x174").j();
   CHECK(j["vcpu"] == 1);
@@ -197,7 +197,7 @@ TEST_CASE("api: registers, with MSRs") {
               "bad_request");
 }
 
-TEST_CASE("api: read memory, hex and base64, with range validation") {
+TEST_CASE("api: read memory / hex and base64 / with range validation") {
   harness t;
   std::string base = std::string("/v1/vms/") + vm1 + "/memory";
   auto j = t.one("GET", base + "?gpa=0x1000&len=4").j();
@@ -242,7 +242,7 @@ TEST_CASE("api: write memory") {
   check_error(t.one("PUT", base, R"({"gpa":"0xfe000000","data":"00"})"), 422, "unsafe_region");
 }
 
-TEST_CASE("api: page access, breakpoints, events, pause/resume, unhook, reload") {
+TEST_CASE("api: page access / breakpoints / events / pause/resume / unhook / reload") {
   harness t;
   std::string vm = std::string("/v1/vms/") + vm1;
   auto pa = t.one("GET", vm + "/page-access").j();
@@ -304,7 +304,7 @@ TEST_CASE("api: Expect: 100-continue gets an interim response before the body") 
   CHECK(plain[0].status == 200);
 }
 
-TEST_CASE("api: keep-alive and pipelining answer in order, one request at a time") {
+TEST_CASE("api: keep-alive and pipelining answer in order / one request at a time") {
   harness t;
   t.be.hold = true; // the core has not answered yet
   std::string a = std::string("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer ") + token + "\r\n\r\n";
@@ -347,7 +347,7 @@ TEST_CASE("api: an answer arriving after the client left goes nowhere") {
   t.h->on_open(t.ctx);
 }
 
-TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and closed") {
+TEST_CASE("api: malformed HTTP / huge bodies and huge headers are answered and closed") {
   {
     harness t;
     auto r = t.exchange("NOT HTTP AT ALL\r\n\r\n");
@@ -396,7 +396,7 @@ TEST_CASE("api: malformed HTTP, huge bodies and huge headers are answered and cl
   }
 }
 
-TEST_CASE("api: a slow client gets 408 and is closed, an idle one is just closed") {
+TEST_CASE("api: a slow client gets 408 and is closed / an idle one is just closed") {
   api_options o;
   o.http.header_timeout = std::chrono::milliseconds(1);
   o.http.idle_timeout = std::chrono::milliseconds(1);

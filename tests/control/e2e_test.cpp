@@ -63,7 +63,7 @@ bool file_has(const fs::path& file, const std::string& what) {
 
 TEST_SUITE("control-e2e") {
 
-TEST_CASE("e2e: VMs, vCPUs, pause/resume, registers over curl") {
+TEST_CASE("e2e: VMs / vCPUs / pause/resume / registers over curl") {
   e2e t;
   auto vms = t.curl("GET", "/v1/vms");
   REQUIRE(vms.status == 200);
@@ -114,7 +114,7 @@ TEST_CASE("e2e: VMs, vCPUs, pause/resume, registers over curl") {
   CHECK(t.sim->make_report().ok());
 }
 
-TEST_CASE("e2e: guest memory, page access, breakpoints, events, unhook over curl") {
+TEST_CASE("e2e: guest memory / page access / breakpoints / events / unhook over curl") {
   e2e::options o;
   o.reconnect = false;
   e2e t(o);
@@ -341,7 +341,7 @@ TEST_CASE("e2e: /metrics has every family and passes promtool") {
   CHECK(r->status == 0);
 }
 
-TEST_CASE("e2e: wrong tokens, malformed HTTP, huge bodies and slow clients") {
+TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   e2e::options o;
   o.vms = 1;
   o.tcp = true;
@@ -450,7 +450,7 @@ TEST_CASE("e2e: a stream subscriber that never reads cannot hold up vCPU replies
   CHECK(t.sim->make_report().ok());
 }
 
-TEST_CASE("e2e: kvmictl tables, --json and errors") {
+TEST_CASE("e2e: kvmictl tables / --json and errors") {
   e2e t;
   auto vms = t.kvmictl({"vms"});
   REQUIRE(vms.status == 0);

@@ -8,7 +8,7 @@ using namespace kvmid::control;
 
 TEST_SUITE("control") {
 
-TEST_CASE("encoding: unsigned numbers, decimal or 0x hex") {
+TEST_CASE("encoding: unsigned numbers / decimal or 0x hex") {
   CHECK(parse_u64("0") == 0u);
   CHECK(parse_u64("4096") == 4096u);
   CHECK(parse_u64("0x1000") == 0x1000u);

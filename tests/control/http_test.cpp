@@ -53,7 +53,7 @@ TEST_CASE("http: keep-alive follows the version and Connection header") {
   CHECK(k.take().keep_alive);
 }
 
-TEST_CASE("http: pipelined requests come out one at a time, in order") {
+TEST_CASE("http: pipelined requests come out one at a time / in order") {
   request_parser p;
   std::string a = "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
   std::string b = "GET /b HTTP/1.1\r\n\r\n";
@@ -194,7 +194,7 @@ TEST_CASE("http: deadlines per phase cannot be stretched by trickling bytes") {
   CHECK(p.deadline(t0 + 3000ms) == t0 + 3000ms + 5000ms);
 }
 
-TEST_CASE("http: responses carry length, connection and extra headers") {
+TEST_CASE("http: responses carry length / connection and extra headers") {
   response r;
   r.status = 405;
   r.body = "{\"error\":{}}";

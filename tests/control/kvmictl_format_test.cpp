@@ -34,7 +34,7 @@ TEST_CASE("kvmictl: vm detail shows the memory map and vCPUs") {
   CHECK(t.find("0     paused  pause_vcpu  pf,breakpoint  3       0") != std::string::npos);
 }
 
-TEST_CASE("kvmictl: registers, four a line") {
+TEST_CASE("kvmictl: registers / four a line") {
   json r = json::parse(R"({"vcpu":1,"mode":8,"regs":{"rax":"0x1","rbx":"0x2","rcx":"0x3",
     "rdx":"0x4","rip":"0xffffffff81000000"},"sregs":{"cr0":"0x80050033","cr3":"0x1000"},
     "msrs":[{"index":"0xc0000080","value":"0xd01"}]})");

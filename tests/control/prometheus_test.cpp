@@ -53,7 +53,7 @@ std::vector<metric_family> core_like() {
 
 TEST_SUITE("control") {
 
-TEST_CASE("prometheus: exact text of counters, gauges and a histogram") {
+TEST_CASE("prometheus: exact text of counters / gauges and a histogram") {
   std::vector<metric_family> f;
   f.push_back({"a_total", "Line one\nback\\slash", metric_type::counter,
                {value(1, {{"k", "q\"uo\\te\nnl"}}), value(2, {{"k", "plain"}, {"z", "2"}})}});

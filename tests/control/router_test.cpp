@@ -28,7 +28,7 @@ std::string instantiate(std::string_view pattern) {
 
 TEST_SUITE("control") {
 
-TEST_CASE("router: every route matches its own path and method, with parameters") {
+TEST_CASE("router: every route matches its own path and method / with parameters") {
   std::set<int> ids;
   for (auto& e : routes()) {
     CAPTURE(e.pattern);

@@ -47,7 +47,9 @@ template <class T>
 void ask(core& c, std::string vm, api_request req, api_callback<T> cb) {
   auto reg = c.registry();
   auto* sys = &c.system();
-  c.system().spawn([=](caf::event_based_actor* self) {
+  // The unused int: CAF 0.17 binds a null argument tuple for argument-less
+  // function actors (UBSan flags it).
+  c.system().spawn([=](caf::event_based_actor* self, int) {
     self->request(reg, api_timeout, api_atom::value, vm, req)
       .then(
         [=](api_response& r) {
@@ -63,18 +65,18 @@ void ask(core& c, std::string vm, api_request req, api_callback<T> cb) {
           else
             cb(api_error{api_errc::internal, sys->render(e)});
         });
-  });
+  }, 0);
 }
 
 } // namespace
 
 void control_api::list_vms(api_callback<std::vector<vm_info>> cb) {
   auto reg = core_.registry();
-  core_.system().spawn([=](caf::event_based_actor* self) {
+  core_.system().spawn([=](caf::event_based_actor* self, int) {
     self->request(reg, api_timeout, list_atom::value)
       .then([=](std::vector<vm_info>& v) { cb(std::move(v)); },
             [=](caf::error&) { cb(api_error{api_errc::timeout, "registry did not answer"}); });
-  });
+  }, 0);
 }
 void control_api::get_vm(std::string vm, api_callback<vm_info> cb) {
   ask<vm_info>(core_, std::move(vm), op::info{}, std::move(cb));

@@ -91,8 +91,11 @@ struct summary {
       }
     }
     uint64_t a = alerts(fams);
-    out += " | alerts +" + std::to_string(a - last_alerts) + " (total " + std::to_string(a)
-           + ") | events total " + std::to_string(total);
+    if (final)
+      out += " | alerts " + std::to_string(a) + " | events " + std::to_string(total);
+    else
+      out += " | alerts +" + std::to_string(a - last_alerts) + " (total " + std::to_string(a)
+             + ") | events total " + std::to_string(total);
     last_alerts = a;
     return out;
   }

@@ -1,0 +1,119 @@
+// The event bus (bounded per subscriber, drops counted) and the metrics
+// registry (labelled series, histogram buckets, Prometheus text).
+#include "actors/event_bus.hpp"
+#include "actors/metrics.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <thread>
+
+using namespace kvmid;
+
+namespace {
+bus_record rec(bus_kind k, std::string name, std::string vm) {
+  bus_record r;
+  r.kind = k;
+  r.name = std::move(name);
+  r.vm = std::move(vm);
+  return r;
+}
+} // namespace
+
+TEST_CASE("a slow subscriber loses records with a counter; the publisher never waits") {
+  metrics_registry m;
+  auto& drops = m.get_counter("kvmid_bus_dropped_total", "dropped");
+  event_bus bus(&drops);
+  auto slow = bus.subscribe(bus_filter{}, 2);
+  auto fast = bus.subscribe(bus_filter{}, 100);
+  std::atomic<int> notified{0};
+  slow->set_notify([&] { ++notified; });
+  for (int i = 0; i < 5; ++i)
+    bus.publish(rec(bus_kind::alert, "msr-protection", "vm-a"));
+  CHECK(slow->dropped() == 3);
+  CHECK(fast->dropped() == 0);
+  CHECK(drops.value() == 3);
+  CHECK(notified.load() == 1); // once, when the queue became non-empty
+  std::vector<bus_record> got;
+  CHECK(slow->poll(got) == 2);
+  CHECK(got[0].seq < got[1].seq);
+  CHECK(got[0].time_ns > 0);
+  got.clear();
+  CHECK(fast->poll(got, 3) == 3);
+  CHECK(fast->poll(got) == 2);
+}
+
+TEST_CASE("filters by VM, kind and name; raw events only when asked for") {
+  event_bus bus;
+  auto def = bus.subscribe(bus_filter{}, 16);
+  auto vm = bus.subscribe(bus_filter{{"vm-b"}, {}, {}}, 16);
+  auto ev = bus.subscribe(bus_filter{{}, {bus_kind::event}, {"pf"}}, 16);
+  CHECK(bus.wants_events());
+  bus.publish(rec(bus_kind::event, "pf", "vm-a"));
+  bus.publish(rec(bus_kind::event, "msr", "vm-a"));
+  bus.publish(rec(bus_kind::alert, "cr-pin", "vm-b"));
+  bus.publish(rec(bus_kind::lifecycle, "vm-connected", "vm-a"));
+  std::vector<bus_record> a, b, c;
+  def->poll(a);
+  vm->poll(b);
+  ev->poll(c);
+  REQUIRE(a.size() == 2); // alert + lifecycle, no raw events
+  CHECK(a[0].name == "cr-pin");
+  REQUIRE(b.size() == 1);
+  CHECK(b[0].vm == "vm-b");
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].name == "pf");
+  ev.reset();
+  CHECK_FALSE(bus.wants_events());
+  CHECK(bus.subscribers() == 2);
+}
+
+TEST_CASE("publishing from many threads while subscribers come and go") {
+  event_bus bus;
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop) {
+      auto s = bus.subscribe(bus_filter{}, 4);
+      std::vector<bus_record> v;
+      s->poll(v);
+    }
+  });
+  std::vector<std::thread> pubs;
+  for (int t = 0; t < 3; ++t)
+    pubs.emplace_back([&] {
+      for (int i = 0; i < 2000; ++i)
+        bus.publish(rec(bus_kind::alert, "x", "vm"));
+    });
+  for (auto& p : pubs)
+    p.join();
+  stop = true;
+  churn.join();
+  CHECK(bus.published() == 6000);
+}
+
+TEST_CASE("metrics: labelled counters, gauges, histograms and their Prometheus text") {
+  metrics_registry m;
+  auto& a = m.get_counter("kvmid_events_total", "events", {{"kind", "pf"}});
+  auto& b = m.get_counter("kvmid_events_total", "events", {{"kind", "msr"}});
+  CHECK(&a == &m.get_counter("kvmid_events_total", "events", {{"kind", "pf"}}));
+  a.inc(3);
+  b.inc();
+  m.get_gauge("kvmid_vms", "vms").set(4);
+  auto& h = m.get_histogram("kvmid_event_reply_seconds", "lat", {0.001, 0.01});
+  h.observe(0.0005);
+  h.observe(0.005);
+  h.observe(1.0);
+  CHECK(h.cumulative() == std::vector<uint64_t>{1, 2, 3});
+  CHECK(h.count() == 3);
+  CHECK(h.sum() == doctest::Approx(1.0055).epsilon(1e-6));
+  CHECK_THROWS(m.get_gauge("kvmid_events_total", "oops"));
+  auto text = m.render_prometheus();
+  CHECK(text.find("# TYPE kvmid_events_total counter") != std::string::npos);
+  CHECK(text.find("kvmid_events_total{kind=\"pf\"} 3") != std::string::npos);
+  CHECK(text.find("kvmid_vms 4") != std::string::npos);
+  CHECK(text.find("kvmid_event_reply_seconds_bucket{le=\"+Inf\"} 3") != std::string::npos);
+  CHECK(text.find("kvmid_event_reply_seconds_count 3") != std::string::npos);
+  auto snap = m.snapshot();
+  REQUIRE(snap.size() == 3);
+  CHECK(snap[0].name == "kvmid_event_reply_seconds"); // sorted by name
+}

@@ -174,7 +174,7 @@ int main(int argc, char** argv) {
     std::fprintf(gp,
                  "set terminal png size 900,500\nset output '%s/latency-cdf.png'\n"
                  "set logscale x\nset xlabel 'round trip (us)'\nset ylabel 'fraction'\n"
-                 "set key bottom right\nset yrange [0:1.02]\n"
+                 "set key bottom right\nset yrange [0:1.02]\nset termoption noenhanced\n"
                  "plot '%s/floor_blocking.dat' w l t 'floor blocking', "
                  "'%s/floor_uring.dat' w l t 'floor io_uring', "
                  "'%s/raw_1vcpu.dat' w lp t 'raw responder via sim, 1 vCPU (p50/p99/p99.9/max)', "

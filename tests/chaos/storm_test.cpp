@@ -376,3 +376,49 @@ TEST_CASE("chaos: API clients and slow event-stream subscribers hammer kvmid dur
   check_invariants(f);
   CHECK(f.metric("kvmid_protocol_errors_total") == 0);
 }
+
+// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
+// the kernel does not remove INT3 bytes when a session drops, so the next
+// session finds kvmid's own INT3 in place; kvmid refuses to plant there
+// ("gpa already holds an INT3"), keeps the breakpoint as not planted
+// although its history knows the original byte, and UNHOOK leaves 0xcc in
+// the guest.
+TEST_CASE("chaos: after reconnects under load, UNHOOK still restores the byte under kvmid's INT3"
+          * doctest::may_fail()) {
+  fleet f([](sim::options& o) {
+    o.vms = 4;
+    o.vcpus_per_vm = 4;
+    o.workload.rate_per_vcpu = 300;
+    o.reconnect_delay = 10ms;
+  });
+  REQUIRE(f.configured(60s));
+  for (uint32_t round = 0; round < 3; ++round) {
+    for (uint32_t v = 0; v < f.so.vms; ++v)
+      REQUIRE(f.h->wait_until([&] { return f.planted(v); }, 10000ms));
+    std::vector<std::future<sim::outcome>> fs;
+    for (uint32_t v = 0; v < f.so.vms; ++v)
+      fs.push_back(f.h->inject_fault(v, "disconnect"));
+    for (auto& x : fs)
+      f.get(std::move(x));
+    REQUIRE(f.h->wait_until(
+      [&] {
+        for (uint32_t v = 0; v < f.so.vms; ++v)
+          if (f.h->vm_counters(v).sessions < round + 2 || !f.h->hooked(v))
+            return false;
+        return true;
+      },
+      20000ms));
+    REQUIRE(f.configured(30s));
+  }
+  std::vector<std::future<sim::outcome>> un;
+  for (uint32_t v = 0; v < f.so.vms; ++v)
+    un.push_back(f.h->request_unhook(v));
+  for (auto& x : un)
+    CHECK(f.get(std::move(x)).ok);
+  for (uint32_t v = 0; v < f.so.vms; ++v) {
+    INFO("vm " << v);
+    REQUIRE(f.h->wait_until([&] { return f.h->vm(v).unhooked; }, 20000ms));
+    CHECK(f.h->memory(v, bp_gpa, 1)[0] == bp_original);
+  }
+  check_invariants(f);
+}

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <sys/socket.h>
@@ -259,14 +260,17 @@ void kill_and_restart(kvmid_proc& k) {
   // The device managers reconnect and the new kvmid sets everything up again.
   REQUIRE(k.configured(30s));
   for (uint32_t v = 0; v < k.so.vms; ++v) {
-    CHECK(k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x));
+    // Page restrictions follow the event set-up: wait for them, do not assume.
+    CHECK(k.h->wait_until(
+      [&] { return k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x); },
+      10000ms));
     k.check_msr_denied(v);
   }
 }
 
 } // namespace
 
-TEST_CASE("chaos: kvmid killed with SIGKILL and restarted, device managers reconnect, policies back in force") {
+TEST_CASE("chaos: kvmid killed with SIGKILL and restarted - device managers reconnect - policies back in force") {
   kvmid_proc k(kill_options);
   REQUIRE(k.configured(30s));
   for (uint32_t v = 0; v < k.so.vms; ++v)
@@ -284,7 +288,7 @@ TEST_CASE("chaos: kvmid killed with SIGKILL and restarted, device managers recon
 // does not know it); the restarted kvmid finds 0xcc at its breakpoint,
 // does not know the byte under it, and UNHOOK leaves the INT3 in the
 // guest. kvmid needs to persist the original bytes it replaces.
-TEST_CASE("chaos: after SIGKILL and restart, UNHOOK leaves no INT3 of kvmid's in the guest"
+TEST_CASE("chaos: after SIGKILL and restart - UNHOOK leaves no INT3 of kvmid's in the guest"
           * doctest::may_fail()) {
   kvmid_proc k(kill_options);
   REQUIRE(k.configured(30s));
@@ -355,7 +359,7 @@ TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest:
   k.pid = -1;
 }
 
-TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read, during a storm") {
+TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read - during a storm") {
   kvmid_proc k([](sim::options& o) {
     o.vms = scaled_down() ? 4 : 16;
     o.vcpus_per_vm = scaled_down() ? 4 : 16;
@@ -377,6 +381,8 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read, during a
   }
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> requests{0}, ok{0}, failed{0};
+  std::mutex mu;
+  std::string first_failure;
   std::vector<std::thread> clients;
   for (int c = 0; c < 3; ++c)
     clients.emplace_back([&, c] {
@@ -386,10 +392,14 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read, during a
         for (auto path : {std::string("/v1/vms"), "/v1/vms/" + id, std::string("/metrics")}) {
           ++requests;
           auto [st, body] = k.http("GET", path);
-          if (st == 200 && !body.empty())
+          if (st == 200 && !body.empty()) {
             ++ok;
-          else
+          } else {
             ++failed;
+            std::lock_guard<std::mutex> l(mu);
+            if (first_failure.empty())
+              first_failure = path + " -> " + std::to_string(st) + " " + body.substr(0, 200);
+          }
         }
       }
     });
@@ -401,6 +411,7 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read, during a
   for (auto& t : clients)
     t.join();
   CHECK(requests.load() > 0);
+  INFO("first failed request: " << first_failure);
   CHECK(failed.load() == 0);
   CHECK(ok.load() == requests.load());
   for (int s : sse)

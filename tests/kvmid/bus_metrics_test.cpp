@@ -20,7 +20,7 @@ bus_record rec(bus_kind k, std::string name, std::string vm) {
 }
 } // namespace
 
-TEST_CASE("a slow subscriber loses records with a counter; the publisher never waits") {
+TEST_CASE("a slow subscriber loses records with a counter and the publisher never waits") {
   metrics_registry m;
   auto& drops = m.get_counter("kvmid_bus_dropped_total", "dropped");
   event_bus bus(&drops);
@@ -43,7 +43,7 @@ TEST_CASE("a slow subscriber loses records with a counter; the publisher never w
   CHECK(fast->poll(got) == 2);
 }
 
-TEST_CASE("filters by VM, kind and name; raw events only when asked for") {
+TEST_CASE("filters by VM, kind and name with raw events only when asked for") {
   event_bus bus;
   auto def = bus.subscribe(bus_filter{}, 16);
   auto vm = bus.subscribe(bus_filter{{"vm-b"}, {}, {}}, 16);

@@ -10,6 +10,8 @@
 // an event (paused); otherwise api_errc::conflict.
 #pragma once
 
+#include "actors/policy.hpp"
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -89,6 +91,7 @@ struct vm_info {
   bool connected = false;
   std::string peer;
   uint64_t sessions = 0;    // connections so far (reconnects keep the history)
+  int64_t connected_since = 0; // unix seconds of the current session's handshake
   int64_t start_time = 0;   // from the handshake
   std::string byte_order;   // "native" | "swapped"
   uint32_t vcpu_count = 0;
@@ -96,6 +99,7 @@ struct vm_info {
   uint32_t commands_mask = 0, events_mask = 0; // GET_VERSION
   uint64_t events = 0, alerts = 0, protocol_errors = 0;
   std::string policy;       // name of the policy that applies
+  std::shared_ptr<const vm_policy> policy_rules; // its rules (get_vm only; may be null)
   std::vector<region_info> regions;
   std::vector<vcpu_info> vcpus; // filled by get_vm / list_vcpus, empty in list_vms
 };

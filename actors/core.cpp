@@ -29,6 +29,11 @@ core::core(core_options opts)
   m.bus_dropped = &metrics_->get_counter(
     "kvmid_bus_dropped_total", "Event-bus records dropped because a subscriber was slow");
   bus_ = std::make_unique<event_bus>(m.bus_dropped);
+  // Always exposed, so dashboards and alerts see them before the first one.
+  metrics_->declare("kvmid_protocol_errors_total",
+                    "KVMI sessions closed for a protocol error, by reason", metric_type::counter);
+  metrics_->declare("kvmid_handshake_failures_total", "Failed or timed-out handshakes, by reason",
+                    metric_type::counter);
   impl_->self = this;
   impl_->policies = std::make_shared<const policy_set>(opts_.policies);
   impl_->cfg.set("scheduler.max-threads", opts_.worker_threads);

@@ -6,6 +6,7 @@
 //   c.metrics().snapshot();              // Prometheus (metrics.hpp)
 #pragma once
 
+#include "actors/bp_store.hpp"
 #include "actors/control_api.hpp"
 #include "actors/event_bus.hpp"
 #include "actors/metrics.hpp"
@@ -29,6 +30,9 @@ struct core_options {
   // reload_policies() calls this; nullopt + err fills api_errc::invalid.
   std::function<std::optional<policy_set>(std::string& err)> reload;
   std::chrono::milliseconds command_timeout{5000}; // per KVMI command
+  // Where planted INT3s are recorded (bp_store.hpp); empty: memory only.
+  std::string state_dir;
+  planted_map planted; // as loaded from state_dir at start-up
 };
 
 class core {

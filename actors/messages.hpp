@@ -47,6 +47,8 @@ using find_atom = caf::atom_constant<caf::atom("find")>;
 using register_atom = caf::atom_constant<caf::atom("register")>;
 using unregister_atom = caf::atom_constant<caf::atom("unregister")>;
 using reload_atom = caf::atom_constant<caf::atom("reload")>;
+// VM actor -> registry: record (or forget) an INT3 kvmid planted
+using persist_bp_atom = caf::atom_constant<caf::atom("persistbp")>;
 using bootstrap_atom = caf::atom_constant<caf::atom("bootstrap")>;
 
 struct raw_frame {
@@ -65,7 +67,11 @@ struct cmd_result {
 // A VM's history, kept by the registry across reconnects of its uuid.
 struct vm_history {
   std::string uuid, name;
+  // From the registry: totals. From a closing VM actor (unregister): this
+  // session's own counts only, which the registry adds (it owns the totals,
+  // so a session that closed before it saw the history cannot reset them).
   uint64_t sessions = 0, events = 0, alerts = 0, protocol_errors = 0;
+  bool saw_history = false; // unregister: breakpoints include the history's
   std::map<uint64_t, breakpoint_state> breakpoints; // hits survive reconnects
   vm_info last;                                     // as it was at disconnect
 };

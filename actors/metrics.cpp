@@ -61,6 +61,16 @@ counter& metrics_registry::get_counter(const std::string& name, const std::strin
   return *s.c;
 }
 
+void metrics_registry::declare(const std::string& name, const std::string& help,
+                               metric_type t) {
+  std::lock_guard lk(mu_);
+  auto& fam = families_[name];
+  if (fam.by_labels.empty()) {
+    fam.help = help;
+    fam.type = t;
+  }
+}
+
 gauge& metrics_registry::get_gauge(const std::string& name, const std::string& help, labels l) {
   std::lock_guard lk(mu_);
   auto& s = get(name, help, metric_type::gauge, std::move(l));

@@ -91,6 +91,8 @@ public:
   gauge& get_gauge(const std::string& name, const std::string& help, labels l = {});
   histogram& get_histogram(const std::string& name, const std::string& help,
                            std::vector<double> bounds, labels l = {});
+  // A family exposed (HELP/TYPE) before its first labelled series exists.
+  void declare(const std::string& name, const std::string& help, metric_type t);
   // A consistent-enough copy for rendering, families sorted by name.
   std::vector<metric_family> snapshot() const;
   // Prometheus text exposition format 0.0.4 of snapshot() (D may use its own).

@@ -2,6 +2,7 @@
 // survives reconnects; the control plane's way in to a VM actor.
 #include "actors/core_impl.hpp"
 
+#include <cstdio>
 #include <map>
 
 namespace kvmid {
@@ -17,6 +18,9 @@ struct reg_st {
   static inline const char* name = "kvmid.registry";
   core* c = nullptr;
   std::map<std::string, reg_entry> vms;
+  // INT3s kvmid planted and has not restored, by uuid: the source of truth
+  // for the next session (in memory and, with a state_dir, on disk).
+  planted_map planted;
 };
 
 using reg_actor = caf::stateful_actor<reg_st>;
@@ -37,20 +41,66 @@ api_response from_history(const vm_history& h, const api_request& req) {
 
 caf::behavior registry_behavior(reg_actor* self, core* c) {
   self->state.c = c;
+  self->state.planted = c->options().planted;
   return {
     [=](register_atom, const std::string& uuid, const std::string& name) -> vm_history {
       auto& e = self->state.vms[uuid];
       e.hist.name = name;
+      e.hist.uuid = uuid;
+      e.hist.sessions++; // counted here, never taken from a VM actor's copy
+      e.hist.last.sessions = e.hist.sessions;
       e.vm = caf::actor_cast<caf::actor>(self->current_sender());
       auto h = e.hist;
-      h.uuid = uuid;
+      // What kvmid's INT3s are still in the guest, with the bytes under them.
+      if (auto it = self->state.planted.find(uuid); it != self->state.planted.end())
+        for (auto& [gpa, orig] : it->second) {
+          auto& bp = h.breakpoints[gpa];
+          if (bp.name.empty())
+            bp.name = "restored";
+          bp.original = orig;
+          bp.planted = true;
+        }
       return h;
     },
     [=](unregister_atom, vm_history& h) {
       auto& e = self->state.vms[h.uuid];
       if (e.vm && e.vm.address() == self->current_sender())
         e.vm = caf::actor{};
-      e.hist = std::move(h);
+      e.hist.uuid = h.uuid;
+      if (!h.name.empty())
+        e.hist.name = h.name;
+      e.hist.events += h.events;
+      e.hist.alerts += h.alerts;
+      e.hist.protocol_errors += h.protocol_errors;
+      if (h.saw_history)
+        e.hist.breakpoints = std::move(h.breakpoints);
+      else
+        for (auto& [gpa, bp] : h.breakpoints)
+          e.hist.breakpoints[gpa] = bp;
+      e.hist.last = std::move(h.last);
+      e.hist.last.sessions = e.hist.sessions;
+      e.hist.last.events = e.hist.events;
+      e.hist.last.alerts = e.hist.alerts;
+      e.hist.last.protocol_errors = e.hist.protocol_errors;
+    },
+    [=](persist_bp_atom, const std::string& uuid, uint64_t gpa, uint8_t original,
+        bool planted) -> bool {
+      auto& st = self->state;
+      auto& m = st.planted[uuid];
+      if (planted)
+        m[gpa] = original;
+      else if (!m.erase(gpa))
+        return true; // nothing recorded, nothing to write
+      bool ok = true;
+      if (!st.c->options().state_dir.empty()) {
+        std::string err;
+        ok = save_planted(st.c->options().state_dir, uuid, m, err);
+        if (!ok)
+          std::fprintf(stderr, "kvmid: cannot record breakpoint state: %s\n", err.c_str());
+      }
+      if (m.empty())
+        st.planted.erase(uuid);
+      return ok;
     },
     [=](find_atom, const std::string& key) -> caf::actor {
       for (auto& [uuid, e] : self->state.vms)

@@ -7,6 +7,7 @@
 #include "actors/vcpu_actor.hpp"
 
 #include <cstdio>
+#include <ctime>
 #include <deque>
 #include <set>
 #include <unordered_map>
@@ -46,7 +47,16 @@ struct vm_st {
   vm_history hist;
   std::shared_ptr<std::atomic<uint64_t>> events = std::make_shared<std::atomic<uint64_t>>(0);
   std::shared_ptr<std::atomic<uint64_t>> alerts = std::make_shared<std::atomic<uint64_t>>(0);
-  uint64_t base_events = 0, base_alerts = 0;
+  uint64_t base_events = 0, base_alerts = 0, base_protocol_errors = 0;
+  uint64_t protocol_errors = 0; // this session's
+  int64_t connected_since = 0;  // unix seconds of this session's handshake
+  // The registry's history arrived (the VM-wide set-up waits for it, so it
+  // knows which INT3s in the guest are kvmid's own).
+  bool hist_ready = false, saw_history = false;
+  uint16_t setup_vcpu = 0;
+  // gpa -> original byte of INT3s kvmid planted in an earlier session (or
+  // before a restart) and never restored: adopted when still 0xCC.
+  std::map<uint64_t, uint8_t> inherited;
   bool closed = false, closing = false;
   std::vector<uint8_t> buf;
 };
@@ -98,7 +108,7 @@ void protocol_error(vm_actor* self, const std::string& reason) {
     return;
   s.closing = true;
   s.c->internals().m.protocol_error(reason).inc();
-  s.hist.protocol_errors++;
+  s.protocol_errors++;
   log(self, "protocol error, closing the session: %s", reason);
   publish(self, bus_kind::lifecycle, "protocol-error", reason);
   s.p.link->close();
@@ -204,20 +214,55 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
       return done(false, what(r));
     auto& data = std::get<kvmi::physical_data>(r.reply.data).data;
     uint8_t original = data.empty() ? 0 : data[0];
-    if (original == 0xCC) // already an INT3 (the guest's, or ours from a lost session)
+    if (original == 0xCC) // the guest's own INT3 (kvmid's were adopted in the set-up)
       return done(false, "gpa already holds an INT3");
-    kvmi::write_physical_cmd w{};
-    w.req = {gpa, 1};
-    w.data = {0xCC};
-    send_cmd(self, std::move(w), [=](cmd_result r2) {
-      if (!r2.ok())
-        return done(false, what(r2));
-      auto& bp = self->state.st.breakpoints[gpa];
-      bp.name = name;
+    // Recorded (durably, with a state_dir) before the INT3 goes in, so a
+    // restarted kvmid knows the byte under it.
+    self->request(self->state.c->registry(), std::chrono::seconds(30), persist_bp_atom::value,
+                  self->state.uuid, gpa, original, true)
+      .then(
+        [=](bool) {
+          kvmi::write_physical_cmd w{};
+          w.req = {gpa, 1};
+          w.data = {0xCC};
+          send_cmd(self, std::move(w), [=](cmd_result r2) {
+            if (!r2.ok()) {
+              caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
+                         original, false);
+              return done(false, what(r2));
+            }
+            auto& bp = self->state.st.breakpoints[gpa];
+            bp.name = name;
+            bp.original = original;
+            bp.planted = true;
+            done(true, {});
+          });
+        },
+        [=](caf::error&) { done(false, "the registry did not record the breakpoint"); });
+  });
+}
+
+// An INT3 kvmid planted in an earlier session: still 0xCC means still ours,
+// with the recorded byte under it; anything else means it is gone.
+void adopt_breakpoint(vm_actor* self, uint64_t gpa, uint8_t original, done_fn done) {
+  send_cmd(self, kvmi::read_physical{gpa, 1}, [=](cmd_result r) {
+    if (!r.ok()) {
+      log(self, "breakpoint left by an earlier session: %s", what(r));
+      return done();
+    }
+    auto& data = std::get<kvmi::physical_data>(r.reply.data).data;
+    auto& bp = self->state.st.breakpoints[gpa];
+    if (!data.empty() && data[0] == 0xCC) {
+      if (bp.name.empty())
+        bp.name = "restored";
       bp.original = original;
       bp.planted = true;
-      done(true, {});
-    });
+    } else {
+      bp.planted = false;
+      caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
+                 original, false);
+    }
+    done();
   });
 }
 
@@ -228,11 +273,14 @@ void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> 
   kvmi::write_physical_cmd w{};
   w.req = {gpa, 1};
   w.data = {it->second.original};
+  uint8_t original = it->second.original;
   send_cmd(self, std::move(w), [=](cmd_result r) {
     if (r.ok()) {
       auto it2 = self->state.st.breakpoints.find(gpa);
       if (it2 != self->state.st.breakpoints.end())
         it2->second.planted = false;
+      caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
+                 original, false);
     }
     done(r.ok());
   });
@@ -277,11 +325,23 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
       next();
     });
   });
+  auto inherited = std::move(s.inherited);
+  s.inherited.clear();
+  for (auto& [gpa, orig] : inherited) {
+    uint64_t g = gpa;
+    uint8_t o = orig;
+    q->push_back([=](done_fn next) { adopt_breakpoint(self, g, o, next); });
+  }
   for (auto& b : pol.breakpoints) {
     auto it = s.st.breakpoints.find(b.gpa);
     if (it != s.st.breakpoints.end() && (it->second.planted || it->second.hits > 0))
       continue; // planted, or already hit in this session (one-shot)
     q->push_back([=](done_fn next) {
+      auto now = self->state.st.breakpoints.find(b.gpa);
+      if (now != self->state.st.breakpoints.end() && now->second.planted) {
+        now->second.name = b.name; // adopted above
+        return next();
+      }
       plant_breakpoint(self, b.gpa, b.name, [=](bool ok, std::string err) {
         if (!ok)
           log(self, "breakpoint: %s", err);
@@ -359,8 +419,11 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   v.events_mask = s.version.events;
   v.events = s.base_events + s.events->load();
   v.alerts = s.base_alerts + s.alerts->load();
-  v.protocol_errors = s.hist.protocol_errors;
+  v.protocol_errors = s.base_protocol_errors + s.protocol_errors;
+  v.connected_since = s.connected_since;
   v.policy = s.policy->name;
+  if (with_vcpus) // the one-VM view shows the rules in force
+    v.policy_rules = s.policy;
   for (auto& r : s.p.guest.regions) {
     region_info ri;
     ri.gpa = r.gpa;
@@ -705,8 +768,11 @@ void on_closed(vm_actor* self) {
   s.c->internals().m.vcpus->add(-int64_t(n));
   s.c->internals().m.vms->add(-1);
   s.p.link->clear_routes();
-  s.hist.events = s.base_events + s.events->load();
-  s.hist.alerts = s.base_alerts + s.alerts->load();
+  // This session's counts only: the registry owns the totals.
+  s.hist.events = s.events->load();
+  s.hist.alerts = s.alerts->load();
+  s.hist.protocol_errors = s.protocol_errors;
+  s.hist.saw_history = s.saw_history;
   for (auto& [gpa, bp] : s.st.breakpoints)
     s.hist.breakpoints[gpa] = bp;
   s.hist.last = make_info(self, true);
@@ -715,6 +781,13 @@ void on_closed(vm_actor* self) {
   publish(self, bus_kind::lifecycle, "vm-disconnected", "session closed");
   self->send(s.c->registry(), unregister_atom::value, s.hist);
   self->quit();
+}
+
+void history_ready(vm_actor* self) {
+  auto& s = self->state;
+  s.hist_ready = true;
+  if (!s.closed && !s.closing && !s.setup_waiters.empty() && !s.setup_running)
+    run_setup(self, s.setup_vcpu);
 }
 
 void bootstrap(vm_actor* self) {
@@ -769,6 +842,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   s.policy = std::make_shared<const vm_policy>(pols->select(s.uuid, s.p.guest.name));
   s.hist.uuid = s.uuid;
   s.hist.name = s.p.guest.name;
+  s.connected_since = static_cast<int64_t>(std::time(nullptr));
   c->internals().m.vms->add(1);
   for (uint32_t i = 0; i < s.p.guest.vcpu_count && i < max_vcpus; ++i)
     ensure_vcpu(self, static_cast<uint16_t>(i));
@@ -781,20 +855,25 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
     on_closed(self);
   });
   self->request(c->registry(), std::chrono::seconds(10), register_atom::value, s.uuid, s.p.guest.name)
-    .then([=](vm_history& h) {
-      auto& s2 = self->state;
-      s2.hist.sessions = h.sessions + 1;
-      s2.hist.protocol_errors += h.protocol_errors;
-      s2.base_events = h.events;
-      s2.base_alerts = h.alerts;
-      for (auto& [gpa, bp] : h.breakpoints)
-        if (!s2.st.breakpoints.count(gpa)) {
-          auto b = bp;
-          b.planted = false; // the new session plants afresh
-          s2.st.breakpoints[gpa] = b;
-        }
-    },
-          [](caf::error&) {});
+    .then(
+      [=](vm_history& h) {
+        auto& s2 = self->state;
+        s2.hist.sessions = h.sessions; // the registry counted this session
+        s2.base_protocol_errors = h.protocol_errors;
+        s2.base_events = h.events;
+        s2.base_alerts = h.alerts;
+        s2.saw_history = true;
+        for (auto& [gpa, bp] : h.breakpoints)
+          if (!s2.st.breakpoints.count(gpa)) {
+            auto b = bp;
+            b.planted = false; // planted afresh, or adopted in the set-up
+            s2.st.breakpoints[gpa] = b;
+            if (bp.planted && bp.original != 0xCC)
+              s2.inherited[gpa] = bp.original;
+          }
+        history_ready(self);
+      },
+      [=](caf::error&) { history_ready(self); });
   publish(self, bus_kind::lifecycle, "vm-connected", "session from " + s.p.peer);
   bootstrap(self);
   return {
@@ -841,6 +920,10 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
         return true;
       auto rp = self->make_response_promise<bool>();
       s2.setup_waiters.push_back(rp);
+      if (!s2.hist_ready) {
+        s2.setup_vcpu = vcpu; // it waits in an event until the set-up ran
+        return rp;
+      }
       if (!s2.setup_running)
         run_setup(self, vcpu);
       return rp;

@@ -177,7 +177,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers",
-                 "policies", "api"});
+                 "policies", "api", "state_dir"});
   config cfg;
   cfg.file = file;
   if (j.contains("log_level")) {
@@ -211,6 +211,11 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     cfg.send_queue_limit = c.u64(j["send_queue_limit"], "/send_queue_limit");
     if (cfg.send_queue_limit < 16 || cfg.send_queue_limit > 1000000)
       c.fail("/send_queue_limit", "must be 16..1000000");
+  }
+  if (j.contains("state_dir")) {
+    cfg.state_dir = c.str(j["state_dir"], "/state_dir");
+    if (cfg.state_dir.empty())
+      c.fail("/state_dir", "must be a directory path");
   }
   if (j.contains("workers")) {
     cfg.workers = c.u64(j["workers"], "/workers");

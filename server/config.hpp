@@ -42,6 +42,9 @@ struct config {
   std::chrono::milliseconds command_timeout{5000};
   size_t send_queue_limit = 4096;
   size_t workers = 2;
+  // Where kvmid records the INT3s it planted (they outlive a crash in the
+  // guest); $STATE_DIRECTORY (systemd) or /var/lib/kvmid when unset.
+  std::string state_dir;
   policy_set policies;
   std::optional<nlohmann::json> api; // the control plane's section, validated there
 };

@@ -244,6 +244,33 @@ int main(int argc, char** argv) {
   co.worker_threads = cfg.workers;
   co.policies = cfg.policies;
   co.command_timeout = cfg.command_timeout;
+  {
+    // An explicit state_dir must work; the default may be unavailable to an
+    // unprivileged kvmid, which then keeps the record in memory only.
+    bool explicit_dir = !cfg.state_dir.empty() || !tmpdir.empty();
+    std::string dir = cfg.state_dir;
+    if (dir.empty() && !tmpdir.empty())
+      dir = (tmpdir / "state").string();
+    if (dir.empty()) {
+      const char* sd = std::getenv("STATE_DIRECTORY");
+      dir = sd && *sd ? std::string(sd).substr(0, std::string(sd).find(':')) : "/var/lib/kvmid";
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec && !explicit_dir) {
+      std::fprintf(stderr, "kvmid: WARNING: state directory %s: %s; planted breakpoints will not "
+                           "survive a restart (set state_dir)\n",
+                   dir.c_str(), ec.message().c_str());
+    } else {
+      try {
+        co.planted = load_planted(dir);
+        co.state_dir = dir;
+      } catch (const state_error& e) {
+        std::fprintf(stderr, "kvmid: bad state file %s\n", e.what());
+        return 1;
+      }
+    }
+  }
   if (!config_path.empty())
     co.reload = [path = config_path](std::string& err) -> std::optional<policy_set> {
       try {
@@ -267,7 +294,9 @@ int main(int argc, char** argv) {
         lo.mode = cfg.handshake;
         lo.handshake_timeout = cfg.handshake_timeout;
         int li = r.add_listener(cfg.listeners[i].spec, kvmi_handler_factory(r, c, lo));
-        auto& sp = cfg.listeners[i].spec;
+        auto sp = cfg.listeners[i].spec;
+        if (sp.type == net::listen_spec::kind::tcp)
+          sp.port = r.bound_port(li); // the port really bound when 0 was asked for
         std::fprintf(stderr, "kvmid: KVMI listening on %s\n", sp.describe().c_str());
         if (sim_target.empty() && sp.type == net::listen_spec::kind::unix_socket)
           sim_target = sp.path;
@@ -292,8 +321,10 @@ int main(int argc, char** argv) {
         backend = std::make_unique<control::core_backend>(c);
         api = std::make_unique<control::http_api>(*backend, control::token_auth::from_file(ao.token_file),
                                                   ao, control::reactor_poster(r));
-        for (auto& l : ao.listen) {
-          r.add_listener(l, api->factory());
+        for (auto l : ao.listen) {
+          int li = r.add_listener(l, api->factory());
+          if (l.type == net::listen_spec::kind::tcp)
+            l.port = r.bound_port(li);
           std::fprintf(stderr, "kvmid: API listening on %s\n", l.describe().c_str());
         }
       } catch (const std::exception& e) {

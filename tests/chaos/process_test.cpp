@@ -74,6 +74,7 @@ struct kvmid_proc {
       {"log_level", "warn"},
       {"cookie_file", (dir / "cookie").string()},
       {"command_timeout_ms", 5000},
+      {"state_dir", (dir / "state").string()},
       {"listeners", json::array({{{"type", "unix"}, {"path", kvmi_sock}}})},
       {"api", {{"listen", json::array({"unix:" + api_sock})}, {"token_file", (dir / "token").string()}}},
       {"policies",
@@ -283,13 +284,10 @@ TEST_CASE("chaos: kvmid killed with SIGKILL and restarted - device managers reco
   k.pid = -1;
 }
 
-// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
-// an INT3 planted by the killed kvmid stays in guest memory (the kernel
-// does not know it); the restarted kvmid finds 0xcc at its breakpoint,
-// does not know the byte under it, and UNHOOK leaves the INT3 in the
-// guest. kvmid needs to persist the original bytes it replaces.
-TEST_CASE("chaos: after SIGKILL and restart - UNHOOK leaves no INT3 of kvmid's in the guest"
-          * doctest::may_fail()) {
+// An INT3 planted by the killed kvmid stays in guest memory (the kernel
+// does not know it); the restarted kvmid knows the byte under it from its
+// state_dir, so UNHOOK restores it.
+TEST_CASE("chaos: after SIGKILL and restart - UNHOOK leaves no INT3 of kvmid's in the guest") {
   kvmid_proc k(kill_options);
   REQUIRE(k.configured(30s));
   kill_and_restart(k);

@@ -125,13 +125,9 @@ TEST_CASE("chaos: reconnect storm under load keeps one history per uuid") {
   }
 }
 
-// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
-// when a session closes before the registry's answer to its register
-// request arrives, the VM actor hands back a history with sessions = 0 and
-// the registry overwrites the count, so kvmid's per-uuid session count
-// falls behind the device manager's under a reconnect storm.
-TEST_CASE("chaos: after a reconnect storm kvmid's session count per uuid matches the device manager's"
-          * doctest::may_fail()) {
+// A session that closes before the registry's answer to its register
+// request arrives must not reset the count (the registry owns it).
+TEST_CASE("chaos: after a reconnect storm kvmid's session count per uuid matches the device manager's") {
   fleet f(storm_options);
   auto sim_sessions = reconnect_storm(f);
   bool agree = f.eventually([&] {
@@ -200,8 +196,13 @@ TEST_CASE("chaos: garbage and torn frames on some sockets - only the bad VMs are
     else
       CHECK(f.h->vm_counters(v).sessions == 1); // clean and torn: never closed
   }
-  // (kvmid's per-VM protocol_errors is not checked here: it shares the
-  // history race of the session count, pinned in the may_fail case above.)
+  // kvmid's per-VM protocol error count survives the reconnects (the
+  // registry owns the totals).
+  for (auto v : garbage) {
+    auto i = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(v), cb); });
+    REQUIRE(i.ok());
+    CHECK(i.value().protocol_errors >= rounds);
+  }
   CHECK(t.rep.total.faults_injected >= rounds * (garbage.size() + dropped.size() + 10 * torn.size()));
 }
 
@@ -293,19 +294,27 @@ TEST_CASE("chaos: vCPU hot-plug during pause - then resume: every vCPU configure
   check_invariants(f);
 }
 
-// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
-// DESIGN.md says CREATE_VCPU must be handled so that new vCPUs are paused
-// too while an operator pause is in force; kvmid answers CREATE_VCPU and
-// lets the new vCPU run.
-TEST_CASE("chaos: vCPUs hot-plugged during a pause are held too" * doctest::may_fail()) {
+// DESIGN.md: CREATE_VCPU must be handled so that new vCPUs are paused too
+// while an operator pause is in force: kvmid holds the new vCPU in its
+// CREATE_VCPU event (the old ones wait in PAUSE_VCPU) until resume.
+TEST_CASE("chaos: vCPUs hot-plugged during a pause are held too") {
   fleet f(hotplug_options);
   auto plugs = pause_and_plug(f);
   bool held = f.h->wait_until(
     [&] {
-      for (uint32_t v = 0; v < f.so.vms; ++v)
-        for (auto& c : f.h->vm(v).vcpus)
-          if (c.state != sim::vcpu_state::paused)
+      for (uint32_t v = 0; v < f.so.vms; ++v) {
+        auto vm = f.h->vm(v);
+        for (size_t c = 0; c < vm.vcpus.size(); ++c) {
+          auto& x = vm.vcpus[c];
+          bool ok = c < f.so.vcpus_per_vm
+                      ? x.state == sim::vcpu_state::paused
+                      : x.state == sim::vcpu_state::paused
+                          || (x.state == sim::vcpu_state::in_event
+                              && x.event == kvmi::event_id::create_vcpu);
+          if (!ok)
             return false;
+        }
+      }
       return true;
     },
     10000ms);
@@ -375,14 +384,10 @@ TEST_CASE("chaos: API clients and slow event-stream subscribers hammer kvmid dur
   CHECK(f.metric("kvmid_protocol_errors_total") == 0);
 }
 
-// KNOWN BUG (reported to the kvmid core owner; remove may_fail once fixed):
-// the kernel does not remove INT3 bytes when a session drops, so the next
-// session finds kvmid's own INT3 in place; kvmid refuses to plant there
-// ("gpa already holds an INT3"), keeps the breakpoint as not planted
-// although its history knows the original byte, and UNHOOK leaves 0xcc in
-// the guest.
-TEST_CASE("chaos: after reconnects under load - UNHOOK still restores the byte under kvmid's INT3"
-          * doctest::may_fail()) {
+// The kernel does not remove INT3 bytes when a session drops, so the next
+// session finds kvmid's own INT3 in place; kvmid must adopt it with the
+// byte its history recorded, so UNHOOK restores that byte.
+TEST_CASE("chaos: after reconnects under load - UNHOOK still restores the byte under kvmid's INT3") {
   fleet f([](sim::options& o) {
     o.vms = 4;
     o.vcpus_per_vm = 4;

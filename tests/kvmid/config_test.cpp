@@ -96,6 +96,19 @@ TEST_CASE("bad fields are named") {
   j = good();
   j["workers"] = -3;
   CHECK(field_of(j) == "/workers");
+  j = good();
+  j["state_dir"] = "";
+  CHECK(field_of(j) == "/state_dir");
+  j = good();
+  j["state_dir"] = 7;
+  CHECK(field_of(j) == "/state_dir");
+}
+
+TEST_CASE("state_dir is optional and taken as given") {
+  auto j = good();
+  CHECK(parse_config(j, "t.json").state_dir.empty());
+  j["state_dir"] = "/var/lib/kvmid-test";
+  CHECK(parse_config(j, "t.json").state_dir == "/var/lib/kvmid-test");
 }
 
 TEST_CASE("the shipped example config is valid") {

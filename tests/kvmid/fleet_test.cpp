@@ -440,7 +440,7 @@ TEST_CASE("unsafe regions are refused with a clear error and never touched") {
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("1,000 vCPUs under a seeded workload: zero invariant violations, zero HMIs" * doctest::test_suite("no-sanitize")) {
+TEST_CASE("1000 vCPUs under a seeded workload: zero invariant violations, zero HMIs" * doctest::test_suite("no-sanitize")) {
   vm_policy p = guard();
   p.pages.push_back({"text", text, 0x8000, 5, pf_action::allow_once});
   fleet f(one(p), [](sim::options& o) {

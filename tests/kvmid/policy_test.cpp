@@ -146,7 +146,12 @@ TEST_CASE("pause events are held while the VM is paused, otherwise continued") {
     auto d = decide(m, p, st);
     CHECK(d.act == kvmi::action::continue_);
     CHECK_FALSE(kvmi::check(make_reply(m, d)));
+    // A vCPU hot-plugged during the pause waits in CREATE_VCPU like the
+    // others in PAUSE_VCPU (DESIGN.md); nothing else is held.
+    CHECK(d.then == (e == event_id::create_vcpu ? follow_up::hold : follow_up::none));
   }
+  st.paused = false;
+  CHECK(decide(make_event(event_id::create_vcpu), p, st).then == follow_up::none);
 }
 
 TEST_CASE("the event mask follows the rules") {

@@ -29,6 +29,28 @@ json to_json(const vcpu_info& v) {
           {"counters", {{"events", v.events}, {"alerts", v.alerts}}}};
 }
 
+json to_json(const vm_policy& p) {
+  json pages = json::array(), msrs = json::array(), crs = json::array(), bps = json::array();
+  for (auto& r : p.pages)
+    pages.push_back({{"name", r.name},
+                     {"gpa", hex_u64(r.gpa)},
+                     {"size", hex_u64(r.size)},
+                     {"access", access_string(r.access)},
+                     {"on_violation", std::string(name(r.on_violation))}});
+  for (auto& r : p.msrs)
+    msrs.push_back({{"name", r.name}, {"msr", hex_u64(r.msr)}});
+  for (auto& c : p.crs)
+    crs.push_back(c.name);
+  for (auto& b : p.breakpoints)
+    bps.push_back({{"name", b.name}, {"gpa", hex_u64(b.gpa)}});
+  return {{"name", p.name},
+          {"page_protection", std::move(pages)},
+          {"msr_protection", std::move(msrs)},
+          {"cr_pins", std::move(crs)},
+          {"breakpoints", std::move(bps)},
+          {"hypercalls", p.hypercalls}};
+}
+
 json to_json(const vm_info& v, bool detail) {
   json j = {{"uuid", v.uuid},
             {"name", v.name},
@@ -36,6 +58,7 @@ json to_json(const vm_info& v, bool detail) {
             {"connected", v.connected},
             {"peer", v.peer},
             {"sessions", v.sessions},
+            {"connected_since", v.connected_since},
             {"start_time", v.start_time},
             {"byte_order", v.byte_order},
             {"vcpus", v.vcpu_count},
@@ -46,6 +69,8 @@ json to_json(const vm_info& v, bool detail) {
               {"alerts", v.alerts},
               {"protocol_errors", v.protocol_errors}}}};
   if (detail) {
+    if (v.policy_rules)
+      j["policy_rules"] = to_json(*v.policy_rules);
     j["commands_mask"] = hex_u64(v.commands_mask);
     j["events_mask"] = hex_u64(v.events_mask);
     json regions = json::array();

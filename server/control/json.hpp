@@ -11,6 +11,7 @@ namespace kvmid::control {
 nlohmann::json to_json(const region_info& r);
 nlohmann::json to_json(const vcpu_info& v);
 nlohmann::json to_json(const vm_info& v, bool detail); // detail: regions, vCPUs
+nlohmann::json to_json(const vm_policy& p);                 // a policy with its rules
 nlohmann::json to_json(const registers_info& r);
 nlohmann::json to_json(const breakpoint_info& b);
 nlohmann::json to_json(const page_access_info& p);

@@ -90,6 +90,15 @@ struct fake_backend final : control::backend {
     a.connected = true;
     a.vcpu_count = 2;
     a.regions = {{0, 0x100000, "ram", true, 0}, {0xfe000000, 0x1000, "mmio", false, 0}};
+    a.connected_since = 1700000000;
+    a.policy = "linux";
+    auto pol = std::make_shared<vm_policy>();
+    pol->name = "linux";
+    pol->pages.push_back({"kernel-text", 0x100000, 0x2000, 5, pf_action::allow_once});
+    pol->msrs.push_back({"lstar", 0xc0000082});
+    pol->crs.push_back(*parse_cr_pin("cr0.wp"));
+    pol->breakpoints.push_back({"probe", 0x1000});
+    a.policy_rules = pol;
     for (uint16_t i = 0; i < 2; ++i) {
       vcpu_info v;
       v.index = i;

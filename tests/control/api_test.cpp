@@ -142,6 +142,9 @@ TEST_CASE("api: list VMs and one VM with memory map and vCPUs") {
   CHECK(j["vms"][0]["state"] == "running");
   CHECK(j["vms"][0]["counters"].contains("events"));
   CHECK_FALSE(j["vms"][0].contains("memory_map"));
+  CHECK(j["vms"][0]["connected_since"] == 1700000000);
+  CHECK(j["vms"][0]["policy"] == "linux");
+  CHECK_FALSE(j["vms"][0].contains("policy_rules")); // the list stays small
 
   auto v = t.one("GET", std::string("/v1/vms/") + vm1).j();
   REQUIRE(v["memory_map"].size() == 2);
@@ -150,6 +153,21 @@ TEST_CASE("api: list VMs and one VM with memory map and vCPUs") {
   CHECK(v["memory_map"][1]["online"] == false);
   REQUIRE(v["vcpu_list"].size() == 2);
   CHECK(v["vcpu_list"][0]["enabled_events"] == json::array({"pf"}));
+  CHECK(v["connected_since"] == 1700000000);
+  // One VM with its policy's rules, not only its name.
+  auto& pr = v["policy_rules"];
+  CHECK(pr["name"] == "linux");
+  REQUIRE(pr["page_protection"].size() == 1);
+  CHECK(pr["page_protection"][0]["name"] == "kernel-text");
+  CHECK(pr["page_protection"][0]["gpa"] == "0x100000");
+  CHECK(pr["page_protection"][0]["size"] == "0x2000");
+  CHECK(pr["page_protection"][0]["access"] == "r-x");
+  CHECK(pr["page_protection"][0]["on_violation"] == "allow-once");
+  REQUIRE(pr["msr_protection"].size() == 1);
+  CHECK(pr["msr_protection"][0]["msr"] == "0xc0000082");
+  CHECK(pr["cr_pins"] == json::array({"cr0.wp"}));
+  REQUIRE(pr["breakpoints"].size() == 1);
+  CHECK(pr["breakpoints"][0]["gpa"] == "0x1000");
 
   // By name as well as uuid (the core resolves both).
   CHECK(t.one("GET", "/v1/vms/web1/vcpus").j()["vcpus"].size() == 2);

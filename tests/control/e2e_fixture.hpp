@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <arpa/inet.h>
@@ -49,6 +50,8 @@ struct e2e {
 
   using options = e2e_options;
 
+  int64_t started_unix = int64_t(std::time(nullptr));
+
   explicit e2e(options o = {}) {
     std::string tmpl = (fs::temp_directory_path() / "kvmid-e2e-XXXXXX").string();
     REQUIRE(mkdtemp(tmpl.data()) != nullptr);
@@ -72,6 +75,7 @@ struct e2e {
       {"log_level", "info"},
       {"cookie_file", (dir / "cookie").string()},
       {"command_timeout_ms", 3000},
+      {"state_dir", (dir / "state").string()},
       {"listeners", json::array({{{"type", "unix"}, {"path", kvmi_sock}}})},
       {"policies",
        json::array({{{"name", "e2e"},

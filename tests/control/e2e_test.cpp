@@ -82,6 +82,10 @@ TEST_CASE("e2e: VMs / vCPUs / pause/resume / registers over curl") {
   auto vm = t.curl("GET", vm0).j();
   CHECK(vm["name"] == "sim-vm-0");
   CHECK(vm["policy"] == "e2e");
+  CHECK(vm["policy_rules"]["name"] == "e2e");
+  // Unix seconds of this session's handshake: after the test started.
+  CHECK(vm["connected_since"].get<int64_t>() >= t.started_unix);
+  CHECK(vm["connected_since"].get<int64_t>() <= int64_t(std::time(nullptr)));
   std::set<std::string> types;
   for (auto& r : vm["memory_map"])
     types.insert(r["type"]);

@@ -43,7 +43,7 @@ TEST_CASE("a slow subscriber loses records with a counter and the publisher neve
   CHECK(fast->poll(got) == 2);
 }
 
-TEST_CASE("filters by VM, kind and name with raw events only when asked for") {
+TEST_CASE("filters by VM - kind and name with raw events only when asked for") {
   event_bus bus;
   auto def = bus.subscribe(bus_filter{}, 16);
   auto vm = bus.subscribe(bus_filter{{"vm-b"}, {}, {}}, 16);
@@ -91,7 +91,7 @@ TEST_CASE("publishing from many threads while subscribers come and go") {
   CHECK(bus.published() == 6000);
 }
 
-TEST_CASE("metrics: labelled counters, gauges, histograms and their Prometheus text") {
+TEST_CASE("metrics: labelled counters - gauges - histograms and their Prometheus text") {
   metrics_registry m;
   auto& a = m.get_counter("kvmid_events_total", "events", {{"kind", "pf"}});
   auto& b = m.get_counter("kvmid_events_total", "events", {{"kind", "msr"}});

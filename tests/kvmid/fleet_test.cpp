@@ -169,7 +169,7 @@ TEST_CASE("msr protection: a denied write leaves the MSR's value") {
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("cr pins: WP, SMEP and SMAP stay set") {
+TEST_CASE("cr pins: WP - SMEP and SMAP stay set") {
   fleet f(one(guard()));
   REQUIRE(f.ready(0, guard_mask()));
   auto cr4 = *f.h->cr(0, 1, 4);
@@ -186,7 +186,7 @@ TEST_CASE("cr pins: WP, SMEP and SMAP stay set") {
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("page protection: alert and each chosen action, seen by the guest") {
+TEST_CASE("page protection: alert and each chosen action - seen by the guest") {
   vm_policy p;
   p.name = "pages";
   p.match = {"*"};
@@ -234,7 +234,7 @@ TEST_CASE("page protection: alert and each chosen action, seen by the guest") {
   CHECK(f.h->make_report().total.hmis == 0);
 }
 
-TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte restored, the guest's own INT3 is re-injected") {
+TEST_CASE("breakpoints: kvmid's INT3 is planted - a hit counted and the byte restored - the guest's own INT3 is re-injected") {
   vm_policy p;
   p.name = "bp";
   p.match = {"*"};
@@ -274,7 +274,7 @@ TEST_CASE("breakpoints: kvmid's INT3 is planted, a hit counted and the byte rest
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("pause holds every vCPU until resume, paused vCPUs answer register reads") {
+TEST_CASE("pause holds every vCPU until resume - paused vCPUs answer register reads") {
   fleet f(one(guard()), [](sim::options& o) { o.vcpus_per_vm = 3; });
   REQUIRE(f.ready(0, guard_mask()));
   auto pr = f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); });
@@ -307,7 +307,7 @@ TEST_CASE("pause holds every vCPU until resume, paused vCPUs answer register rea
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("unhook removes what kvmid planted and closes, the VM may come back with its history") {
+TEST_CASE("unhook removes what kvmid planted and closes - the VM may come back with its history") {
   vm_policy p = guard();
   p.breakpoints.push_back({"probe", text + 0x40});
   p.pages.push_back({"text", text + 0x3000, 0x2000, 5, pf_action::allow_once});
@@ -354,7 +354,7 @@ TEST_CASE("reconnects of the same uuid keep the VM's history") {
   CHECK(info.value().alerts == 2);
 }
 
-TEST_CASE("handshake failures: a wrong cookie costs only the socket, counted, no VM") {
+TEST_CASE("handshake failures: a wrong cookie costs only the socket - counted - no VM") {
   fleet f(one(guard()), [](sim::options& o) { o.reconnect_delay = 50ms; },
           std::vector<uint8_t>(32, 0x17));
   REQUIRE(f.h->wait_until([&] { return f.h->vm_counters(0).handshake_failures >= 1; }, 10000ms));
@@ -440,7 +440,7 @@ TEST_CASE("unsafe regions are refused with a clear error and never touched") {
   CHECK(f.h->make_report().ok());
 }
 
-TEST_CASE("1000 vCPUs under a seeded workload: zero invariant violations, zero HMIs" * doctest::test_suite("no-sanitize")) {
+TEST_CASE("1000 vCPUs under a seeded workload - zero invariant violations and zero HMIs" * doctest::test_suite("no-sanitize")) {
   vm_policy p = guard();
   p.pages.push_back({"text", text, 0x8000, 5, pf_action::allow_once});
   fleet f(one(p), [](sim::options& o) {
@@ -519,7 +519,7 @@ TEST_CASE("a silent peer times out in the handshake and is counted") {
   check_msr_denied(f, 0);
 }
 
-TEST_CASE("the qemu-v5 compatibility handshake, when configured, gives a working session without a memory map") {
+TEST_CASE("the qemu-v5 compatibility handshake - when configured - gives a working session without a memory map") {
   fleet f(one(guard()), [](sim::options& o) { o.handshake = kvmi::hs::mode::qemu_v5; }, {}, {},
           [](core_options&, kvmi_listener_options& lo) { lo.mode = kvmi::hs::mode::qemu_v5; });
   REQUIRE(f.ready(0, guard_mask()));

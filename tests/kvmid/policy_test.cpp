@@ -85,7 +85,7 @@ TEST_CASE("cr pins force cleared bits back and leave other bits alone") {
   CHECK(d3.new_val == 0x2000);
 }
 
-TEST_CASE("page protection: each violation action, and permitted accesses") {
+TEST_CASE("page protection: each violation action - and permitted accesses") {
   auto p = strict();
   auto write = make_event(event_id::pf, kvmi::event_pf{0xffff0000, 0x100123, kvmi::page_access_w, 0});
   auto read = make_event(event_id::pf, kvmi::event_pf{0xffff0000, 0x100123, kvmi::page_access_r, 0});
@@ -115,7 +115,7 @@ TEST_CASE("page protection: each violation action, and permitted accesses") {
   CHECK(std::holds_alternative<kvmi::event_pf_reply>(r.extra));
 }
 
-TEST_CASE("breakpoints: kvmid's own are restored and retried, the guest's continue") {
+TEST_CASE("breakpoints: kvmid's own are restored and retried - the guest's continue") {
   vm_policy p;
   vm_state st;
   st.breakpoints[0x2000] = breakpoint_state{"probe", 0x55, true, 0};
@@ -129,7 +129,7 @@ TEST_CASE("breakpoints: kvmid's own are restored and retried, the guest's contin
   CHECK(guest.then == follow_up::none);
 }
 
-TEST_CASE("pause events are held while the VM is paused, otherwise continued") {
+TEST_CASE("pause events are held while the VM is paused - otherwise continued") {
   vm_policy p;
   vm_state st;
   auto ev = make_event(event_id::pause_vcpu);
@@ -166,7 +166,7 @@ TEST_CASE("the event mask follows the rules") {
   CHECK((s.vcpu_events() & ~kvmi::known_vcpu_events) == 0);
 }
 
-TEST_CASE("policy selection by uuid or name glob, first match wins") {
+TEST_CASE("policy selection by uuid or name glob - first match wins") {
   policy_set ps;
   ps.policies.push_back(strict());
   vm_policy byid;
@@ -183,7 +183,7 @@ TEST_CASE("policy selection by uuid or name glob, first match wins") {
   CHECK_FALSE(glob_match("*x*y*z", std::string(200, 'x') + "y"));
 }
 
-TEST_CASE("memory map safety refuses mmio, atsd, offline GPU RAM and unmapped ranges") {
+TEST_CASE("memory map safety refuses mmio - atsd - offline GPU RAM and unmapped ranges") {
   using kvmi::hs::region;
   std::vector<region> map = {
     {0, 0x100000, 0, 0, 0},

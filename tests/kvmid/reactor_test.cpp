@@ -166,7 +166,7 @@ TEST_CASE("timers fire per connection and can be cancelled") {
   ::close(fd);
 }
 
-TEST_CASE("a full send queue closes that connection only, posted sends arrive in order") {
+TEST_CASE("a full send queue closes that connection only - posted sends arrive in order") {
   tmpdir d;
   reactor_options o;
   o.send_queue_limit = 64;
@@ -256,7 +256,7 @@ TEST_CASE("a full send queue closes that connection only, posted sends arrive in
   r.post_send(calm_id, {1, 2, 3}); // a gone connection: dropped, no crash
 }
 
-TEST_CASE("tcp listeners bind loopback and report the port, bad addresses throw") {
+TEST_CASE("tcp listeners bind loopback and report the port - bad addresses throw") {
   reactor r;
   std::atomic<int> closes{0};
   listen_spec s;

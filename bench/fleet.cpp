@@ -191,6 +191,7 @@ memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t f
   nlohmann::json cfg = {
     {"log_level", "warn"},
     {"cookie_file", (dir.p / "cookie").string()},
+    {"state_dir", (dir.p / "state").string()},
     {"listeners", nlohmann::json::array({{{"type", "unix"}, {"path", sock}}})},
     {"policies",
      nlohmann::json::array(

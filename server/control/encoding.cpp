@@ -25,15 +25,6 @@ namespace {
 constexpr char hexdigits[] = "0123456789abcdef";
 constexpr char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 int b64val(char c) {
   if (c >= 'A' && c <= 'Z')
     return c - 'A';
@@ -48,6 +39,16 @@ int b64val(char c) {
   return -1;
 }
 } // namespace
+
+int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
 
 std::string to_hex(std::span<const uint8_t> bytes) {
   std::string out;

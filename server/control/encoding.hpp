@@ -29,4 +29,7 @@ std::string access_string(uint8_t access);
 std::optional<uint32_t> parse_event_kind(std::string_view s);
 std::string_view event_kind_name(uint32_t event);
 
+// The value of one hex digit (either case), or -1.
+int hexval(char c);
+
 } // namespace kvmid::control

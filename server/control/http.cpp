@@ -1,5 +1,7 @@
 #include "server/control/http.hpp"
 
+#include "server/control/encoding.hpp"
+
 #include <http_parser.h>
 
 #include <algorithm>
@@ -15,16 +17,6 @@ std::string lower(std::string_view s) {
   for (auto& c : out)
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
-}
-
-int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
 }
 
 // The clock value of the feed() in progress: callbacks stamp phases with it.

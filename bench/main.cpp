@@ -1,7 +1,9 @@
 // kvmid-bench: prints a table and writes bench-results.json (and a latency
 // CDF plot when gnuplot is present). Every figure names the floor it is
 // compared to, measured in the same run.
-//   kvmid-bench [ROUNDS [OUT_DIR [SECONDS]]]
+//   kvmid-bench [ROUNDS [OUT_DIR [SECONDS [SECTIONS]]]]
+// SECTIONS is a comma list of latency, throughput and memory (default all),
+// so one figure can be re-measured while working on it.
 #include "bench/fleet.hpp"
 #include "bench/floor.hpp"
 #include "proto/codec.hpp"
@@ -63,83 +65,110 @@ int main(int argc, char** argv) {
   size_t rounds = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 50000;
   std::string out_dir = argc > 2 ? argv[2] : ".";
   double secs = argc > 3 ? std::strtod(argv[3], nullptr) : 3.0;
+  std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory";
+  sections = "," + sections + ",";
+  auto want = [&](const char* name) {
+    return sections.find("," + std::string(name) + ",") != std::string::npos;
+  };
+  for (size_t i = 1; i + 1 < sections.size();) {
+    size_t j = sections.find(',', i);
+    auto w = sections.substr(i, j - i);
+    if (w != "latency" && w != "throughput" && w != "memory") {
+      std::fprintf(stderr, "kvmid-bench: unknown section '%s' (latency, throughput, memory)\n",
+                   w.c_str());
+      return 2;
+    }
+    i = j + 1;
+  }
   nlohmann::json report;
   report["event_bytes"] = event_bytes;
   report["reply_bytes"] = reply_bytes;
   report["rounds"] = rounds;
   report["seconds_per_run"] = secs;
 
-  std::printf("round trip of a %zu-byte event and its %zu-byte reply, %zu rounds (us)\n",
-              event_bytes, reply_bytes, rounds);
-  std::printf("%-40s %9s %9s %9s %9s   %s\n", "", "p50", "p99", "p99.9", "max",
-              "ratio to the io_uring floor (p50 p99 p99.9)");
-  auto blocking = bench::floor_blocking(rounds, event_bytes, reply_bytes);
-  auto uring = bench::floor_uring(rounds, event_bytes, reply_bytes);
-  auto fb = bench::summarize(blocking), fu = bench::summarize(uring);
-  row("floor: UNIX socket, blocking", fb);
-  row("floor: UNIX socket, io_uring", fu);
-  report["floor_blocking"] = to_json(fb);
-  report["floor_uring"] = to_json(fu);
-  std::fflush(stdout);
+  bench::samples blocking, uring;
+  bench::summary fb, fu;
+  bench::fleet_run k1, r1, k64, r64, kt, rt;
+  bench::memory_run mem;
+  double share = 0;
+  if (want("latency")) {
+    std::printf("round trip of a %zu-byte event and its %zu-byte reply, %zu rounds (us)\n",
+                event_bytes, reply_bytes, rounds);
+    std::printf("%-40s %9s %9s %9s %9s   %s\n", "", "p50", "p99", "p99.9", "max",
+                "ratio to the io_uring floor (p50 p99 p99.9)");
+    blocking = bench::floor_blocking(rounds, event_bytes, reply_bytes);
+    uring = bench::floor_uring(rounds, event_bytes, reply_bytes);
+    fb = bench::summarize(blocking);
+    fu = bench::summarize(uring);
+    row("floor: UNIX socket, blocking", fb);
+    row("floor: UNIX socket, io_uring", fu);
+    report["floor_blocking"] = to_json(fb);
+    report["floor_uring"] = to_json(fu);
+    std::fflush(stdout);
 
-  // Event round trips as the simulated kernel sees them (event sent ->
-  // reply received), the vCPUs running flat out. The raw responder through
-  // the same simulator shows what the simulator itself adds.
-  const double flat_out = 1e6;
-  auto k1 = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs);
-  row("kvmid, 1 vCPU", k1.lat, fu);
-  auto r1 = bench::drive(bench::target::raw, 1, 1, flat_out, secs);
-  row("raw responder, 1 vCPU", r1.lat, fu);
-  std::fflush(stdout);
-  auto k64 = bench::drive(bench::target::kvmid, 1, 64, flat_out, secs);
-  row("kvmid, 64 vCPUs", k64.lat, fu);
-  auto r64 = bench::drive(bench::target::raw, 1, 64, flat_out, secs);
-  row("raw responder, 64 vCPUs", r64.lat, fu);
-  std::fflush(stdout);
-  report["kvmid_1vcpu"] = to_json(k1.lat);
-  report["raw_1vcpu"] = to_json(r1.lat);
-  report["kvmid_64vcpu"] = to_json(k64.lat);
-  report["raw_64vcpu"] = to_json(r64.lat);
-  report["kvmid_1vcpu"]["ratio_p50_to_floor"] = k1.lat.p50_us * 1e3 / double(fu.p50);
-  report["kvmid_1vcpu"]["ratio_p99_to_floor"] = k1.lat.p99_us * 1e3 / double(fu.p99);
-  report["kvmid_64vcpu"]["ratio_p50_to_floor"] = k64.lat.p50_us * 1e3 / double(fu.p50);
-  report["kvmid_64vcpu"]["ratio_p99_to_floor"] = k64.lat.p99_us * 1e3 / double(fu.p99);
-
-  // Throughput: 4,096 vCPUs over 128 VMs, each asking for far more than
-  // two cores serve.
-  std::printf("\nthroughput, 128 VMs x 32 vCPUs, %.0f s window\n", secs);
-  auto kt = bench::drive(bench::target::kvmid, 128, 32, 2000, secs);
-  auto rt = bench::drive(bench::target::raw, 128, 32, 2000, secs);
-  double share = rt.events_per_s > 0 ? kt.events_per_s / rt.events_per_s : 0;
-  std::printf("%-40s %12.0f events/s\n", "raw responder (floor)", rt.events_per_s);
-  std::printf("%-40s %12.0f events/s   %.0f %% of the floor\n", "kvmid", kt.events_per_s,
-              share * 100);
-  report["throughput"] = {{"kvmid_events_per_s", kt.events_per_s},
-                          {"raw_events_per_s", rt.events_per_s},
-                          {"ratio", share},
-                          {"kvmid_latency", to_json(kt.lat)},
-                          {"raw_latency", to_json(rt.lat)}};
-  std::fflush(stdout);
-
-  // Memory and attach time: kvmid as its own process.
-  std::printf("\nkvmid memory (RSS) and attach time, kvmid as a process\n");
-  auto mem = bench::measure_memory(KVMID_BIN, 100, 100, 100);
-  if (mem.ok) {
-    std::printf("%-40s %9llu KiB\n", "idle kvmid, no VM",
-                (unsigned long long)mem.base_kib);
-    std::printf("%-40s %9.1f KiB   (100 VMs x 1 vCPU)\n", "per VM (with its one vCPU)",
-                mem.per_vm_kib());
-    std::printf("%-40s %9.2f KiB   (100 VMs x 100 vCPUs, idle)\n", "per idle vCPU",
-                mem.per_vcpu_kib());
-    std::printf("%-40s %9.3f s\n", "attach + configure 10,000 vCPUs", mem.attach_s);
-  } else {
-    std::printf("memory run failed: %s\n", mem.error.c_str());
+    // Event round trips as the simulated kernel sees them (event sent ->
+    // reply received), the vCPUs running flat out. The raw responder through
+    // the same simulator shows what the simulator itself adds.
+    const double flat_out = 1e6;
+    k1 = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs);
+    row("kvmid, 1 vCPU", k1.lat, fu);
+    r1 = bench::drive(bench::target::raw, 1, 1, flat_out, secs);
+    row("raw responder, 1 vCPU", r1.lat, fu);
+    std::fflush(stdout);
+    k64 = bench::drive(bench::target::kvmid, 1, 64, flat_out, secs);
+    row("kvmid, 64 vCPUs", k64.lat, fu);
+    r64 = bench::drive(bench::target::raw, 1, 64, flat_out, secs);
+    row("raw responder, 64 vCPUs", r64.lat, fu);
+    std::fflush(stdout);
+    report["kvmid_1vcpu"] = to_json(k1.lat);
+    report["raw_1vcpu"] = to_json(r1.lat);
+    report["kvmid_64vcpu"] = to_json(k64.lat);
+    report["raw_64vcpu"] = to_json(r64.lat);
+    report["kvmid_1vcpu"]["ratio_p50_to_floor"] = k1.lat.p50_us * 1e3 / double(fu.p50);
+    report["kvmid_1vcpu"]["ratio_p99_to_floor"] = k1.lat.p99_us * 1e3 / double(fu.p99);
+    report["kvmid_64vcpu"]["ratio_p50_to_floor"] = k64.lat.p50_us * 1e3 / double(fu.p50);
+    report["kvmid_64vcpu"]["ratio_p99_to_floor"] = k64.lat.p99_us * 1e3 / double(fu.p99);
   }
-  report["memory"] = {{"ok", mem.ok},           {"error", mem.error},
-                      {"base_kib", mem.base_kib}, {"vms_kib", mem.vms_kib},
-                      {"fleet_kib", mem.fleet_kib}, {"per_vm_kib", mem.per_vm_kib()},
-                      {"per_idle_vcpu_kib", mem.per_vcpu_kib()},
-                      {"attach_10000_vcpus_s", mem.attach_s}};
+
+  if (want("throughput")) {
+    // Throughput: 4,096 vCPUs over 128 VMs, each asking for far more than
+    // two cores serve.
+    std::printf("\nthroughput, 128 VMs x 32 vCPUs, %.0f s window\n", secs);
+    kt = bench::drive(bench::target::kvmid, 128, 32, 2000, secs);
+    rt = bench::drive(bench::target::raw, 128, 32, 2000, secs);
+    share = rt.events_per_s > 0 ? kt.events_per_s / rt.events_per_s : 0;
+    std::printf("%-40s %12.0f events/s\n", "raw responder (floor)", rt.events_per_s);
+    std::printf("%-40s %12.0f events/s   %.0f %% of the floor\n", "kvmid", kt.events_per_s,
+                share * 100);
+    report["throughput"] = {{"kvmid_events_per_s", kt.events_per_s},
+                            {"raw_events_per_s", rt.events_per_s},
+                            {"ratio", share},
+                            {"kvmid_latency", to_json(kt.lat)},
+                            {"raw_latency", to_json(rt.lat)}};
+    std::fflush(stdout);
+  }
+
+  if (want("memory")) {
+    // Memory and attach time: kvmid as its own process.
+    std::printf("\nkvmid memory (RSS) and attach time, kvmid as a process\n");
+    mem = bench::measure_memory(KVMID_BIN, 100, 100, 100);
+    if (mem.ok) {
+      std::printf("%-40s %9llu KiB\n", "idle kvmid, no VM",
+                  (unsigned long long)mem.base_kib);
+      std::printf("%-40s %9.1f KiB   (100 VMs x 1 vCPU)\n", "per VM (with its one vCPU)",
+                  mem.per_vm_kib());
+      std::printf("%-40s %9.2f KiB   (100 VMs x 100 vCPUs, idle)\n", "per idle vCPU",
+                  mem.per_vcpu_kib());
+      std::printf("%-40s %9.3f s\n", "attach + configure 10,000 vCPUs", mem.attach_s);
+    } else {
+      std::printf("memory run failed: %s\n", mem.error.c_str());
+    }
+    report["memory"] = {{"ok", mem.ok},           {"error", mem.error},
+                        {"base_kib", mem.base_kib}, {"vms_kib", mem.vms_kib},
+                        {"fleet_kib", mem.fleet_kib}, {"per_vm_kib", mem.per_vm_kib()},
+                        {"per_idle_vcpu_kib", mem.per_vcpu_kib()},
+                        {"attach_10000_vcpus_s", mem.attach_s}};
+  }
 
   uint64_t bad = k1.violations + k64.violations + kt.violations + k1.hmis + k64.hmis + kt.hmis;
   std::printf("\ntargets (this machine)\n");
@@ -148,27 +177,34 @@ int main(int argc, char** argv) {
   bool t3 = share >= 0.6;
   bool t4 = mem.ok && mem.per_vcpu_kib() <= 2.0;
   bool t5 = mem.ok && mem.attach_s < 2.0;
-  std::printf("  p50 <= 1.5x floor at 1 vCPU:     x%.2f  %s\n",
-              k1.lat.p50_us * 1e3 / double(fu.p50), verdict(t1));
-  std::printf("  p99 <= 3x floor at 1 vCPU:       x%.2f  %s\n",
-              k1.lat.p99_us * 1e3 / double(fu.p99), verdict(t2));
-  std::printf("  >= 60 %% of the raw responder:    %.0f %%  %s\n", share * 100, verdict(t3));
-  std::printf("  <= 2 KiB per idle vCPU:          %.2f KiB  %s\n", mem.per_vcpu_kib(),
-              verdict(t4));
-  std::printf("  10,000 vCPUs attached in < 2 s:  %.3f s  %s\n", mem.attach_s, verdict(t5));
+  if (want("latency")) {
+    std::printf("  p50 <= 1.5x floor at 1 vCPU:     x%.2f  %s\n",
+                k1.lat.p50_us * 1e3 / double(fu.p50), verdict(t1));
+    std::printf("  p99 <= 3x floor at 1 vCPU:       x%.2f  %s\n",
+                k1.lat.p99_us * 1e3 / double(fu.p99), verdict(t2));
+  }
+  if (want("throughput"))
+    std::printf("  >= 60 %% of the raw responder:    %.0f %%  %s\n", share * 100, verdict(t3));
+  if (want("memory")) {
+    std::printf("  <= 2 KiB per idle vCPU:          %.2f KiB  %s\n", mem.per_vcpu_kib(),
+                verdict(t4));
+    std::printf("  10,000 vCPUs attached in < 2 s:  %.3f s  %s\n", mem.attach_s, verdict(t5));
+  }
   std::printf("  invariant violations + HMIs seen by the simulator in kvmid runs: %llu\n",
               (unsigned long long)bad);
   report["targets"] = {{"p50_1vcpu", t1}, {"p99_1vcpu", t2}, {"throughput", t3},
                        {"memory_per_vcpu", t4}, {"attach_10000", t5}};
   report["kvmid_violations_and_hmis"] = bad;
 
-  write_cdf(out_dir + "/floor_blocking.dat", blocking);
-  write_cdf(out_dir + "/floor_uring.dat", uring);
-  write_cdf(out_dir + "/kvmid_1vcpu.dat", k1.lat);
-  write_cdf(out_dir + "/raw_1vcpu.dat", r1.lat);
-  write_cdf(out_dir + "/kvmid_64vcpu.dat", k64.lat);
+  if (want("latency")) {
+    write_cdf(out_dir + "/floor_blocking.dat", blocking);
+    write_cdf(out_dir + "/floor_uring.dat", uring);
+    write_cdf(out_dir + "/kvmid_1vcpu.dat", k1.lat);
+    write_cdf(out_dir + "/raw_1vcpu.dat", r1.lat);
+    write_cdf(out_dir + "/kvmid_64vcpu.dat", k64.lat);
+  }
   std::ofstream(out_dir + "/bench-results.json") << report.dump(2) << '\n';
-  std::FILE* gp = popen("gnuplot 2>/dev/null", "w");
+  std::FILE* gp = want("latency") ? popen("gnuplot 2>/dev/null", "w") : nullptr;
   if (gp) {
     const char* d = out_dir.c_str();
     std::fprintf(gp,

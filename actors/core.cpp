@@ -38,6 +38,13 @@ core::core(core_options opts)
   impl_->policies = std::make_shared<const policy_set>(opts_.policies);
   impl_->cfg.set("scheduler.max-threads", opts_.worker_threads);
   impl_->cfg.set("logger.verbosity", caf::atom("quiet"));
+  // CAF's idle workers poll, then sleep 50 us between polls (500 times),
+  // then wait on a condition variable that an enqueue signals. A vCPU's event
+  // arriving during the 50 us sleeps waits for them (with timer slack, about
+  // 110 us: most of kvmid's round trip). Polling without the sleeps reaches
+  // the signalled wait within microseconds, so an event wakes its worker
+  // at once.
+  impl_->cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{0});
   impl_->sys = std::make_unique<caf::actor_system>(impl_->cfg);
   impl_->registry = spawn_registry(*this);
 }

@@ -176,7 +176,7 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
 config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
-                 "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers",
+                 "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
                  "policies", "api", "state_dir"});
   config cfg;
   cfg.file = file;
@@ -221,6 +221,12 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     cfg.workers = c.u64(j["workers"], "/workers");
     if (cfg.workers < 1 || cfg.workers > 256)
       c.fail("/workers", "must be 1..256");
+  }
+  if (j.contains("poll_us")) {
+    auto v = c.u64(j["poll_us"], "/poll_us");
+    if (v > 1000)
+      c.fail("/poll_us", "must be 0..1000 (microseconds)");
+    cfg.poll = std::chrono::microseconds(v);
   }
   if (!j.contains("listeners"))
     c.fail("/listeners", "required: at least one KVMI listener");

@@ -285,6 +285,7 @@ int main(int argc, char** argv) {
     core c(co);
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
+    ro.spin = cfg.poll;
     net::reactor r(ro);
     std::string sim_target;
     try {

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -154,6 +155,8 @@ struct reactor::impl {
   std::map<std::pair<conn_id, uint64_t>, timer_map::iterator> timer_index;
 
   std::mutex tmu;
+  bool spinning = false;             // under tmu: posters skip the eventfd write
+  std::atomic<bool> posted{false};   // polled while spinning, set under tmu
   std::vector<std::function<void()>> tasks;
   // Sends from other threads have their own queue: no std::function (and
   // no allocation) per reply on the hot path.
@@ -192,8 +195,9 @@ struct reactor::impl {
     bool wake;
     {
       std::lock_guard lk(tmu);
-      wake = tasks.empty() && sends.empty();
+      wake = tasks.empty() && sends.empty() && !spinning;
       sends.emplace_back(c, std::move(b));
+      posted.store(true, std::memory_order_release);
     }
     if (wake) {
       uint64_t one = 1;
@@ -205,8 +209,9 @@ struct reactor::impl {
     bool wake;
     {
       std::lock_guard lk(tmu);
-      wake = tasks.empty() && sends.empty();
+      wake = tasks.empty() && sends.empty() && !spinning;
       tasks.push_back(std::move(fn));
+      posted.store(true, std::memory_order_release);
     }
     if (wake) {
       uint64_t one = 1;
@@ -426,6 +431,7 @@ struct reactor::impl {
       std::lock_guard lk(tmu);
       mine.swap(tasks);
       sends_ring.swap(sends);
+      posted.store(false, std::memory_order_relaxed);
     }
     for (auto& [cid, b] : sends_ring) {
       if (auto* x = find(cid))
@@ -457,8 +463,36 @@ struct reactor::impl {
         start_send(*c);
   }
 
+  // Busy-polls for work posted by other threads or a completion, for at most
+  // opts.spin. True when there is work to do without sleeping.
+  bool spin_for_work() {
+    {
+      std::lock_guard lk(tmu);
+      if (!tasks.empty() || !sends.empty())
+        return true;
+      spinning = true;
+    }
+    auto until = clock::now() + opts.spin;
+    bool got = false;
+    for (unsigned i = 0; !got; ++i) {
+      got = posted.load(std::memory_order_acquire) || io_uring_cq_ready(&ring) > 0;
+      if (!got && (i & 63) == 63) {
+        if (clock::now() >= until)
+          break;
+        sched_yield(); // on a busy machine the thread we wait for may need this core
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    std::lock_guard lk(tmu);
+    spinning = false;
+    return got || !tasks.empty() || !sends.empty();
+  }
+
   void loop() {
     arm_wake();
+    bool active = false; // the last round handed work on or received some
     while (true) {
       {
         std::lock_guard lk(lmu);
@@ -480,6 +514,17 @@ struct reactor::impl {
         ts.tv_nsec = ns % 1000000000;
         tsp = &ts;
       }
+      if (active && opts.spin.count() > 0 && !stop_req.load()) {
+        io_uring_submit(&ring); // replies go out before polling for the next work
+        active = false;
+        if (spin_for_work()) {
+          active = true;
+          run_tasks();
+          flush_dirty();
+          ts = {};
+          tsp = &ts; // only collect what has completed: there is work
+        }
+      }
       io_uring_cqe* cqe = nullptr;
       int rc = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, tsp, nullptr);
       if (rc < 0 && rc != -ETIME && rc != -EINTR)
@@ -493,6 +538,7 @@ struct reactor::impl {
         switch (type) {
           case op_accept: on_accept(size_t(id), cqe->res); break;
           case op_recv:
+            active = true;
             if (auto* c = find(id))
               on_recv(*c, cqe);
             break;
@@ -501,6 +547,7 @@ struct reactor::impl {
               on_send(*c, cqe->res);
             break;
           case op_wake:
+            active = true;
             run_tasks();
             if (!stop_req.load() || !conns.empty())
               arm_wake();

@@ -90,6 +90,10 @@ struct reactor_options {
   unsigned buffer_count = 512;     // provided recv buffers (multishot)
   unsigned buffer_size = 16384;
   bool force_plain_recv = false;   // tests: take the fallback path even if multishot works
+  // After the ring hands work to other threads, it polls for their answer
+  // this long before sleeping in the kernel: waking it through the eventfd
+  // costs more than a vCPU actor's decision. 0 turns polling off.
+  std::chrono::microseconds spin{50};
 };
 
 class reactor {

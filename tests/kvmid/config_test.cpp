@@ -97,11 +97,26 @@ TEST_CASE("bad fields are named") {
   j["workers"] = -3;
   CHECK(field_of(j) == "/workers");
   j = good();
+  j["poll_us"] = 5000;
+  CHECK(field_of(j) == "/poll_us");
+  j = good();
+  j["poll_us"] = "fast";
+  CHECK(field_of(j) == "/poll_us");
+  j = good();
   j["state_dir"] = "";
   CHECK(field_of(j) == "/state_dir");
   j = good();
   j["state_dir"] = 7;
   CHECK(field_of(j) == "/state_dir");
+}
+
+TEST_CASE("poll_us defaults to 50 and 0 turns polling off") {
+  auto j = good();
+  CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(50));
+  j["poll_us"] = 0;
+  CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(0));
+  j["poll_us"] = 1000;
+  CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(1000));
 }
 
 TEST_CASE("state_dir is optional and taken as given") {

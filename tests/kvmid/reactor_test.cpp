@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <chrono>
 #include <filesystem>
@@ -284,4 +285,89 @@ TEST_CASE("tcp listeners bind loopback and report the port - bad addresses throw
   badpath.path = "/nonexistent-dir/x.sock";
   CHECK_THROWS_AS(r.add_listener(badpath, [&] { return std::make_unique<echo>(&closes); }),
                   std::system_error);
+}
+
+namespace {
+
+// A handler that answers from another thread, as a vCPU actor does: each
+// message is handed to a worker that posts the reply after a delay spread
+// around the ring's polling window, so replies land before, during and after
+// the ring's polling. A lost wakeup shows as a missing reply.
+void ping_pong_from_other_thread(std::chrono::microseconds spin) {
+  tmpdir d;
+  reactor_options o;
+  o.spin = spin;
+  reactor r(o);
+  struct worker_state {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::pair<conn_id, uint32_t>> q;
+    bool stop = false;
+  } w;
+  std::thread worker([&] {
+    uint32_t n = 0;
+    while (true) {
+      std::unique_lock lk(w.mu);
+      w.cv.wait(lk, [&] { return w.stop || !w.q.empty(); });
+      if (w.q.empty())
+        return;
+      auto [id, v] = w.q.front();
+      w.q.erase(w.q.begin());
+      lk.unlock();
+      std::this_thread::sleep_for(std::chrono::microseconds((n++ * 37) % 120));
+      auto b = r.take_buffer();
+      b.resize(4);
+      std::memcpy(b.data(), &v, 4);
+      r.post_send(id, std::move(b));
+    }
+  });
+  struct h : connection_handler {
+    worker_state* w;
+    void on_data(conn_ctx& c, std::span<const uint8_t> b) override {
+      std::lock_guard lk(w->mu);
+      for (size_t i = 0; i + 4 <= b.size(); i += 4) {
+        uint32_t v;
+        std::memcpy(&v, b.data() + i, 4);
+        w->q.emplace_back(c.id(), v + 1);
+      }
+      w->cv.notify_one();
+    }
+  };
+  listen_spec s;
+  s.path = (d.p / "pp.sock").string();
+  r.add_listener(s, [&] {
+    auto x = std::make_unique<h>();
+    x->w = &w;
+    return x;
+  });
+  r.start();
+  int fd = connect_unix(s.path);
+  for (uint32_t i = 0; i < 1000; ++i) {
+    REQUIRE(::send(fd, &i, 4, MSG_NOSIGNAL) == 4);
+    auto got = read_n(fd, 4);
+    REQUIRE(got.size() == 4);
+    uint32_t v;
+    std::memcpy(&v, got.data(), 4);
+    REQUIRE(v == i + 1);
+  }
+  {
+    std::lock_guard lk(w.mu);
+    w.stop = true;
+  }
+  w.cv.notify_one();
+  worker.join();
+  ::close(fd);
+  r.stop();
+}
+
+} // namespace
+
+TEST_CASE("replies posted from another thread arrive with the ring polling for 50 us") {
+  ping_pong_from_other_thread(50us);
+}
+TEST_CASE("replies posted from another thread arrive with polling off") {
+  ping_pong_from_other_thread(0us);
+}
+TEST_CASE("replies posted from another thread arrive with the ring polling for 1 ms") {
+  ping_pong_from_other_thread(1000us);
 }

@@ -10,6 +10,18 @@ int64_t now_ns() {
     .count();
 }
 
+void configure_scheduler(caf::actor_system_config& cfg, size_t workers) {
+  cfg.set("scheduler.max-threads", workers);
+  cfg.set("logger.verbosity", caf::atom("quiet"));
+  // CAF's idle workers poll, then sleep 50 us between polls (500 times),
+  // then wait on a condition variable that an enqueue signals. A vCPU's event
+  // arriving during the 50 us sleeps waits for them (with timer slack, about
+  // 110 us: most of kvmid's round trip). Polling without the sleeps reaches
+  // the signalled wait within microseconds, so an event wakes its worker
+  // at once.
+  cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{0});
+}
+
 core::core(core_options opts)
   : opts_(std::move(opts)), metrics_(std::make_unique<metrics_registry>()),
     impl_(std::make_unique<impl>()), api_(*this) {
@@ -36,15 +48,7 @@ core::core(core_options opts)
                     metric_type::counter);
   impl_->self = this;
   impl_->policies = std::make_shared<const policy_set>(opts_.policies);
-  impl_->cfg.set("scheduler.max-threads", opts_.worker_threads);
-  impl_->cfg.set("logger.verbosity", caf::atom("quiet"));
-  // CAF's idle workers poll, then sleep 50 us between polls (500 times),
-  // then wait on a condition variable that an enqueue signals. A vCPU's event
-  // arriving during the 50 us sleeps waits for them (with timer slack, about
-  // 110 us: most of kvmid's round trip). Polling without the sleeps reaches
-  // the signalled wait within microseconds, so an event wakes its worker
-  // at once.
-  impl_->cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{0});
+  configure_scheduler(impl_->cfg, opts_.worker_threads);
   impl_->sys = std::make_unique<caf::actor_system>(impl_->cfg);
   impl_->registry = spawn_registry(*this);
 }

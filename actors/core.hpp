@@ -19,6 +19,7 @@
 
 namespace caf {
 class actor_system;
+class actor_system_config;
 class actor;
 } // namespace caf
 
@@ -34,6 +35,10 @@ struct core_options {
   std::string state_dir;
   planted_map planted; // as loaded from state_dir at start-up
 };
+
+// The actor scheduler as kvmid runs it (also used by bench/ to measure the
+// cost of one hop to an actor and back with the same settings).
+void configure_scheduler(caf::actor_system_config& cfg, size_t workers);
 
 class core {
 public:

@@ -14,6 +14,9 @@ using samples = std::vector<uint64_t>;
 
 samples floor_blocking(size_t rounds, size_t event_bytes, size_t reply_bytes);
 samples floor_uring(size_t rounds, size_t event_bytes, size_t reply_bytes);
+// One message from a non-actor thread to an actor and its answer back, the
+// caller polling: the hop kvmid's design puts on every event (hop.cpp).
+samples actor_hop(size_t rounds, size_t workers);
 
 struct summary {
   uint64_t p50 = 0, p99 = 0, p999 = 0, max = 0;

@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
     fu = bench::summarize(uring);
     row("floor: UNIX socket, blocking", fb);
     row("floor: UNIX socket, io_uring", fu);
+    auto hop = bench::summarize(bench::actor_hop(rounds, 2));
+    row("hop: thread -> CAF actor -> thread", hop);
+    report["actor_hop"] = to_json(hop);
     report["floor_blocking"] = to_json(fb);
     report["floor_uring"] = to_json(fu);
     std::fflush(stdout);

@@ -7,20 +7,12 @@
 // scenario runs scaled down. KVMID_CHAOS_SCALE=full|small overrides both.
 #pragma once
 
-#include "actors/core.hpp"
-#include "kernel-patches/sim/sim.hpp"
-#include "server/kvmi_session.hpp"
-#include "server/reactor.hpp"
-
-#include <doctest/doctest.h>
+#include "tests/support/inproc_fleet.hpp"
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <functional>
-#include <future>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,47 +68,31 @@ inline uint64_t sum(const std::array<uint64_t, kvmi::num_events>& a) {
   return n;
 }
 
-struct fleet {
-  std::filesystem::path dir;
-  std::vector<uint8_t> cookie = std::vector<uint8_t>(32, 0x5a);
-  std::unique_ptr<core> c;
-  std::unique_ptr<net::reactor> r;
-  std::unique_ptr<sim::host> h;
-  sim::options so;
-
+struct fleet : testing::inproc_fleet {
   explicit fleet(const std::function<void(sim::options&)>& tweak,
-                 vm_policy policy = chaos_policy()) {
-    char t[] = "/tmp/kvmid-chaos-XXXXXX";
-    REQUIRE(mkdtemp(t));
-    dir = t;
-    core_options co;
-    co.policies.policies.push_back(std::move(policy));
-    co.command_timeout = 10000ms;
-    c = std::make_unique<core>(co);
-    r = std::make_unique<net::reactor>();
-    net::listen_spec s;
-    s.path = (dir / "kvmi.sock").string();
-    kvmi_listener_options lo;
-    lo.cookie = cookie;
-    r->add_listener(s, kvmi_handler_factory(*r, *c, lo));
-    r->start();
-    so.unix_path = s.path;
-    so.cookie = cookie;
-    so.reconnect_delay = 20ms;
-    so.seed = 11;
-    tweak(so);
-    h = std::make_unique<sim::host>(so);
+                 vm_policy policy = chaos_policy())
+      : inproc_fleet(options(tweak, std::move(policy))) {}
+
+  static testing::inproc_options options(const std::function<void(sim::options&)>& tweak,
+                                         vm_policy policy) {
+    testing::inproc_options o;
+    o.name = "chaos";
+    o.call_timeout = 30s;
+    o.get_timeout = 30s;
+    auto cookie = std::vector<uint8_t>(32, 0x5a);
+    o.core.policies.policies.push_back(std::move(policy));
+    o.core.command_timeout = 10000ms;
+    o.listener.cookie = cookie;
+    o.sim.cookie = cookie;
+    o.sim.reconnect_delay = 20ms;
+    o.sim.seed = 11;
+    tweak(o.sim);
     // The guest's code under kvmid's breakpoint, before the first hook.
-    for (uint32_t v = 0; v < so.vms; ++v)
-      h->guest_write(v, bp_gpa, {bp_original});
-    h->start();
-  }
-  ~fleet() {
-    h->stop();
-    r->stop();
-    c.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+    o.before_start = [vms = o.sim.vms](sim::host& h) {
+      for (uint32_t v = 0; v < vms; ++v)
+        h.guest_write(v, bp_gpa, {bp_original});
+    };
+    return o;
   }
 
   uint32_t vcpus_total() const { return so.vms * so.vcpus_per_vm; }
@@ -145,38 +121,6 @@ struct fleet {
   }
 
   bool planted(uint32_t vm) { return h->memory(vm, bp_gpa, 1)[0] == 0xcc; }
-
-  template <class T, class F>
-  api_result<T> call(F&& f) {
-    auto p = std::make_shared<std::promise<api_result<T>>>();
-    auto fut = p->get_future();
-    f(c->api(), [p](api_result<T> r) { p->set_value(std::move(r)); });
-    if (fut.wait_for(30s) != std::future_status::ready)
-      return api_error{api_errc::timeout, "chaos test: no answer within 30 s"};
-    return fut.get();
-  }
-
-  std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }
-
-  double metric(const std::string& name, const std::string& label = {},
-                const std::string& value = {}) {
-    double total = 0;
-    for (auto& f : c->metrics().snapshot())
-      if (f.name == name)
-        for (auto& s : f.samples) {
-          bool ok = label.empty();
-          for (auto& [k, v] : s.lbls)
-            ok = ok || (k == label && v == value);
-          if (ok)
-            total += s.value;
-        }
-    return total;
-  }
-
-  sim::outcome get(std::future<sim::outcome> f) {
-    REQUIRE(f.wait_for(30s) == std::future_status::ready);
-    return f.get();
-  }
 
   // Waits (bounded) until kvmid's view agrees with pred; kvmid learns of
   // closes and reconnects through its ring, later than the simulator.

@@ -1,16 +1,12 @@
 // kvmid (core + reactor + KVMI listener) against kvmi-sim over real UNIX
 // sockets, in one process. Every policy outcome is checked on the guest
 // side, through the simulator's state.
-#include "actors/core.hpp"
-#include "kernel-patches/sim/sim.hpp"
-#include "server/kvmi_session.hpp"
-#include "server/reactor.hpp"
-
-#include <doctest/doctest.h>
+#include "tests/support/inproc_fleet.hpp"
 
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <thread>
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -27,52 +23,35 @@ constexpr uint32_t msr_lstar = 0xc0000082;
 constexpr uint64_t cr0_wp = 1ull << 16, cr4_smep = 1ull << 20, cr4_smap = 1ull << 21;
 constexpr uint64_t text = 0x100000; // the simulator's hot pages
 
-struct fleet {
-  std::filesystem::path dir;
-  std::vector<uint8_t> cookie = std::vector<uint8_t>(32, 0x42);
-  std::unique_ptr<core> c;
-  std::unique_ptr<net::reactor> r;
-  std::unique_ptr<sim::host> h;
-
+struct fleet : testing::inproc_fleet {
   // before_start: guest state that must exist before the first hook.
   explicit fleet(policy_set ps, const std::function<void(sim::options&)>& tweak = {},
                  std::vector<uint8_t> kvmid_cookie = {},
                  const std::function<void(sim::host&)>& before_start = {},
-                 const std::function<void(core_options&, kvmi_listener_options&)>& kvmid_tweak = {}) {
-    char t[] = "/tmp/kvmid-fleet-XXXXXX";
-    REQUIRE(mkdtemp(t));
-    dir = t;
-    core_options co;
-    co.policies = std::move(ps);
-    co.command_timeout = 5000ms;
-    kvmi_listener_options lo;
-    lo.cookie = kvmid_cookie.empty() ? cookie : kvmid_cookie;
+                 const std::function<void(core_options&, kvmi_listener_options&)>& kvmid_tweak = {})
+      : inproc_fleet(options(std::move(ps), tweak, std::move(kvmid_cookie), before_start,
+                             kvmid_tweak)) {}
+
+  static testing::inproc_options options(
+    policy_set ps, const std::function<void(sim::options&)>& tweak,
+    std::vector<uint8_t> kvmid_cookie, const std::function<void(sim::host&)>& before_start,
+    const std::function<void(core_options&, kvmi_listener_options&)>& kvmid_tweak) {
+    testing::inproc_options o;
+    o.name = "fleet";
+    auto cookie = std::vector<uint8_t>(32, 0x42); // the simulated device manager's
+    o.core.policies = std::move(ps);
+    o.core.command_timeout = 5000ms;
+    o.listener.cookie = kvmid_cookie.empty() ? cookie : std::move(kvmid_cookie);
     if (kvmid_tweak)
-      kvmid_tweak(co, lo);
-    c = std::make_unique<core>(co);
-    r = std::make_unique<net::reactor>();
-    net::listen_spec s;
-    s.path = (dir / "kvmi.sock").string();
-    r->add_listener(s, kvmi_handler_factory(*r, *c, lo));
-    r->start();
-    sim::options so;
-    so.unix_path = s.path;
-    so.cookie = cookie;
-    so.vms = 1;
-    so.vcpus_per_vm = 2;
-    so.reconnect_delay = 20ms;
+      kvmid_tweak(o.core, o.listener);
+    o.sim.cookie = cookie;
+    o.sim.vms = 1;
+    o.sim.vcpus_per_vm = 2;
+    o.sim.reconnect_delay = 20ms;
     if (tweak)
-      tweak(so);
-    h = std::make_unique<sim::host>(so);
-    if (before_start)
-      before_start(*h);
-    h->start();
-  }
-  ~fleet() {
-    h->stop();
-    r->stop();
-    c.reset();
-    std::filesystem::remove_all(dir);
+      tweak(o.sim);
+    o.before_start = before_start;
+    return o;
   }
 
   // Hooked, and every vCPU configured by kvmid and back in the guest.
@@ -89,38 +68,6 @@ struct fleet {
         return true;
       },
       10000ms);
-  }
-
-  template <class T, class F>
-  api_result<T> call(F&& f) {
-    auto p = std::make_shared<std::promise<api_result<T>>>();
-    auto fut = p->get_future();
-    f(c->api(), [p](api_result<T> r) { p->set_value(std::move(r)); });
-    if (fut.wait_for(20s) != std::future_status::ready)
-      return api_error{api_errc::timeout, "test: no answer"};
-    return fut.get();
-  }
-
-  std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }
-
-  double metric(const std::string& name, const std::string& label = {},
-                const std::string& value = {}) {
-    double sum = 0;
-    for (auto& f : c->metrics().snapshot())
-      if (f.name == name)
-        for (auto& s : f.samples) {
-          bool ok = label.empty();
-          for (auto& [k, v] : s.lbls)
-            ok = ok || (k == label && v == value);
-          if (ok)
-            sum += s.value;
-        }
-    return sum;
-  }
-
-  sim::outcome get(std::future<sim::outcome> f) {
-    REQUIRE(f.wait_for(15s) == std::future_status::ready);
-    return f.get();
   }
 };
 

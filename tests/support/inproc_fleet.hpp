@@ -1,0 +1,113 @@
+// kvmid (core + reactor + KVMI listener) and an embedded kvmi-sim host in one
+// process, connected over a UNIX socket in a fresh temp dir. The kvmid fleet
+// tests and the chaos suite both build on it, so set-up, the API helpers and
+// the teardown order live in one place.
+#pragma once
+
+#include "actors/core.hpp"
+#include "kernel-patches/sim/sim.hpp"
+#include "server/kvmi_session.hpp"
+#include "server/reactor.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <utility>
+
+namespace kvmid::testing {
+
+struct inproc_options {
+  core_options core;
+  kvmi_listener_options listener;
+  kvmi::sim::options sim; // unix_path is filled in with the fleet's socket
+  // Guest state that must exist before the first hook.
+  std::function<void(kvmi::sim::host&)> before_start;
+  std::string name = "fleet"; // temp dir /tmp/kvmid-<name>-XXXXXX, timeout messages
+  std::chrono::milliseconds call_timeout{20000}; // call(): an API answer
+  std::chrono::milliseconds get_timeout{15000};  // get(): a guest action's outcome
+};
+
+struct inproc_fleet {
+  std::filesystem::path dir;
+  std::unique_ptr<core> c;
+  std::unique_ptr<net::reactor> r;
+  std::unique_ptr<kvmi::sim::host> h;
+  kvmi::sim::options so; // as the host runs
+  std::chrono::milliseconds call_timeout, get_timeout;
+  std::string no_answer; // call()'s timeout error
+
+  explicit inproc_fleet(inproc_options o)
+      : call_timeout(o.call_timeout), get_timeout(o.get_timeout),
+        no_answer(o.name + " test: no answer within " + std::to_string(o.call_timeout.count())
+                  + " ms") {
+    std::string t = "/tmp/kvmid-" + o.name + "-XXXXXX";
+    REQUIRE(mkdtemp(t.data()));
+    dir = t;
+    c = std::make_unique<core>(o.core);
+    r = std::make_unique<net::reactor>();
+    net::listen_spec s;
+    s.path = (dir / "kvmi.sock").string();
+    r->add_listener(s, kvmi_handler_factory(*r, *c, o.listener));
+    r->start();
+    so = std::move(o.sim);
+    so.unix_path = s.path;
+    h = std::make_unique<kvmi::sim::host>(so);
+    if (o.before_start)
+      o.before_start(*h);
+    h->start();
+  }
+  // The simulator first, so no VM talks to a stopping reactor; the core
+  // last, once nothing can post to its actors.
+  ~inproc_fleet() {
+    h->stop();
+    r->stop();
+    c.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  inproc_fleet(const inproc_fleet&) = delete;
+  inproc_fleet& operator=(const inproc_fleet&) = delete;
+
+  // One control-API call, answered through a promise; a timeout is an error.
+  template <class T, class F>
+  api_result<T> call(F&& f) {
+    auto p = std::make_shared<std::promise<api_result<T>>>();
+    auto fut = p->get_future();
+    f(c->api(), [p](api_result<T> r) { p->set_value(std::move(r)); });
+    if (fut.wait_for(call_timeout) != std::future_status::ready)
+      return api_error{api_errc::timeout, no_answer};
+    return fut.get();
+  }
+
+  std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }
+
+  // Sum of a metric's samples, or of those with label=value.
+  double metric(const std::string& name, const std::string& label = {},
+                const std::string& value = {}) {
+    double total = 0;
+    for (auto& f : c->metrics().snapshot())
+      if (f.name == name)
+        for (auto& s : f.samples) {
+          bool ok = label.empty();
+          for (auto& [k, v] : s.lbls)
+            ok = ok || (k == label && v == value);
+          if (ok)
+            total += s.value;
+        }
+    return total;
+  }
+
+  kvmi::sim::outcome get(std::future<kvmi::sim::outcome> f) {
+    REQUIRE(f.wait_for(get_timeout) == std::future_status::ready);
+    return f.get();
+  }
+};
+
+} // namespace kvmid::testing

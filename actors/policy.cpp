@@ -159,11 +159,15 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
 }
 
 kvmi::event_reply_msg make_reply(const kvmi::event_msg& ev, const decision& d) {
+  return make_reply(ev.seq, ev.common.event, d);
+}
+
+kvmi::event_reply_msg make_reply(uint32_t seq, uint32_t event, const decision& d) {
   kvmi::event_reply_msg r;
-  r.seq = ev.seq;
+  r.seq = seq;
   r.common.action = static_cast<uint32_t>(d.act);
-  r.common.event = ev.common.event;
-  switch (ev.kind()) {
+  r.common.event = event;
+  switch (static_cast<event_id>(event)) {
     case event_id::cr: r.extra = kvmi::event_cr_reply{d.new_val}; break;
     case event_id::msr: r.extra = kvmi::event_msr_reply{d.new_val}; break;
     case event_id::pf: r.extra = kvmi::event_pf_reply{}; break;

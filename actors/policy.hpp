@@ -117,10 +117,14 @@ struct decision {
   bool report = false;          // hypercall report
 };
 
+// Reads the event's seq, kind and data only, never its registers (a vCPU
+// being configured keeps just those: vcpu_actor.cpp waiting_event).
 decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& st);
 
 // The event reply for a decision (size per event kind, as the kernel checks).
 kvmi::event_reply_msg make_reply(const kvmi::event_msg& ev, const decision& d);
+// The same from the event's seq and id only (what a vCPU keeps while it waits).
+kvmi::event_reply_msg make_reply(uint32_t seq, uint32_t event, const decision& d);
 
 // --- memory map safety ----------------------------------------------------
 

@@ -42,6 +42,11 @@ public:
     std::lock_guard lk(mu_);
     return i < vcpus_.size() ? vcpus_[i] : caf::actor{};
   }
+  // The routes to the vCPU actors, leaving none.
+  std::vector<caf::actor> take_vcpus() {
+    std::lock_guard lk(mu_);
+    return std::move(vcpus_);
+  }
   void clear_routes() {
     std::lock_guard lk(mu_);
     vcpus_.clear();

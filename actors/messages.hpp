@@ -28,17 +28,19 @@ using closed_atom = caf::atom_constant<caf::atom("closed")>;
 using proto_err_atom = caf::atom_constant<caf::atom("protoerr")>;
 // vCPU -> VM actor: send this command, answer with cmd_result
 using command_atom = caf::atom_constant<caf::atom("command")>;
-using cmd_timeout_atom = caf::atom_constant<caf::atom("cmdtimeout")>;
-// vCPU -> VM actor: make sure the VM-wide set-up ran (pages, breakpoints)
-using vm_setup_atom = caf::atom_constant<caf::atom("vmsetup")>;
+// VM actor -> itself: time out the commands whose deadline passed
+using cmd_sweep_atom = caf::atom_constant<caf::atom("cmdsweep")>;
+// vCPU -> VM actor: run this vCPU's CONTROL_* commands (from the VM's
+// policy and the host's event mask), then make sure the VM-wide set-up ran
+// (pages, breakpoints); answers bool
+using configure_atom = caf::atom_constant<caf::atom("configure")>;
 using unprotect_atom = caf::atom_constant<caf::atom("unprotect")>;
 using restore_bp_atom = caf::atom_constant<caf::atom("restorebp")>;
 using held_atom = caf::atom_constant<caf::atom("held")>;
-// VM -> vCPU
-using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
+// registry -> VM actor: a new policy
 using policy_atom = caf::atom_constant<caf::atom("policy")>;
-using resume_atom = caf::atom_constant<caf::atom("resume")>;
-using reconfig_atom = caf::atom_constant<caf::atom("reconfig")>;
+// VM -> vCPU: a vcpu_update
+using update_atom = caf::atom_constant<caf::atom("update")>;
 // control plane -> VM actor / registry
 using api_atom = caf::atom_constant<caf::atom("api")>;
 using info_atom = caf::atom_constant<caf::atom("info")>;
@@ -50,6 +52,10 @@ using reload_atom = caf::atom_constant<caf::atom("reload")>;
 // VM actor -> registry: record (or forget) an INT3 kvmid planted
 using persist_bp_atom = caf::atom_constant<caf::atom("persistbp")>;
 using bootstrap_atom = caf::atom_constant<caf::atom("bootstrap")>;
+// VM actor -> registry: a burst of allocations just ended (a VM's vCPUs
+// configured, or gone); the registry trims the heap once the fleet is quiet
+using heap_settle_atom = caf::atom_constant<caf::atom("heapsettle")>;
+using heap_trim_atom = caf::atom_constant<caf::atom("heaptrim")>;
 
 struct raw_frame {
   std::vector<uint8_t> bytes;
@@ -130,10 +136,21 @@ using link_ptr = std::shared_ptr<kvmi_link>;
 using policy_ptr = std::shared_ptr<const vm_policy>;
 using state_ptr = std::shared_ptr<const vm_state>;
 
+// VM actor -> vCPU actor: what changed. One message type, so a vCPU's
+// behavior has two handlers, not five: CAF keeps each handler (~40 bytes)
+// in every idle vCPU actor.
+struct vcpu_update {
+  policy_ptr policy;     // a new policy (re-applied at the next event)
+  state_ptr snapshot;    // a new snapshot of the VM's state
+  bool reconfig = false; // the host's event mask changed: re-apply at the next event
+  bool resume = false;   // reply CONTINUE if held in a pause
+};
+
 } // namespace kvmid
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::event_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::command)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vcpu_update)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::raw_frame)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::cmd_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_history)

@@ -3,6 +3,7 @@
 #include "actors/core_impl.hpp"
 
 #include <cstdio>
+#include <malloc.h>
 #include <map>
 
 namespace kvmid {
@@ -21,7 +22,14 @@ struct reg_st {
   // INT3s kvmid planted and has not restored, by uuid: the source of truth
   // for the next session (in memory and, with a state_dir, on disk).
   planted_map planted;
+  // Heap trim after bursts (heap_settle_atom): the last burst's end, and
+  // whether a trim is scheduled.
+  int64_t settled_at = 0;
+  bool trim_armed = false;
 };
+
+// How long the fleet must be quiet after a burst before the heap is trimmed.
+constexpr auto trim_quiet = std::chrono::milliseconds(200);
 
 using reg_actor = caf::stateful_actor<reg_st>;
 
@@ -61,6 +69,29 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
           bp.planted = true;
         }
       return h;
+    },
+    // Attaching or configuring thousands of vCPUs frees as much short-lived
+    // memory (event copies, commands, their messages) as the actors it
+    // leaves behind, interleaved with them: glibc keeps those pages (in each
+    // thread's arena) unless asked. One malloc_trim once the fleet is quiet
+    // gives them back; it runs here, on a CAF worker, never on the ring.
+    [=](heap_settle_atom) {
+      auto& s = self->state;
+      s.settled_at = now_ns();
+      if (!s.trim_armed) {
+        s.trim_armed = true;
+        self->delayed_send(self, trim_quiet, heap_trim_atom::value);
+      }
+    },
+    [=](heap_trim_atom) {
+      auto& s = self->state;
+      auto quiet = std::chrono::nanoseconds(now_ns() - s.settled_at);
+      if (quiet < trim_quiet) {
+        self->delayed_send(self, trim_quiet - quiet, heap_trim_atom::value);
+        return;
+      }
+      s.trim_armed = false;
+      malloc_trim(0);
     },
     [=](unregister_atom, vm_history& h) {
       auto& e = self->state.vms[h.uuid];

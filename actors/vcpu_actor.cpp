@@ -2,7 +2,6 @@
 // policy decision and the reply. Events arrive straight from the ring thread
 // (one hop); the reply goes straight to the link (one hop back).
 #include "actors/vcpu_actor.hpp"
-#include "actors/log.hpp"
 
 #include <cstdio>
 
@@ -10,17 +9,26 @@ namespace kvmid {
 
 namespace {
 
+// What decide() and the alerts and reports read of an event (its data and
+// three registers), kept while the vCPU is configured: not the 576-byte
+// event with its register file.
+struct waiting_event {
+  kvmi::event_data data;
+  uint64_t rdi = 0, rsi = 0, rdx = 0;
+};
+
+// Kept small: an idle vCPU costs its CAF actor plus this (DESIGN.md asks
+// for an actor per vCPU; thousands of them sit idle).
 struct vcpu_st {
   static inline const char* name = "kvmid.vcpu";
-  core* c = nullptr;
   vcpu_params p;
-  policy_ptr policy;
-  state_ptr snap;
-  bool configured = false;
-  std::optional<kvmi::event_msg> cur;
+  // The event waiting for its reply: what the reply needs, not the whole
+  // 576-byte event.
+  uint32_t seq = 0, event = 0;
   int64_t t_recv = 0;
-  bool holding = false;
-  std::vector<uint8_t> buf;
+  std::unique_ptr<waiting_event> unconfigured; // only while configuring
+  uint8_t config_gen = 0; // bumped by a new policy or event mask
+  bool configured = false, in_event = false, holding = false;
 };
 
 using vcpu_actor = caf::stateful_actor<vcpu_st>;
@@ -33,41 +41,42 @@ void set_state(vcpu_st& s, vcpu_state v) {
 
 void send_reply(vcpu_actor* self, const decision& d) {
   auto& s = self->state;
-  if (!s.cur)
+  if (!s.in_event)
     return;
-  auto msg = make_reply(*s.cur, d);
+  auto& sh = *s.p.shared;
+  auto msg = make_reply(s.seq, s.event, d);
   if (auto e = kvmi::check(msg)) {
     // Never send what the kernel would tear the session down for.
     std::fprintf(stderr, "kvmid: vm %s vcpu %u: refusing an invalid event reply: %.*s\n",
-                 s.p.uuid.c_str(), s.p.index, int(e.reason.size()), e.reason.data());
-    msg = make_reply(*s.cur, decision{});
+                 sh.uuid.c_str(), s.p.index, int(e.reason.size()), e.reason.data());
+    msg = make_reply(s.seq, s.event, decision{});
   }
-  auto buf = s.p.link->take_buffer();
-  kvmi::encode(buf, msg, s.p.order);
-  s.p.link->send(std::move(buf));
-  auto& m = s.c->internals().m;
+  auto buf = sh.link->take_buffer();
+  kvmi::encode(buf, msg, sh.order);
+  sh.link->send(std::move(buf));
+  auto& m = sh.c->internals().m;
   m.reply_latency->observe(double(now_ns() - s.t_recv) / 1e9);
-  s.cur.reset();
+  s.in_event = false;
   s.holding = false;
   s.p.stats->event.store(-1, std::memory_order_relaxed);
   set_state(s, vcpu_state::running);
 }
 
-void publish_alert(vcpu_actor* self, const decision& d) {
+void publish_alert(vcpu_actor* self, const kvmi::event_msg& ev, const decision& d) {
   auto& s = self->state;
-  auto& m = s.c->internals().m;
+  auto& sh = *s.p.shared;
+  auto& m = sh.c->internals().m;
   m.alert(d.rule).inc();
   s.p.stats->alerts.fetch_add(1, std::memory_order_relaxed);
-  s.p.vm_alerts->fetch_add(1, std::memory_order_relaxed);
+  sh.alerts.fetch_add(1, std::memory_order_relaxed);
   bus_record r;
   r.kind = bus_kind::alert;
   r.name = std::string(d.rule);
-  r.vm = s.p.uuid;
-  r.vm_name = s.p.name;
+  r.vm = sh.uuid;
+  r.vm_name = sh.name;
   r.vcpu = s.p.index;
   r.fields.emplace_back("rule", std::string(d.rule_name));
   r.fields.emplace_back("action", std::string(kvmi::name(d.act)));
-  auto& ev = *s.cur;
   char buf[160];
   switch (ev.kind()) {
     case kvmi::event_id::msr: {
@@ -96,29 +105,30 @@ void publish_alert(vcpu_actor* self, const decision& d) {
     default: std::snprintf(buf, sizeof buf, "policy violation"); break;
   }
   r.message = buf;
-  s.c->bus().publish(std::move(r));
+  sh.c->bus().publish(std::move(r));
 }
 
-void decide_and_reply(vcpu_actor* self) {
+// The event is the one in state.seq/event (in_event): decide, then reply now
+// or after a follow-up.
+void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
   auto& s = self->state;
-  if (!s.cur)
-    return;
-  auto d = decide(*s.cur, *s.policy, *s.snap);
+  auto& sh = *s.p.shared;
+  auto d = decide(ev, *s.p.policy, *s.p.snapshot);
   if (d.alert)
-    publish_alert(self, d);
+    publish_alert(self, ev, d);
   if (d.report) {
     bus_record r;
     r.kind = bus_kind::report;
     r.name = "hypercall";
-    r.vm = s.p.uuid;
-    r.vm_name = s.p.name;
+    r.vm = sh.uuid;
+    r.vm_name = sh.name;
     r.vcpu = s.p.index;
     r.message = "guest agent hypercall report";
-    auto& regs = s.cur->common.regs;
+    auto& regs = ev.common.regs;
     r.fields.emplace_back("rdi", std::to_string(regs.rdi));
     r.fields.emplace_back("rsi", std::to_string(regs.rsi));
     r.fields.emplace_back("rdx", std::to_string(regs.rdx));
-    s.c->bus().publish(std::move(r));
+    sh.c->bus().publish(std::move(r));
   }
   switch (d.then) {
     case follow_up::none: send_reply(self, d); return;
@@ -158,100 +168,110 @@ void decide_and_reply(vcpu_actor* self) {
   }
 }
 
-// CONTROL_EVENTS / CR / MSR for this vCPU, then the VM-wide set-up, then
-// the decision on the event that gave us the chance.
-void configure(vcpu_actor* self) {
+// The VM actor sends this vCPU's CONTROL_EVENTS / CR / MSR and makes sure
+// the VM-wide set-up ran, then answers with the policy and state to decide
+// by; then the decision on the event that gave us the chance.
+void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
   auto& s = self->state;
-  std::vector<kvmi::command> cmds;
-  uint32_t mask = s.policy->vcpu_events() & s.p.allowed_events & kvmi::known_vcpu_events;
-  cmds.push_back(kvmi::control_events{s.p.index, 0, mask});
-  if (mask & kvmi::flag(kvmi::event_id::cr)) {
-    std::vector<uint32_t> crs;
-    for (auto& pin : s.policy->crs)
-      if (std::find(crs.begin(), crs.end(), pin.cr) == crs.end())
-        crs.push_back(pin.cr);
-    for (auto cr : crs)
-      cmds.push_back(kvmi::control_cr{s.p.index, 1, 0, cr});
-  }
-  if (mask & kvmi::flag(kvmi::event_id::msr))
-    for (auto& r : s.policy->msrs)
-      if (kvmi::valid_control_msr(r.msr))
-        cmds.push_back(kvmi::control_msr{s.p.index, 1, 0, r.msr});
-  auto left = std::make_shared<size_t>(cmds.size());
-  auto finish = [=] {
-    if (--*left > 0)
+  auto& regs = ev.common.regs;
+  s.unconfigured.reset(new waiting_event{ev.data, regs.rdi, regs.rsi, regs.rdx});
+  uint8_t gen = s.config_gen;
+  auto done = [=] {
+    auto& s2 = self->state;
+    // A policy or mask that changed meanwhile is applied at the next event.
+    s2.configured = s2.config_gen == gen;
+    auto w = std::move(s2.unconfigured);
+    if (!w)
       return;
-    self->state.configured = true;
-    self->request(self->state.p.vm, request_timeout, vm_setup_atom::value, self->state.p.index)
-      .then([=](bool) { decide_and_reply(self); },
-            [=](caf::error&) { decide_and_reply(self); });
+    kvmi::event_msg again;
+    again.seq = s2.seq;
+    again.common.event = s2.event;
+    again.common.vcpu = s2.p.index;
+    again.common.regs.rdi = w->rdi;
+    again.common.regs.rsi = w->rsi;
+    again.common.regs.rdx = w->rdx;
+    again.data = std::move(w->data);
+    decide_and_reply(self, again);
   };
-  s.p.stats->enabled.store(mask, std::memory_order_relaxed);
-  for (auto& c : cmds)
-    self->request(s.p.vm, request_timeout, command_atom::value, c)
-      .then(
-        [=](cmd_result& r) {
-          if (!r.ok() && log_on(log_warn))
-            std::fprintf(stderr, "kvmid: vm %s vcpu %u: configuring: %s %s\n",
-                         self->state.p.uuid.c_str(), self->state.p.index,
-                         r.failure.empty() ? "kernel error"
-                                           : r.failure.c_str(),
-                         std::string(kvmi::kvm_error_name(r.reply.err)).c_str());
-          finish();
-        },
-        [=](caf::error&) { finish(); });
+  // await, not then: its handler is freed with the answer, where then()
+  // leaves a slot in every vCPU actor's response table for good. Messages
+  // that arrive meanwhile (newer snapshots, policies) are handled after it.
+  // No timeout of our own: the VM actor answers every command within its
+  // command timeout and answers this after the set-up; and when it goes,
+  // so do we. A CAF request timeout would sit in the clock for its whole
+  // duration (CAF 0.17 does not cancel it on the response), per vCPU.
+  self->request(s.p.vm, caf::infinite, configure_atom::value, s.p.index)
+    .await(
+      [=](policy_ptr& pol, state_ptr& snap) {
+        auto& s2 = self->state;
+        if (pol)
+          s2.p.policy = std::move(pol);
+        if (snap)
+          s2.p.snapshot = std::move(snap);
+        done();
+      },
+      [=](caf::error&) { done(); });
 }
 
-caf::behavior vcpu_behavior(vcpu_actor* self, core* c, vcpu_params p) {
-  self->state.c = c;
-  self->state.p = std::move(p);
-  self->state.policy = self->state.p.policy;
-  self->state.snap = self->state.p.snapshot;
+caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
+  auto& st = self->state;
+  st.p = std::move(p);
+  // A vCPU actor that fails (a bug) closes its VM's session, as a link to
+  // the VM actor would, without a link per vCPU. No capture: no allocation.
+  self->set_exception_handler([](caf::scheduled_actor* a, std::exception_ptr&) -> caf::error {
+    auto& s = static_cast<vcpu_actor*>(a)->state;
+    s.p.shared->link->close();
+    caf::anon_send(s.p.vm, closed_atom::value);
+    return caf::sec::runtime_error;
+  });
   return {
     [=](event_atom, kvmi::event_msg& ev, int64_t t) {
       auto& s = self->state;
-      if (s.cur) {
+      auto& sh = *s.p.shared;
+      if (s.in_event) {
         self->send(s.p.vm, proto_err_atom::value,
                    std::string("second event from a vCPU before its reply"));
         return;
       }
-      auto& m = s.c->internals().m;
+      auto& m = sh.c->internals().m;
       auto kind = static_cast<uint32_t>(ev.kind());
       if (kind < kvmi::num_events)
         m.events[kind]->inc();
       s.p.stats->events.fetch_add(1, std::memory_order_relaxed);
-      s.p.vm_events->fetch_add(1, std::memory_order_relaxed);
+      sh.events.fetch_add(1, std::memory_order_relaxed);
       s.p.stats->event.store(int32_t(kind), std::memory_order_relaxed);
       set_state(s, vcpu_state::in_event);
-      if (s.c->bus().wants_events()) {
+      if (sh.c->bus().wants_events()) {
         bus_record r;
         r.kind = bus_kind::event;
         r.name = std::string(kvmi::name(ev.kind()));
-        r.vm = s.p.uuid;
-        r.vm_name = s.p.name;
+        r.vm = sh.uuid;
+        r.vm_name = sh.name;
         r.vcpu = s.p.index;
         r.fields.emplace_back("seq", std::to_string(ev.seq));
         r.fields.emplace_back("rip", std::to_string(ev.common.regs.rip));
-        s.c->bus().publish(std::move(r));
+        sh.c->bus().publish(std::move(r));
       }
-      s.cur = std::move(ev);
+      s.in_event = true;
+      s.seq = ev.seq;
+      s.event = ev.common.event;
       s.t_recv = t;
       if (!s.configured)
-        configure(self);
+        configure(self, ev);
       else
-        decide_and_reply(self);
+        decide_and_reply(self, ev);
     },
-    [=](snapshot_atom, state_ptr& st) { self->state.snap = std::move(st); },
-    [=](policy_atom, policy_ptr& pol) {
-      self->state.policy = std::move(pol);
-      self->state.configured = false; // re-applied at the next event
-    },
-    [=](reconfig_atom, uint32_t allowed_events) {
-      self->state.p.allowed_events = allowed_events;
-      self->state.configured = false;
-    },
-    [=](resume_atom) {
-      if (self->state.holding)
+    [=](update_atom, vcpu_update& u) {
+      auto& s = self->state;
+      if (u.snapshot)
+        s.p.snapshot = std::move(u.snapshot);
+      if (u.policy || u.reconfig) {
+        s.configured = false; // re-applied at the next event
+        s.config_gen++;
+      }
+      if (u.policy)
+        s.p.policy = std::move(u.policy);
+      if (u.resume && s.holding)
         send_reply(self, decision{});
     },
   };
@@ -259,8 +279,8 @@ caf::behavior vcpu_behavior(vcpu_actor* self, core* c, vcpu_params p) {
 
 } // namespace
 
-caf::actor spawn_vcpu(core& c, vcpu_params p) {
-  return c.system().spawn(vcpu_behavior, &c, std::move(p));
+caf::actor spawn_vcpu(caf::local_actor& vm, vcpu_params p) {
+  return vm.spawn(vcpu_behavior, std::move(p));
 }
 
 } // namespace kvmid

@@ -3,6 +3,7 @@
 #include "actors/core_impl.hpp"
 
 #include <atomic>
+#include <deque>
 
 namespace kvmid {
 
@@ -14,19 +15,31 @@ struct vcpu_stats {
   std::atomic<uint32_t> enabled{0};
 };
 
+// What every vCPU actor of one VM shares: one allocation per VM instead of
+// per-vCPU copies of the identity strings, counters and stats blocks.
+struct vm_shared {
+  core* c = nullptr;
+  std::string uuid, name;
+  link_ptr link;
+  kvmi::byte_order order = kvmi::byte_order::native;
+  std::atomic<uint64_t> events{0}, alerts{0}; // this session's, all vCPUs
+  // By vCPU index; grown by the VM actor only. A deque, so a vCPU actor's
+  // element never moves while it writes to it.
+  std::deque<vcpu_stats> stats;
+};
+using vm_shared_ptr = std::shared_ptr<vm_shared>;
+
 struct vcpu_params {
   uint16_t index = 0;
   caf::actor vm;
-  link_ptr link;
-  kvmi::byte_order order = kvmi::byte_order::native;
-  uint32_t allowed_events = kvmi::known_events;
+  vm_shared_ptr shared;
+  vcpu_stats* stats = nullptr; // in shared->stats; found by the VM actor, which grows it
   policy_ptr policy;
   state_ptr snapshot;
-  std::string uuid, name;
-  std::shared_ptr<vcpu_stats> stats;
-  std::shared_ptr<std::atomic<uint64_t>> vm_events, vm_alerts;
 };
 
-caf::actor spawn_vcpu(core& c, vcpu_params p);
+// Spawned by the VM actor, so the new actor starts on the same worker (and
+// its memory comes from the same allocator arena) as its VM's others.
+caf::actor spawn_vcpu(caf::local_actor& vm, vcpu_params p);
 
 } // namespace kvmid

@@ -22,6 +22,7 @@ constexpr uint64_t max_api_bytes = 64 * 1024;
 struct pending_cmd {
   kvmi::reply_shape shape;
   std::function<void(cmd_result)> done;
+  int64_t deadline = 0; // now_ns() after which it times out
 };
 
 struct vm_st {
@@ -35,8 +36,14 @@ struct vm_st {
   uint32_t next_seq = 1;
   std::unordered_map<uint32_t, pending_cmd> pending;
   std::set<uint32_t> timed_out; // late replies to these are legal
+  // One sweep timer per VM, not one timer message per command: thousands
+  // of vCPUs configuring at once would each keep several in CAF's clock.
+  bool sweep_armed = false;
   std::vector<caf::actor> vcpus;
-  std::vector<std::shared_ptr<vcpu_stats>> stats;
+  // Shared with the vCPU actors: identity, counters, per-vCPU stats.
+  vm_shared_ptr sh = std::make_shared<vm_shared>();
+  // The last snapshot published, handed to new vCPUs (null: make one).
+  state_ptr snap;
   kvmi::get_version_reply version{0, kvmi::known_commands | kvmi::flag(kvmi::msg_id::get_version),
                                   kvmi::known_events, 0};
   uint64_t tsc_speed = 0;
@@ -45,8 +52,6 @@ struct vm_st {
   std::set<uint16_t> held;
   std::vector<caf::response_promise> pause_waiters;
   vm_history hist;
-  std::shared_ptr<std::atomic<uint64_t>> events = std::make_shared<std::atomic<uint64_t>>(0);
-  std::shared_ptr<std::atomic<uint64_t>> alerts = std::make_shared<std::atomic<uint64_t>>(0);
   uint64_t base_events = 0, base_alerts = 0, base_protocol_errors = 0;
   uint64_t protocol_errors = 0; // this session's
   int64_t connected_since = 0;  // unix seconds of this session's handshake
@@ -63,6 +68,11 @@ struct vm_st {
 
 using vm_actor = caf::stateful_actor<vm_st>;
 using done_fn = std::function<void()>;
+
+// The stats of vCPU i, or null when that vCPU has no actor.
+vcpu_stats* stats_of(vm_st& s, size_t i) {
+  return i < s.vcpus.size() && s.vcpus[i] ? &s.sh->stats[i] : nullptr;
+}
 
 api_response fail(api_errc c, std::string msg) { return api_response{std::nullopt, {c, std::move(msg)}}; }
 api_response okv(api_value v) { return api_response{std::move(v), {}}; }
@@ -143,9 +153,54 @@ void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)>
   auto shape = kvmi::expected_reply(cmd);
   auto buf = s.p.link->take_buffer();
   kvmi::encode(buf, kvmi::command_msg{seq, std::move(cmd)}, s.order);
-  s.pending.emplace(seq, pending_cmd{shape, std::move(done)});
+  auto timeout = s.c->options().command_timeout;
+  s.pending.emplace(
+    seq, pending_cmd{shape, std::move(done),
+                     now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count()});
   s.p.link->send(std::move(buf));
-  self->delayed_send(self, s.c->options().command_timeout, cmd_timeout_atom::value, seq);
+  if (!s.sweep_armed) {
+    s.sweep_armed = true;
+    self->delayed_send(self, timeout, cmd_sweep_atom::value);
+  }
+}
+
+// Times out every command past its deadline, then sleeps until the oldest
+// left is due (at least an eighth of the timeout, so a steady stream of
+// commands does not wake it for each one): a command times out between
+// its timeout and 1.125 times it.
+void sweep_commands(vm_actor* self) {
+  auto& s = self->state;
+  s.sweep_armed = false;
+  auto now = now_ns();
+  std::vector<std::pair<uint32_t, pending_cmd>> expired;
+  int64_t next = 0;
+  for (auto it = s.pending.begin(); it != s.pending.end();) {
+    if (it->second.deadline <= now) {
+      expired.emplace_back(it->first, std::move(it->second));
+      it = s.pending.erase(it);
+    } else {
+      if (next == 0 || it->second.deadline < next)
+        next = it->second.deadline;
+      ++it;
+    }
+  }
+  if (next != 0) {
+    auto timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(s.c->options().command_timeout);
+    auto wait = std::max(std::chrono::nanoseconds(next - now), timeout / 8);
+    s.sweep_armed = true;
+    self->delayed_send(self, wait, cmd_sweep_atom::value);
+  }
+  for (auto& [seq, pc] : expired) {
+    s.timed_out.insert(seq);
+    if (s.timed_out.size() > 4096)
+      s.timed_out.erase(s.timed_out.begin());
+    s.c->internals().m.command(pc.shape.id, "timeout").inc();
+    cmd_result r;
+    r.reply.id = pc.shape.id;
+    r.failure = std::string(kvmi::name(pc.shape.id)) + ": the kernel did not answer in time";
+    r.code = api_errc::timeout;
+    pc.done(std::move(r));
+  }
 }
 
 // Runs fns one after another (each calls its continuation), then last.
@@ -159,18 +214,19 @@ void chain(std::shared_ptr<std::deque<std::function<void(done_fn)>>> q, done_fn 
 
 void publish_snapshot(vm_actor* self) {
   auto& s = self->state;
-  auto snap = std::make_shared<const vm_state>(s.st);
+  s.snap = std::make_shared<const vm_state>(s.st);
+  vcpu_update u;
+  u.snapshot = s.snap;
   for (auto& v : s.vcpus)
     if (v)
-      self->send(v, snapshot_atom::value, state_ptr(snap));
+      self->send(v, update_atom::value, u);
 }
 
 uint16_t any_stopped_vcpu(vm_actor* self, bool& found) {
   auto& s = self->state;
-  for (size_t i = 0; i < s.stats.size(); ++i)
-    if (s.stats[i]
-        && s.stats[i]->state.load(std::memory_order_relaxed)
-             != static_cast<uint8_t>(vcpu_state::running)) {
+  for (size_t i = 0; i < s.vcpus.size(); ++i)
+    if (auto st = stats_of(s, i);
+        st && st->state.load(std::memory_order_relaxed) != static_cast<uint8_t>(vcpu_state::running)) {
       found = true;
       return static_cast<uint16_t>(i);
     }
@@ -231,6 +287,7 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
                          original, false);
               return done(false, what(r2));
             }
+            self->state.snap.reset(); // st changed: new vCPUs get a fresh snapshot
             auto& bp = self->state.st.breakpoints[gpa];
             bp.name = name;
             bp.original = original;
@@ -251,6 +308,7 @@ void adopt_breakpoint(vm_actor* self, uint64_t gpa, uint8_t original, done_fn do
       return done();
     }
     auto& data = std::get<kvmi::physical_data>(r.reply.data).data;
+    self->state.snap.reset();
     auto& bp = self->state.st.breakpoints[gpa];
     if (!data.empty() && data[0] == 0xCC) {
       if (bp.name.empty())
@@ -279,6 +337,7 @@ void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> 
       auto it2 = self->state.st.breakpoints.find(gpa);
       if (it2 != self->state.st.breakpoints.end())
         it2->second.planted = false;
+      self->state.snap.reset();
       caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
                  original, false);
     }
@@ -322,6 +381,7 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
       if (!ok)
         log(self, "page protection: %s", err);
       self->state.st.pages = want; // kvmid's intent; failures are logged
+      self->state.snap.reset();
       next();
     });
   });
@@ -355,8 +415,9 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
     s2.setup_running = false;
     publish_snapshot(self);
     for (auto& rp : s2.setup_waiters)
-      rp.deliver(true);
-    s2.setup_waiters.clear();
+      rp.deliver(s2.policy, s2.snap);
+    // Sized for a whole VM configuring at once: give it back.
+    std::vector<caf::response_promise>().swap(s2.setup_waiters);
   });
 }
 
@@ -364,29 +425,68 @@ void ensure_vcpu(vm_actor* self, uint16_t i) {
   auto& s = self->state;
   if (i < s.vcpus.size() && s.vcpus[i])
     return;
-  if (s.vcpus.size() <= i) {
+  if (s.vcpus.size() <= i)
     s.vcpus.resize(size_t(i) + 1);
-    s.stats.resize(size_t(i) + 1);
-  }
+  while (s.sh->stats.size() <= i)
+    s.sh->stats.emplace_back(); // a hot-plugged index beyond the others
+  if (!s.snap) // one snapshot shared by the vCPUs, not a copy each
+    s.snap = std::make_shared<const vm_state>(s.st);
   vcpu_params vp;
   vp.index = i;
   vp.vm = caf::actor_cast<caf::actor>(self);
-  vp.link = s.p.link;
-  vp.order = s.order;
-  vp.allowed_events = s.version.events;
+  vp.shared = s.sh;
+  vp.stats = &s.sh->stats[i];
   vp.policy = s.policy;
-  vp.snapshot = std::make_shared<const vm_state>(s.st);
-  vp.uuid = s.uuid;
-  vp.name = s.p.guest.name;
-  vp.stats = std::make_shared<vcpu_stats>();
-  vp.vm_events = s.events;
-  vp.vm_alerts = s.alerts;
-  s.stats[i] = vp.stats;
-  auto a = spawn_vcpu(*s.c, std::move(vp));
-  self->link_to(a); // the vCPUs go when the VM actor goes
+  vp.snapshot = s.snap;
+  auto a = spawn_vcpu(*self, std::move(vp));
   s.vcpus[i] = a;
   s.p.link->set_vcpu(i, a);
   s.c->internals().m.vcpus->add(1);
+}
+
+// CONTROL_EVENTS / CR / MSR for one vCPU, from the policy and what the host
+// allows; also shown in its stats.
+std::vector<kvmi::command> vcpu_commands(vm_actor* self, uint16_t vcpu) {
+  auto& s = self->state;
+  auto& pol = *s.policy;
+  std::vector<kvmi::command> cmds;
+  uint32_t mask = pol.vcpu_events() & s.version.events & kvmi::known_vcpu_events;
+  cmds.push_back(kvmi::control_events{vcpu, 0, mask});
+  if (mask & kvmi::flag(kvmi::event_id::cr)) {
+    std::vector<uint32_t> crs;
+    for (auto& pin : pol.crs)
+      if (std::find(crs.begin(), crs.end(), pin.cr) == crs.end())
+        crs.push_back(pin.cr);
+    for (auto cr : crs)
+      cmds.push_back(kvmi::control_cr{vcpu, 1, 0, cr});
+  }
+  if (mask & kvmi::flag(kvmi::event_id::msr))
+    for (auto& r : pol.msrs)
+      if (kvmi::valid_control_msr(r.msr))
+        cmds.push_back(kvmi::control_msr{vcpu, 1, 0, r.msr});
+  if (auto st = stats_of(s, vcpu))
+    st->enabled.store(mask, std::memory_order_relaxed);
+  return cmds;
+}
+
+// Answers rp with the policy and state to decide by once the VM-wide
+// set-up ran; it needs a vCPU waiting in an event, `vcpu`, which waits for
+// this answer.
+void after_setup(vm_actor* self, uint16_t vcpu, caf::response_promise rp) {
+  auto& s = self->state;
+  if (s.setup_done) {
+    if (!s.snap)
+      s.snap = std::make_shared<const vm_state>(s.st);
+    rp.deliver(s.policy, s.snap);
+    return;
+  }
+  s.setup_waiters.push_back(std::move(rp));
+  if (!s.hist_ready) {
+    s.setup_vcpu = vcpu; // it waits in an event until the set-up ran
+    return;
+  }
+  if (!s.setup_running)
+    run_setup(self, vcpu);
 }
 
 void check_paused(vm_actor* self) {
@@ -417,8 +517,8 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   v.paused = s.st.paused;
   v.commands_mask = s.version.commands;
   v.events_mask = s.version.events;
-  v.events = s.base_events + s.events->load();
-  v.alerts = s.base_alerts + s.alerts->load();
+  v.events = s.base_events + s.sh->events.load();
+  v.alerts = s.base_alerts + s.sh->alerts.load();
   v.protocol_errors = s.base_protocol_errors + s.protocol_errors;
   v.connected_since = s.connected_since;
   v.policy = s.policy->name;
@@ -440,18 +540,19 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
     v.regions.push_back(ri);
   }
   if (with_vcpus)
-    for (size_t i = 0; i < s.stats.size(); ++i) {
-      if (!s.stats[i])
+    for (size_t i = 0; i < s.vcpus.size(); ++i) {
+      auto st = stats_of(s, i);
+      if (!st)
         continue;
       vcpu_info ci;
       ci.index = static_cast<uint16_t>(i);
-      ci.state = static_cast<vcpu_state>(s.stats[i]->state.load());
-      int32_t e = s.stats[i]->event.load();
+      ci.state = static_cast<vcpu_state>(st->state.load());
+      int32_t e = st->event.load();
       if (e >= 0)
         ci.event = std::string(kvmi::name(static_cast<kvmi::event_id>(e)));
-      ci.enabled_events = s.stats[i]->enabled.load();
-      ci.events = s.stats[i]->events.load();
-      ci.alerts = s.stats[i]->alerts.load();
+      ci.enabled_events = st->enabled.load();
+      ci.events = st->events.load();
+      ci.alerts = st->alerts.load();
       v.vcpus.push_back(std::move(ci));
     }
   return v;
@@ -477,6 +578,7 @@ void unhook(vm_actor* self, done_fn then) {
     q->push_back([=](done_fn next) {
       set_access(self, v, entries, [=](bool, std::string) {
         self->state.st.pages.clear();
+        self->state.snap.reset();
         next();
       });
     });
@@ -499,11 +601,12 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
     return true;
   };
   auto stopped_vcpu = [&](uint16_t v) -> bool {
-    if (v >= s.stats.size() || !s.stats[v]) {
+    auto st = stats_of(s, v);
+    if (!st) {
       rp.deliver(fail(api_errc::not_found, "no vCPU " + std::to_string(v)));
       return false;
     }
-    if (s.stats[v]->state.load() == static_cast<uint8_t>(vcpu_state::running)) {
+    if (st->state.load() == static_cast<uint8_t>(vcpu_state::running)) {
       rp.deliver(fail(api_errc::conflict, "vCPU " + std::to_string(v)
                                             + " is running: pause the VM first"));
       return false;
@@ -539,9 +642,11 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
         s.st.paused = false;
         s.held.clear();
         publish_snapshot(self);
+        vcpu_update u;
+        u.resume = true;
         for (auto& v : s.vcpus)
           if (v)
-            self->send(v, resume_atom::value);
+            self->send(v, update_atom::value, u);
         for (auto& w : s.pause_waiters)
           w.deliver(fail(api_errc::conflict, "resumed before every vCPU stopped"));
         s.pause_waiters.clear();
@@ -698,7 +803,7 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
         if (x.mask & ~kvmi::known_vcpu_events)
           return rp.deliver(fail(api_errc::invalid, "mask has bits that are not vCPU events"));
         uint32_t mask = x.mask & s.version.events;
-        auto st = s.stats[x.vcpu];
+        auto st = stats_of(s, x.vcpu);
         send_cmd(self, kvmi::control_events{x.vcpu, 0, mask}, [=](cmd_result r) mutable {
           if (!r.ok())
             return rp.deliver(fail(errc_of(r), what(r)));
@@ -727,6 +832,12 @@ void on_reply_frame(vm_actor* self, raw_frame& rf) {
   }
   auto pc = std::move(it->second);
   s.pending.erase(it);
+  if (s.pending.empty() && s.pending.bucket_count() > 64) {
+    // A burst of commands (a VM's vCPUs configuring) was answered: give
+    // back its buckets, and let the registry trim the heap.
+    decltype(s.pending)().swap(s.pending);
+    self->send(s.c->registry(), heap_settle_atom::value);
+  }
   if (f->hdr.id != static_cast<uint16_t>(pc.shape.id))
     return protocol_error(self, "reply id does not match its command");
   auto r = kvmi::decode_reply(*f, pc.shape, s.order);
@@ -753,7 +864,7 @@ void on_closed(vm_actor* self) {
     pc.done(std::move(r));
   }
   for (auto& rp : s.setup_waiters)
-    rp.deliver(false);
+    rp.deliver(caf::make_error(caf::sec::request_receiver_down));
   s.setup_waiters.clear();
   for (auto& w : s.pause_waiters)
     w.deliver(fail(api_errc::conflict, "the VM disconnected"));
@@ -762,15 +873,14 @@ void on_closed(vm_actor* self) {
   for (auto& v : s.vcpus)
     if (v) {
       ++n;
-      self->unlink_from(v);
       self->send_exit(v, caf::exit_reason::user_shutdown);
     }
   s.c->internals().m.vcpus->add(-int64_t(n));
   s.c->internals().m.vms->add(-1);
   s.p.link->clear_routes();
   // This session's counts only: the registry owns the totals.
-  s.hist.events = s.events->load();
-  s.hist.alerts = s.alerts->load();
+  s.hist.events = s.sh->events.load();
+  s.hist.alerts = s.sh->alerts.load();
   s.hist.protocol_errors = s.protocol_errors;
   s.hist.saw_history = s.saw_history;
   for (auto& [gpa, bp] : s.st.breakpoints)
@@ -778,6 +888,8 @@ void on_closed(vm_actor* self) {
   s.hist.last = make_info(self, true);
   s.hist.last.connected = false;
   s.vcpus.clear();
+  if (n >= 64) // thousands of such VMs going free as much as they held
+    self->send(s.c->registry(), heap_settle_atom::value);
   publish(self, bus_kind::lifecycle, "vm-disconnected", "session closed");
   self->send(s.c->registry(), unregister_atom::value, s.hist);
   self->quit();
@@ -798,9 +910,11 @@ void bootstrap(vm_actor* self) {
     s2.version = std::get<kvmi::get_version_reply>(r.reply.data);
     if (s2.version.version < kvmi::version)
       log(self, "%s", "host reports an older KVMI version");
+    vcpu_update u;
+    u.reconfig = true;
     for (auto& v : s2.vcpus)
       if (v)
-        self->send(v, reconfig_atom::value, s2.version.events);
+        self->send(v, update_atom::value, u);
     // GET_GUEST_INFO is a vCPU command and may see EAGAIN before the first
     // event; the handshake's vCPU count stands then.
     if (kvmi::allowed_command(kvmi::msg_id::get_guest_info, s2.version.commands))
@@ -838,6 +952,11 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   s.p = std::move(p);
   s.uuid = kvmi::hs::to_string(s.p.guest.id);
   s.order = s.p.guest.order;
+  s.sh->c = c;
+  s.sh->uuid = s.uuid;
+  s.sh->name = s.p.guest.name;
+  s.sh->link = s.p.link;
+  s.sh->order = s.order;
   auto pols = c->internals().current_policies();
   s.policy = std::make_shared<const vm_policy>(pols->select(s.uuid, s.p.guest.name));
   s.hist.uuid = s.uuid;
@@ -846,6 +965,14 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   c->internals().m.vms->add(1);
   for (uint32_t i = 0; i < s.p.guest.vcpu_count && i < max_vcpus; ++i)
     ensure_vcpu(self, static_cast<uint16_t>(i));
+  // The vCPUs go when the VM actor goes, however it goes (on_closed sends
+  // their exits first; this covers the rest): one attachable per VM, where
+  // a link per vCPU would keep two 40-byte attachables in every idle vCPU.
+  self->attach_functor([link = s.p.link] {
+    for (auto& v : link->take_vcpus())
+      if (v)
+        caf::anon_send_exit(v, caf::exit_reason::user_shutdown);
+  });
   self->set_down_handler([](caf::down_msg&) {});
   self->set_exit_handler([=](caf::exit_msg& m) {
     if (m.source != self->state.c->registry().address() && m.reason == caf::exit_reason::user_shutdown) {
@@ -868,6 +995,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
             auto b = bp;
             b.planted = false; // planted afresh, or adopted in the set-up
             s2.st.breakpoints[gpa] = b;
+            s2.snap.reset();
             if (bp.planted && bp.original != 0xCC)
               s2.inherited[gpa] = bp.original;
           }
@@ -890,23 +1018,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       self->send(s2.vcpus[v], event_atom::value, std::move(ev), t);
     },
     [=](reply_atom, raw_frame& rf) { on_reply_frame(self, rf); },
-    [=](cmd_timeout_atom, uint32_t seq) {
-      auto& s2 = self->state;
-      auto it = s2.pending.find(seq);
-      if (it == s2.pending.end())
-        return;
-      auto pc = std::move(it->second);
-      s2.pending.erase(it);
-      s2.timed_out.insert(seq);
-      if (s2.timed_out.size() > 4096)
-        s2.timed_out.erase(s2.timed_out.begin());
-      s2.c->internals().m.command(pc.shape.id, "timeout").inc();
-      cmd_result r;
-      r.reply.id = pc.shape.id;
-      r.failure = std::string(kvmi::name(pc.shape.id)) + ": the kernel did not answer in time";
-      r.code = api_errc::timeout;
-      pc.done(std::move(r));
-    },
+    [=](cmd_sweep_atom) { sweep_commands(self); },
     [=](closed_atom) { on_closed(self); },
     [=](proto_err_atom, const std::string& why) { protocol_error(self, why); },
     [=](command_atom, kvmi::command& cmd) {
@@ -914,18 +1026,23 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       send_cmd(self, std::move(cmd), [rp](cmd_result r) mutable { rp.deliver(std::move(r)); });
       return rp;
     },
-    [=](vm_setup_atom, uint16_t vcpu) -> caf::result<bool> {
-      auto& s2 = self->state;
-      if (s2.setup_done)
-        return true;
-      auto rp = self->make_response_promise<bool>();
-      s2.setup_waiters.push_back(rp);
-      if (!s2.hist_ready) {
-        s2.setup_vcpu = vcpu; // it waits in an event until the set-up ran
-        return rp;
-      }
-      if (!s2.setup_running)
-        run_setup(self, vcpu);
+    [=](configure_atom, uint16_t vcpu) -> caf::result<policy_ptr, state_ptr> {
+      auto rp = self->make_response_promise<policy_ptr, state_ptr>();
+      auto cmds = vcpu_commands(self, vcpu);
+      auto left = std::make_shared<size_t>(cmds.size());
+      auto next = [=]() mutable {
+        if (--*left == 0)
+          after_setup(self, vcpu, rp);
+      };
+      for (auto& cmd : cmds) // never empty: CONTROL_EVENTS is always there
+        send_cmd(self, std::move(cmd), [=](cmd_result r) mutable {
+          if (!r.ok() && log_on(log_warn))
+            std::fprintf(stderr, "kvmid: vm %s vcpu %u: configuring: %s %s\n",
+                         self->state.uuid.c_str(), vcpu,
+                         r.failure.empty() ? "kernel error" : r.failure.c_str(),
+                         std::string(kvmi::kvm_error_name(r.reply.err)).c_str());
+          next();
+        });
       return rp;
     },
     [=](unprotect_atom, uint64_t gpa, uint16_t vcpu) -> caf::result<bool> {
@@ -974,9 +1091,11 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       auto& s2 = self->state;
       s2.policy = pol;
       s2.setup_done = false;
+      vcpu_update u;
+      u.policy = pol;
       for (auto& v : s2.vcpus)
         if (v)
-          self->send(v, policy_atom::value, pol);
+          self->send(v, update_atom::value, u);
       // Stop every vCPU once more so the new policy is applied at its next
       // event (CONTROL_* on each, then the VM-wide set-up).
       send_cmd(self, kvmi::pause_all_vcpus{}, [](cmd_result) {});

@@ -22,14 +22,26 @@ struct reg_st {
   // INT3s kvmid planted and has not restored, by uuid: the source of truth
   // for the next session (in memory and, with a state_dir, on disk).
   planted_map planted;
-  // Heap trim after bursts (heap_settle_atom): the last burst's end, and
-  // whether a trim is scheduled.
+  // Heap trim after bursts (heap_settle_atom): the last burst's end,
+  // events seen so far, and whether a trim is scheduled.
   int64_t settled_at = 0;
+  uint64_t events_seen = 0;
   bool trim_armed = false;
 };
 
-// How long the fleet must be quiet after a burst before the heap is trimmed.
+// How long the fleet must be quiet after a burst before the heap is trimmed,
+// and how many events it may answer meanwhile and still count as idle: the
+// trim holds glibc's arena locks and its pages fault back in when reused,
+// which a busy fleet's event round trips would feel (and it reuses them anyway).
 constexpr auto trim_quiet = std::chrono::milliseconds(200);
+constexpr uint64_t trim_quiet_events = 100;
+
+uint64_t events_total(core& c) {
+  uint64_t n = 0;
+  for (auto* e : c.internals().m.events)
+    n += e->value();
+  return n;
+}
 
 using reg_actor = caf::stateful_actor<reg_st>;
 
@@ -80,6 +92,7 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
       s.settled_at = now_ns();
       if (!s.trim_armed) {
         s.trim_armed = true;
+        s.events_seen = events_total(*s.c);
         self->delayed_send(self, trim_quiet, heap_trim_atom::value);
       }
     },
@@ -88,6 +101,12 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
       auto quiet = std::chrono::nanoseconds(now_ns() - s.settled_at);
       if (quiet < trim_quiet) {
         self->delayed_send(self, trim_quiet - quiet, heap_trim_atom::value);
+        return;
+      }
+      auto events = events_total(*s.c);
+      if (events - s.events_seen > trim_quiet_events) { // busy: look again later
+        s.events_seen = events;
+        self->delayed_send(self, trim_quiet, heap_trim_atom::value);
         return;
       }
       s.trim_armed = false;

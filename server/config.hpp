@@ -43,8 +43,8 @@ struct config {
   size_t send_queue_limit = 4096;
   size_t workers = 2;
   // How long the ring thread polls for a vCPU actor's reply before sleeping
-  // (net::reactor_options::spin): latency against idle CPU.
-  std::chrono::microseconds poll{50};
+  // (net::reactor_options::spin); 0, the default, sleeps at once.
+  std::chrono::microseconds poll{0};
   // Where kvmid records the INT3s it planted (they outlive a crash in the
   // guest); $STATE_DIRECTORY (systemd) or /var/lib/kvmid when unset.
   std::string state_dir;

@@ -110,11 +110,12 @@ TEST_CASE("bad fields are named") {
   CHECK(field_of(j) == "/state_dir");
 }
 
-TEST_CASE("poll_us defaults to 50 and 0 turns polling off") {
+TEST_CASE("poll_us defaults to 0 (no polling) and is taken in microseconds") {
   auto j = good();
-  CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(50));
-  j["poll_us"] = 0;
+  j.erase("poll_us");
   CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(0));
+  j["poll_us"] = 50;
+  CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(50));
   j["poll_us"] = 1000;
   CHECK(parse_config(j, "t.json").poll == std::chrono::microseconds(1000));
 }

@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -64,6 +65,13 @@ const char* verdict(bool met) { return met ? "met" : "MISSED"; }
 int main(int argc, char** argv) {
   size_t rounds = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 50000;
   std::string out_dir = argc > 2 ? argv[2] : ".";
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec) {
+    std::fprintf(stderr, "kvmid-bench: cannot create %s: %s\n", out_dir.c_str(),
+                 ec.message().c_str());
+    return 2;
+  }
   double secs = argc > 3 ? std::strtod(argv[3], nullptr) : 3.0;
   std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory";
   sections = "," + sections + ",";
@@ -206,7 +214,10 @@ int main(int argc, char** argv) {
     write_cdf(out_dir + "/raw_1vcpu.dat", r1.lat);
     write_cdf(out_dir + "/kvmid_64vcpu.dat", k64.lat);
   }
-  std::ofstream(out_dir + "/bench-results.json") << report.dump(2) << '\n';
+  if (!(std::ofstream(out_dir + "/bench-results.json") << report.dump(2) << '\n')) {
+    std::fprintf(stderr, "kvmid-bench: cannot write %s/bench-results.json\n", out_dir.c_str());
+    return 2;
+  }
   std::FILE* gp = want("latency") ? popen("gnuplot 2>/dev/null", "w") : nullptr;
   if (gp) {
     const char* d = out_dir.c_str();

@@ -18,11 +18,14 @@ constexpr std::string_view tool_label = "kvmi-tool";
 constexpr std::string_view dm_label = "kvmi-dm";
 constexpr uint32_t qemu_max_struct = 4096; // forward-compatible, but bounded
 
+// resize + memcpy, not insert(end, p, p + n): GCC 12 at -O3 reports a false
+// -Wstringop-overflow in vector::_M_range_insert when `out` starts empty.
 template <class T>
 void append(std::vector<uint8_t>& out, T x, byte_order order) {
   to_order(x, order);
-  auto p = reinterpret_cast<const uint8_t*>(&x);
-  out.insert(out.end(), p, p + sizeof x);
+  size_t at = out.size();
+  out.resize(at + sizeof x);
+  std::memcpy(out.data() + at, &x, sizeof x);
 }
 
 template <class T>

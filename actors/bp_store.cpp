@@ -47,6 +47,9 @@ planted_map load_planted(const std::string& dir) {
         || name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) != 0)
       continue; // temp files of an interrupted write, and anything else
     std::string file = de.path().string();
+    // A directory opens as a stream and throws from its first read.
+    if (!de.is_regular_file(ec))
+      bad(file, "", "not a regular file");
     std::ifstream in(file, std::ios::binary);
     if (!in)
       bad(file, "", "cannot read");

@@ -1,5 +1,9 @@
 #include "server/config.hpp"
 
+#include "proto/cookie.hpp"
+#include "server/secret_file.hpp"
+
+#include <filesystem>
 #include <fstream>
 #include <grp.h>
 #include <pwd.h>
@@ -316,26 +320,31 @@ config load_config(const std::string& path) {
   std::ifstream in(path);
   if (!in)
     throw config_error(path, "", "cannot open the file");
+  // A directory opens as a stream and throws from its first read.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw config_error(path, "", "not a regular file");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
   } catch (const nlohmann::json::parse_error& e) {
     throw config_error(path, "", std::string("not valid JSON: ") + e.what());
+  } catch (const std::ios_base::failure& e) {
+    throw config_error(path, "", std::string("cannot read the file: ") + e.what());
   }
   return parse_config(j, path);
 }
 
 std::vector<uint8_t> read_cookie(const std::string& path, const std::string& file,
                                  const std::string& field) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw config_error(file, field, "cannot read the cookie file " + path);
-  std::vector<uint8_t> v((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!v.empty() && (v.back() == '\n' || v.back() == '\r'))
-    v.pop_back();
-  if (v.size() < 16)
-    throw config_error(file, field, "the cookie in " + path + " is shorter than 16 bytes");
-  return v;
+  // One byte past the limit, so check_cookie names an over-long cookie as
+  // kvmi-sim does.
+  auto r = read_secret_file(path, kvmi::hs::max_cookie + 1);
+  if (!r.error.empty())
+    throw config_error(file, field, "cookie file " + r.error);
+  if (auto why = kvmi::hs::check_cookie(r.bytes); !why.empty())
+    throw config_error(file, field, "cookie file " + path + ": " + std::string(why));
+  return std::move(r.bytes);
 }
 
 } // namespace kvmid

@@ -58,8 +58,9 @@ config load_config(const std::string& path);
 policy_set parse_policies(const nlohmann::json& j, const std::string& file,
                           const std::string& at = "/policies");
 
-// Reads a cookie file (bytes, a trailing newline dropped); throws
-// config_error naming the field that referred to it.
+// Reads a cookie file (its bytes exactly, proto/cookie.hpp; a secret file,
+// server/secret_file.hpp); throws config_error naming the field that
+// referred to it.
 std::vector<uint8_t> read_cookie(const std::string& path, const std::string& file,
                                  const std::string& field);
 

@@ -318,10 +318,17 @@ int main(int argc, char** argv) {
         return 1;
       }
       auto& ao = std::get<control::api_options>(o);
+      std::optional<control::token_auth> token;
+      try {
+        token.emplace(control::token_auth::from_file(ao.token_file));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "kvmid: bad config %s: /api/token_file: %s\n", cfg.file.c_str(), e.what());
+        return 1;
+      }
       try {
         backend = std::make_unique<control::core_backend>(c);
-        api = std::make_unique<control::http_api>(*backend, control::token_auth::from_file(ao.token_file),
-                                                  ao, control::reactor_poster(r));
+        api = std::make_unique<control::http_api>(*backend, std::move(*token), ao,
+                                                  control::reactor_poster(r));
         for (auto l : ao.listen) {
           int li = r.add_listener(l, api->factory());
           if (l.type == net::listen_spec::kind::tcp)

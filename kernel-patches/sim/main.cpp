@@ -1,5 +1,6 @@
 // kvmi-sim: run many simulated VMs against an introspector, print a JSON
 // report at the end, exit non-zero on any protocol violation or HMI.
+#include "kernel-patches/sim/cookie_file.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
 #include <nlohmann/json.hpp>
@@ -19,7 +20,8 @@ void usage() {
   std::fputs(
     "usage: kvmi-sim (--unix PATH | --tcp HOST:PORT) [options]\n"
     "  --vms N --vcpus N --seed N --threads N\n"
-    "  --cookie HEX | --cookie-file PATH   the VM secret (HMAC key)\n"
+    "  --cookie HEX | --cookie-file PATH   the VM secret (HMAC key): 16..4096 bytes,\n"
+    "                                      a file's bytes exactly (docs/cookie.md)\n"
     "  --handshake kvmi|qemu-v5            --swapped (other byte order)\n"
     "  --ram MiB --gpu GiB[@online_ms|@never] (repeatable)\n"
     "  --rate N (guest actions/s per vCPU; 0 = scripted only) --duration S\n"
@@ -30,13 +32,6 @@ void usage() {
     "  --reconnect-storm MS --hotplug-storm MS --no-reconnect\n"
     "  --progress MS --report FILE\n",
     stderr);
-}
-
-std::vector<uint8_t> from_hex(const std::string& s) {
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i + 1 < s.size(); i += 2)
-    out.push_back(static_cast<uint8_t>(std::stoul(s.substr(i, 2), nullptr, 16)));
-  return out;
 }
 
 } // namespace
@@ -68,12 +63,11 @@ int main(int argc, char** argv) {
       else if (a == "--vcpus") o.vcpus_per_vm = static_cast<uint32_t>(std::stoul(next()));
       else if (a == "--seed") o.seed = std::stoull(next());
       else if (a == "--threads") o.threads = static_cast<unsigned>(std::stoul(next()));
-      else if (a == "--cookie") o.cookie = from_hex(next());
-      else if (a == "--cookie-file") {
-        std::ifstream f(next(), std::ios::binary);
-        if (!f)
-          throw std::invalid_argument("cannot read the cookie file");
-        o.cookie.assign(std::istreambuf_iterator<char>(f), {});
+      else if (a == "--cookie" || a == "--cookie-file") {
+        auto c = a == "--cookie" ? cookie_from_hex(next()) : read_cookie_file(next());
+        if (!c.error.empty())
+          throw std::invalid_argument(c.error);
+        o.cookie = std::move(c.bytes);
       } else if (a == "--handshake") {
         auto m = next();
         if (m == "kvmi") o.handshake = kvmi::hs::mode::kvmi;

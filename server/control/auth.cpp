@@ -1,12 +1,10 @@
 #include "server/control/auth.hpp"
+#include "server/secret_file.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
-#include <sys/stat.h>
 
 namespace kvmid::control {
 
@@ -21,21 +19,10 @@ std::string_view trim(std::string_view s) {
 } // namespace
 
 token_auth token_auth::from_file(const std::string& path) {
-  struct stat st{};
-  if (::stat(path.c_str(), &st) != 0)
-    throw std::runtime_error("api token file " + path + ": cannot stat");
-  if (!S_ISREG(st.st_mode))
-    throw std::runtime_error("api token file " + path + ": not a regular file");
-  if (st.st_mode & (S_IWGRP | S_IWOTH))
-    throw std::runtime_error("api token file " + path + ": writable by group or others");
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw std::runtime_error("api token file " + path + ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string all = ss.str();
-  if (all.size() > 4096)
-    throw std::runtime_error("api token file " + path + ": longer than 4096 bytes");
+  auto r = read_secret_file(path, 4096);
+  if (!r.error.empty())
+    throw std::runtime_error("api token file " + r.error);
+  std::string all(r.bytes.begin(), r.bytes.end());
   std::string_view tok = trim(all);
   if (tok.empty())
     throw std::runtime_error("api token file " + path + ": empty");

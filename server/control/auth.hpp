@@ -10,9 +10,10 @@ namespace kvmid::control {
 
 class token_auth {
 public:
-  // Reads the token (surrounding whitespace trimmed). Throws
-  // std::runtime_error naming the file when it cannot be read, is empty,
-  // holds more than one line or is writable by group/others.
+  // Reads the token (surrounding whitespace trimmed) from a secret file
+  // (server/secret_file.hpp: regular, mode 0600 or stricter, at most 4096
+  // bytes). Throws std::runtime_error naming the file when it cannot be
+  // read, is empty or holds more than one word.
   static token_auth from_file(const std::string& path);
   explicit token_auth(std::string token); // throws on empty
 

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -66,6 +67,26 @@ TEST_CASE("auth: bad token files are refused with the file's name") {
   expect_throw(d.write("world-writable", "abc\n", 0602).string());
   expect_throw(d.path.string()); // a directory
   CHECK_THROWS_AS(token_auth(""), std::runtime_error);
+}
+
+TEST_CASE("auth: a token file group or others may read is refused with its mode and the fix") {
+  temp_dir d;
+  for (mode_t m : {0644, 0640, 0604}) {
+    CAPTURE(m);
+    auto path = d.write("token", "s3cret-token\n", m).string();
+    try {
+      token_auth::from_file(path);
+      FAIL("accepted a token file of mode " << m);
+    } catch (const std::runtime_error& e) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", unsigned(m));
+      std::string what = e.what();
+      CHECK(what.find(path + ": mode " + mode) != std::string::npos);
+      CHECK(what.find("chmod 600 " + path) != std::string::npos);
+    }
+  }
+  CHECK(token_auth::from_file(d.write("token", "s3cret-token\n", 0400).string())
+          .check("Bearer s3cret-token"));
 }
 
 }

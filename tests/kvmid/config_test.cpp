@@ -5,6 +5,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace kvmid;
 using nlohmann::json;
@@ -142,6 +144,7 @@ TEST_CASE("files: unreadable config and short cookies are reported with their fi
     std::ofstream(dir / "bad.json") << "{ not json";
     std::ofstream(dir / "short") << "abc\n";
   }
+  std::filesystem::permissions(dir / "short", std::filesystem::perms::owner_read);
   try {
     load_config((dir / "bad.json").string());
     FAIL("accepted broken JSON");
@@ -155,4 +158,71 @@ TEST_CASE("files: unreadable config and short cookies are reported with their fi
     CHECK(e.field == "/cookie_file");
   }
   std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+struct scratch_dir {
+  std::filesystem::path p;
+  scratch_dir() {
+    std::string t = (std::filesystem::temp_directory_path() / "kvmid-cfg-XXXXXX").string();
+    REQUIRE(mkdtemp(t.data()));
+    p = t;
+  }
+  ~scratch_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(p, ec);
+  }
+  std::string write(const std::string& name, const std::string& bytes, mode_t mode) const {
+    auto f = p / name;
+    std::ofstream(f, std::ios::binary) << bytes;
+    REQUIRE(::chmod(f.c_str(), mode) == 0);
+    return f.string();
+  }
+};
+
+config_error cookie_error(const std::string& path) {
+  try {
+    read_cookie(path, "k.json", "/listeners/1/cookie_file");
+  } catch (const config_error& e) {
+    return e;
+  }
+  return config_error("k.json", "", "(accepted)");
+}
+
+} // namespace
+
+TEST_CASE("files: a cookie_file or config that is a directory is a config error") {
+  scratch_dir d;
+  auto e = cookie_error(d.p.string());
+  CHECK(e.file == "k.json");
+  CHECK(e.field == "/listeners/1/cookie_file");
+  CHECK(e.reason.find(d.p.string() + ": not a regular file") != std::string::npos);
+  try {
+    load_config(d.p.string());
+    FAIL("accepted a directory as the config file");
+  } catch (const config_error& ce) {
+    CHECK(ce.file == d.p.string());
+    CHECK(ce.reason == "not a regular file");
+  }
+}
+
+TEST_CASE("secrets: a cookie file group or others may access is refused with its mode and the fix") {
+  scratch_dir d;
+  std::string cookie(32, 'k');
+  for (mode_t m : {0640, 0604, 0620, 0601, 0660}) {
+    auto path = d.write("cookie", cookie, m);
+    auto e = cookie_error(path);
+    CAPTURE(m);
+    CHECK(e.field == "/listeners/1/cookie_file");
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", unsigned(m));
+    CHECK(e.reason.find(std::string("mode ") + mode) != std::string::npos);
+    CHECK(e.reason.find("chmod 600 " + path) != std::string::npos);
+  }
+  for (mode_t m : {0600, 0400}) {
+    auto path = d.write("cookie", cookie, m);
+    auto bytes = read_cookie(path, "k.json", "/cookie_file");
+    CHECK(std::string(bytes.begin(), bytes.end()) == cookie);
+  }
 }

@@ -112,6 +112,14 @@ TEST_CASE("state: bad files are refused naming the file and the field") {
   CHECK(load_planted(d.p.string()).empty());
 }
 
+TEST_CASE("state: a directory where a record belongs is a state error naming it") {
+  tmpdir d;
+  auto record = d.p / ("breakpoints-" + u1 + ".json");
+  fs::create_directory(record);
+  auto e = load_error(d);
+  CHECK(e == record.string() + ": not a regular file");
+}
+
 TEST_CASE("metrics: protocol error and handshake failure families are exposed from the start") {
   core c(core_options{});
   bool pe = false, hf = false;

@@ -71,7 +71,7 @@ struct process {
 
 std::vector<std::string> sim_args(const listener& l, std::string vms) {
   return {KVMI_SIM_BIN, "--unix", l.path(), "--vms", vms, "--vcpus", "3", "--cookie",
-          "7365637265742d31", "--duration", "1", "--progress", "200"};
+          test_cookie_hex, "--duration", "1", "--progress", "200"};
 }
 
 } // namespace
@@ -125,7 +125,7 @@ TEST_CASE("sim: kvmi-sim exits non-zero when the tool breaks a rule") {
 
 TEST_CASE("sim: kvmi-sim runs the example scenario file") {
   listener l;
-  process p({KVMI_SIM_BIN, "--unix", l.path(), "--vcpus", "2", "--cookie", "7365637265742d31",
+  process p({KVMI_SIM_BIN, "--unix", l.path(), "--vcpus", "2", "--cookie", test_cookie_hex,
              "--scenario", KVMI_SIM_SCENARIOS "/example.json"});
   int fd = l.accept(10000ms);
   REQUIRE(fd >= 0);

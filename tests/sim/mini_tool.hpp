@@ -11,6 +11,7 @@
 #include <deque>
 #include <filesystem>
 #include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,10 @@ namespace kvmi::test {
 using namespace std::chrono_literals;
 using ms = std::chrono::milliseconds;
 
-inline std::vector<uint8_t> test_cookie() { return {'s', 'e', 'c', 'r', 'e', 't', '-', '1'}; }
+// 16 bytes, the shortest cookie kvmi-sim's --cookie takes (proto/cookie.hpp).
+inline constexpr std::string_view test_cookie_text = "kvmi-sim-cookie1";
+inline constexpr const char* test_cookie_hex = "6b766d692d73696d2d636f6f6b696531";
+inline std::vector<uint8_t> test_cookie() { return {test_cookie_text.begin(), test_cookie_text.end()}; }
 
 // A listening UNIX socket under a fresh temp directory, removed at the end.
 class listener {

@@ -38,8 +38,8 @@ struct ctx {
         fail(at + "/" + k, "unknown field");
     }
   }
-  // A number, or a string in decimal / 0x hex.
-  uint64_t u64(const nlohmann::json& j, const std::string& at) const {
+  // Durations, counts, ports, limits: a JSON integer, never a string.
+  uint64_t integer(const nlohmann::json& j, const std::string& at) const {
     if (j.is_number_unsigned())
       return j.get<uint64_t>();
     if (j.is_number_integer()) {
@@ -47,6 +47,11 @@ struct ctx {
         fail(at, "must not be negative");
       return uint64_t(j.get<int64_t>());
     }
+    fail(at, "must be an integer");
+  }
+  // GPAs, sizes, MSR indices: an integer, or a string in decimal / 0x hex
+  // (the schema's "u64").
+  uint64_t hex_or_integer(const nlohmann::json& j, const std::string& at) const {
     if (j.is_string()) {
       auto s = j.get<std::string>();
       size_t pos = 0;
@@ -59,6 +64,8 @@ struct ctx {
       }
       fail(at, "not a number: \"" + s + "\"");
     }
+    if (j.is_number_integer())
+      return integer(j, at);
     fail(at, "must be a number or a \"0x...\" string");
   }
   std::string str(const nlohmann::json& j, const std::string& at) const {
@@ -115,8 +122,8 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
         pr.name = r.contains("name") ? c.str(r["name"], ra + "/name") : "page-rule-" + std::to_string(k);
         if (!r.contains("gpa") || !r.contains("size"))
           c.fail(ra, "gpa and size are required");
-        pr.gpa = c.u64(r["gpa"], ra + "/gpa");
-        pr.size = c.u64(r["size"], ra + "/size");
+        pr.gpa = c.hex_or_integer(r["gpa"], ra + "/gpa");
+        pr.size = c.hex_or_integer(r["size"], ra + "/size");
         if (pr.gpa % kvmi::page_size)
           c.fail(ra + "/gpa", "must be page aligned (4096)");
         if (pr.size == 0 || pr.size % kvmi::page_size)
@@ -143,7 +150,7 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
         msr_rule m;
         if (!r.contains("msr"))
           c.fail(ra + "/msr", "required");
-        uint64_t msr = c.u64(r["msr"], ra + "/msr");
+        uint64_t msr = c.hex_or_integer(r["msr"], ra + "/msr");
         if (msr > 0xffffffffull || !kvmi::valid_control_msr(uint32_t(msr)))
           c.fail(ra + "/msr", "KVMI can only intercept MSRs 0..0x1fff and 0xc0000000..0xc0001fff");
         m.msr = uint32_t(msr);
@@ -166,7 +173,7 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
         breakpoint_rule b;
         if (!r.contains("gpa"))
           c.fail(ra + "/gpa", "required");
-        b.gpa = c.u64(r["gpa"], ra + "/gpa");
+        b.gpa = c.hex_or_integer(r["gpa"], ra + "/gpa");
         b.name = r.contains("name") ? c.str(r["name"], ra + "/name") : "bp-" + std::to_string(k);
         v.breakpoints.push_back(b);
       }
@@ -204,7 +211,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   auto ms = [&](const char* k, std::chrono::milliseconds& out, uint64_t lo, uint64_t hi) {
     if (!j.contains(k))
       return;
-    uint64_t v = c.u64(j[k], std::string("/") + k);
+    uint64_t v = c.integer(j[k], std::string("/") + k);
     if (v < lo || v > hi)
       c.fail(std::string("/") + k, "must be " + std::to_string(lo) + ".." + std::to_string(hi));
     out = std::chrono::milliseconds(v);
@@ -212,7 +219,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ms("handshake_timeout_ms", cfg.handshake_timeout, 100, 600000);
   ms("command_timeout_ms", cfg.command_timeout, 100, 600000);
   if (j.contains("send_queue_limit")) {
-    cfg.send_queue_limit = c.u64(j["send_queue_limit"], "/send_queue_limit");
+    cfg.send_queue_limit = c.integer(j["send_queue_limit"], "/send_queue_limit");
     if (cfg.send_queue_limit < 16 || cfg.send_queue_limit > 1000000)
       c.fail("/send_queue_limit", "must be 16..1000000");
   }
@@ -222,12 +229,12 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
       c.fail("/state_dir", "must be a directory path");
   }
   if (j.contains("workers")) {
-    cfg.workers = c.u64(j["workers"], "/workers");
+    cfg.workers = c.integer(j["workers"], "/workers");
     if (cfg.workers < 1 || cfg.workers > 256)
       c.fail("/workers", "must be 1..256");
   }
   if (j.contains("poll_us")) {
-    auto v = c.u64(j["poll_us"], "/poll_us");
+    auto v = c.integer(j["poll_us"], "/poll_us");
     if (v > 1000)
       c.fail("/poll_us", "must be 0..1000 (microseconds)");
     cfg.poll = std::chrono::microseconds(v);
@@ -277,7 +284,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
       lc.spec.host = l.contains("host") ? c.str(l["host"], la + "/host") : "127.0.0.1";
       if (!l.contains("port"))
         c.fail(la + "/port", "required for a tcp listener");
-      auto p = c.u64(l["port"], la + "/port");
+      auto p = c.integer(l["port"], la + "/port");
       if (p > 65535)
         c.fail(la + "/port", "must be 0..65535");
       lc.spec.port = uint16_t(p);
@@ -287,7 +294,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
         if (l["cid"].is_number_integer() && l["cid"].get<int64_t>() == -1)
           lc.spec.cid = 0xFFFFFFFFu;
         else {
-          auto cid = c.u64(l["cid"], la + "/cid");
+          auto cid = c.integer(l["cid"], la + "/cid");
           if (cid > 0xFFFFFFFFull)
             c.fail(la + "/cid", "must be a 32-bit CID or -1 (any)");
           lc.spec.cid = uint32_t(cid);
@@ -295,7 +302,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
       }
       if (!l.contains("port"))
         c.fail(la + "/port", "required for a vsock listener");
-      auto p = c.u64(l["port"], la + "/port");
+      auto p = c.integer(l["port"], la + "/port");
       if (p > 0xFFFFFFFFull)
         c.fail(la + "/port", "must be a 32-bit port");
       lc.spec.vport = uint32_t(p);

@@ -226,3 +226,96 @@ TEST_CASE("secrets: a cookie file group or others may access is refused with its
     CHECK(std::string(bytes.begin(), bytes.end()) == cookie);
   }
 }
+
+TEST_CASE("strict types: durations counts ports and limits must be integers") {
+  struct bad_value {
+    std::string pointer;
+    json value;
+  };
+  for (auto& [ptr, value] : std::vector<bad_value>{
+         {"/handshake_timeout_ms", "3000"},
+         {"/command_timeout_ms", "3000"},
+         {"/send_queue_limit", "4096"},
+         {"/workers", "2"},
+         {"/poll_us", "0"},
+         {"/poll_us", 1.5},
+         {"/workers", true},
+         {"/listeners/1/port", "8080"},
+         {"/listeners/2/port", "0x270f"},
+         {"/listeners/2/cid", "3"},
+       }) {
+    CAPTURE(ptr);
+    auto j = good();
+    j[json::json_pointer(ptr)] = value;
+    try {
+      parse_config(j, "t.json");
+      FAIL("accepted " << value.dump() << " at " << ptr);
+    } catch (const config_error& e) {
+      CHECK(e.field == ptr);
+      CHECK(e.reason == "must be an integer");
+    }
+  }
+  auto j = good();
+  j["handshake_timeout_ms"] = 3000;
+  j["listeners"][2]["cid"] = 3;
+  auto c = parse_config(j, "t.json");
+  CHECK(c.handshake_timeout == std::chrono::milliseconds(3000));
+  CHECK(c.listeners[2].spec.cid == 3u);
+}
+
+TEST_CASE("strict types: GPAs sizes and MSR indices still take 0x strings and integers") {
+  auto j = good();
+  auto& p = j["policies"][0];
+  p["page_protection"][0]["gpa"] = 1048576;
+  p["page_protection"][0]["size"] = "2097152";
+  p["msr_protection"][0]["msr"] = 3221225602u;
+  p["breakpoints"][0]["gpa"] = "0x1000";
+  auto c = parse_config(j, "t.json");
+  auto& v = c.policies.policies[0];
+  CHECK(v.pages[0].gpa == 0x100000);
+  CHECK(v.pages[0].size == 0x200000);
+  CHECK(v.msrs[0].msr == 0xc0000082);
+  CHECK(v.breakpoints[0].gpa == 0x1000);
+}
+
+// The schema documents the parser's rules: every numeric field it calls an
+// integer the parser refuses as a string, and "0x" strings only where the
+// schema says "u64".
+TEST_CASE("strict types: the schema and the parser agree on integers") {
+  std::ifstream in(std::filesystem::path(KVMID_SOURCE_DIR) / "config" / "kvmid.schema.json");
+  auto schema = json::parse(in);
+  auto is_integer = [](const json& s) { return s.value("type", "") == "integer"; };
+  size_t top = 0;
+  for (auto& [k, s] : schema["properties"].items()) {
+    if (!is_integer(s))
+      continue;
+    ++top;
+    CAPTURE(k);
+    auto j = good();
+    j[k] = std::to_string(s["minimum"].get<int64_t>());
+    try {
+      parse_config(j, "t.json");
+      FAIL("accepted a string for " << k);
+    } catch (const config_error& e) {
+      CHECK(e.field == "/" + k);
+      CHECK(e.reason == "must be an integer");
+    }
+    j[k] = s["minimum"];
+    CHECK_NOTHROW(parse_config(j, "t.json"));
+  }
+  CHECK(top >= 5); // handshake_timeout_ms command_timeout_ms send_queue_limit workers poll_us
+  auto& listener = schema["$defs"]["listener"]["properties"];
+  CHECK(is_integer(listener["port"]));
+  CHECK(is_integer(listener["cid"]));
+  auto& rule = schema["$defs"]["policy"]["properties"];
+  const std::string u64 = "#/$defs/u64";
+  CHECK(rule["page_protection"]["items"]["properties"]["gpa"]["$ref"] == u64);
+  CHECK(rule["page_protection"]["items"]["properties"]["size"]["$ref"] == u64);
+  CHECK(rule["msr_protection"]["items"]["properties"]["msr"]["$ref"] == u64);
+  CHECK(rule["breakpoints"]["items"]["properties"]["gpa"]["$ref"] == u64);
+  auto text = schema.dump();
+  size_t refs = 0;
+  for (size_t at = 0; (at = text.find(u64, at)) != std::string::npos; ++at)
+    ++refs;
+  CHECK(refs == 4); // no other field takes strings for numbers
+}

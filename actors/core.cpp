@@ -46,6 +46,8 @@ core::core(core_options opts)
                     "KVMI sessions closed for a protocol error, by reason", metric_type::counter);
   metrics_->declare("kvmid_handshake_failures_total", "Failed or timed-out handshakes, by reason",
                     metric_type::counter);
+  metrics_->declare("kvmid_vm_disconnects_total",
+                    "KVMI sockets closed, by reason (handshakes included)", metric_type::counter);
   impl_->self = this;
   impl_->policies = std::make_shared<const policy_set>(opts_.policies);
   configure_scheduler(impl_->cfg, opts_.worker_threads);

@@ -36,6 +36,11 @@ struct core_metrics {
                             "KVMI sessions closed for a protocol error, by reason",
                             {{"reason", std::string(reason)}});
   }
+  counter& disconnect(disconnect_reason why) {
+    return reg->get_counter("kvmid_vm_disconnects_total",
+                            "KVMI sockets closed, by reason (handshakes included)",
+                            {{"reason", std::string(name(why))}});
+  }
   counter& handshake_failure(std::string_view reason) {
     return reg->get_counter("kvmid_handshake_failures_total",
                             "Failed or timed-out handshakes, by reason",

@@ -8,17 +8,50 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kvmid {
+
+// Why a KVMI socket closed: the label of kvmid_vm_disconnects_total and the
+// reason in its one log line.
+enum class disconnect_reason : uint8_t {
+  peer_closed,       // the device manager closed its end
+  protocol_error,    // a frame kvmid cannot trust
+  io_error,          // recv/send failed
+  send_queue_full,   // the peer stopped reading
+  unhook,            // UNHOOK event or an operator unhook
+  shutdown,          // kvmid stopping
+  actor_error,       // a VM or vCPU actor failed
+  handshake_failed,  // the peer failed authentication or sent a bad message
+  handshake_timeout, // a handshake step missed its deadline
+  handshake_limit,   // max_handshakes were pending already
+};
+
+inline std::string_view name(disconnect_reason r) {
+  switch (r) {
+    case disconnect_reason::peer_closed: return "peer_closed";
+    case disconnect_reason::protocol_error: return "protocol_error";
+    case disconnect_reason::io_error: return "io_error";
+    case disconnect_reason::send_queue_full: return "send_queue_full";
+    case disconnect_reason::unhook: return "unhook";
+    case disconnect_reason::shutdown: return "shutdown";
+    case disconnect_reason::actor_error: return "actor_error";
+    case disconnect_reason::handshake_failed: return "handshake_failed";
+    case disconnect_reason::handshake_timeout: return "handshake_timeout";
+    case disconnect_reason::handshake_limit: return "handshake_limit";
+  }
+  return "?";
+}
 
 class kvmi_link {
 public:
   virtual ~kvmi_link() = default;
   // Thread-safe, never blocks: one message (header+payload) per call.
   virtual void send(std::vector<uint8_t>&& bytes) = 0;
-  // Thread-safe: closes the socket after what is queued.
-  virtual void close() = 0;
+  // Thread-safe: closes the socket after what is queued. The first reason
+  // given is the one logged and counted.
+  virtual void close(disconnect_reason why, std::string detail = {}) = 0;
   virtual std::string peer() const = 0;
   // A recycled send buffer (capacity kept) so event replies allocate
   // nothing; hand it back through send().

@@ -13,6 +13,9 @@
 //   kvmid_commands_total            counter {command, result}   result: ok | E<code> | timeout
 //   kvmid_protocol_errors_total     counter {reason}
 //   kvmid_handshake_failures_total  counter {reason}
+//   kvmid_vm_disconnects_total      counter {reason}   (link.hpp disconnect_reason)
+//   kvmid_handshakes_pending        gauge (KVMI connections still in their handshake)
+//   kvmid_accept_errors_total       counter {errno}    (kvmid's main: failed accepts)
 //   kvmid_event_reply_seconds       histogram (event received -> reply queued)
 //   kvmid_send_queue_depth          gauge (messages queued on all KVMI sockets)
 //   kvmid_bus_dropped_total         counter (event-bus messages dropped by slow subscribers)

@@ -218,9 +218,19 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
   st.p = std::move(p);
   // A vCPU actor that fails (a bug) closes its VM's session, as a link to
   // the VM actor would, without a link per vCPU. No capture: no allocation.
-  self->set_exception_handler([](caf::scheduled_actor* a, std::exception_ptr&) -> caf::error {
+  self->set_exception_handler([](caf::scheduled_actor* a, std::exception_ptr& e) -> caf::error {
     auto& s = static_cast<vcpu_actor*>(a)->state;
-    s.p.shared->link->close();
+    std::string what = "vcpu " + std::to_string(s.p.index) + ": ";
+    try {
+      if (e)
+        std::rethrow_exception(e);
+      what += "failed";
+    } catch (const std::exception& x) {
+      what += x.what();
+    } catch (...) {
+      what += "unknown exception";
+    }
+    s.p.shared->link->close(disconnect_reason::actor_error, std::move(what));
     caf::anon_send(s.p.vm, closed_atom::value);
     return caf::sec::runtime_error;
   });

@@ -119,9 +119,9 @@ void protocol_error(vm_actor* self, const std::string& reason) {
   s.closing = true;
   s.c->internals().m.protocol_error(reason).inc();
   s.protocol_errors++;
-  log(self, "protocol error, closing the session: %s", reason);
+  // The session's close line (kvmi_session) logs the reason.
   publish(self, bus_kind::lifecycle, "protocol-error", reason);
-  s.p.link->close();
+  s.p.link->close(disconnect_reason::protocol_error, reason);
 }
 
 // --- commands -------------------------------------------------------------
@@ -586,7 +586,7 @@ void unhook(vm_actor* self, done_fn then) {
   chain(q, [=] {
     publish(self, bus_kind::lifecycle, "vm-unhooked", "kvmid removed its hooks and closed");
     self->state.closing = true;
-    self->state.p.link->close();
+    self->state.p.link->close(disconnect_reason::unhook);
     then();
   });
 }
@@ -975,10 +975,11 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   });
   self->set_down_handler([](caf::down_msg&) {});
   self->set_exit_handler([=](caf::exit_msg& m) {
-    if (m.source != self->state.c->registry().address() && m.reason == caf::exit_reason::user_shutdown) {
-      // A vCPU actor died unexpectedly is a bug; a shutdown closes the session.
-    }
-    self->state.p.link->close();
+    // The registry stops its VMs when kvmid stops; any other exit (a vCPU
+    // actor that failed) is a bug that ends the session.
+    bool stopping = m.source == self->state.c->registry().address();
+    self->state.p.link->close(stopping ? disconnect_reason::shutdown : disconnect_reason::actor_error,
+                              caf::to_string(m.reason));
     on_closed(self);
   });
   self->request(c->registry(), std::chrono::seconds(10), register_atom::value, s.uuid, s.p.guest.name)

@@ -188,7 +188,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
-                 "policies", "api", "state_dir"});
+                 "policies", "api", "state_dir", "max_handshakes"});
   config cfg;
   cfg.file = file;
   if (j.contains("log_level")) {
@@ -222,6 +222,11 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     cfg.send_queue_limit = c.integer(j["send_queue_limit"], "/send_queue_limit");
     if (cfg.send_queue_limit < 16 || cfg.send_queue_limit > 1000000)
       c.fail("/send_queue_limit", "must be 16..1000000");
+  }
+  if (j.contains("max_handshakes")) {
+    cfg.max_handshakes = c.u64(j["max_handshakes"], "/max_handshakes");
+    if (cfg.max_handshakes < 1 || cfg.max_handshakes > 100000)
+      c.fail("/max_handshakes", "must be 1..100000");
   }
   if (j.contains("state_dir")) {
     cfg.state_dir = c.str(j["state_dir"], "/state_dir");

@@ -39,6 +39,7 @@ struct config {
   std::string cookie_file;           // the default cookie
   kvmi::hs::mode handshake = kvmi::hs::mode::kvmi;
   std::chrono::milliseconds handshake_timeout{10000};
+  size_t max_handshakes = 64; // KVMI handshakes pending at once, all listeners
   std::chrono::milliseconds command_timeout{5000};
   size_t send_queue_limit = 4096;
   size_t workers = 2;

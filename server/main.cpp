@@ -4,6 +4,7 @@
 #include "actors/core.hpp"
 #include "actors/log.hpp"
 #include "server/config.hpp"
+#include "server/instance_lock.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
 
@@ -22,6 +23,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <future>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -100,6 +102,24 @@ struct summary {
     return out;
   }
 };
+
+// SIGHUP re-reads the policies, as POST /v1/policies/reload does; a bad
+// file keeps the policies in force.
+void reload_on_hup(core& c) {
+  auto answer = std::make_shared<std::promise<api_result<done>>>();
+  auto f = answer->get_future();
+  c.api().reload_policies([answer](api_result<done> r) { answer->set_value(std::move(r)); });
+  if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    std::fprintf(stderr, "kvmid: SIGHUP: policy reload gave no answer within 10 s\n");
+    return;
+  }
+  auto r = f.get();
+  if (r.ok())
+    std::fprintf(stderr, "kvmid: SIGHUP: policies reloaded\n");
+  else
+    std::fprintf(stderr, "kvmid: SIGHUP: policy reload failed, the old policies stay: %s\n",
+                 r.error().message.c_str());
+}
 
 std::vector<uint8_t> random_cookie() {
   std::vector<uint8_t> c(32);
@@ -237,9 +257,11 @@ int main(int argc, char** argv) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  instance_lock state_lock; // one kvmid per state directory
   core_options co;
   co.worker_threads = cfg.workers;
   co.policies = cfg.policies;
@@ -262,6 +284,13 @@ int main(int argc, char** argv) {
                            "survive a restart (set state_dir)\n",
                    dir.c_str(), ec.message().c_str());
     } else {
+      auto lk = instance_lock::acquire((std::filesystem::path(dir) / "kvmid.lock").string(),
+                                       "state directory " + dir);
+      if (auto* why = std::get_if<std::string>(&lk)) {
+        std::fprintf(stderr, "kvmid: %s\n", why->c_str());
+        return 1;
+      }
+      state_lock = std::move(std::get<instance_lock>(lk));
       try {
         co.planted = load_planted(dir);
         co.state_dir = dir;
@@ -286,7 +315,17 @@ int main(int argc, char** argv) {
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
     ro.spin = cfg.poll;
+    c.metrics().declare("kvmid_accept_errors_total", "Failed accepts on any listener, by errno",
+                        metric_type::counter);
+    ro.on_accept_error = [&c](int err) {
+      const char* n = strerrorname_np(err);
+      c.metrics()
+        .get_counter("kvmid_accept_errors_total", "Failed accepts on any listener, by errno",
+                     {{"errno", n ? n : std::to_string(err)}})
+        .inc();
+    };
     net::reactor r(ro);
+    auto gate = std::make_shared<handshake_gate>(cfg.max_handshakes);
     std::string sim_target;
     try {
       for (size_t i = 0; i < cfg.listeners.size(); ++i) {
@@ -294,6 +333,7 @@ int main(int argc, char** argv) {
         lo.cookie = cookies[i];
         lo.mode = cfg.handshake;
         lo.handshake_timeout = cfg.handshake_timeout;
+        lo.gate = gate;
         int li = r.add_listener(cfg.listeners[i].spec, kvmi_handler_factory(r, c, lo));
         auto sp = cfg.listeners[i].spec;
         if (sp.type == net::listen_spec::kind::tcp)
@@ -379,6 +419,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "kvmid: signal %d, shutting down\n", sig);
         break;
       }
+      if (sig == SIGHUP)
+        reload_on_hup(c);
       c.metrics()
         .get_gauge("kvmid_send_queue_depth", "Messages queued for sending on all KVMI sockets")
         .set(int64_t(r.queued_total()));

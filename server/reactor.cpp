@@ -3,6 +3,9 @@
 // mutex-protected task queue plus an eventfd the ring reads.
 #include "server/reactor.hpp"
 
+#include "actors/log.hpp"
+#include "server/instance_lock.hpp"
+
 #include <liburing.h>
 
 #include <arpa/inet.h>
@@ -19,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -65,7 +69,37 @@ struct listener {
   bool armed = false;
   sockaddr_storage addr{};
   socklen_t addrlen = sizeof(sockaddr_storage);
+  // unix_socket: the path's lock, and the socket file this listener bound
+  // (the only one it may unlink).
+  instance_lock lock;
+  bool created = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  // Accept failing for want of resources: the current retry delay (0 when
+  // accepting works) and the failures of this burst.
+  std::chrono::milliseconds backoff{0};
+  uint64_t failures = 0;
 };
+
+// Accept errors that mean "no resources now": retried after a delay.
+bool resource_shortage(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+// Connects to a UNIX socket path to learn whether a server accepts there.
+// Only a refusal proves the file stale.
+bool unix_socket_refuses(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return false;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), std::min(path.size(), sizeof a.sun_path - 1));
+  bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+                 && errno == ECONNREFUSED;
+  ::close(fd);
+  return refused;
+}
 
 } // namespace
 
@@ -138,6 +172,7 @@ struct reactor::impl {
   std::atomic<bool> run_flag{false}, stop_req{false};
   std::atomic<size_t> nconns{0};
   std::atomic<size_t> queued{0};
+  std::atomic<uint64_t> accepts{0};
 
   // multishot recv
   bool use_multishot = false;
@@ -236,6 +271,33 @@ struct reactor::impl {
                          SOCK_CLOEXEC);
     io_uring_sqe_set_data64(s, tag(op_accept, li));
     l.armed = true;
+    accepts.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Listener retries share the connection timers under conn id 0 (never a
+  // connection's), the listener's index as the token.
+  static constexpr conn_id listener_timer = 0;
+
+  void retry_accept_later(size_t li, int err) {
+    auto& l = listeners[li];
+    l.backoff = l.backoff.count() == 0 ? opts.accept_backoff
+                                       : std::min(l.backoff * 2, opts.accept_backoff_max);
+    if (l.failures++ == 0 && log_on(log_error))
+      std::fprintf(stderr,
+                   "kvmid: accept on %s failed: %s; retrying every %lld..%lld ms until it works\n",
+                   l.spec.describe().c_str(), std::strerror(err),
+                   static_cast<long long>(opts.accept_backoff.count()),
+                   static_cast<long long>(opts.accept_backoff_max.count()));
+    auto it = timers.emplace(clock::now() + l.backoff, std::make_pair(listener_timer, li));
+    timer_index[{listener_timer, li}] = it;
+  }
+
+  void accept_recovered(listener& l) {
+    if (l.failures && log_on(log_warn))
+      std::fprintf(stderr, "kvmid: accept on %s works again after %llu failed attempts\n",
+                   l.spec.describe().c_str(), static_cast<unsigned long long>(l.failures));
+    l.failures = 0;
+    l.backoff = {};
   }
 
   void arm_recv(conn& c) {
@@ -334,12 +396,17 @@ struct reactor::impl {
     l.armed = false;
     if (stop_req.load())
       return;
+    if (res < 0 && opts.on_accept_error)
+      opts.on_accept_error(-res);
+    if (res < 0 && resource_shortage(-res))
+      return retry_accept_later(li, -res);
     if (res >= 0) {
+      accept_recovered(l);
       auto c = std::make_unique<conn>();
       c->r = this;
       c->cid = next_id++;
       c->fd = res;
-      c->peer_ = peer_name(l);
+      c->peer_ = peer_name(l, res);
       c->h = l.make();
       auto* cp = c.get();
       conns.emplace(cp->cid, std::move(c));
@@ -356,7 +423,7 @@ struct reactor::impl {
       arm_accept(li);
   }
 
-  static std::string peer_name(const listener& l) {
+  static std::string peer_name(const listener& l, int fd) {
     char b[INET6_ADDRSTRLEN + 16] = "";
     switch (l.addr.ss_family) {
       case AF_INET: {
@@ -373,7 +440,14 @@ struct reactor::impl {
         auto* a = reinterpret_cast<const sockaddr_vm*>(&l.addr);
         return "vsock:" + std::to_string(a->svm_cid) + ":" + std::to_string(a->svm_port);
       }
-      default: return "unix:" + l.spec.path;
+      default: {
+        std::string p = "unix:" + l.spec.path;
+        ucred cr{};
+        socklen_t len = sizeof cr;
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
+          p += " pid=" + std::to_string(cr.pid) + " uid=" + std::to_string(cr.uid);
+        return p;
+      }
     }
   }
 
@@ -472,6 +546,11 @@ struct reactor::impl {
       auto [cid, token] = timers.begin()->second;
       timer_index.erase({cid, token});
       timers.erase(timers.begin());
+      if (cid == listener_timer) {
+        if (!stop_req.load() && token < listeners.size())
+          arm_accept(size_t(token));
+        continue;
+      }
       if (auto* c = find(cid); c && !c->closing && c->h)
         c->h->on_timer(*c, token);
     }
@@ -649,8 +728,10 @@ reactor::~reactor() {
   for (auto& l : impl_->listeners) {
     if (l.fd >= 0)
       ::close(l.fd);
-    if (l.spec.type == listen_spec::kind::unix_socket && !l.spec.path.empty())
-      ::unlink(l.spec.path.c_str());
+    struct stat st{};
+    if (l.created && ::lstat(l.spec.path.c_str(), &st) == 0 && st.st_dev == l.dev
+        && st.st_ino == l.ino)
+      ::unlink(l.spec.path.c_str()); // still the file this listener bound
   }
   if (impl_->br) {
     io_uring_unregister_buf_ring(&impl_->ring, buf_group);
@@ -669,6 +750,7 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
   };
   int fd = -1;
   uint16_t port = 0;
+  listener l;
   switch (spec.type) {
     case listen_spec::kind::unix_socket: {
       sockaddr_un a{};
@@ -678,12 +760,23 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
         fail("bad socket path");
       }
       std::memcpy(a.sun_path, spec.path.data(), spec.path.size());
+      auto lk = instance_lock::acquire(spec.path + ".lock", spec.describe());
+      if (auto* why = std::get_if<std::string>(&lk))
+        throw std::system_error(EADDRINUSE, std::generic_category(), *why);
+      l.lock = std::move(std::get<instance_lock>(lk));
+      struct stat st{};
+      if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+        // Another server (one that takes no lock) may still accept there:
+        // replacing its file would cut it off from every new peer.
+        if (!unix_socket_refuses(spec.path)) {
+          errno = EADDRINUSE;
+          fail("a server still accepts connections on");
+        }
+        ::unlink(spec.path.c_str()); // stale: its server is gone
+      }
       fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
       if (fd < 0)
         fail("socket");
-      struct stat st{};
-      if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
-        ::unlink(spec.path.c_str()); // a stale socket from an earlier run
       if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
         int e = errno;
         ::close(fd);
@@ -697,6 +790,11 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
         ::close(fd);
         errno = e;
         fail("chmod/chown");
+      }
+      if (::lstat(spec.path.c_str(), &st) == 0) {
+        l.created = true;
+        l.dev = st.st_dev;
+        l.ino = st.st_ino;
       }
       break;
     }
@@ -757,7 +855,6 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
     fail("listen");
   }
   std::lock_guard lk(impl_->lmu);
-  listener l;
   l.fd = fd;
   l.spec = spec;
   l.make = std::move(make);
@@ -795,6 +892,7 @@ bool reactor::running() const { return impl_->run_flag.load(); }
 bool reactor::multishot() const { return impl_->use_multishot; }
 size_t reactor::connections() const { return impl_->nconns.load(); }
 size_t reactor::queued_total() const { return impl_->queued.load(); }
+uint64_t reactor::accept_attempts() const { return impl_->accepts.load(); }
 std::vector<uint8_t> reactor::take_buffer() { return impl_->take_buffer(); }
 
 void reactor::post_send(conn_id c, std::vector<uint8_t> bytes) {

@@ -28,7 +28,10 @@ using conn_id = uint64_t; // never reused within one reactor
 struct listen_spec {
   enum class kind : uint8_t { unix_socket, tcp, vsock };
   kind type = kind::unix_socket;
-  std::string path;          // unix_socket: created (an old socket file is replaced)
+  // unix_socket: created. A socket file already there is replaced only when
+  // nothing accepts on it (connect refused: stale); "<path>.lock" is held
+  // meanwhile, so a second server on the same path fails instead.
+  std::string path;
   uint32_t mode = 0600;      // unix_socket: chmod of the socket file
   int64_t uid = -1;          // unix_socket: chown owner, -1 keeps
   int64_t gid = -1;          // unix_socket: chown group, -1 keeps
@@ -54,7 +57,8 @@ class conn_ctx {
 public:
   virtual ~conn_ctx() = default;
   virtual conn_id id() const = 0;
-  virtual const std::string& peer() const = 0; // "unix", "tcp:1.2.3.4:5", "vsock:3:1024"
+  // "unix:/path pid=1 uid=0" (SO_PEERCRED), "tcp:1.2.3.4:5", "vsock:3:1024"
+  virtual const std::string& peer() const = 0;
   // Queues a copy of bytes as one send (header+payload of one message go in
   // one call). Returns false when the bounded queue is full: the connection
   // is then closed with close_reason::queue_full.
@@ -95,6 +99,13 @@ struct reactor_options {
   // by default: on a 2-core host the polling ring takes the core the actor
   // needs (bench: 1-vCPU p50 45-55 us off, 68-71 us at 50 us).
   std::chrono::microseconds spin{0};
+  // An accept that fails for want of resources (EMFILE, ENFILE, ENOBUFS,
+  // ENOMEM) is retried after this delay, doubling up to accept_backoff_max
+  // while it keeps failing, instead of at once (which spins a core).
+  std::chrono::milliseconds accept_backoff{50};
+  std::chrono::milliseconds accept_backoff_max{1000};
+  // Called on the ring thread for every failed accept, with its errno.
+  std::function<void(int err)> on_accept_error;
 };
 
 class reactor {
@@ -127,6 +138,7 @@ public:
 
   size_t connections() const;
   size_t queued_total() const; // messages waiting on every connection (metrics)
+  uint64_t accept_attempts() const; // accepts submitted on every listener
 
   // Thread-safe pool of send buffers (capacity kept): take one, fill it,
   // hand it to post_send / ctx.send; the ring returns it after sending.

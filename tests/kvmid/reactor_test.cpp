@@ -7,7 +7,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -409,4 +411,201 @@ TEST_CASE("queued messages go out gathered - whole and in order across partial s
   CHECK(got == expect);
   ::close(fd);
   r.stop();
+}
+
+namespace {
+
+// Lowers RLIMIT_NOFILE for one test and restores it, whatever happens.
+struct fd_limit {
+  rlimit old{};
+  explicit fd_limit(rlim_t soft) {
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    rlimit l = old;
+    l.rlim_cur = soft;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &l) == 0);
+  }
+  ~fd_limit() { ::setrlimit(RLIMIT_NOFILE, &old); }
+};
+
+int highest_open_fd() {
+  int hi = 0;
+  for (auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+    hi = std::max(hi, std::atoi(e.path().filename().c_str()));
+  return hi;
+}
+
+} // namespace
+
+TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers when fds free up") {
+  tmpdir d;
+  reactor_options o;
+  std::atomic<int> emfile{0};
+  o.on_accept_error = [&](int err) {
+    if (err == EMFILE)
+      ++emfile;
+  };
+  reactor r(o);
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.path = (d.p / "fd.sock").string();
+  r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+  r.start();
+  int warm = connect_unix(s.path); // the ring is up and its accept armed
+  ::send(warm, "x", 1, MSG_NOSIGNAL);
+  REQUIRE(read_n(warm, 1) == "x");
+  ::close(warm);
+  std::vector<int> fillers;
+  int client = -1;
+  {
+    fd_limit lim(rlim_t(highest_open_fd() + 32));
+    while (true) { // every fd the limit allows
+      int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (f < 0) {
+        REQUIRE(errno == EMFILE);
+        break;
+      }
+      fillers.push_back(f);
+    }
+    // One fd for a client; after its accept (or the accept's failure) the
+    // ring's next accept finds no fd: the kernel allocates it first.
+    ::close(fillers.back());
+    fillers.pop_back();
+    client = connect_unix(s.path);
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (emfile.load() == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    REQUIRE_MESSAGE(emfile.load() > 0, "no accept failed with EMFILE within 10 s");
+    // A second of the fd limit: without a back-off the ring re-submits the
+    // failing accept hundreds of thousands of times.
+    uint64_t before = r.accept_attempts();
+    std::this_thread::sleep_for(1s);
+    uint64_t attempts = r.accept_attempts() - before;
+    INFO("accept attempts in 1 s at the fd limit: " << attempts);
+    CHECK(attempts < 50);
+    for (int f : fillers)
+      ::close(f);
+  }
+  // fds are free again: a new connection is accepted and served.
+  int fresh = connect_unix(s.path);
+  ::send(fresh, "again", 5, MSG_NOSIGNAL);
+  CHECK(read_n(fresh, 5) == "again");
+  ::close(fresh);
+  ::close(client);
+}
+
+TEST_CASE("a second listener on a live socket path fails and the first keeps accepting") {
+  tmpdir d;
+  std::atomic<int> closes{0};
+  auto make = [&] { return std::make_unique<echo>(&closes); };
+  listen_spec s;
+  s.path = (d.p / "live.sock").string();
+  reactor first;
+  first.add_listener(s, make);
+  first.start();
+  {
+    reactor second;
+    try {
+      second.add_listener(s, make);
+      FAIL("the second listener on " << s.path << " was accepted");
+    } catch (const std::system_error& e) {
+      std::string what = e.what();
+      INFO(what);
+      CHECK(what.find(s.path) != std::string::npos);
+      CHECK(what.find("pid " + std::to_string(::getpid())) != std::string::npos);
+    }
+  } // the second reactor goes: it must not take the first's socket file along
+  int fd = connect_unix(s.path);
+  ::send(fd, "still", 5, MSG_NOSIGNAL);
+  CHECK(read_n(fd, 5) == "still");
+  ::close(fd);
+}
+
+TEST_CASE("a socket file some other server accepts on is never replaced - a stale one is") {
+  tmpdir d;
+  std::atomic<int> closes{0};
+  auto make = [&] { return std::make_unique<echo>(&closes); };
+  auto bound = [](const std::string& path, bool listening) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    if (listening)
+      REQUIRE(::listen(fd, 8) == 0);
+    return fd;
+  };
+  listen_spec live;
+  live.path = (d.p / "foreign.sock").string();
+  int foreign = bound(live.path, true);
+  {
+    reactor r;
+    CHECK_THROWS_AS(r.add_listener(live, make), std::system_error);
+  }
+  int c = connect_unix(live.path); // the foreign server is still reachable
+  ::close(c);
+  ::close(foreign);
+
+  listen_spec stale;
+  stale.path = (d.p / "stale.sock").string();
+  ::close(bound(stale.path, false)); // the file of a server that is gone
+  reactor r;
+  r.add_listener(stale, make);
+  r.start();
+  int fd = connect_unix(stale.path);
+  ::send(fd, "fresh", 5, MSG_NOSIGNAL);
+  CHECK(read_n(fd, 5) == "fresh");
+  ::close(fd);
+}
+
+TEST_CASE("a reactor removes only the socket file it created") {
+  tmpdir d;
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.path = (d.p / "mine.sock").string();
+  {
+    reactor r;
+    r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+    r.start();
+    r.stop();
+    // Someone else's file now sits at the path.
+    REQUIRE(::unlink(s.path.c_str()) == 0);
+    int other = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, s.path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::bind(other, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    ::close(other);
+  }
+  CHECK(std::filesystem::exists(s.path));
+  {
+    reactor r;
+    r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+  }
+  CHECK_FALSE(std::filesystem::exists(s.path)); // its own file goes
+}
+
+TEST_CASE("a UNIX peer is named with its pid and uid") {
+  tmpdir d;
+  reactor r;
+  std::promise<std::string> peer;
+  struct h : connection_handler {
+    std::promise<std::string>* p;
+    void on_open(conn_ctx& c) override { p->set_value(c.peer()); }
+    void on_data(conn_ctx&, std::span<const uint8_t>) override {}
+  };
+  listen_spec s;
+  s.path = (d.p / "cred.sock").string();
+  r.add_listener(s, [&] {
+    auto x = std::make_unique<h>();
+    x->p = &peer;
+    return x;
+  });
+  r.start();
+  int fd = connect_unix(s.path);
+  auto f = peer.get_future();
+  REQUIRE(f.wait_for(10s) == std::future_status::ready);
+  CHECK(f.get()
+        == "unix:" + s.path + " pid=" + std::to_string(::getpid())
+             + " uid=" + std::to_string(::getuid()));
+  ::close(fd);
 }

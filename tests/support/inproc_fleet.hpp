@@ -27,6 +27,10 @@ struct inproc_options {
   core_options core;
   kvmi_listener_options listener;
   kvmi::sim::options sim; // unix_path is filled in with the fleet's socket
+  net::reactor_options reactor;
+  // When set, the simulator dials this path (a test's relay) instead of
+  // kvmid's socket.
+  std::string sim_unix_path;
   // Guest state that must exist before the first hook.
   std::function<void(kvmi::sim::host&)> before_start;
   std::string name = "fleet"; // temp dir /tmp/kvmid-<name>-XXXXXX, timeout messages
@@ -51,13 +55,13 @@ struct inproc_fleet {
     REQUIRE(mkdtemp(t.data()));
     dir = t;
     c = std::make_unique<core>(o.core);
-    r = std::make_unique<net::reactor>();
+    r = std::make_unique<net::reactor>(o.reactor);
     net::listen_spec s;
     s.path = (dir / "kvmi.sock").string();
     r->add_listener(s, kvmi_handler_factory(*r, *c, o.listener));
     r->start();
     so = std::move(o.sim);
-    so.unix_path = s.path;
+    so.unix_path = o.sim_unix_path.empty() ? s.path : o.sim_unix_path;
     h = std::make_unique<kvmi::sim::host>(so);
     if (o.before_start)
       o.before_start(*h);
@@ -84,6 +88,22 @@ struct inproc_fleet {
     if (fut.wait_for(call_timeout) != std::future_status::ready)
       return api_error{api_errc::timeout, no_answer};
     return fut.get();
+  }
+
+  // Hooked, and every vCPU configured by kvmid and back in the guest.
+  bool ready(uint32_t vm, uint32_t mask = kvmi::flag(kvmi::event_id::pause_vcpu)) {
+    return h->wait_until(
+      [&] {
+        auto v = h->vm(vm);
+        if (!v.hooked || v.vcpus.empty())
+          return false;
+        for (auto& x : v.vcpus)
+          if ((x.enabled_events & mask) != mask || x.state != kvmi::sim::vcpu_state::running
+              || x.pending_pauses)
+            return false;
+        return true;
+      },
+      std::chrono::milliseconds(10000));
   }
 
   std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }

@@ -1,0 +1,298 @@
+// The KVMI socket's life on kvmid's side, in one process against kvmi-sim
+// and raw peers: handshake deadlines that partial data cannot extend, the
+// cap on pending handshakes, one log line and one counted reason for every
+// close, and UNIX peers named by pid.
+#include "tests/support/inproc_fleet.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <future>
+#include <optional>
+#include <thread>
+#include <fstream>
+#include <sstream>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+using namespace kvmid;
+using namespace std::chrono_literals;
+namespace sim = kvmi::sim;
+
+namespace {
+
+const std::vector<uint8_t> cookie(32, 0x42);
+
+struct fleet : testing::inproc_fleet {
+  explicit fleet(const std::function<void(testing::inproc_options&)>& tweak = {})
+      : inproc_fleet(options(tweak)) {}
+  static testing::inproc_options options(const std::function<void(testing::inproc_options&)>& tweak) {
+    testing::inproc_options o;
+    o.name = "lifecycle";
+    o.listener.cookie = cookie;
+    o.sim.cookie = cookie;
+    o.sim.vms = 1;
+    o.sim.vcpus_per_vm = 1;
+    o.sim.reconnect = false;
+    if (tweak)
+      tweak(o);
+    return o;
+  }
+  std::string sock() const { return (dir / "kvmi.sock").string(); }
+  bool wait_metric(const std::string& name, const std::string& label, const std::string& value,
+                   double want) {
+    return h->wait_until([&] { return metric(name, label, value) == want; }, 10000ms);
+  }
+};
+
+int connect_to(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+// True once the peer closed (EOF or reset), false if still open after 10 s.
+bool closed_by_kvmid(int fd) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char b[256];
+    if (::recv(fd, b, sizeof b, 0) <= 0)
+      return true;
+  }
+  return false;
+}
+
+// Everything written to stderr (fd 2) while it lives goes to a file too.
+struct stderr_capture {
+  std::string path;
+  int saved = -1;
+  explicit stderr_capture(const std::filesystem::path& dir) : path((dir / "stderr.log").string()) {
+    std::fflush(stderr);
+    saved = ::dup(2);
+    int f = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(f >= 0);
+    ::dup2(f, 2);
+    ::close(f);
+  }
+  ~stderr_capture() {
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+  }
+  std::string text() const {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  size_t lines_with(const std::string& a, const std::string& b = {}) const {
+    size_t n = 0;
+    std::istringstream in(text());
+    for (std::string l; std::getline(in, l);)
+      n += l.find(a) != std::string::npos && (b.empty() || l.find(b) != std::string::npos);
+    return n;
+  }
+};
+
+} // namespace
+
+TEST_CASE("a peer trickling its handshake is closed at the step's deadline although it keeps sending") {
+  fleet f([](testing::inproc_options& o) { o.listener.handshake_timeout = 200ms; });
+  int fd = connect_to(f.sock());
+  // A genuine hello, one byte each 50 ms: 48 bytes would take 2.4 s.
+  kvmi::hs::dm_side dm(cookie, {});
+  auto hello = dm.out();
+  size_t sent = 0;
+  bool closed = false;
+  while (!closed && sent < hello.size()) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 50) > 0) {
+      char b[256];
+      closed = ::recv(fd, b, sizeof b, 0) <= 0;
+      continue;
+    }
+    if (::send(fd, &hello[sent], 1, MSG_NOSIGNAL) != 1)
+      closed = true;
+    else
+      ++sent;
+  }
+  INFO("hello bytes sent before kvmid closed: " << sent << " of " << hello.size());
+  CHECK(closed);
+  CHECK(sent < hello.size());
+  ::close(fd);
+  CHECK(f.wait_metric("kvmid_handshake_failures_total", "reason", "handshake timed out", 1));
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "handshake_timeout", 1));
+}
+
+TEST_CASE("max_handshakes refuses connection N+1 while N are pending and admits again after") {
+  fleet f([](testing::inproc_options& o) {
+    o.listener.max_handshakes = 3;
+    o.listener.handshake_timeout = 30000ms;
+  });
+  REQUIRE(f.ready(0)); // the VM's own handshake is over
+  stderr_capture err(f.dir);
+  std::vector<int> pending;
+  for (int i = 0; i < 3; ++i)
+    pending.push_back(connect_to(f.sock()));
+  REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 3));
+  int extra = connect_to(f.sock());
+  CHECK(closed_by_kvmid(extra));
+  ::close(extra);
+  CHECK(f.wait_metric("kvmid_handshake_failures_total", "reason", "too many handshakes pending", 1));
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "handshake_limit", 1));
+  for (int fd : pending)
+    ::close(fd);
+  REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 0));
+  int again = connect_to(f.sock());
+  REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 1)); // admitted
+  CHECK(f.metric("kvmid_vm_disconnects_total", "reason", "handshake_limit") == 1);
+  ::close(again);
+  REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 0));
+  CHECK(err.lines_with("refusing new connections") == 1);
+  CHECK(err.lines_with("admitted again after 1 refused") == 1);
+  CHECK(err.lines_with("closed: handshake_limit") == 0); // one line per burst, not per peer
+  CHECK(f.h->hooked(0));
+}
+
+TEST_CASE("every close of a VM socket logs one line and is counted by reason") {
+  fleet f([](testing::inproc_options& o) { o.sim.vms = 3; });
+  for (uint32_t v = 0; v < 3; ++v)
+    REQUIRE(f.ready(v));
+  stderr_capture err(f.dir);
+  f.get(f.h->inject_fault(0, "disconnect"));
+  f.get(f.h->inject_fault(1, "garbage"));
+  auto u = f.call<done>([&](control_api& a, auto cb) { a.unhook(f.uuid(2), cb); });
+  CHECK_MESSAGE(u.ok(), (u.ok() ? std::string() : u.error().message));
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "peer_closed", 1));
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "protocol_error", 1));
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "unhook", 1));
+  REQUIRE(f.h->wait_until([&] { return f.metric("kvmid_vms") == 0; }, 10000ms));
+  INFO("stderr: " << err.text());
+  CHECK(err.lines_with(f.uuid(0), "closed: peer_closed") == 1);
+  CHECK(err.lines_with(f.uuid(1), "closed: protocol_error") == 1);
+  CHECK(err.lines_with(f.uuid(2), "closed: unhook") == 1);
+  for (uint32_t v = 0; v < 3; ++v)
+    CHECK(err.lines_with(f.uuid(v)) == 1); // nothing else about the close
+}
+
+TEST_CASE("a failed handshake names the peer's pid in its log line and lifecycle record") {
+  fleet f;
+  auto sub = f.c->bus().subscribe(bus_filter{{}, {bus_kind::lifecycle}, {"handshake-failed"}});
+  stderr_capture err(f.dir);
+  int fd = connect_to(f.sock());
+  std::vector<uint8_t> junk(48, 0x5a); // not a hello
+  REQUIRE(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL) == ssize_t(junk.size()));
+  CHECK(closed_by_kvmid(fd));
+  ::close(fd);
+  std::vector<bus_record> got;
+  REQUIRE(f.h->wait_until([&] { return sub->poll(got) > 0 || !got.empty(); }, 10000ms));
+  std::string peer;
+  for (auto& [k, v] : got[0].fields)
+    if (k == "peer")
+      peer = v;
+  auto me = "pid=" + std::to_string(::getpid());
+  CHECK(peer == "unix:" + f.sock() + " " + me + " uid=" + std::to_string(::getuid()));
+  REQUIRE(f.wait_metric("kvmid_vm_disconnects_total", "reason", "handshake_failed", 1));
+  CHECK(err.lines_with("closed: handshake_failed", me) == 1);
+}
+
+namespace {
+
+// Relays one simulated VM's connection to kvmid; stall() stops reading what
+// kvmid sends, as a device manager that hangs would.
+struct stalling_relay {
+  std::string path;
+  int lfd = -1;
+  std::promise<std::string> target;
+  std::atomic<bool> stalled{false}, stop{false};
+  std::thread th;
+
+  explicit stalling_relay(const std::filesystem::path& dir) : path((dir / "relay.sock").string()) {
+    lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(lfd, 4) == 0);
+    th = std::thread([this] { run(); });
+  }
+  ~stalling_relay() {
+    stop = true;
+    th.join();
+    ::close(lfd);
+  }
+
+  void run() {
+    int vm = -1;
+    while (!stop && vm < 0) {
+      pollfd p{lfd, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0)
+        vm = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    auto t = target.get_future();
+    if (vm < 0 || t.wait_for(10s) != std::future_status::ready)
+      return;
+    int kv = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, t.get().c_str(), sizeof a.sun_path - 1);
+    if (::connect(kv, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+      stop = true; // the simulator then sees its connection close
+    char b[65536];
+    while (!stop) {
+      pollfd p[2] = {{vm, POLLIN, 0}, {stalled ? -1 : kv, POLLIN, 0}};
+      if (::poll(p, 2, 50) <= 0)
+        continue;
+      for (int i = 0; i < 2; ++i) {
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+          continue;
+        auto n = ::recv(p[i].fd, b, sizeof b, 0);
+        if (n <= 0) {
+          stop = true;
+          break;
+        }
+        ::send(i == 0 ? kv : vm, b, size_t(n), MSG_NOSIGNAL);
+      }
+    }
+    ::close(vm);
+    ::close(kv);
+  }
+};
+
+} // namespace
+
+TEST_CASE("a VM that stops reading is closed for send_queue_full with one line") {
+  std::string t = "/tmp/kvmid-relay-XXXXXX";
+  REQUIRE(mkdtemp(t.data()));
+  std::filesystem::path rdir = t;
+  std::optional<stalling_relay> relay(std::in_place, rdir);
+  fleet f([&](testing::inproc_options& o) {
+    o.reactor.send_queue_limit = 16;
+    o.core.command_timeout = 2000ms;
+    o.sim_unix_path = relay->path;
+  });
+  relay->target.set_value(f.sock());
+  REQUIRE(f.ready(0));
+  auto vm = f.uuid(0);
+  REQUIRE(f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(vm, cb); }).ok());
+  stderr_capture err(f.dir);
+  relay->stalled = true;
+  // Writes of guest memory: far more command bytes than the socket holds.
+  for (int i = 0; i < 400; ++i)
+    f.c->api().write_physical(vm, 0x300000 + uint64_t(i % 16) * 4096,
+                              std::vector<uint8_t>(4096, uint8_t(i)), [](api_result<done>) {});
+  CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "send_queue_full", 1));
+  REQUIRE(f.h->wait_until([&] { return f.metric("kvmid_vms") == 0; }, 10000ms));
+  INFO("stderr: " << err.text());
+  CHECK(err.lines_with(vm, "closed: send_queue_full") == 1);
+  CHECK(err.lines_with(vm) == 1);
+  relay.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(rdir, ec);
+}

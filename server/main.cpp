@@ -6,6 +6,7 @@
 #include "server/config.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
+#include "server/shutdown.hpp"
 
 #ifdef KVMID_HAVE_CONTROL
 #include "server/control/api.hpp"
@@ -383,6 +384,9 @@ int main(int argc, char** argv) {
                >= duration)
         break;
     }
+    // Nothing of kvmid's stays in a guest once it is gone.
+    if (!unhook_for_shutdown(c, cfg.shutdown_timeout))
+      rc = 4;
     std::printf("kvmid: %s\n", sum.line(c, true).c_str());
 #ifdef KVMID_HAVE_SIM
     if (sim) {

@@ -487,3 +487,32 @@ TEST_CASE("chaos: SIGTERM past shutdown_timeout_ms names each VM left and exits 
   }
   CHECK(log.find("not cleanly unhooked") != std::string::npos);
 }
+
+// The INT3 a killed kvmid left is known to the next one from its state
+// directory; that one's SIGTERM restores it with the rest.
+TEST_CASE("chaos: after SIGKILL and restart - SIGTERM restores the INT3 the killed kvmid planted") {
+  kvmid_proc k([](sim::options& o) {
+    o.vms = 2;
+    o.vcpus_per_vm = 2;
+    o.workload.rate_per_vcpu = 50;
+  });
+  REQUIRE(k.configured(30s));
+  kill_and_restart(k);
+  std::vector<sim::counters> before;
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    before.push_back(k.h->vm_counters(v));
+    CHECK(before.back().int3_at_close >= 1); // SIGKILL left it in the guest
+  }
+  int rc = kvmid::test::stop(k.pid, 20000ms);
+  k.pid = -1;
+  INFO("kvmid stderr: " << k.log());
+  CHECK(rc == 0);
+  REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    INFO("vm " << v);
+    auto c = k.h->vm_counters(v);
+    CHECK(k.h->memory(v, bp_gpa, 1)[0] == bp_original);
+    CHECK(c.int3_at_close == before[v].int3_at_close);
+    CHECK(c.restricted_at_close == before[v].restricted_at_close);
+  }
+}

@@ -63,6 +63,23 @@ core::~core() {
   }
 }
 
+std::vector<unhook_result> core::unhook_all(std::chrono::steady_clock::time_point deadline) {
+  using namespace std::chrono;
+  int64_t at = duration_cast<nanoseconds>(deadline.time_since_epoch()).count();
+  auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+  std::vector<unhook_result> out;
+  caf::scoped_actor self{system()};
+  // The registry answers by the deadline; the second is for its answer's way back.
+  self->request(impl_->registry, std::max(left, milliseconds(0)) + seconds(1), unhook_all_atom::value, at)
+    .receive([&](std::vector<unhook_result>& r) { out = std::move(r); },
+             [&](caf::error& e) {
+               unhook_result r;
+               r.problems.push_back("the registry did not answer: " + system().render(e));
+               out.push_back(std::move(r));
+             });
+  return out;
+}
+
 caf::actor_system& core::system() { return *impl_->sys; }
 const caf::actor& core::registry() const { return impl_->registry; }
 

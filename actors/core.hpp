@@ -12,10 +12,12 @@
 #include "actors/metrics.hpp"
 #include "actors/policy.hpp"
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace caf {
 class actor_system;
@@ -36,6 +38,14 @@ struct core_options {
   planted_map planted; // as loaded from state_dir at start-up
 };
 
+// What unhook_all() did for one VM.
+struct unhook_result {
+  std::string uuid, name;
+  bool finished = false;             // the socket closed before the deadline
+  std::vector<std::string> problems; // what was left in the guest, and why
+  bool ok() const { return finished && problems.empty(); }
+};
+
 // The actor scheduler as kvmid runs it (also used by bench/ to measure the
 // cost of one hop to an actor and back with the same settings).
 void configure_scheduler(caf::actor_system_config& cfg, size_t workers);
@@ -51,6 +61,13 @@ public:
   event_bus& bus() { return *bus_; }
   control_api& api() { return api_; }
   const core_options& options() const { return opts_; }
+
+  // Unhooks every connected VM (and any that connects meanwhile): restores
+  // the bytes under kvmid's INT3s, gives every page kvmid restricted rwx
+  // back, answers every vCPU waiting in an event, closes the socket. Blocks
+  // until each VM finished or the deadline passed; one result per VM. Not
+  // from an actor's thread.
+  std::vector<unhook_result> unhook_all(std::chrono::steady_clock::time_point deadline);
 
   struct impl;
   impl& internals() { return *impl_; }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "actors/control_api.hpp"
+#include "actors/core.hpp"
 #include "actors/policy.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
@@ -56,6 +57,18 @@ using bootstrap_atom = caf::atom_constant<caf::atom("bootstrap")>;
 // configured, or gone); the registry trims the heap once the fleet is quiet
 using heap_settle_atom = caf::atom_constant<caf::atom("heapsettle")>;
 using heap_trim_atom = caf::atom_constant<caf::atom("heaptrim")>;
+// anyone -> VM actor: undo what kvmid set in the guest, answer every waiting
+// vCPU, close; answers std::vector<std::string> (what could not be undone)
+// once the socket closed. Its int64_t is a now_ns() deadline, 0 for none.
+using unhook_atom = caf::atom_constant<caf::atom("unhook")>;
+// VM actor -> itself: a wait of the unhook (vCPUs stopping, vCPUs released)
+// reached its bound
+using unhook_wait_atom = caf::atom_constant<caf::atom("unhookwait")>;
+// vCPU -> VM actor: released by an unhook, it has no event waiting
+using released_atom = caf::atom_constant<caf::atom("released")>;
+// core -> registry: unhook every VM by the int64_t now_ns() deadline;
+// answers std::vector<unhook_result>
+using unhook_all_atom = caf::atom_constant<caf::atom("unhookall")>;
 
 struct raw_frame {
   std::vector<uint8_t> bytes;
@@ -144,6 +157,7 @@ struct vcpu_update {
   state_ptr snapshot;    // a new snapshot of the VM's state
   bool reconfig = false; // the host's event mask changed: re-apply at the next event
   bool resume = false;   // reply CONTINUE if held in a pause
+  bool release = false;  // unhook: reply if held, then report released_atom once no event waits
 };
 
 } // namespace kvmid
@@ -161,5 +175,6 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::policy_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::state_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_info)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<kvmid::vm_info>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<kvmid::unhook_result>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::hs::guest_info)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<const kvmid::policy_set>)

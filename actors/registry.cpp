@@ -27,6 +27,16 @@ struct reg_st {
   int64_t settled_at = 0;
   uint64_t events_seen = 0;
   bool trim_armed = false;
+  // unhook_all: once asked, every VM (also one connecting later) is
+  // unhooked by the deadline; `drain` owes the answer until each answered.
+  struct drain_run {
+    caf::typed_response_promise<std::vector<unhook_result>> rp;
+    std::vector<unhook_result> results;
+    size_t left = 1; // +1 until every request is out
+  };
+  std::shared_ptr<drain_run> drain;
+  bool draining = false;
+  int64_t drain_deadline = 0;
 };
 
 // How long the fleet must be quiet after a burst before the heap is trimmed,
@@ -44,6 +54,54 @@ uint64_t events_total(core& c) {
 }
 
 using reg_actor = caf::stateful_actor<reg_st>;
+
+// The INT3s of kvmid's still in the VM's guest, as the registry recorded them.
+void check_planted(reg_actor* self, unhook_result& r) {
+  auto it = self->state.planted.find(r.uuid);
+  if (it != self->state.planted.end() && !it->second.empty())
+    r.problems.push_back(std::to_string(it->second.size())
+                         + " INT3 byte(s) of kvmid's left in the guest (kept in the state "
+                           "directory for the next start)");
+}
+
+void drain_step(reg_actor* self, const std::shared_ptr<reg_st::drain_run>& run) {
+  if (--run->left != 0)
+    return;
+  for (auto& r : run->results)
+    check_planted(self, r);
+  run->rp.deliver(std::move(run->results));
+  if (self->state.drain == run)
+    self->state.drain.reset();
+}
+
+// Unhooks one VM for unhook_all: its result once its socket closed, or a
+// timeout at the deadline.
+void drain_vm(reg_actor* self, const std::string& uuid, const std::string& name,
+              const caf::actor& vm) {
+  auto& st = self->state;
+  auto run = st.drain;
+  if (!run) // answered already: unhook it all the same
+    return caf::anon_send(vm, unhook_atom::value, st.drain_deadline);
+  size_t i = run->results.size();
+  run->results.push_back(unhook_result{uuid, name, false, {}});
+  ++run->left;
+  auto left = std::chrono::nanoseconds(std::max<int64_t>(st.drain_deadline - now_ns(), 1000000));
+  self->request(vm, std::chrono::duration_cast<std::chrono::milliseconds>(left),
+                unhook_atom::value, st.drain_deadline)
+    .then(
+      [=](std::vector<std::string>& problems) {
+        run->results[i].finished = true;
+        run->results[i].problems = std::move(problems);
+        drain_step(self, run);
+      },
+      [=](caf::error& e) {
+        if (e == caf::sec::request_timeout)
+          run->results[i].problems.push_back("did not finish by the deadline");
+        else // gone on its own meanwhile: what it left shows in the record
+          run->results[i].finished = true;
+        drain_step(self, run);
+      });
+}
 
 api_response from_history(const vm_history& h, const api_request& req) {
   if (std::holds_alternative<op::info>(req))
@@ -71,6 +129,8 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
       e.hist.last.sessions = e.hist.sessions;
       e.vm = caf::actor_cast<caf::actor>(self->current_sender());
       auto h = e.hist;
+      if (self->state.draining) // its unhook waits for the history returned here
+        drain_vm(self, uuid, name, e.vm);
       // What kvmid's INT3s are still in the guest, with the bytes under them.
       if (auto it = self->state.planted.find(uuid); it != self->state.planted.end())
         for (auto& [gpa, orig] : it->second) {
@@ -151,6 +211,22 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
       if (m.empty())
         st.planted.erase(uuid);
       return ok;
+    },
+    [=](unhook_all_atom, int64_t deadline) -> caf::result<std::vector<unhook_result>> {
+      auto& st = self->state;
+      if (st.drain) // asked twice: the first run answers both
+        return caf::make_error(caf::sec::runtime_error, "unhook_all is already running");
+      st.draining = true;
+      st.drain_deadline = deadline;
+      st.drain = std::make_shared<reg_st::drain_run>();
+      st.drain->rp = self->make_response_promise<std::vector<unhook_result>>();
+      auto rp = st.drain->rp;
+      auto run = st.drain;
+      for (auto& [uuid, e] : st.vms)
+        if (e.vm)
+          drain_vm(self, uuid, e.hist.name, e.vm);
+      drain_step(self, run);
+      return rp;
     },
     [=](find_atom, const std::string& key) -> caf::actor {
       for (auto& [uuid, e] : self->state.vms)

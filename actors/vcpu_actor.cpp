@@ -29,6 +29,7 @@ struct vcpu_st {
   std::unique_ptr<waiting_event> unconfigured; // only while configuring
   uint8_t config_gen = 0; // bumped by a new policy or event mask
   bool configured = false, in_event = false, holding = false;
+  bool releasing = false; // an unhook waits to hear that no event of ours waits
 };
 
 using vcpu_actor = caf::stateful_actor<vcpu_st>;
@@ -37,6 +38,13 @@ constexpr auto request_timeout = std::chrono::seconds(30);
 
 void set_state(vcpu_st& s, vcpu_state v) {
   s.p.stats->state.store(static_cast<uint8_t>(v), std::memory_order_relaxed);
+}
+
+// An unhook released this vCPU and no event of it waits any more.
+void report_released(vcpu_actor* self) {
+  auto& s = self->state;
+  s.releasing = false;
+  self->send(s.p.vm, released_atom::value, s.p.index);
 }
 
 void send_reply(vcpu_actor* self, const decision& d) {
@@ -60,6 +68,8 @@ void send_reply(vcpu_actor* self, const decision& d) {
   s.holding = false;
   s.p.stats->event.store(-1, std::memory_order_relaxed);
   set_state(s, vcpu_state::running);
+  if (s.releasing)
+    report_released(self);
 }
 
 void publish_alert(vcpu_actor* self, const kvmi::event_msg& ev, const decision& d) {
@@ -281,7 +291,14 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
       }
       if (u.policy)
         s.p.policy = std::move(u.policy);
-      if (u.resume && s.holding)
+      if (u.release) {
+        // The reply goes to the link before released_atom goes to the VM
+        // actor, so it is queued ahead of the close that follows.
+        s.releasing = true;
+        if (!s.in_event)
+          report_released(self);
+      }
+      if ((u.resume || u.release) && s.holding)
         send_reply(self, decision{});
     },
   };

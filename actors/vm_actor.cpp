@@ -11,6 +11,7 @@
 #include <deque>
 #include <set>
 #include <unordered_map>
+#include <utility>
 
 namespace kvmid {
 
@@ -62,12 +63,24 @@ struct vm_st {
   // gpa -> original byte of INT3s kvmid planted in an earlier session (or
   // before a restart) and never restored: adopted when still 0xCC.
   std::map<uint64_t, uint8_t> inherited;
+  // UNHOOK (the kernel's event, an operator, shutdown), one at a time: how
+  // far it got, who waits for the socket to close, what it could not undo.
+  enum class unhook_phase : uint8_t { none, asked, stopping, undoing, releasing, closing };
+  unhook_phase unhook = unhook_phase::none;
+  int64_t unhook_deadline = 0; // now_ns(); 0: none
+  std::vector<std::function<void(std::vector<std::string>)>> unhook_waiters;
+  std::vector<std::string> unhook_problems;
+  std::set<uint16_t> released; // vCPUs with no event waiting since the release
   bool closed = false, closing = false;
   std::vector<uint8_t> buf;
 };
 
 using vm_actor = caf::stateful_actor<vm_st>;
 using done_fn = std::function<void()>;
+using unhook_phase = vm_st::unhook_phase;
+
+void start_unhook(vm_actor* self);
+void undo_hooks(vm_actor* self);
 
 // The stats of vCPU i, or null when that vCPU has no actor.
 vcpu_stats* stats_of(vm_st& s, size_t i) {
@@ -283,8 +296,11 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
           w.data = {0xCC};
           send_cmd(self, std::move(w), [=](cmd_result r2) {
             if (!r2.ok()) {
-              caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
-                         original, false);
+              if (r2.failure.empty()) // the kernel refused it: no INT3 went in
+                caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid,
+                               gpa, original, false);
+              else // unanswered, perhaps written: kept, and checked like an earlier session's
+                self->state.inherited[gpa] = original;
               return done(false, what(r2));
             }
             self->state.snap.reset(); // st changed: new vCPUs get a fresh snapshot
@@ -418,6 +434,7 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
       rp.deliver(s2.policy, s2.snap);
     // Sized for a whole VM configuring at once: give it back.
     std::vector<caf::response_promise>().swap(s2.setup_waiters);
+    start_unhook(self); // if one waited for this set-up
   });
 }
 
@@ -474,7 +491,7 @@ std::vector<kvmi::command> vcpu_commands(vm_actor* self, uint16_t vcpu) {
 // this answer.
 void after_setup(vm_actor* self, uint16_t vcpu, caf::response_promise rp) {
   auto& s = self->state;
-  if (s.setup_done) {
+  if (s.setup_done || s.unhook != unhook_phase::none) { // an unhook sets nothing up
     if (!s.snap)
       s.snap = std::make_shared<const vm_state>(s.st);
     rp.deliver(s.policy, s.snap);
@@ -498,6 +515,8 @@ void check_paused(vm_actor* self) {
     for (auto& rp : s.pause_waiters)
       rp.deliver(api_response{api_value{done{}}, {}});
     s.pause_waiters.clear();
+    if (s.unhook == unhook_phase::stopping)
+      undo_hooks(self);
   }
 }
 
@@ -558,37 +577,213 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   return v;
 }
 
-// Remove what kvmid planted, then close (UNHOOK, or an operator unhook).
-void unhook(vm_actor* self, done_fn then) {
+// --- UNHOOK -----------------------------------------------------------------
+// Undoes everything kvmid set in the guest before the socket closes: every
+// vCPU is stopped first (held in PAUSE_VCPU, so none raises another event
+// and SET_PAGE_ACCESS has a vCPU to run on); then the bytes under kvmid's
+// INT3s go back, restricted pages get rwx, kvmid's events go off; then every
+// vCPU is released with its reply, and the socket closes. Each wait has a
+// bound (the command timeout, or half of what is left to the deadline),
+// after which the unhook goes on with what it has.
+
+size_t live_vcpus(const vm_st& s) {
+  size_t n = 0;
+  for (auto& v : s.vcpus)
+    n += v ? 1 : 0;
+  return n;
+}
+
+std::chrono::nanoseconds unhook_bound(vm_actor* self) {
   auto& s = self->state;
+  auto b = std::chrono::duration_cast<std::chrono::nanoseconds>(s.c->options().command_timeout);
+  if (s.unhook_deadline != 0)
+    b = std::min(b, std::chrono::nanoseconds(std::max<int64_t>(0, (s.unhook_deadline - now_ns()) / 2)));
+  return b;
+}
+
+void arm_unhook_wait(vm_actor* self) {
+  self->delayed_send(self, unhook_bound(self), unhook_wait_atom::value,
+                     static_cast<uint8_t>(self->state.unhook));
+}
+
+void unhook_problem(vm_actor* self, std::string problem) {
+  log(self, "unhook: %s", problem);
+  self->state.unhook_problems.push_back(std::move(problem));
+}
+
+void request_unhook(vm_actor* self, int64_t deadline,
+                    std::function<void(std::vector<std::string>)> done) {
+  auto& s = self->state;
+  s.unhook_waiters.push_back(std::move(done));
+  if (deadline != 0 && (s.unhook_deadline == 0 || deadline < s.unhook_deadline))
+    s.unhook_deadline = deadline;
+  if (s.unhook == unhook_phase::none) {
+    s.unhook = unhook_phase::asked;
+    start_unhook(self);
+  }
+}
+
+// Once kvmid knows its INT3s in the guest (the registry's history) and no
+// set-up is planting more.
+void start_unhook(vm_actor* self) {
+  auto& s = self->state;
+  if (s.unhook != unhook_phase::asked || !s.hist_ready || s.setup_running || s.closed
+      || s.closing)
+    return;
+  s.unhook = unhook_phase::stopping;
+  for (auto& w : s.pause_waiters)
+    w.deliver(fail(api_errc::conflict, "the VM is being unhooked"));
+  s.pause_waiters.clear();
+  arm_unhook_wait(self);
+  if (!s.st.paused) { // an operator pause holds them already
+    s.st.paused = true;
+    s.held.clear();
+    publish_snapshot(self);
+    send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result r) {
+      if (r.ok())
+        return;
+      log(self, "unhook: %s", what(r));
+      if (self->state.unhook == unhook_phase::stopping)
+        undo_hooks(self); // none will stop: go on with what is stopped
+    });
+  }
+  check_paused(self);
+}
+
+void restore_for_unhook(vm_actor* self, uint64_t gpa, done_fn next) {
+  restore_breakpoint(self, gpa, [=](bool ok) {
+    if (!ok)
+      unhook_problem(self, "breakpoint at gpa " + std::to_string(gpa)
+                             + ": the original byte could not be written back");
+    next();
+  });
+}
+
+// Sends every command at once; next() once all are answered.
+void send_all(vm_actor* self, std::vector<kvmi::command> cmds, done_fn next) {
+  if (cmds.empty())
+    return next();
+  auto left = std::make_shared<size_t>(cmds.size());
+  for (auto& c : cmds)
+    send_cmd(self, std::move(c), [=](cmd_result r) {
+      if (!r.ok())
+        log(self, "unhook: %s", what(r));
+      if (--*left == 0)
+        next();
+    });
+}
+
+void release_vcpus(vm_actor* self);
+
+void undo_hooks(vm_actor* self) {
+  auto& s = self->state;
+  s.unhook = unhook_phase::undoing;
+  if (size_t live = live_vcpus(s); s.held.size() < live)
+    log(self, "unhook: %s", std::to_string(live - s.held.size()) + " of "
+                              + std::to_string(live) + " vCPUs did not stop in time");
   auto q = std::make_shared<std::deque<std::function<void(done_fn)>>>();
   for (auto& [gpa, bp] : s.st.breakpoints)
     if (bp.planted) {
       uint64_t g = gpa;
-      q->push_back([=](done_fn next) { restore_breakpoint(self, g, [=](bool) { next(); }); });
+      q->push_back([=](done_fn next) { restore_for_unhook(self, g, next); });
     }
-  bool found = false;
-  uint16_t v = any_stopped_vcpu(self, found);
-  // Page restrictions: lifted here when a vCPU can carry the command; the
-  // kernel restores rwx on every tracked page when the session ends anyway.
-  if (found && !s.st.pages.empty()) {
+  // Left by an earlier session and not adopted yet (no set-up ran).
+  for (auto& [gpa, orig] : std::exchange(s.inherited, {})) {
+    uint64_t g = gpa;
+    uint8_t o = orig;
+    q->push_back([=](done_fn next) {
+      adopt_breakpoint(self, g, o, [=] { restore_for_unhook(self, g, next); });
+    });
+  }
+  bool found = !s.held.empty();
+  uint16_t carrier = found ? *s.held.begin() : any_stopped_vcpu(self, found);
+  if (!s.st.pages.empty() && !found)
+    log(self, "unhook: %s", "no stopped vCPU to carry SET_PAGE_ACCESS; the kernel lifts "
+                            "the page restrictions when the socket closes");
+  if (!s.st.pages.empty() && found) {
     std::vector<kvmi::page_access_entry> entries;
     for (auto& [gpa, pg] : s.st.pages)
       entries.push_back({gpa, kvmi::page_access_rwx, {}});
     q->push_back([=](done_fn next) {
-      set_access(self, v, entries, [=](bool, std::string) {
+      set_access(self, carrier, entries, [=](bool ok, std::string err) {
+        if (!ok)
+          log(self, "unhook: page access: %s", err);
         self->state.st.pages.clear();
         self->state.snap.reset();
         next();
       });
     });
   }
-  chain(q, [=] {
-    publish(self, bus_kind::lifecycle, "vm-unhooked", "kvmid removed its hooks and closed");
-    self->state.closing = true;
-    self->state.p.link->close(disconnect_reason::unhook);
-    then();
-  });
+  // No event of kvmid's from the held vCPUs once released, nor CREATE_VCPU:
+  // none is left waiting when the socket closes.
+  std::vector<kvmi::command> off;
+  for (auto v : s.held) {
+    off.push_back(kvmi::control_events{v, 0, 0});
+    if (auto st = stats_of(s, v))
+      st->enabled.store(0, std::memory_order_relaxed);
+  }
+  off.push_back(kvmi::control_vm_events{0, 0});
+  q->push_back([=](done_fn next) { send_all(self, off, next); });
+  chain(q, [=] { release_vcpus(self); });
+}
+
+void close_unhooked(vm_actor* self) {
+  auto& s = self->state;
+  s.unhook = unhook_phase::closing;
+  publish(self, bus_kind::lifecycle, "vm-unhooked", "kvmid removed its hooks and closed");
+  s.closing = true;
+  s.p.link->close(disconnect_reason::unhook); // after the replies queued before it
+}
+
+void check_released(vm_actor* self) {
+  auto& s = self->state;
+  if (s.unhook == unhook_phase::releasing && s.released.size() >= live_vcpus(s))
+    close_unhooked(self);
+}
+
+void release_vcpus(vm_actor* self) {
+  auto& s = self->state;
+  s.unhook = unhook_phase::releasing;
+  s.st.paused = false;
+  s.held.clear();
+  s.released.clear();
+  s.snap = std::make_shared<const vm_state>(s.st);
+  vcpu_update u;
+  u.snapshot = s.snap;
+  u.release = true;
+  for (auto& v : s.vcpus)
+    if (v)
+      self->send(v, update_atom::value, u);
+  arm_unhook_wait(self);
+  check_released(self);
+}
+
+void on_unhook_wait(vm_actor* self, uint8_t phase) {
+  auto& s = self->state;
+  if (static_cast<uint8_t>(s.unhook) != phase)
+    return; // that wait ended in time
+  if (s.unhook == unhook_phase::stopping)
+    undo_hooks(self);
+  else if (s.unhook == unhook_phase::releasing) {
+    log(self, "unhook: %s", std::to_string(live_vcpus(s) - s.released.size())
+                              + " vCPUs still in an event when the socket closes");
+    close_unhooked(self);
+  }
+}
+
+// The socket closed: every unhook waiter learns what was left.
+void finish_unhook(vm_actor* self) {
+  auto& s = self->state;
+  if (s.unhook != unhook_phase::closing) {
+    size_t left = s.inherited.size();
+    for (auto& [gpa, bp] : s.st.breakpoints)
+      left += bp.planted ? 1 : 0;
+    if (left)
+      s.unhook_problems.push_back("the session closed before the unhook finished, with "
+                                  + std::to_string(left) + " INT3 byte(s) of kvmid's in the guest");
+  }
+  for (auto& w : std::exchange(s.unhook_waiters, {}))
+    w(s.unhook_problems);
 }
 
 void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
@@ -596,6 +791,10 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
   auto need_session = [&]() -> bool {
     if (s.closed || s.closing) {
       rp.deliver(fail(api_errc::conflict, "the VM is disconnected"));
+      return false;
+    }
+    if (s.unhook != unhook_phase::none) {
+      rp.deliver(fail(api_errc::conflict, "the VM is being unhooked"));
       return false;
     }
     return true;
@@ -639,6 +838,8 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
         }
         check_paused(self);
       } else if constexpr (std::is_same_v<T, op::resume>) {
+        if (s.unhook != unhook_phase::none)
+          return rp.deliver(fail(api_errc::conflict, "the VM is being unhooked"));
         s.st.paused = false;
         s.held.clear();
         publish_snapshot(self);
@@ -811,9 +1012,17 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
           rp.deliver(okv(done{}));
         });
       } else if constexpr (std::is_same_v<T, op::unhook>) {
-        if (!need_session())
-          return;
-        unhook(self, [=]() mutable { rp.deliver(okv(done{})); });
+        if (s.closed || s.closing)
+          return rp.deliver(fail(api_errc::conflict, "the VM is disconnected"));
+        request_unhook(self, 0, [=](std::vector<std::string> problems) mutable {
+          if (problems.empty())
+            return rp.deliver(okv(done{}));
+          std::string msg = "unhooked, but:";
+          for (auto& p : problems)
+            msg += " " + p + ";";
+          msg.pop_back();
+          rp.deliver(fail(api_errc::kernel, msg));
+        });
       }
     },
     req);
@@ -888,6 +1097,8 @@ void on_closed(vm_actor* self) {
   s.hist.last = make_info(self, true);
   s.hist.last.connected = false;
   s.vcpus.clear();
+  if (s.unhook != unhook_phase::none)
+    finish_unhook(self);
   if (n >= 64) // thousands of such VMs going free as much as they held
     self->send(s.c->registry(), heap_settle_atom::value);
   publish(self, bus_kind::lifecycle, "vm-disconnected", "session closed");
@@ -898,8 +1109,10 @@ void on_closed(vm_actor* self) {
 void history_ready(vm_actor* self) {
   auto& s = self->state;
   s.hist_ready = true;
-  if (!s.closed && !s.closing && !s.setup_waiters.empty() && !s.setup_running)
+  if (!s.closed && !s.closing && s.unhook == unhook_phase::none && !s.setup_waiters.empty()
+      && !s.setup_running)
     run_setup(self, s.setup_vcpu);
+  start_unhook(self); // if one waited for the history
 }
 
 void bootstrap(vm_actor* self) {
@@ -1008,10 +1221,8 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   return {
     [=](event_atom, kvmi::event_msg& ev, int64_t t) {
       auto& s2 = self->state;
-      if (ev.kind() == kvmi::event_id::unhook) {
-        unhook(self, [] {});
-        return;
-      }
+      if (ev.kind() == kvmi::event_id::unhook) // no reply: the close is the answer
+        return request_unhook(self, 0, [](std::vector<std::string>) {});
       uint16_t v = ev.common.vcpu;
       if (v >= max_vcpus)
         return protocol_error(self, "event from a vCPU index beyond any VM");
@@ -1088,8 +1299,21 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       self->state.held.insert(vcpu);
       check_paused(self);
     },
+    [=](released_atom, uint16_t vcpu) {
+      self->state.released.insert(vcpu);
+      check_released(self);
+    },
+    [=](unhook_atom, int64_t deadline) -> caf::result<std::vector<std::string>> {
+      auto rp = self->make_response_promise<std::vector<std::string>>();
+      request_unhook(self, deadline,
+                     [rp](std::vector<std::string> problems) mutable { rp.deliver(std::move(problems)); });
+      return rp;
+    },
+    [=](unhook_wait_atom, uint8_t phase) { on_unhook_wait(self, phase); },
     [=](policy_atom, policy_ptr& pol) {
       auto& s2 = self->state;
+      if (s2.unhook != unhook_phase::none)
+        return; // going away: nothing more is set up
       s2.policy = pol;
       s2.setup_done = false;
       vcpu_update u;

@@ -188,7 +188,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
-                 "policies", "api", "state_dir", "max_handshakes"});
+                 "policies", "api", "state_dir", "max_handshakes", "shutdown_timeout_ms"});
   config cfg;
   cfg.file = file;
   if (j.contains("log_level")) {
@@ -218,6 +218,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   };
   ms("handshake_timeout_ms", cfg.handshake_timeout, 100, 600000);
   ms("command_timeout_ms", cfg.command_timeout, 100, 600000);
+  ms("shutdown_timeout_ms", cfg.shutdown_timeout, 100, 600000);
   if (j.contains("send_queue_limit")) {
     cfg.send_queue_limit = c.integer(j["send_queue_limit"], "/send_queue_limit");
     if (cfg.send_queue_limit < 16 || cfg.send_queue_limit > 1000000)

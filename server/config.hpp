@@ -41,6 +41,9 @@ struct config {
   std::chrono::milliseconds handshake_timeout{10000};
   size_t max_handshakes = 64; // KVMI handshakes pending at once, all listeners
   std::chrono::milliseconds command_timeout{5000};
+  // SIGTERM/SIGINT: how long unhooking every VM may take before kvmid gives
+  // up on the rest, says which, and exits non-zero.
+  std::chrono::milliseconds shutdown_timeout{5000};
   size_t send_queue_limit = 4096;
   size_t workers = 2;
   // How long the ring thread polls for a vCPU actor's reply before sleeping

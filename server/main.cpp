@@ -7,6 +7,7 @@
 #include "server/instance_lock.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
+#include "server/shutdown.hpp"
 
 #ifdef KVMID_HAVE_CONTROL
 #include "server/control/api.hpp"
@@ -432,6 +433,9 @@ int main(int argc, char** argv) {
                >= duration)
         break;
     }
+    // Nothing of kvmid's stays in a guest once it is gone.
+    if (!unhook_for_shutdown(c, cfg.shutdown_timeout))
+      rc = 4;
     std::printf("kvmid: %s\n", sum.line(c, true).c_str());
 #ifdef KVMID_HAVE_SIM
     if (sim) {

@@ -7,6 +7,7 @@
 #include <deque>
 #include <memory_resource>
 #include <random>
+#include <set>
 #include <unordered_map>
 
 namespace kvmi::sim::detail {
@@ -109,7 +110,8 @@ struct vm_counts {
   std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
            pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
-           unanswered_at_close = 0, faults_injected = 0;
+           unanswered_at_close = 0, restricted_at_close = 0, int3_at_close = 0,
+           faults_injected = 0;
 
   vm_counts& operator+=(const vm_counts& o) {
     auto sum = [](auto& a, const auto& b) {
@@ -131,6 +133,8 @@ struct vm_counts {
     reconnects += o.reconnects;
     handshake_failures += o.handshake_failures;
     unanswered_at_close += o.unanswered_at_close;
+    restricted_at_close += o.restricted_at_close;
+    int3_at_close += o.int3_at_close;
     faults_injected += o.faults_injected;
     return *this;
   }
@@ -171,6 +175,9 @@ struct vm {
   uint32_t ev_seq = 0;
   uint32_t vm_events = 0;   // CONTROL_VM_EVENTS mask
   std::unordered_map<uint64_t, uint8_t> access; // restricted pages by gfn
+  // Every gpa the tool wrote an INT3 to (WRITE_PHYSICAL), across sessions:
+  // the kernel never restores guest memory, so these outlive the tool.
+  std::set<uint64_t> tool_int3;
   uint32_t tokens = 0;
   std::pmr::unsynchronized_pool_resource pool;
   std::pmr::unordered_map<uint32_t, uint16_t> pending{&pool}; // event seq -> vcpu

@@ -930,6 +930,10 @@ struct shard {
         c.set_regs.reset();
         c.inject.reset();
       }
+      // What the tool left behind, seen before the kernel undoes its part.
+      v.c.restricted_at_close += v.access.size();
+      std::erase_if(v.tool_int3, [&](uint64_t gpa) { return read_byte(v, gpa) != 0xcc; });
+      v.c.int3_at_close += v.tool_int3.size();
       v.access.clear(); // full rwx on every tracked page
       v.vm_events = 0;
       v.tokens = 0;
@@ -1266,6 +1270,9 @@ struct shard {
       return reply_err(v, msg_id::write_physical, seq, kvm_einval, false);
     std::memcpy(page_for_write(v, x.req.gpa).bytes + (x.req.gpa & 4095), x.data.data(),
                 x.data.size());
+    for (size_t k = 0; k < x.data.size(); ++k)
+      if (x.data[k] == 0xcc)
+        v.tool_int3.insert(x.req.gpa + k);
     ok(v, msg_id::write_physical, seq, std::monostate{}, false);
   }
   void exec(vm& v, uint32_t seq, control_events& x) {
@@ -1763,6 +1770,8 @@ counters to_counters(const vm_counts& c) {
   r.reconnects = c.reconnects;
   r.handshake_failures = c.handshake_failures;
   r.unanswered_at_close = c.unanswered_at_close;
+  r.restricted_at_close = c.restricted_at_close;
+  r.int3_at_close = c.int3_at_close;
   r.faults_injected = c.faults_injected;
   return r;
 }
@@ -1925,6 +1934,8 @@ nlohmann::json to_json(const report& r) {
     {"reconnects", t.reconnects},
     {"handshake_failures", t.handshake_failures},
     {"unanswered_at_close", t.unanswered_at_close},
+    {"restricted_at_close", t.restricted_at_close},
+    {"int3_at_close", t.int3_at_close},
     {"faults_injected", t.faults_injected},
   };
 }

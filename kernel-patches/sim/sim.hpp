@@ -155,6 +155,11 @@ struct counters {
   uint64_t reconnects = 0;
   uint64_t handshake_failures = 0;
   uint64_t unanswered_at_close = 0; // events still waiting when a session ended
+  // What a tool left when a session ended, before the kernel's own clean-up:
+  // pages it still had restricted (the kernel then restores rwx), and INT3
+  // bytes it wrote that were still in guest memory (nothing restores those).
+  uint64_t restricted_at_close = 0;
+  uint64_t int3_at_close = 0;
   uint64_t faults_injected = 0;
   uint64_t violation_count() const;
 };

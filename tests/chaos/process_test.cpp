@@ -62,7 +62,9 @@ struct kvmid_proc {
   std::unique_ptr<sim::host> h;
   sim::options so;
 
-  explicit kvmid_proc(const std::function<void(sim::options&)>& tweak) {
+  // extra: top-level config fields added to (or replacing) the defaults.
+  explicit kvmid_proc(const std::function<void(sim::options&)>& tweak,
+                      const json& extra = json::object()) {
     std::string t = (fs::temp_directory_path() / "kvmid-chaos-XXXXXX").string();
     REQUIRE(mkdtemp(t.data()));
     dir = t;
@@ -88,6 +90,8 @@ struct kvmid_proc {
                      {"msr_protection", json::array({{{"name", "lstar"}, {"msr", lstar}}})},
                      {"cr_pins", json::array({"cr0.wp", "cr4.smep"})},
                      {"breakpoints", json::array({{{"name", "probe"}, {"gpa", bp_gpa}}})}}})}};
+    for (auto& [key, v] : extra.items())
+      cfg[key] = v;
     write("kvmid.json", cfg.dump(2));
     start_kvmid();
     so.unix_path = kvmi_sock;
@@ -418,4 +422,97 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read - during 
   CHECK(alive(k.pid));
   CHECK(kvmid::test::stop(k.pid) == 0);
   k.pid = -1;
+}
+
+namespace {
+
+// What each guest held when its session ended, before the kernel's own
+// clean-up: nothing of kvmid's, and no vCPU waiting for an answer.
+void check_nothing_left(kvmid_proc& k) {
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    INFO("vm " << v);
+    auto c = k.h->vm_counters(v);
+    CHECK(k.h->memory(v, bp_gpa, 1)[0] == bp_original);
+    CHECK(c.int3_at_close == 0);
+    CHECK(c.restricted_at_close == 0);
+    CHECK(c.unanswered_at_close == 0);
+  }
+}
+
+} // namespace
+
+TEST_CASE("chaos: SIGTERM unhooks every VM before kvmid exits 0 - INT3 bytes back - pages rwx - no vCPU left waiting") {
+  kvmid_proc k([](sim::options& o) {
+    o.vms = 4;
+    o.vcpus_per_vm = 2;
+    o.workload.rate_per_vcpu = 100;
+    o.reconnect = false; // what kvmid left must show, not a new session
+  });
+  REQUIRE(k.configured(30s));
+  for (uint32_t v = 0; v < k.so.vms; ++v)
+    REQUIRE(k.h->wait_until(
+      [&] { return k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x); },
+      10000ms));
+  int rc = kvmid::test::stop(k.pid, 20000ms);
+  k.pid = -1;
+  INFO("kvmid stderr: " << k.log());
+  CHECK(rc == 0);
+  CHECK(k.log().find("shutdown: 4 of 4 VMs unhooked") != std::string::npos);
+  REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
+  check_nothing_left(k);
+  k.check_sim_invariants();
+}
+
+TEST_CASE("chaos: SIGTERM past shutdown_timeout_ms names each VM left and exits non-zero - the state directory keeps its INT3") {
+  kvmid_proc k(
+    [](sim::options& o) {
+      o.vms = 2;
+      o.vcpus_per_vm = 1;
+      o.reconnect = false;
+      o.faults.slow_reply_fraction = 1; // every command answered a second late
+      o.faults.slow_reply_delay = 1000ms;
+    },
+    {{"shutdown_timeout_ms", 200}});
+  REQUIRE(k.configured(60s));
+  int rc = kvmid::test::stop(k.pid, 20000ms);
+  k.pid = -1;
+  auto log = k.log();
+  INFO("kvmid stderr: " << log);
+  CHECK(rc == 4);
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    auto uuid = kvmi::hs::to_string(k.h->vm(v).uuid);
+    CHECK(log.find("vm " + uuid) != std::string::npos);
+    // The next kvmid learns the byte under it from here.
+    CHECK(fs::exists(k.dir / "state" / ("breakpoints-" + uuid + ".json")));
+  }
+  CHECK(log.find("not cleanly unhooked") != std::string::npos);
+}
+
+// The INT3 a killed kvmid left is known to the next one from its state
+// directory; that one's SIGTERM restores it with the rest.
+TEST_CASE("chaos: after SIGKILL and restart - SIGTERM restores the INT3 the killed kvmid planted") {
+  kvmid_proc k([](sim::options& o) {
+    o.vms = 2;
+    o.vcpus_per_vm = 2;
+    o.workload.rate_per_vcpu = 50;
+  });
+  REQUIRE(k.configured(30s));
+  kill_and_restart(k);
+  std::vector<sim::counters> before;
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    before.push_back(k.h->vm_counters(v));
+    CHECK(before.back().int3_at_close >= 1); // SIGKILL left it in the guest
+  }
+  int rc = kvmid::test::stop(k.pid, 20000ms);
+  k.pid = -1;
+  INFO("kvmid stderr: " << k.log());
+  CHECK(rc == 0);
+  REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
+  for (uint32_t v = 0; v < k.so.vms; ++v) {
+    INFO("vm " << v);
+    auto c = k.h->vm_counters(v);
+    CHECK(k.h->memory(v, bp_gpa, 1)[0] == bp_original);
+    CHECK(c.int3_at_close == before[v].int3_at_close);
+    CHECK(c.restricted_at_close == before[v].restricted_at_close);
+  }
 }

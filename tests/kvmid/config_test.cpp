@@ -319,3 +319,16 @@ TEST_CASE("strict types: the schema and the parser agree on integers") {
     ++refs;
   CHECK(refs == 4); // no other field takes strings for numbers
 }
+
+TEST_CASE("shutdown_timeout_ms defaults to 5000 and must be 100..600000") {
+  auto j = good();
+  CHECK(parse_config(j, "t.json").shutdown_timeout == std::chrono::milliseconds(5000));
+  j["shutdown_timeout_ms"] = 100;
+  CHECK(parse_config(j, "t.json").shutdown_timeout == std::chrono::milliseconds(100));
+  j["shutdown_timeout_ms"] = 600000;
+  CHECK(parse_config(j, "t.json").shutdown_timeout == std::chrono::milliseconds(600000));
+  for (auto bad : {json(99), json(600001), json(-1), json("soon"), json(true)}) {
+    j["shutdown_timeout_ms"] = bad;
+    CHECK(field_of(j) == "/shutdown_timeout_ms");
+  }
+}

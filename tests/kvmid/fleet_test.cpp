@@ -270,6 +270,77 @@ TEST_CASE("unhook removes what kvmid planted and closes - the VM may come back w
   CHECK(f.h->make_report().ok());
 }
 
+// What the guest held when its session ended, before the kernel's own
+// clean-up: nothing of kvmid's, and no vCPU waiting for an answer.
+void check_nothing_left(fleet& f, uint32_t vm) {
+  INFO("vm " << vm);
+  auto c = f.h->vm_counters(vm);
+  CHECK(c.int3_at_close == 0);
+  CHECK(c.restricted_at_close == 0);
+  CHECK(c.unanswered_at_close == 0);
+  CHECK(c.violation_count() == 0);
+}
+
+TEST_CASE("UNHOOK during a guest workload restores every INT3 - lifts every restriction - answers every vCPU - before the close") {
+  constexpr uint64_t probe = 0x180000; // RAM the workload never executes
+  vm_policy p = guard();
+  p.breakpoints.push_back({"probe", probe});
+  p.pages.push_back({"text", text, 0x4000, 5, pf_action::allow_once});
+  fleet f(
+    one(p),
+    [](sim::options& o) {
+      o.vms = 2;
+      o.vcpus_per_vm = 4;
+      o.workload.rate_per_vcpu = 200;
+      o.reconnect = false;
+    },
+    {},
+    [](sim::host& h) {
+      for (uint32_t v = 0; v < 2; ++v)
+        h.guest_write(v, probe, {0x90});
+    });
+  for (uint32_t v = 0; v < 2; ++v)
+    REQUIRE(f.h->wait_until(
+      [&] {
+        return f.h->memory(v, probe, 1)[0] == 0xcc && f.h->page_access(v, text + 0x3000) == 5;
+      },
+      10000ms));
+  std::vector<std::future<sim::outcome>> un;
+  for (uint32_t v = 0; v < 2; ++v)
+    un.push_back(f.h->request_unhook(v));
+  for (uint32_t v = 0; v < 2; ++v) {
+    CHECK(f.get(std::move(un[v])).ok);
+    CHECK(f.h->vm(v).unhooked);
+    CHECK(f.h->memory(v, probe, 1)[0] == 0x90);
+    check_nothing_left(f, v);
+  }
+}
+
+TEST_CASE("an operator unhook of a paused VM drops operator page access and breakpoints and releases the held vCPUs before the close") {
+  fleet f(
+    one(guard()), [](sim::options& o) { o.reconnect = false; }, {},
+    [](sim::host& h) { h.guest_write(0, text + 0x200, {0x41}); });
+  REQUIRE(f.ready(0, guard_mask()));
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); }).ok());
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) {
+    a.set_page_access(f.uuid(0), text + 0x5000, kvmi::page_access_r, cb);
+  }).ok());
+  REQUIRE(f.call<breakpoint_info>([&](control_api& a, auto cb) {
+    a.add_breakpoint(f.uuid(0), text + 0x200, cb);
+  }).ok());
+  CHECK(f.h->page_access(0, text + 0x5000) == kvmi::page_access_r);
+  CHECK(f.h->memory(0, text + 0x200, 1)[0] == 0xcc);
+  auto msr = f.h->write_msr(0, 1, 0x174, 0x99); // waits behind the pause
+  auto un = f.call<done>([&](control_api& a, auto cb) { a.unhook(f.uuid(0), cb); });
+  INFO("unhook: " << (un.ok() ? std::string("ok") : un.error().message));
+  REQUIRE(un.ok());
+  // Answered once kvmid closed the socket; the host sees it close next.
+  REQUIRE(f.h->wait_until([&] { return !f.h->hooked(0); }, 10000ms));
+  CHECK(f.h->memory(0, text + 0x200, 1)[0] == 0x41);
+  check_nothing_left(f, 0);
+  CHECK(f.get(std::move(msr)).value == 0x99); // released, not aborted
+}
+
 TEST_CASE("reconnects of the same uuid keep the VM's history") {
   fleet f(one(guard()));
   REQUIRE(f.ready(0, guard_mask()));

@@ -1,5 +1,7 @@
 #include "actors/bp_store.hpp"
 
+#include "actors/bounded_json.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
@@ -53,9 +55,11 @@ planted_map load_planted(const std::string& dir) {
     std::ifstream in(file, std::ios::binary);
     if (!in)
       bad(file, "", "cannot read");
-    json j = json::parse(in, nullptr, false);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string err;
+    json j = parse_bounded_json(text, err);
     if (j.is_discarded())
-      bad(file, "", "not valid JSON");
+      bad(file, "", "not valid JSON: " + err);
     if (!j.is_object())
       bad(file, "", "must be an object");
     if (!j.contains("uuid") || !j["uuid"].is_string() || !valid_uuid(j["uuid"].get<std::string>()))

@@ -1,5 +1,7 @@
 #include "server/config.hpp"
 
+#include "actors/bounded_json.hpp"
+#include "actors/excerpt.hpp"
 #include "proto/cookie.hpp"
 #include "server/secret_file.hpp"
 
@@ -21,6 +23,15 @@ std::optional<log_level> parse_log_level(std::string_view s) {
 
 namespace {
 
+// A member name as a JSON pointer token (RFC 6901 ~0 ~1), shortened like any
+// quoted input so an error line stays short.
+std::string pointer_token(const std::string& key) {
+  std::string t;
+  for (char ch : key)
+    t += ch == '~' ? std::string("~0") : ch == '/' ? std::string("~1") : std::string(1, ch);
+  return excerpt(t);
+}
+
 struct ctx {
   const std::string& file;
   [[noreturn]] void fail(const std::string& at, const std::string& why) const {
@@ -35,7 +46,7 @@ struct ctx {
       for (auto* x : keys)
         ok = ok || k == x;
       if (!ok)
-        fail(at + "/" + k, "unknown field");
+        fail(at + "/" + pointer_token(k), "unknown field");
     }
   }
   // Durations, counts, ports, limits: a JSON integer, never a string.
@@ -62,7 +73,7 @@ struct ctx {
           return v;
       } catch (...) {
       }
-      fail(at, "not a number: \"" + s + "\"");
+      fail(at, "not a number: \"" + excerpt(s) + "\"");
     }
     if (j.is_number_integer())
       return integer(j, at);
@@ -275,14 +286,14 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
         auto o = c.str(l["owner"], la + "/owner");
         auto* pw = getpwnam(o.c_str());
         if (!pw)
-          c.fail(la + "/owner", "no such user \"" + o + "\"");
+          c.fail(la + "/owner", "no such user \"" + excerpt(o) + "\"");
         lc.spec.uid = pw->pw_uid;
       }
       if (l.contains("group")) {
         auto g = c.str(l["group"], la + "/group");
         auto* gr = getgrnam(g.c_str());
         if (!gr)
-          c.fail(la + "/group", "no such group \"" + g + "\"");
+          c.fail(la + "/group", "no such group \"" + excerpt(g) + "\"");
         lc.spec.gid = gr->gr_gid;
       }
     } else if (type == "tcp") {
@@ -330,21 +341,18 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
 }
 
 config load_config(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in)
     throw config_error(path, "", "cannot open the file");
-  // A directory opens as a stream and throws from its first read.
+  // A directory opens as a stream and fails on its first read.
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
     throw config_error(path, "", "not a regular file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw config_error(path, "", std::string("not valid JSON: ") + e.what());
-  } catch (const std::ios_base::failure& e) {
-    throw config_error(path, "", std::string("cannot read the file: ") + e.what());
-  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string err;
+  auto j = parse_bounded_json(text, err, /*ignore_comments=*/true);
+  if (j.is_discarded())
+    throw config_error(path, "", "not valid JSON: " + err);
   return parse_config(j, path);
 }
 

@@ -1,5 +1,7 @@
 #include "server/control/api.hpp"
 
+#include "actors/bounded_json.hpp"
+#include "actors/excerpt.hpp"
 #include "proto/ids.hpp"
 #include "server/control/encoding.hpp"
 #include "server/control/json.hpp"
@@ -146,16 +148,21 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
 }
 
 http_error to_http(const api_error& e) {
+  // The core's messages can end in the VM id from the path (up to
+  // max_header_bytes): an error body stays small whatever was sent.
+  constexpr size_t max_message = 200;
+  std::string msg = e.message.size() <= max_message ? e.message
+                                                    : e.message.substr(0, max_message) + "...";
   switch (e.code) {
-    case api_errc::not_found: return {404, "not_found", e.message};
-    case api_errc::conflict: return {409, "conflict", e.message};
-    case api_errc::unsafe_region: return {422, "unsafe_region", e.message};
-    case api_errc::invalid: return {422, "invalid", e.message};
-    case api_errc::timeout: return {503, "kernel_timeout", e.message};
-    case api_errc::kernel: return {502, "kernel_error", e.message};
+    case api_errc::not_found: return {404, "not_found", msg};
+    case api_errc::conflict: return {409, "conflict", msg};
+    case api_errc::unsafe_region: return {422, "unsafe_region", msg};
+    case api_errc::invalid: return {422, "invalid", msg};
+    case api_errc::timeout: return {503, "kernel_timeout", msg};
+    case api_errc::kernel: return {502, "kernel_error", msg};
     case api_errc::internal: break;
   }
-  return {500, "internal", e.message};
+  return {500, "internal", msg};
 }
 
 // --- shared state -------------------------------------------------------------
@@ -220,16 +227,18 @@ struct body_error {
 };
 
 // Parses a JSON object body, allowing only `fields`.
+// Error messages quote the client only through excerpt(): bounded, escaped.
 json parse_body(const request& r, std::initializer_list<std::string_view> fields) {
-  json j = json::parse(r.body, nullptr, false);
+  std::string err;
+  json j = parse_bounded_json(r.body, err);
   if (j.is_discarded())
-    throw body_error{bad_request("request body is not valid JSON")};
+    throw body_error{bad_request("request body is not valid JSON: " + err)};
   if (!j.is_object())
     throw body_error{bad_request("request body must be a JSON object")};
   for (auto& [k, v] : j.items()) {
     (void)v;
     if (std::find(fields.begin(), fields.end(), k) == fields.end())
-      throw body_error{bad_request("unknown field '" + k + "'")};
+      throw body_error{bad_request("unknown field '" + excerpt(k) + "'")};
   }
   return j;
 }
@@ -257,11 +266,12 @@ uint32_t event_mask(const json& list, const char* key) {
                                  + "' must be an array of event names")};
   uint32_t mask = 0;
   for (auto& e : list) {
-    auto k = e.is_string() ? parse_event_kind(e.get<std::string>()) : std::nullopt;
+    if (!e.is_string())
+      throw body_error{bad_request(std::string("field '") + key + "' must hold event names, not "
+                                   + e.type_name() + "s")};
+    auto k = parse_event_kind(e.get<std::string>());
     if (!k)
-      throw body_error{bad_request("unknown event '" + (e.is_string() ? e.get<std::string>()
-                                                                       : e.dump())
-                                   + "'")};
+      throw body_error{bad_request("unknown event '" + excerpt(e.get<std::string>()) + "'")};
     if (!(kvmi::known_vcpu_events & (1u << *k)))
       throw body_error{unprocessable("invalid", "'" + e.get<std::string>()
                                                   + "' is not a per-vCPU event")};
@@ -708,11 +718,11 @@ private:
     if (!rt.match) {
       if (rt.status == 405) {
         auto r = error_response({405, "method_not_allowed",
-                                 req.method + " not allowed on " + req.path});
+                                 excerpt(req.method) + " not allowed on " + excerpt(req.path)});
         r.headers.emplace_back("Allow", rt.allow);
         reply_now(ctx, r, req.keep_alive, route_name);
       } else {
-        reply_now(ctx, error_response(not_found("no_route", "no such endpoint: " + req.path)),
+        reply_now(ctx, error_response(not_found("no_route", "no such endpoint: " + excerpt(req.path))),
                   req.keep_alive, route_name);
       }
       return;

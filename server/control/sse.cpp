@@ -1,5 +1,6 @@
 #include "server/control/sse.hpp"
 
+#include "actors/excerpt.hpp"
 #include "server/control/encoding.hpp"
 
 #include <nlohmann/json.hpp>
@@ -42,7 +43,7 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
     } else if (key == "kind") {
       for (auto& k : split_list(val)) {
         if (k.size() > 64 || !std::all_of(k.begin(), k.end(), safe_name_char))
-          return bad_request("invalid kind '" + k + "'");
+          return bad_request("invalid kind '" + excerpt(k) + "'");
         if (k == "alert") {
           f.kinds.push_back(bus_kind::alert);
           explicit_kind = true;
@@ -57,7 +58,7 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
         }
       }
     } else if (!key.empty()) {
-      return bad_request("unknown query parameter '" + key + "' (vm, kind)");
+      return bad_request("unknown query parameter '" + excerpt(key) + "' (vm, kind)");
     }
   }
   if (!f.names.empty() && !explicit_kind) {

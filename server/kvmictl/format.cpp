@@ -1,5 +1,7 @@
 #include "server/kvmictl/format.hpp"
 
+#include "actors/bounded_json.hpp"
+
 #include <algorithm>
 #include <cstdio>
 
@@ -198,7 +200,8 @@ std::string hexdump(uint64_t gpa, const std::vector<uint8_t>& bytes) {
 }
 
 std::string format_error(long status, std::string_view body) {
-  json j = json::parse(body, nullptr, false);
+  std::string err;
+  json j = kvmid::parse_bounded_json(body, err);
   if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_object())
     return "HTTP " + std::to_string(status) + " " + str(j["error"], "code") + ": "
            + str(j["error"], "message");

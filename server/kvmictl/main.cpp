@@ -5,6 +5,7 @@
 //        KVMID_TOKEN, KVMID_TOKEN_FILE
 //
 // Exit codes: 0 ok, 1 the API answered with an error, 2 usage, 3 no answer.
+#include "actors/bounded_json.hpp"
 #include "server/kvmictl/format.hpp"
 
 #include <curl/curl.h>
@@ -119,9 +120,10 @@ int show(const options& o, const http_result& r, F fmt) {
     std::cerr << "kvmictl: " << kvmictl::format_error(r.status, r.body) << "\n";
     return 1;
   }
-  json j = json::parse(r.body, nullptr, false);
+  std::string err;
+  json j = kvmid::parse_bounded_json(r.body, err);
   if (j.is_discarded()) {
-    std::cerr << "kvmictl: the server's answer is not JSON\n";
+    std::cerr << "kvmictl: the server's answer is not JSON: " << err << "\n";
     return 3;
   }
   if (o.json_out)
@@ -181,7 +183,8 @@ int watch(const options& o, const std::string& vm, const std::string& kind, long
   w.parser = kvmictl::sse_parser([&w, &o](const std::string& ev, const std::string& data) {
     if (w.done)
       return;
-    json j = json::parse(data, nullptr, false);
+    std::string err;
+    json j = kvmid::parse_bounded_json(data, err);
     if (o.json_out) {
       json line = {{"event", ev}, {"data", j.is_discarded() ? json(data) : j}};
       std::cout << line.dump() << "\n";

@@ -371,10 +371,12 @@ int main(int argc, char** argv) {
         api = std::make_unique<control::http_api>(*backend, std::move(*token), ao,
                                                   control::reactor_poster(r));
         for (auto l : ao.listen) {
-          int li = r.add_listener(l, api->factory());
+          int li = r.add_listener(l, api->factory(l));
           if (l.type == net::listen_spec::kind::tcp)
             l.port = r.bound_port(li);
-          std::fprintf(stderr, "kvmid: API listening on %s\n", l.describe().c_str());
+          bool https = ao.tls && l.type == net::listen_spec::kind::tcp;
+          std::fprintf(stderr, "kvmid: API listening on %s%s\n", l.describe().c_str(),
+                       https ? " (HTTPS)" : "");
         }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "kvmid: control plane: %s\n", e.what());

@@ -911,7 +911,7 @@ void reactor::post(conn_id c, std::function<void(conn_ctx&, connection_handler&)
   auto* im = impl_.get();
   im->post([im, c, fn = std::move(fn)] {
     if (auto* x = im->find(c); x && !x->closing && x->h)
-      fn(*x, *x->h);
+      x->h->run_posted(*x, fn);
   });
 }
 

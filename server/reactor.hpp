@@ -74,6 +74,9 @@ public:
   virtual size_t queued() const = 0; // messages waiting to be sent
 };
 
+class connection_handler;
+using posted_fn = std::function<void(conn_ctx&, connection_handler&)>;
+
 // One per accepted connection; all callbacks run on the ring thread.
 class connection_handler {
 public:
@@ -84,6 +87,9 @@ public:
   virtual void on_timer(conn_ctx&, uint64_t /*token*/) {}
   // Called once; the handler is destroyed right after.
   virtual void on_close(conn_ctx&, close_reason) {}
+  // Work posted for this connection (reactor::post). A handler that wraps
+  // another (TLS) passes it on with the ctx the wrapped handler sees.
+  virtual void run_posted(conn_ctx& ctx, const posted_fn& fn) { fn(ctx, *this); }
 };
 
 using handler_factory = std::function<std::unique_ptr<connection_handler>()>;

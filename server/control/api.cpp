@@ -7,6 +7,7 @@
 #include "server/control/json.hpp"
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
+#include "server/control/tls_conn.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -72,6 +73,29 @@ std::variant<net::listen_spec, std::string> parse_listen(const std::string& s) {
   return "api.listen: '" + s + "': expected unix:/path or tcp:host:port";
 }
 
+// {"cert_file": ..., "key_file": ..., "client_ca_file": ...}
+std::variant<tls_options, std::string> parse_tls(const json& j) {
+  if (!j.is_object())
+    return std::string("api.tls: must be an object with cert_file and key_file");
+  tls_options t;
+  std::pair<const char*, std::string*> fields[] = {
+    {"cert_file", &t.cert_file}, {"key_file", &t.key_file}, {"client_ca_file", &t.client_ca_file}};
+  for (auto& [k, v] : j.items()) {
+    auto f = std::find_if(std::begin(fields), std::end(fields),
+                          [&](auto& e) { return k == e.first; });
+    if (f == std::end(fields))
+      return "api.tls." + k + ": unknown field";
+    if (!v.is_string() || v.get<std::string>().empty())
+      return "api.tls." + k + ": must be a file path";
+    *f->second = v.get<std::string>();
+  }
+  if (t.cert_file.empty())
+    return std::string("api.tls.cert_file: required (PEM certificate chain)");
+  if (t.key_file.empty())
+    return std::string("api.tls.key_file: required (PEM private key, mode 0600)");
+  return t;
+}
+
 } // namespace
 
 std::variant<api_options, std::string> parse_api_options(const json& j) {
@@ -107,7 +131,7 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
     static const char* known[] = {"listen", "token_file", "allow_remote", "max_header_bytes",
                                   "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
                                   "idle_timeout_ms", "max_connections", "stream_queue",
-                                  "stream_backlog", "heartbeat_ms"};
+                                  "stream_backlog", "heartbeat_ms", "tls"};
     if (std::find(std::begin(known), std::end(known), k) == std::end(known))
       return "api." + k + ": unknown field";
     (void)v;
@@ -116,6 +140,12 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
       || j["token_file"].get<std::string>().empty())
     return std::string("api.token_file: required (path of the bearer token file)");
   o.token_file = j["token_file"].get<std::string>();
+  if (j.contains("tls")) {
+    auto t = parse_tls(j["tls"]);
+    if (auto* err = std::get_if<std::string>(&t))
+      return *err;
+    o.tls = std::get<tls_options>(std::move(t));
+  }
   if (!j.contains("listen"))
     return std::string("api.listen: required (e.g. [\"unix:/run/kvmid/api.sock\"])");
   auto& ls = j["listen"];
@@ -131,6 +161,9 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
     if (l.type == net::listen_spec::kind::tcp && !is_loopback(l.host) && !allow_remote)
       return "api.listen: '" + e.get<std::string>()
              + "': not a loopback address (set api.allow_remote to expose the API)";
+    if (l.type == net::listen_spec::kind::tcp && !is_loopback(l.host) && !o.tls)
+      return "api.tls: required for '" + e.get<std::string>()
+             + "': remote API access is HTTPS only (cert_file, key_file)";
     o.listen.push_back(std::move(l));
   }
   std::string err;
@@ -791,13 +824,34 @@ private:
 } // namespace
 
 http_api::http_api(backend& be, token_auth auth, api_options opts, poster post)
-  : st_(std::make_shared<shared>(be, std::move(auth), std::move(opts), std::move(post))) {}
+  : st_(std::make_shared<shared>(be, std::move(auth), std::move(opts), std::move(post))) {
+  if (auto& t = st_->opts.tls) {
+    auto loaded = tls_context::load(*t);
+    if (auto* err = std::get_if<std::string>(&loaded))
+      throw std::runtime_error(*err);
+    tls_ = std::get<std::shared_ptr<tls_context>>(std::move(loaded));
+    tls_failures_ = &be.metrics().get_counter(
+      "kvmid_api_tls_failures_total",
+      "Control-plane TLS handshakes that failed (bad client, certificate, timeout).");
+  }
+}
 
 http_api::~http_api() = default;
 
 net::handler_factory http_api::factory() {
+  if (tls_)
+    throw std::logic_error("api.tls is set: listeners take factory(listen_spec)");
   auto st = st_;
   return [st, this] { return std::make_unique<http_conn>(st, this); };
+}
+
+net::handler_factory http_api::factory(const net::listen_spec& on) {
+  auto st = st_;
+  auto plain = [st, this] { return std::make_unique<http_conn>(st, this); };
+  if (!tls_ || on.type != net::listen_spec::kind::tcp)
+    return plain;
+  tls_conn::params p{tls_, tls_failures_, st_->opts.http.header_timeout};
+  return [p, plain] { return std::make_unique<tls_conn>(p, plain()); };
 }
 
 } // namespace kvmid::control

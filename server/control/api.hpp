@@ -5,7 +5,7 @@
 //   control::core_backend be(core);
 //   control::http_api api(be, control::token_auth::from_file(opts.token_file), opts,
 //                         control::reactor_poster(reactor));
-//   for (auto& l : opts.listen) reactor.add_listener(l, api.factory());
+//   for (auto& l : opts.listen) reactor.add_listener(l, api.factory(l));
 //   ...
 //   reactor.stop();  // before api and be go away
 //
@@ -21,6 +21,7 @@
 #include "server/control/errors.hpp"
 #include "server/control/http.hpp"
 #include "server/control/router.hpp"
+#include "server/control/tls_context.hpp"
 #include "server/reactor.hpp"
 
 #include <nlohmann/json_fwd.hpp>
@@ -28,6 +29,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -113,11 +115,14 @@ struct api_options {
   size_t stream_queue = 1024;   // bus records buffered per SSE subscriber
   size_t stream_backlog = 64;   // socket sends queued before a stream drops records
   std::chrono::milliseconds heartbeat{15'000}; // SSE comment line while quiet
+  std::optional<tls_options> tls; // set: every TCP listener speaks HTTPS only
 };
 
 // Parses and validates {"listen": [...], "token_file": ..., ...} (see
 // config/kvmid.json). TCP listeners must be loopback unless
-// "allow_remote": true. Returns the options or a message naming the field.
+// "allow_remote": true, and a non-loopback one needs "tls" too (remote
+// access is HTTPS only). Returns the options or a message naming the field.
+// The files are read by http_api.
 std::variant<api_options, std::string> parse_api_options(const nlohmann::json& j);
 
 // Runs fn on the ring thread for connection c (dropped if c is gone).
@@ -131,12 +136,18 @@ http_error to_http(const api_error& e);
 
 class http_api {
 public:
+  // Throws std::runtime_error naming the field when api.tls's files are
+  // unusable.
   http_api(backend& be, token_auth auth, api_options opts, poster post);
   ~http_api();
   http_api(const http_api&) = delete;
   http_api& operator=(const http_api&) = delete;
 
-  // One connection handler per accepted connection.
+  // One connection handler per accepted connection on `on`: HTTPS when
+  // api.tls is set and `on` is TCP, plain HTTP otherwise.
+  net::handler_factory factory(const net::listen_spec& on);
+  // Plain HTTP handlers (tests). Throws std::logic_error when api.tls is
+  // set, so no listener can end up plain by mistake.
   net::handler_factory factory();
 
   // An authorised, routed request other than /v1/events; `reply` runs once,
@@ -150,6 +161,8 @@ public:
 
 private:
   std::shared_ptr<shared> st_;
+  std::shared_ptr<const tls_context> tls_; // api.tls loaded, or null
+  counter* tls_failures_ = nullptr;
 };
 
 } // namespace kvmid::control

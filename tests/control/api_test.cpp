@@ -643,7 +643,8 @@ TEST_CASE("api: config section parsing and validation") {
     CHECK(std::get<std::string>(r).find(b.mentions) != std::string::npos);
   }
   auto remote = parse_api_options(
-    json::parse(R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"],"allow_remote":true})"));
+    json::parse(R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"],"allow_remote":true,
+                    "tls":{"cert_file":"/c","key_file":"/k"}})"));
   CHECK(std::holds_alternative<api_options>(remote));
 }
 

@@ -153,6 +153,7 @@ policy_set demo_policies() {
 int main(int argc, char** argv) {
   std::string config_path, level_arg, simulate;
   double duration = 0;
+  bool impatient_unhook = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -168,6 +169,8 @@ int main(int argc, char** argv) {
       level_arg = next();
     else if (a == "--simulate")
       simulate = next();
+    else if (a == "--simulate-impatient-unhook") // a test hook, see below; not in usage()
+      impatient_unhook = true;
     else if (a == "--duration") {
       auto s = next();
       char* end = nullptr;
@@ -406,8 +409,21 @@ int main(int argc, char** argv) {
       so.handshake = cfg.handshake;
       so.workload.rate_per_vcpu = 50;
       so.threads = 1;
+      if (impatient_unhook)
+        so.unhook_timeout = kvmi::sim::ms(0);
       sim = std::make_unique<kvmi::sim::host>(so);
       sim->start();
+      if (impatient_unhook) {
+        // A host that gives no time for UNHOOK: the simulator records an
+        // unhook_timeout violation, so the tests can see that a violation
+        // makes the exit code non-zero. Asked once kvmid has enabled the
+        // UNHOOK event (else the host just closes).
+        bool enabled = sim->wait_until(
+          [&] { return sim->vm(0).c.commands.count("control_vm_events") > 0; },
+          kvmi::sim::ms(30000));
+        if (enabled)
+          sim->request_unhook(0);
+      }
       std::fprintf(stderr, "kvmid: simulating %u VMs x %u vCPUs\n", sim_vms, sim_vcpus);
     }
 #endif

@@ -1,4 +1,5 @@
 #include "server/control/auth.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 
@@ -12,28 +13,12 @@
 using namespace kvmid::control;
 namespace fs = std::filesystem;
 
-namespace {
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "kvmid-auth-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() { fs::remove_all(path); }
-  fs::path write(const std::string& name, const std::string& text, mode_t mode = 0600) {
-    auto p = path / name;
-    std::ofstream(p) << text;
-    ::chmod(p.c_str(), mode);
-    return p;
-  }
-};
-} // namespace
+using kvmid::test::temp_dir;
 
 TEST_SUITE("control") {
 
 TEST_CASE("auth: token file is read and trimmed") {
-  temp_dir d;
+  temp_dir d("auth");
   auto a = token_auth::from_file(d.write("tok", "  s3cret-token\n").string());
   CHECK(a.check("Bearer s3cret-token"));
   CHECK(a.check("bearer s3cret-token"));
@@ -51,7 +36,7 @@ TEST_CASE("auth: token file is read and trimmed") {
 }
 
 TEST_CASE("auth: bad token files are refused with the file's name") {
-  temp_dir d;
+  temp_dir d("auth");
   auto expect_throw = [](const std::string& path) {
     try {
       token_auth::from_file(path);
@@ -60,12 +45,12 @@ TEST_CASE("auth: bad token files are refused with the file's name") {
       CHECK(std::string(e.what()).find(path) != std::string::npos);
     }
   };
-  expect_throw((d.path / "missing").string());
+  expect_throw((d.path() / "missing").string());
   expect_throw(d.write("empty", "\n  \n").string());
   expect_throw(d.write("two-words", "abc def\n").string());
   expect_throw(d.write("group-writable", "abc\n", 0620).string());
   expect_throw(d.write("world-writable", "abc\n", 0602).string());
-  expect_throw(d.path.string()); // a directory
+  expect_throw(d.path().string()); // a directory
   CHECK_THROWS_AS(token_auth(""), std::runtime_error);
 }
 

@@ -1,6 +1,6 @@
 // kvmid + kvmi-sim + curl/kvmictl over real sockets.
-#include "e2e_fixture.hpp"
 #include "promtool.hpp"
+#include "tests/support/kvmid_process.hpp"
 
 #include "server/control/encoding.hpp"
 
@@ -8,6 +8,7 @@
 
 using namespace kvmid;
 using namespace kvmid::test;
+using e2e = kvmid_process;
 using kvmid::control::from_base64;
 using kvmid::control::from_hex;
 
@@ -22,41 +23,41 @@ void check_error(const http_reply& r, int status, const std::string& code) {
   CHECK_FALSE(j["error"]["message"].get<std::string>().empty());
 }
 
-// Waits until the file holds `n` SSE events named one of `names`, or 10 s.
-std::vector<json> wait_events(const fs::path& file, const std::set<std::string>& names, size_t n) {
+// The SSE events named one of `names` that the file holds so far.
+std::vector<json> events_in(const fs::path& file, const std::set<std::string>& names) {
   std::vector<json> got;
-  for (int i = 0; i < 200; ++i) {
-    got.clear();
-    std::ifstream in(file);
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    size_t pos = 0;
-    while ((pos = text.find("event: ", pos)) != std::string::npos) {
-      auto eol = text.find('\n', pos);
-      auto data = text.find("data: ", eol);
-      auto dend = data == std::string::npos ? data : text.find('\n', data);
-      if (dend == std::string::npos)
-        break;
-      std::string ev = text.substr(pos + 7, eol - pos - 7);
-      if (names.count(ev))
-        got.push_back(json::parse(text.substr(data + 6, dend - data - 6)));
-      pos = dend;
-    }
-    if (got.size() >= n)
-      return got;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::ifstream in(file);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  size_t pos = 0;
+  while ((pos = text.find("event: ", pos)) != std::string::npos) {
+    auto eol = text.find('\n', pos);
+    auto data = text.find("data: ", eol);
+    auto dend = data == std::string::npos ? data : text.find('\n', data);
+    if (dend == std::string::npos)
+      break;
+    std::string ev = text.substr(pos + 7, eol - pos - 7);
+    if (names.count(ev))
+      got.push_back(json::parse(text.substr(data + 6, dend - data - 6)));
+    pos = dend;
   }
   return got;
 }
 
+// Waits until the file holds `n` such events; returns what it holds then.
+std::vector<json> wait_events(const fs::path& file, const std::set<std::string>& names, size_t n) {
+  wait_until([&] { return events_in(file, names).size() >= n; },
+             std::to_string(n) + " events in " + file.filename().string());
+  return events_in(file, names);
+}
+
 bool file_has(const fs::path& file, const std::string& what) {
-  for (int i = 0; i < 200; ++i) {
-    std::ifstream in(file);
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    if (text.find(what) != std::string::npos)
-      return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
+  return wait_until(
+    [&] {
+      std::ifstream in(file);
+      std::string text((std::istreambuf_iterator<char>(in)), {});
+      return text.find(what) != std::string::npos;
+    },
+    "\"" + what + "\" in " + file.filename().string());
 }
 
 } // namespace
@@ -107,7 +108,7 @@ TEST_CASE("e2e: VMs / vCPUs / pause/resume / registers over curl") {
   CHECK(rj["regs"]["rip"] == control::hex_u64(sim_regs.rip));
   CHECK(rj["regs"]["rsp"] == control::hex_u64(sim_regs.rsp));
   REQUIRE(rj["msrs"].size() == 1);
-  CHECK(rj["msrs"][0]["value"] == control::hex_u64(*t.sim->msr(0, 1, lstar)));
+  CHECK(rj["msrs"][0]["value"] == control::hex_u64(*t.sim->msr(0, 1, msr_lstar)));
   check_error(t.curl("GET", vm0 + "/vcpus/9/registers"), 404, "not_found");
   REQUIRE(t.curl("POST", vm0 + "/resume").status == 200);
   CHECK(t.sim->wait_until([&] { return t.sim->vcpu(0, 0)->state == kvmi::sim::vcpu_state::running; },
@@ -209,14 +210,8 @@ TEST_CASE("e2e: guest memory / page access / breakpoints / events / unhook over 
   REQUIRE(t.curl("POST", vm1 + "/unhook").status == 200);
   CHECK(t.sim->wait_until([&] { return !t.sim->vm(1).connected; }, kvmi::sim::ms(10000)));
   CHECK(t.sim->page_access(1, hot_gpa) == kvmi::page_access_rwx);
-  bool gone = false;
-  for (int i = 0; i < 100 && !gone; ++i) {
-    auto st = t.curl("POST", vm1 + "/pause");
-    gone = st.status == 409;
-    if (!gone)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  CHECK(gone);
+  CHECK(wait_until([&] { return t.curl("POST", vm1 + "/pause").status == 409; },
+                   "kvmid to see the unhooked VM disconnected"));
   CHECK(t.sim->make_report().ok());
 }
 
@@ -239,19 +234,20 @@ TEST_CASE("e2e: the event stream carries each alert the simulator provokes") {
   // Streams are open once the first heartbeat line arrives.
   REQUIRE(file_has(all, ": keep-alive"));
   REQUIRE(file_has(only1, ": keep-alive"));
-  for (int i = 0; i < 100; ++i) { // kvmictl has no heartbeat output: wait for its stream
-    auto m = t.curl("GET", "/metrics").body;
-    if (m.find("kvmid_event_streams 3\n") != std::string::npos)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // kvmictl has no heartbeat output: wait for its stream.
+  REQUIRE(wait_until(
+    [&] {
+      return t.curl("GET", "/metrics").body.find("kvmid_event_streams 3\n") != std::string::npos;
+    },
+    "three open event streams"));
 
-  auto m1 = t.sim->write_msr(0, 0, lstar, 0xdead0000).get();
+  auto m1 = get_within(t.sim->write_msr(0, 0, msr_lstar, 0xdead0000), "an LSTAR write on vm 0");
   CHECK(m1.event == kvmi::event_id::msr);
   CHECK(m1.value != 0xdead0000); // denied: the old value stays
-  auto p1 = t.sim->access(0, 1, hot_gpa + 0x10, kvmi::page_access_w).get();
+  auto p1 = get_within(t.sim->access(0, 1, hot_gpa + 0x10, kvmi::page_access_w),
+                       "a write to protected kernel text");
   CHECK(p1.event == kvmi::event_id::pf);
-  auto m2 = t.sim->write_msr(1, 1, lstar, 0xbeef0000).get();
+  auto m2 = get_within(t.sim->write_msr(1, 1, msr_lstar, 0xbeef0000), "an LSTAR write on vm 1");
   CHECK(m2.event == kvmi::event_id::msr);
 
   auto got = wait_events(all, {"msr-protection", "page-protection"}, 3);
@@ -270,17 +266,9 @@ TEST_CASE("e2e: the event stream carries each alert the simulator provokes") {
   CHECK(filtered[0]["vm_name"] == "sim-vm-1");
 
   // kvmictl watch: one JSON line per event, and it exits after --count.
-  int st = -1;
-  for (int i = 0; i < 200; ++i) {
-    int s = 0;
-    if (::waitpid(watch_pid, &s, WNOHANG) == watch_pid) {
-      st = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
-      watch_pid = -1;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (watch_pid > 0)
+  int st = -2;
+  wait_until([&] { return (st = try_reap(watch_pid)) != -2; }, "kvmictl watch --count 3 to exit");
+  if (st == -2)
     stop(watch_pid);
   CHECK(st == 0);
   std::ifstream in(watch_out);
@@ -300,29 +288,25 @@ TEST_CASE("e2e: the event stream carries each alert the simulator provokes") {
 
 TEST_CASE("e2e: /metrics has every family and passes promtool") {
   e2e t;
-  t.sim->write_msr(0, 0, lstar, 1).get();
+  get_within(t.sim->write_msr(0, 0, msr_lstar, 1), "an LSTAR write");
   t.curl("GET", "/v1/vms/nope");
   { // A device manager with a broken hello: a handshake failure.
-    int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, t.kvmi_sock.c_str(), sizeof a.sun_path - 1);
-    REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    e2e::raw_send(s, std::string(48, 'Z'));
-    e2e::raw_read_all(s);
+    int s = connect_unix(t.kvmi_sock);
+    send_all(s, std::string(48, 'Z'));
+    read_all(s);
     ::close(s);
   }
   // A garbage frame from the "kernel": a protocol error (the VM reconnects).
-  t.sim->inject_fault(0, "garbage").get();
+  get_within(t.sim->inject_fault(0, "garbage"), "a garbage frame to be sent");
   http_reply m;
-  for (int i = 0; i < 200; ++i) {
-    m = t.curl("GET", "/metrics");
-    if (m.body.find("kvmid_protocol_errors_total{") != std::string::npos
-        && m.body.find("kvmid_handshake_failures_total{") != std::string::npos
-        && m.body.find("kvmid_vms 2\n") != std::string::npos)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_until(
+    [&] {
+      m = t.curl("GET", "/metrics");
+      return m.body.find("kvmid_protocol_errors_total{") != std::string::npos
+             && m.body.find("kvmid_handshake_failures_total{") != std::string::npos
+             && m.body.find("kvmid_vms 2\n") != std::string::npos;
+    },
+    "the protocol error - the handshake failure and both VMs back in /metrics");
   REQUIRE(m.status == 200);
   INFO(m.body);
   for (const char* fam :
@@ -349,7 +333,9 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   e2e::options o;
   o.vms = 1;
   o.tcp = true;
-  o.api_extra = {{"header_timeout_ms", 300}, {"body_timeout_ms", 300}, {"max_body_bytes", 65536}};
+  // Long enough that curl's own requests never hit them on a saturated
+  // machine; the slow clients below wait them out.
+  o.api_extra = {{"header_timeout_ms", 2000}, {"body_timeout_ms", 2000}, {"max_body_bytes", 65536}};
   e2e t(o);
   check_error(t.curl("GET", "/v1/vms", "", std::string()), 401, "unauthorized");
   check_error(t.curl("GET", "/v1/vms", "", std::string("wrong")), 401, "unauthorized");
@@ -365,9 +351,9 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
 
   { // Garbage: 400 and closed.
     int s = t.raw_connect();
-    e2e::raw_send(s, "\x16\x03\x01 this is not HTTP\r\n\r\n");
+    send_all(s, "\x16\x03\x01 this is not HTTP\r\n\r\n");
     bool eof = false;
-    auto out = e2e::raw_read_all(s, &eof);
+    auto out = read_all(s, &eof);
     ::close(s);
     CHECK(out.starts_with("HTTP/1.1 400 "));
     CHECK(out.find("\"bad_request\"") != std::string::npos);
@@ -375,10 +361,10 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   }
   { // A huge body: refused from its Content-Length, connection closed.
     int s = t.raw_connect();
-    e2e::raw_send(s, "PUT /v1/vms/sim-vm-0/memory HTTP/1.1\r\nAuthorization: Bearer " + t.token
+    send_all(s, "PUT /v1/vms/sim-vm-0/memory HTTP/1.1\r\nAuthorization: Bearer " + t.token
                        + "\r\nContent-Length: 100000000\r\n\r\n" + std::string(65536, 'x'));
     bool eof = false;
-    auto out = e2e::raw_read_all(s, &eof);
+    auto out = read_all(s, &eof);
     ::close(s);
     CHECK(out.starts_with("HTTP/1.1 413 "));
     CHECK(eof);
@@ -388,10 +374,10 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   }
   { // A slow client: half a request line, then nothing. Meanwhile others are served.
     int s = t.raw_connect();
-    e2e::raw_send(s, "GET /v1/vms HTTP/1.1\r\nAuthoriza");
+    send_all(s, "GET /v1/vms HTTP/1.1\r\nAuthoriza");
     CHECK(t.curl("GET", "/v1/vms").status == 200);
     bool eof = false;
-    auto out = e2e::raw_read_all(s, &eof);
+    auto out = read_all(s, &eof);
     ::close(s);
     CHECK(out.starts_with("HTTP/1.1 408 "));
     CHECK(out.find("\"request_timeout\"") != std::string::npos);
@@ -399,10 +385,10 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   }
   { // A body that never completes.
     int s = t.raw_connect();
-    e2e::raw_send(s, "PUT /v1/vms/sim-vm-0/memory HTTP/1.1\r\nAuthorization: Bearer " + t.token
+    send_all(s, "PUT /v1/vms/sim-vm-0/memory HTTP/1.1\r\nAuthorization: Bearer " + t.token
                        + "\r\nContent-Length: 50\r\n\r\n{\"gpa\":");
     bool eof = false;
-    auto out = e2e::raw_read_all(s, &eof);
+    auto out = read_all(s, &eof);
     ::close(s);
     CHECK(out.starts_with("HTTP/1.1 408 "));
     CHECK(eof);
@@ -410,10 +396,10 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   { // Keep-alive: two requests on one connection, answered in order.
     int s = t.raw_connect();
     std::string auth = "Authorization: Bearer " + t.token + "\r\n";
-    e2e::raw_send(s, "GET /v1/vms HTTP/1.1\r\n" + auth + "\r\nGET /v1/nothing HTTP/1.1\r\n" + auth
+    send_all(s, "GET /v1/vms HTTP/1.1\r\n" + auth + "\r\nGET /v1/nothing HTTP/1.1\r\n" + auth
                        + "Connection: close\r\n\r\n");
     bool eof = false;
-    auto out = e2e::raw_read_all(s, &eof);
+    auto out = read_all(s, &eof);
     ::close(s);
     auto second = out.find("HTTP/1.1 404 ");
     CHECK(out.starts_with("HTTP/1.1 200 "));
@@ -434,17 +420,17 @@ TEST_CASE("e2e: a stream subscriber that never reads cannot hold up vCPU replies
   int s = t.raw_connect();
   int small = 4096;
   ::setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  e2e::raw_send(s, "GET /v1/events?kind=alert HTTP/1.1\r\nAuthorization: Bearer " + t.token
+  send_all(s, "GET /v1/events?kind=alert HTTP/1.1\r\nAuthorization: Bearer " + t.token
                      + "\r\n\r\n");
   char first[64];
   REQUIRE(::recv(s, first, sizeof first, 0) > 0); // the stream is open; never read again
   constexpr int writes = 3000;
   std::vector<std::future<kvmi::sim::outcome>> fs;
   for (int i = 0; i < writes; ++i)
-    fs.push_back(t.sim->write_msr(0, 0, lstar, 0x1000 + uint64_t(i)));
+    fs.push_back(t.sim->write_msr(0, 0, msr_lstar, 0x1000 + uint64_t(i)));
   int answered = 0;
   for (auto& f : fs)
-    answered += f.get().event == kvmi::event_id::msr;
+    answered += get_within(std::move(f), "an LSTAR write's reply").event == kvmi::event_id::msr;
   CHECK(answered == writes); // every event got its reply
   auto m = t.curl("GET", "/metrics").body;
   auto pos = m.find("\nkvmid_bus_dropped_total ");

@@ -12,7 +12,7 @@
 
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
-#include "tests/proto/samples.hpp"
+#include "tests/support/kvmi_samples.hpp"
 
 #include <cstdint>
 #include <cstdio>

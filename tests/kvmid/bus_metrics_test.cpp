@@ -6,6 +6,9 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <map>
+#include <set>
+#include <string>
 #include <thread>
 
 using namespace kvmid;
@@ -70,25 +73,46 @@ TEST_CASE("filters by VM - kind and name with raw events only when asked for") {
 
 TEST_CASE("publishing from many threads while subscribers come and go") {
   event_bus bus;
+  // Subscribed throughout and large enough for everything: it must see
+  // every record once, each publisher's in its order, each with its own seq.
+  auto steady = bus.subscribe(bus_filter{}, 8192);
   std::atomic<bool> stop{false};
+  std::atomic<size_t> churn_bad{0};
   std::thread churn([&] {
     while (!stop) {
-      auto s = bus.subscribe(bus_filter{}, 4);
+      auto s = bus.subscribe(bus_filter{{}, {bus_kind::alert}, {}}, 4);
       std::vector<bus_record> v;
       s->poll(v);
+      for (auto& r : v)
+        churn_bad += r.kind != bus_kind::alert || r.vm.empty();
     }
   });
   std::vector<std::thread> pubs;
   for (int t = 0; t < 3; ++t)
-    pubs.emplace_back([&] {
+    pubs.emplace_back([&bus, t] {
       for (int i = 0; i < 2000; ++i)
-        bus.publish(rec(bus_kind::alert, "x", "vm"));
+        bus.publish(rec(bus_kind::alert, std::to_string(i), "vm-" + std::to_string(t)));
     });
   for (auto& p : pubs)
     p.join();
   stop = true;
   churn.join();
-  CHECK(bus.published() == 6000);
+  CHECK(churn_bad.load() == 0);
+  CHECK(bus.subscribers() == 1); // every churned subscription unsubscribed
+  std::vector<bus_record> got;
+  steady->poll(got);
+  CHECK(steady->dropped() == 0);
+  REQUIRE(got.size() == 6000);
+  std::map<std::string, int> next;
+  std::set<uint64_t> seqs;
+  for (auto& r : got) {
+    CAPTURE(r.vm);
+    CHECK(r.name == std::to_string(next[r.vm]++));
+    seqs.insert(r.seq);
+  }
+  CHECK(seqs.size() == 6000); // one seq per record
+  CHECK(*seqs.rbegin() == bus.published());
+  CHECK(next == std::map<std::string, int>{{"vm-0", 2000}, {"vm-1", 2000}, {"vm-2", 2000}});
 }
 
 TEST_CASE("metrics: labelled counters - gauges - histograms and their Prometheus text") {

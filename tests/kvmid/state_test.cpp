@@ -2,6 +2,7 @@
 // atomic replacement, and bad files named with their field.
 #include "actors/bp_store.hpp"
 #include "actors/core.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 
@@ -14,28 +15,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct tmpdir {
-  fs::path p;
-  tmpdir() {
-    std::string t = (fs::temp_directory_path() / "kvmid-state-XXXXXX").string();
-    REQUIRE(mkdtemp(t.data()));
-    p = t;
-  }
-  ~tmpdir() {
-    std::error_code ec;
-    fs::remove_all(p, ec);
-  }
-  void write(const std::string& name, const std::string& text) const {
-    std::ofstream(p / name, std::ios::binary) << text;
-  }
-};
+using kvmid::test::temp_dir;
 
 const std::string u1 = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const std::string u2 = "00000000-0000-0000-0000-000000000002";
 
-std::string load_error(const tmpdir& d) {
+std::string load_error(const temp_dir& d) {
   try {
-    load_planted(d.p.string());
+    load_planted(d.path().string());
   } catch (const state_error& e) {
     return e.what();
   }
@@ -45,34 +32,34 @@ std::string load_error(const tmpdir& d) {
 } // namespace
 
 TEST_CASE("state: planted bytes round-trip per uuid and an empty set removes the file") {
-  tmpdir d;
+  temp_dir d("state");
   std::string err;
-  REQUIRE(save_planted(d.p.string(), u1, {{0x1000, 0x55}, {0x2000, 0x00}}, err));
-  REQUIRE(save_planted(d.p.string(), u2, {{0xfffff000, 0xff}}, err));
-  auto m = load_planted(d.p.string());
+  REQUIRE(save_planted(d.path().string(), u1, {{0x1000, 0x55}, {0x2000, 0x00}}, err));
+  REQUIRE(save_planted(d.path().string(), u2, {{0xfffff000, 0xff}}, err));
+  auto m = load_planted(d.path().string());
   REQUIRE(m.size() == 2);
   CHECK(m[u1] == std::map<uint64_t, uint8_t>{{0x1000, 0x55}, {0x2000, 0x00}});
   CHECK(m[u2] == std::map<uint64_t, uint8_t>{{0xfffff000, 0xff}});
   // Replaced atomically: no temp file stays behind.
-  REQUIRE(save_planted(d.p.string(), u1, {{0x3000, 0x90}}, err));
+  REQUIRE(save_planted(d.path().string(), u1, {{0x3000, 0x90}}, err));
   size_t files = 0;
-  for (auto& e : fs::directory_iterator(d.p)) {
+  for (auto& e : fs::directory_iterator(d.path())) {
     CHECK(e.path().extension() == ".json");
     ++files;
   }
   CHECK(files == 2);
-  CHECK(load_planted(d.p.string())[u1] == std::map<uint64_t, uint8_t>{{0x3000, 0x90}});
-  REQUIRE(save_planted(d.p.string(), u1, {}, err));
-  m = load_planted(d.p.string());
+  CHECK(load_planted(d.path().string())[u1] == std::map<uint64_t, uint8_t>{{0x3000, 0x90}});
+  REQUIRE(save_planted(d.path().string(), u1, {}, err));
+  m = load_planted(d.path().string());
   CHECK(m.count(u1) == 0);
   CHECK(m.size() == 1);
   // Forgetting what was never recorded is fine.
-  CHECK(save_planted(d.p.string(), u1, {}, err));
+  CHECK(save_planted(d.path().string(), u1, {}, err));
 }
 
 TEST_CASE("state: a missing directory is created and a uuid must be file-name safe") {
-  tmpdir d;
-  auto sub = (d.p / "a" / "b").string();
+  temp_dir d("state");
+  auto sub = (d.path() / "a" / "b").string();
   CHECK(load_planted(sub).empty());
   CHECK(fs::is_directory(sub));
   std::string err;
@@ -98,7 +85,7 @@ TEST_CASE("state: bad files are refused naming the file and the field") {
      "/breakpoints/0/original"},
   };
   for (auto& c : cases) {
-    tmpdir d;
+    temp_dir d("state");
     d.write("breakpoints-" + u1 + ".json", c.text);
     auto e = load_error(d);
     INFO(c.text << " -> " << e);
@@ -106,10 +93,10 @@ TEST_CASE("state: bad files are refused naming the file and the field") {
     CHECK(e.find(c.field) != std::string::npos);
   }
   // Other files (and a temp file of an interrupted write) are not records.
-  tmpdir d;
+  temp_dir d("state");
   d.write("breakpoints-" + u1 + ".json.tmp", "{");
   d.write("notes.txt", "x");
-  CHECK(load_planted(d.p.string()).empty());
+  CHECK(load_planted(d.path().string()).empty());
 }
 
 TEST_CASE("state: a directory where a record belongs is a state error naming it") {

@@ -2,7 +2,7 @@
 // boundary and in random chunks, must come out as the same frames; oversize
 // headers stop the stream wherever they are cut.
 #include "proto/codec.hpp"
-#include "tests/proto/samples.hpp"
+#include "tests/support/kvmi_samples.hpp"
 
 #include <doctest/doctest.h>
 

@@ -2,6 +2,7 @@
 // introspector in mini_tool.hpp over a real UNIX socket.
 #include "kernel-patches/sim/sim.hpp"
 #include "tests/sim/mini_tool.hpp"
+#include "tests/support/constants.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -19,7 +20,7 @@ using sim::outcome;
 
 namespace {
 
-constexpr uint32_t lstar = 0xc0000082;
+using kvmid::test::msr_lstar;
 constexpr uint64_t hot = 0x100000;
 
 struct fixture {
@@ -44,11 +45,11 @@ struct fixture {
     start([](sim::options&) {});
   }
   std::unique_ptr<conn> accept_conn(hs::mode m = hs::mode::kvmi) {
-    int fd = l.accept(5000ms);
+    int fd = l.accept(30000ms);
     REQUIRE(fd >= 0);
     auto k = std::make_unique<conn>(fd, test_cookie(), m);
     REQUIRE(k->handshake());
-    REQUIRE(h->wait_until([&] { return h->hooked(0); }, 5000ms));
+    REQUIRE(h->wait_until([&] { return h->hooked(0); }, 30000ms));
     return k;
   }
   // PAUSE_ALL_VCPUS; returns one PAUSE_VCPU event per vCPU, by vCPU.
@@ -90,7 +91,7 @@ struct fixture {
 
 template <class T>
 T get(std::future<T>& f) {
-  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  REQUIRE(f.wait_for(30s) == std::future_status::ready);
   return f.get();
 }
 
@@ -165,7 +166,7 @@ TEST_CASE("sim: unknown id with a payload closes the session, and the device man
   f.c->send_all(msg);
   CHECK(f.c->wait_closed());
   auto c2 = f.accept_conn();
-  CHECK(f.h->wait_until([&] { return f.counts().reconnects == 1; }, 5000ms));
+  CHECK(f.h->wait_until([&] { return f.counts().reconnects == 1; }, 30000ms));
   CHECK(f.counts().sessions == 2);
   auto r = c2->call(get_version{});
   REQUIRE(r);
@@ -185,9 +186,9 @@ TEST_CASE("sim: PAUSE_ALL_VCPUS: one PAUSE_VCPU per vCPU, held replies keep the 
     CHECK(evs[i].common.regs.rip == v->regs.rip);
   }
   // The guest wants to write an MSR on vCPU 1: it cannot run while paused.
-  auto w = f.h->write_msr(0, 1, lstar, 0xffffffff81234560ull);
+  auto w = f.h->write_msr(0, 1, msr_lstar, 0xffffffff81234560ull);
   // vCPU commands work while the vCPU waits in the event.
-  auto r = f.c->call(get_registers_cmd{{1, 1, {}}, {lstar}});
+  auto r = f.c->call(get_registers_cmd{{1, 1, {}}, {msr_lstar}});
   REQUIRE(r);
   REQUIRE(r->err == 0);
   auto& regs = std::get<registers_reply>(r->data);
@@ -195,18 +196,18 @@ TEST_CASE("sim: PAUSE_ALL_VCPUS: one PAUSE_VCPU per vCPU, held replies keep the 
   CHECK(regs.msrs[0].data == 0xffffffff81a00010ull);
   CHECK(w.wait_for(0s) != std::future_status::ready);
   CHECK(f.h->vcpu(0, 1)->state == sim::vcpu_state::paused);
-  CHECK(f.h->msr(0, 1, lstar) == 0xffffffff81a00010ull);
+  CHECK(f.h->msr(0, 1, msr_lstar) == 0xffffffff81a00010ull);
   f.c->reply(evs[1], action::continue_);
   auto out = get(w);
   CHECK(out.ok);
   CHECK(out.events == 0); // MSR events not enabled
   CHECK(out.value == 0xffffffff81234560ull);
-  CHECK(f.h->msr(0, 1, lstar) == 0xffffffff81234560ull);
+  CHECK(f.h->msr(0, 1, msr_lstar) == 0xffffffff81234560ull);
   CHECK(f.h->vcpu(0, 1)->state == sim::vcpu_state::running);
   CHECK(f.h->vcpu(0, 0)->state == sim::vcpu_state::paused);
   f.c->reply(evs[0], action::continue_);
   f.c->reply(evs[2], action::continue_);
-  CHECK(f.h->wait_until([&] { return f.counts().replies[0] == 3; }, 5000ms));
+  CHECK(f.h->wait_until([&] { return f.counts().replies[0] == 3; }, 30000ms));
   CHECK(f.counts().violation_count() == 0);
 }
 
@@ -300,14 +301,14 @@ TEST_CASE("sim: MSR and CR events: CONTINUE with new_val sets what the guest see
   fixture f;
   f.start();
   f.enable(flag(event_id::msr) | flag(event_id::cr),
-           {control_msr{0, 1, 0, lstar}, control_cr{0, 1, 0, 4}});
-  auto old = *f.h->msr(0, 0, lstar);
-  auto w = f.h->write_msr(0, 0, lstar, 0xdeadbeef000ull);
+           {control_msr{0, 1, 0, msr_lstar}, control_cr{0, 1, 0, 4}});
+  auto old = *f.h->msr(0, 0, msr_lstar);
+  auto w = f.h->write_msr(0, 0, msr_lstar, 0xdeadbeef000ull);
   auto e = f.c->next_event();
   REQUIRE(e);
   REQUIRE(e->kind() == event_id::msr);
   auto& m = std::get<event_msr>(e->data);
-  CHECK(m.msr == lstar);
+  CHECK(m.msr == msr_lstar);
   CHECK(m.old_value == old);
   CHECK(m.new_value == 0xdeadbeef000ull);
   CHECK(f.h->vcpu(0, 0)->state == sim::vcpu_state::in_event);
@@ -316,10 +317,10 @@ TEST_CASE("sim: MSR and CR events: CONTINUE with new_val sets what the guest see
   CHECK(out.events == 1);
   CHECK(out.reply == action::continue_);
   CHECK(out.value == old);
-  CHECK(f.h->msr(0, 0, lstar) == old);
+  CHECK(f.h->msr(0, 0, msr_lstar) == old);
   // An unwatched MSR raises nothing; an unchanged value raises nothing.
   CHECK(get(w = f.h->write_msr(0, 0, 0xc0000081, 0x1234)).events == 0);
-  CHECK(get(w = f.h->write_msr(0, 0, lstar, old)).events == 0);
+  CHECK(get(w = f.h->write_msr(0, 0, msr_lstar, old)).events == 0);
   // CR4: SMEP cleared by the guest, forced back by the tool.
   auto cr4 = *f.h->cr(0, 0, 4);
   auto wc = f.h->write_cr(0, 0, 4, cr4 & ~(1ull << 20));
@@ -347,7 +348,7 @@ TEST_CASE("sim: SET_REGISTERS takes effect only at the event reply") {
   CHECK(f.err_of(set_registers{0, {}, changed}) == 0);
   CHECK(f.h->vcpu(0, 0)->regs.rip == regs.rip);
   f.c->reply(evs[0], action::continue_);
-  CHECK(f.h->wait_until([&] { return f.h->vcpu(0, 0)->regs.rip == changed.rip; }, 5000ms));
+  CHECK(f.h->wait_until([&] { return f.h->vcpu(0, 0)->regs.rip == changed.rip; }, 30000ms));
   CHECK(f.h->vcpu(0, 0)->regs.rax == 77);
   f.c->reply(evs[1], action::continue_);
 }
@@ -439,7 +440,7 @@ TEST_CASE("sim: READ/WRITE_PHYSICAL beyond one page tears the session down - rwx
   CHECK(f.err_of(read_physical{0x100000000000ull, 8}) == -kvm_einval);
   f.c->send(read_physical{hot + 4000, 200});
   CHECK(f.c->wait_closed());
-  CHECK(f.h->wait_until([&] { return !f.h->hooked(0); }, 5000ms));
+  CHECK(f.h->wait_until([&] { return !f.h->hooked(0); }, 30000ms));
   CHECK(f.violations("physical_range") == 1);
   CHECK(f.h->page_access(0, hot) == page_access_rwx);
   // The waiting vCPUs were released (the kernel aborts all waits).
@@ -462,7 +463,7 @@ TEST_CASE("sim: event replies: unknown seq and wrong size close - a mismatched e
   std::vector<uint8_t> out;
   encode(out, r, f.c->order());
   f.c->send_all(out);
-  CHECK(f.h->wait_until([&] { return f.violations("reply_event_mismatch") == 1; }, 5000ms));
+  CHECK(f.h->wait_until([&] { return f.violations("reply_event_mismatch") == 1; }, 30000ms));
   CHECK(f.h->vcpu(0, 0)->state == sim::vcpu_state::running);
   // The same seq again is unknown now: the session closes.
   f.c->reply(evs[0], action::continue_);
@@ -627,8 +628,8 @@ TEST_CASE("sim: swapped byte order: the handshake tells, and the whole session i
   auto v = f.c->call(get_version{});
   REQUIRE(v);
   CHECK(std::get<get_version_reply>(v->data).commands == 0x1F8EFCCA);
-  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, lstar}});
-  auto w = f.h->write_msr(0, 0, lstar, 0xabcdef00ull);
+  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, msr_lstar}});
+  auto w = f.h->write_msr(0, 0, msr_lstar, 0xabcdef00ull);
   auto e = f.c->next_event();
   REQUIRE(e);
   CHECK(std::get<event_msr>(e->data).new_value == 0xabcdef00ull);
@@ -645,7 +646,7 @@ TEST_CASE("sim: qemu-v5 handshake mode") {
   o.handshake = hs::mode::qemu_v5;
   sim::host h(o);
   h.start();
-  int fd = l.accept(5000ms);
+  int fd = l.accept(30000ms);
   REQUIRE(fd >= 0);
   conn c(fd, test_cookie(), hs::mode::qemu_v5);
   REQUIRE(c.handshake());
@@ -666,12 +667,12 @@ TEST_CASE("sim: a device manager that fails its MAC is refused and retries") {
   sim::host h(o);
   h.start();
   for (int i = 0; i < 2; ++i) {
-    int fd = l.accept(5000ms);
+    int fd = l.accept(30000ms);
     REQUIRE(fd >= 0);
     conn c(fd);
     CHECK_FALSE(c.handshake());
   }
-  CHECK(h.wait_until([&] { return h.vm_counters(0).handshake_failures >= 1; }, 5000ms));
+  CHECK(h.wait_until([&] { return h.vm_counters(0).handshake_failures >= 1; }, 30000ms));
   CHECK(h.vm_counters(0).sessions == 0);
 }
 
@@ -731,7 +732,7 @@ TEST_CASE("sim: scenario JSON drives exact sequences and checks expectations") {
   CHECK_FALSE(res[2].value("failed", false));
   CHECK_FALSE(res[3].value("failed", false));
   CHECK(res[4].value("failed", false)); // cr 5 does not exist: expectation fails
-  CHECK(f.h->msr(0, 1, lstar) == 4096);
+  CHECK(f.h->msr(0, 1, msr_lstar) == 4096);
   CHECK(f.counts().breakpoint_hits == 1);
 }
 
@@ -750,7 +751,7 @@ TEST_CASE("sim: GPU RAM becomes online when the links are trained - then it is s
         return (r.flags & hs::region_online) != 0;
     return false;
   };
-  REQUIRE(f.h->wait_until(online, 5000ms));
+  REQUIRE(f.h->wait_until(online, 30000ms));
   CHECK(f.err_of(read_physical{gpu.gpa + 0x123000, 64}) == 0);
   CHECK(f.counts().hmis == 0);
   // A new session announces the region online.
@@ -776,7 +777,7 @@ TEST_CASE("sim: a memory map per VM") {
   h.start();
   std::map<std::string, std::vector<hs::region>> maps;
   for (int i = 0; i < 2; ++i) {
-    conn c(l.accept(5000ms));
+    conn c(l.accept(30000ms));
     REQUIRE(c.handshake());
     maps[c.info().name] = c.info().regions;
   }
@@ -856,8 +857,8 @@ TEST_CASE("sim: random bytes from the tool never crash the host - it closes and 
 TEST_CASE("sim: an action the event does not accept is a violation and taken as CONTINUE") {
   fixture f;
   f.start();
-  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, lstar}});
-  auto w = f.h->write_msr(0, 0, lstar, 0x5000);
+  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, msr_lstar}});
+  auto w = f.h->write_msr(0, 0, msr_lstar, 0x5000);
   auto e = f.c->next_event();
   REQUIRE(e);
   REQUIRE(e->kind() == event_id::msr);

@@ -5,6 +5,7 @@
 
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #include <chrono>
 #include <cstdlib>
@@ -33,10 +34,7 @@ inline std::vector<uint8_t> test_cookie() { return {test_cookie_text.begin(), te
 // A listening UNIX socket under a fresh temp directory, removed at the end.
 class listener {
 public:
-  listener() {
-    char tmpl[] = "/tmp/kvmi-sim-test-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    path_ = dir_ + "/kvmi.sock";
+  listener() : path_((dir_ / "kvmi.sock").string()) {
     fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
@@ -44,11 +42,7 @@ public:
     if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 1024) != 0)
       throw std::runtime_error("listener: bind/listen failed");
   }
-  ~listener() {
-    ::close(fd_);
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
+  ~listener() { ::close(fd_); }
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }
   // -1 on timeout.
@@ -60,7 +54,8 @@ public:
   }
 
 private:
-  std::string dir_, path_;
+  kvmid::test::temp_dir dir_{"sim"};
+  std::string path_;
   int fd_ = -1;
 };
 
@@ -88,7 +83,7 @@ public:
   const hs::guest_info& info() const { return hs_.info(); }
   byte_order order() const { return hs_.info().order; }
 
-  bool handshake(ms timeout = 5000ms) {
+  bool handshake(ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (hs_.state() == hs::status::in_progress) {
       uint8_t buf[4096];
@@ -141,7 +136,7 @@ public:
     return seqs;
   }
 
-  std::optional<reply_msg> wait_reply(uint32_t seq, ms timeout = 5000ms) {
+  std::optional<reply_msg> wait_reply(uint32_t seq, ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
       for (auto it = frames_.begin(); it != frames_.end(); ++it)
@@ -161,11 +156,11 @@ public:
     }
   }
 
-  std::optional<reply_msg> call(command c, ms timeout = 5000ms) {
+  std::optional<reply_msg> call(command c, ms timeout = 30000ms) {
     return wait_reply(send(std::move(c)), timeout);
   }
 
-  std::optional<event_msg> next_event(ms timeout = 5000ms) {
+  std::optional<event_msg> next_event(ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
       for (auto it = frames_.begin(); it != frames_.end(); ++it)
@@ -197,7 +192,7 @@ public:
   }
 
   // True once the host closed the socket (or until timeout: false).
-  bool wait_closed(ms timeout = 5000ms) {
+  bool wait_closed(ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!eof_)
       if (!pump(deadline))
@@ -206,7 +201,7 @@ public:
   }
 
   // The next frame of any kind, as it came.
-  std::optional<raw_frame> next_raw(ms timeout = 5000ms) {
+  std::optional<raw_frame> next_raw(ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (frames_.empty())
       if (!pump(deadline))

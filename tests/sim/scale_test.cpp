@@ -3,6 +3,7 @@
 // checker must see zero violations, and every event is answered once.
 #include "kernel-patches/sim/sim.hpp"
 #include "tests/sim/mini_tool.hpp"
+#include "tests/support/constants.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -16,7 +17,7 @@ using namespace kvmi::test;
 
 namespace {
 
-constexpr uint32_t lstar = 0xc0000082;
+using kvmid::test::msr_lstar;
 
 class fleet_tool {
 public:
@@ -70,7 +71,7 @@ private:
                         flag(event_id::breakpoint) | flag(event_id::hypercall) |
                         flag(event_id::descriptor) | flag(event_id::xsetbv) | flag(event_id::trap);
         send(s, control_events{v, 0, mask});
-        send(s, control_msr{v, 1, 0, lstar});
+        send(s, control_msr{v, 1, 0, msr_lstar});
         send(s, control_cr{v, 1, 0, 4});
         if (v == 0) {
           set_page_access_cmd sp{{0, 16, 0, 0}, {}};
@@ -295,7 +296,7 @@ TEST_CASE("sim: UNHOOK in the middle of an event storm: every VM ends cleanly, n
   for (uint32_t v = 0; v < o.vms; ++v)
     fs.push_back(h.request_unhook(v));
   for (auto& f : fs) {
-    REQUIRE(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    REQUIRE(f.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
     CHECK(f.get().ok);
   }
   for (uint32_t v = 0; v < o.vms; ++v) {
@@ -306,8 +307,8 @@ TEST_CASE("sim: UNHOOK in the middle of an event storm: every VM ends cleanly, n
   }
   // The guests keep running without introspection: no events, no reconnects.
   auto before = h.make_report();
-  auto w = h.write_msr(3, 2, lstar, 0x4242000);
-  REQUIRE(w.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  auto w = h.write_msr(3, 2, msr_lstar, 0x4242000);
+  REQUIRE(w.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   CHECK(w.get().events == 0);
   h.stop();
   tool.stop();

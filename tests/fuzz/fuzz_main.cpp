@@ -1,6 +1,8 @@
 // The libFuzzer binary: one executable for all targets, chosen by the
-// environment variable KVMI_FUZZ_TARGET (decode, splitter or handshake), so
-// the proto sources are compiled with clang's sanitizers only once.
+// environment variable KVMI_FUZZ_TARGET (decode, splitter, handshake,
+// http_request or json_body), so the sources are compiled with clang's
+// sanitizers only once.
+#include "tests/fuzz/api_targets.hpp"
 #include "tests/fuzz/fuzz_targets.hpp"
 
 #include <cstring>
@@ -17,8 +19,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     target = kvmi::fuzz::split_stream;
   else if (t && std::strcmp(t, "handshake") == 0)
     target = kvmi::fuzz::handshake_bytes;
+  else if (t && std::strcmp(t, "http_request") == 0)
+    target = kvmi::fuzz::http_request;
+  else if (t && std::strcmp(t, "json_body") == 0)
+    target = kvmi::fuzz::json_body;
   else {
-    std::fprintf(stderr, "set KVMI_FUZZ_TARGET to decode, splitter or handshake\n");
+    std::fprintf(stderr, "set KVMI_FUZZ_TARGET to decode, splitter, handshake, http_request or "
+                         "json_body\n");
     std::exit(2);
   }
   return 0;

@@ -1,5 +1,7 @@
-// Writes the seed corpora (valid frames made by encode()) for the fuzzers:
-// fuzz_seeds DIR creates DIR/decode, DIR/splitter and DIR/handshake afresh.
+// Writes the seed corpora for the fuzzers (valid frames made by encode(),
+// authorised requests for every API route): fuzz_seeds DIR creates
+// DIR/<target> afresh for each target.
+#include "tests/fuzz/api_targets.hpp"
 #include "tests/fuzz/fuzz_targets.hpp"
 
 #include <filesystem>
@@ -27,5 +29,7 @@ int main(int argc, char** argv) {
   write_all(dir / "decode", kvmi::fuzz::decode_seeds());
   write_all(dir / "splitter", kvmi::fuzz::splitter_seeds());
   write_all(dir / "handshake", kvmi::fuzz::handshake_seeds());
+  write_all(dir / "http_request", kvmi::fuzz::http_seeds());
+  write_all(dir / "json_body", kvmi::fuzz::json_body_seeds());
   return 0;
 }

@@ -12,6 +12,7 @@
 
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
+#include "tests/fuzz/fuzz_assert.hpp"
 #include "tests/support/kvmi_samples.hpp"
 
 #include <cstdint>
@@ -20,14 +21,6 @@
 #include <span>
 #include <vector>
 
-#ifndef KVMI_FUZZ_FAIL
-#define KVMI_FUZZ_FAIL(msg) (std::fprintf(stderr, "invariant violated: %s\n", msg), std::abort())
-#endif
-#define KVMI_FUZZ_ASSERT(cond)                                                                    \
-  do {                                                                                            \
-    if (!(cond))                                                                                  \
-      KVMI_FUZZ_FAIL(#cond);                                                                      \
-  } while (0)
 
 namespace kvmi::fuzz {
 

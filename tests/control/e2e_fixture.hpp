@@ -37,6 +37,7 @@ struct e2e_options {
   json api_extra = json::object();
   bool tcp = false;
   bool reconnect = true; // the simulated device manager reconnects after a close
+  std::string read_token;  // non-empty: also an api.read_token_file holding it
 };
 
 struct e2e {
@@ -69,6 +70,10 @@ struct e2e {
       listen.push_back("tcp:127.0.0.1:" + std::to_string(tcp_port));
     }
     json api = {{"listen", listen}, {"token_file", (dir / "token").string()}};
+    if (!o.read_token.empty()) {
+      write_file("read.token", o.read_token + "\n");
+      api["read_token_file"] = (dir / "read.token").string();
+    }
     for (auto& [k, v] : o.api_extra.items())
       api[k] = v;
     json cfg = {
@@ -196,7 +201,7 @@ struct e2e {
   run_result kvmictl(std::vector<std::string> args, bool with_env = true) {
     std::vector<std::string> a = {KVMICTL_BIN};
     if (with_env)
-      a.insert(a.end(), {"--unix", api_sock, "--token", token});
+      a.insert(a.end(), {"--unix", api_sock, "--token-file", (dir / "token").string()});
     a.insert(a.end(), args.begin(), args.end());
     return run(a);
   }

@@ -106,10 +106,9 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
   };
   for (auto& [k, v] : j.items()) {
     static const char* known[] = {"listen", "token_file", "read_token_file", "allow_remote",
-                                  "max_header_bytes",
-                                  "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
-                                  "idle_timeout_ms", "max_connections", "stream_queue",
-                                  "stream_backlog", "heartbeat_ms"};
+                                  "max_header_bytes", "max_body_bytes", "header_timeout_ms",
+                                  "body_timeout_ms", "idle_timeout_ms", "max_connections",
+                                  "stream_queue", "stream_backlog", "heartbeat_ms"};
     if (std::find(std::begin(known), std::end(known), k) == std::end(known))
       return "api." + k + ": unknown field";
     (void)v;

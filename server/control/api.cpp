@@ -193,7 +193,8 @@ struct http_api::shared {
   }
 
   void audit(const audit_entry& e) {
-    if (log_on(log_info))
+    // Warn level: the audit trail stays in the log when info lines are off.
+    if (log_on(log_warn))
       std::fprintf(stderr, "%s\n", log_line(e).c_str());
     be.publish(to_record(e));
   }

@@ -371,7 +371,11 @@ int main(int argc, char** argv) {
       }
       try {
         backend = std::make_unique<control::core_backend>(c);
-        api = std::make_unique<control::http_api>(*backend, std::move(*token), ao,
+        std::optional<control::token_auth> read_token;
+        if (!ao.read_token_file.empty())
+          read_token = control::token_auth::from_file(ao.read_token_file);
+        control::api_access access(std::move(*token), std::move(read_token));
+        api = std::make_unique<control::http_api>(*backend, std::move(access), ao,
                                                   control::reactor_poster(r));
         for (auto l : ao.listen) {
           int li = r.add_listener(l, api->factory(l));

@@ -2,7 +2,10 @@
 
 #include "actors/bounded_json.hpp"
 #include "actors/excerpt.hpp"
+#include "actors/log.hpp"
+#include "actors/needed_events.hpp"
 #include "proto/ids.hpp"
+#include "server/control/audit.hpp"
 #include "server/control/encoding.hpp"
 #include "server/control/json.hpp"
 #include "server/control/prometheus.hpp"
@@ -128,10 +131,10 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
     return {};
   };
   for (auto& [k, v] : j.items()) {
-    static const char* known[] = {"listen", "token_file", "allow_remote", "max_header_bytes",
-                                  "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
-                                  "idle_timeout_ms", "max_connections", "stream_queue",
-                                  "stream_backlog", "heartbeat_ms", "tls"};
+    static const char* known[] = {"listen", "token_file", "read_token_file", "allow_remote",
+                                  "max_header_bytes", "max_body_bytes", "header_timeout_ms",
+                                  "body_timeout_ms", "idle_timeout_ms", "max_connections",
+                                  "stream_queue", "stream_backlog", "heartbeat_ms", "tls"};
     if (std::find(std::begin(known), std::end(known), k) == std::end(known))
       return "api." + k + ": unknown field";
     (void)v;
@@ -145,6 +148,12 @@ std::variant<api_options, std::string> parse_api_options(const json& j) {
     if (auto* err = std::get_if<std::string>(&t))
       return *err;
     o.tls = std::get<tls_options>(std::move(t));
+  }
+  if (j.contains("read_token_file")) {
+    auto& r = j["read_token_file"];
+    if (!r.is_string() || r.get<std::string>().empty())
+      return std::string("api.read_token_file: must be a path (the read-only token)");
+    o.read_token_file = r.get<std::string>();
   }
   if (!j.contains("listen"))
     return std::string("api.listen: required (e.g. [\"unix:/run/kvmid/api.sock\"])");
@@ -202,15 +211,15 @@ http_error to_http(const api_error& e) {
 
 struct http_api::shared {
   backend& be;
-  token_auth auth;
+  api_access access;
   api_options opts;
   poster post;
   std::atomic<size_t> connections{0};
   gauge* streams = nullptr;
   counter* stream_drops = nullptr;
 
-  shared(backend& b, token_auth a, api_options o, poster p)
-    : be(b), auth(std::move(a)), opts(std::move(o)), post(std::move(p)) {
+  shared(backend& b, api_access a, api_options o, poster p)
+    : be(b), access(std::move(a)), opts(std::move(o)), post(std::move(p)) {
     streams = &be.metrics().get_gauge("kvmid_event_streams", "Open GET /v1/events streams.");
     stream_drops = &be.metrics().get_counter(
       "kvmid_bus_dropped_total", "Event-bus records dropped because a subscriber was slow.");
@@ -221,6 +230,32 @@ struct http_api::shared {
       .get_counter("kvmid_http_requests_total", "Control-plane HTTP requests by route and status.",
                    {{"code", std::to_string(status)}, {"route", std::string(route)}})
       .inc();
+  }
+
+  void audit(const audit_entry& e) {
+    // Warn level: the audit trail stays in the log when info lines are off.
+    if (log_on(log_warn))
+      std::fprintf(stderr, "%s\n", log_line(e).c_str());
+    be.publish(to_record(e));
+  }
+
+  // A forced PUT .../events turned off events the VM's protections need.
+  void alert_override(const vm_info& v, uint16_t vcpu, const api_caller& from,
+                      const std::string& lost, const std::string& needed_by) {
+    be.metrics()
+      .get_counter("kvmid_alerts_total", "Policy violations (alerts) by rule",
+                   {{"rule", "protection-override"}})
+      .inc();
+    bus_record r;
+    r.kind = bus_kind::alert;
+    r.name = "protection-override";
+    r.vm = v.uuid;
+    r.vm_name = v.name;
+    r.vcpu = vcpu;
+    r.message = "events " + lost + " disabled by force, needed by " + needed_by;
+    r.fields = {{"rule", "protection-override"}, {"events", lost}, {"needed_by", needed_by},
+                {"role", std::string(name(from.who))}, {"peer", from.peer}};
+    be.publish(std::move(r));
   }
 };
 
@@ -322,12 +357,56 @@ void check_range(uint64_t gpa, uint64_t len) {
     throw body_error{unprocessable("invalid_range", "gpa + length overflows")};
 }
 
+// Enabled events a new mask turns off although the VM's protections need them.
+struct lost_events {
+  std::string events;    // "msr,pf"
+  std::string needed_by; // "policy 'demo' rule 'lstar'; ..."
+  std::string message;   // "event 'msr' is needed by policy 'demo' rule 'lstar'; ..."
+};
+
+lost_events lost_protections(const event_needs& needs, uint32_t enabled, uint32_t mask) {
+  lost_events l;
+  for (auto& [e, why] : needs) {
+    if (!(enabled & kvmi::flag(e)) || (mask & kvmi::flag(e)))
+      continue;
+    auto sep = [](std::string& s, const char* by) {
+      if (!s.empty())
+        s += by;
+    };
+    sep(l.events, ",");
+    sep(l.needed_by, "; ");
+    sep(l.message, "; ");
+    l.events += kvmi::name(e);
+    l.needed_by += why;
+    l.message += "event '" + std::string(kvmi::name(e)) + "' is needed by " + why;
+  }
+  return l;
+}
+
+std::string mask_names(uint32_t mask) {
+  std::string s;
+  for (auto& n : event_names(mask))
+    s += (s.empty() ? "" : ",") + n.get<std::string>();
+  return s;
+}
+
 } // namespace
 
 void http_api::dispatch(const route_match& m, const request& r,
-                        std::function<void(response)> reply) {
+                        std::function<void(response)> reply, api_caller from) {
   backend& be = st_->be;
   std::string vm(m.param("vm"));
+  // The cases below fill in what the call touches; the answer, whatever it
+  // is, completes the audit entry.
+  auto entry =
+    std::make_shared<audit_entry>(from.who, from.peer, r.method, std::string(name(m.id)), vm);
+  audit_entry& note = *entry;
+  if (mutating(m.id))
+    reply = [st = st_, entry, inner = std::move(reply)](response resp) {
+      entry->status = resp.status;
+      st->audit(*entry);
+      inner(std::move(resp));
+    };
   auto ok_body = [vm](std::string_view what) {
     return [vm, what = std::string(what)](const done&) {
       return json{{"vm", vm}, {"result", what}};
@@ -396,37 +475,62 @@ void http_api::dispatch(const route_match& m, const request& r,
       }
       case route_id::set_vcpu_events: {
         uint16_t vcpu = vcpu_param(m);
-        json j = parse_body(r, {"events", "enable", "disable"});
+        note.vcpu = vcpu;
+        json j = parse_body(r, {"events", "enable", "disable", "force"});
         bool replace = j.contains("events");
         if (replace == (j.contains("enable") || j.contains("disable")))
           throw body_error{bad_request("give either 'events' or 'enable'/'disable'")};
-        auto set = [&be, vm, vcpu, reply](uint32_t mask) mutable {
-          be.set_vcpu_events(vm, vcpu, mask,
-                             answer<done>(std::move(reply), [vm, vcpu, mask](const done&) {
-                               return json{{"vm", vm}, {"vcpu", vcpu},
-                                           {"enabled_events", event_names(mask)}};
-                             }));
-        };
-        if (replace) {
-          set(event_mask(j["events"], "events"));
-          return;
-        }
+        if (j.contains("force") && !j["force"].is_boolean())
+          throw body_error{bad_request("field 'force' must be a boolean")};
+        bool force = j.value("force", false);
+        uint32_t all = replace ? event_mask(j["events"], "events") : 0;
         uint32_t on = j.contains("enable") ? event_mask(j["enable"], "enable") : 0;
         uint32_t off = j.contains("disable") ? event_mask(j["disable"], "disable") : 0;
         if (on & off)
           throw body_error{bad_request("an event is both enabled and disabled")};
-        // Read-modify-write of the mask kvmid keeps for that vCPU.
-        be.list_vcpus(vm, [set, reply, vcpu, on, off](api_result<std::vector<vcpu_info>> res) mutable {
+        // The vCPU's current mask and the VM's policy in one answer: the new
+        // mask may not drop an enabled event a protection needs unless forced.
+        be.get_vm(vm, [st = st_, entry, from, vm, vcpu, replace, all, on, off,
+                       force, reply](api_result<vm_info> res) mutable {
           if (!res.ok()) {
             reply(error_response(to_http(res.error())));
             return;
           }
-          for (auto& v : res.value())
-            if (v.index == vcpu) {
-              set((v.enabled_events | on) & ~off);
-              return;
-            }
-          reply(error_response(not_found("not_found", "no vCPU " + std::to_string(vcpu))));
+          const vm_info& v = res.value();
+          auto cur = std::find_if(v.vcpus.begin(), v.vcpus.end(),
+                                  [&](const vcpu_info& c) { return c.index == vcpu; });
+          if (cur == v.vcpus.end()) {
+            reply(error_response(not_found("not_found", "no vCPU " + std::to_string(vcpu))));
+            return;
+          }
+          uint32_t mask = replace ? all : (cur->enabled_events | on) & ~off;
+          static const vm_policy no_policy = [] {
+            vm_policy p;
+            p.hypercalls = false;
+            return p;
+          }();
+          auto lost = lost_protections(needed_events(v.policy_rules ? *v.policy_rules : no_policy),
+                                       cur->enabled_events, mask);
+          entry->details.emplace_back("events", mask_names(mask));
+          if (!lost.events.empty() && !force) {
+            reply(error_response(conflict(
+              "conflict", lost.message + " (send \"force\": true to turn it off anyway)")));
+            return;
+          }
+          if (!lost.events.empty())
+            entry->details.emplace_back("forced", lost.events);
+          st->be.set_vcpu_events(
+            vm, vcpu, mask,
+            [st, v, vcpu, from, vm, mask, lost, reply](api_result<done> r) {
+              if (!r.ok()) {
+                reply(error_response(to_http(r.error())));
+                return;
+              }
+              if (!lost.events.empty())
+                st->alert_override(v, vcpu, from, lost.events, lost.needed_by);
+              reply(json_response(200, json{{"vm", vm}, {"vcpu", vcpu},
+                                            {"enabled_events", event_names(mask)}}));
+            });
         });
         return;
       }
@@ -472,6 +576,8 @@ void http_api::dispatch(const route_match& m, const request& r,
           throw body_error{bad_request("data is not valid " + enc)};
         check_range(gpa, data->size());
         size_t n = data->size();
+        note.gpa = gpa;
+        note.len = n;
         be.write_physical(vm, gpa, std::move(*data),
                           answer<done>(std::move(reply), [vm, gpa, n](const done&) {
                             return json{{"vm", vm}, {"gpa", hex_u64(gpa)}, {"len", n}};
@@ -495,6 +601,8 @@ void http_api::dispatch(const route_match& m, const request& r,
         auto acc = parse_access(j["access"].get<std::string>());
         if (!acc)
           throw body_error{bad_request("access must look like \"rwx\", \"r-x\" or \"---\"")};
+        note.gpa = gpa;
+        note.details.emplace_back("access", access_string(*acc));
         if (gpa % kvmi::page_size)
           throw body_error{unprocessable("invalid_range", "gpa must be page aligned")};
         be.set_page_access(vm, gpa, *acc,
@@ -516,6 +624,7 @@ void http_api::dispatch(const route_match& m, const request& r,
       case route_id::add_breakpoint: {
         json j = parse_body(r, {"gpa"});
         uint64_t gpa = need_u64(j, "gpa");
+        note.gpa = gpa;
         be.add_breakpoint(vm, gpa,
                           answer<breakpoint_info>(
                             std::move(reply), [](const breakpoint_info& b) { return to_json(b); },
@@ -526,6 +635,7 @@ void http_api::dispatch(const route_match& m, const request& r,
         auto gpa = parse_u64(m.param("gpa"));
         if (!gpa)
           throw body_error{bad_request("breakpoint gpa must be an unsigned integer")};
+        note.gpa = *gpa;
         be.remove_breakpoint(vm, *gpa, answer<done>(std::move(reply), [vm, g = *gpa](const done&) {
                                return json{{"vm", vm}, {"gpa", hex_u64(g)}, {"result", "removed"}};
                              }));
@@ -567,10 +677,11 @@ constexpr size_t linger_max_bytes = 4 << 20;
 class http_conn final : public net::connection_handler {
 public:
   http_conn(std::shared_ptr<http_api::shared> st, http_api* api)
-    : st_(std::move(st)), api_(api), parser_(st_->opts.http) {}
+    : st_(std::move(st)), api_(api), parser_(st_->opts.http, true) {}
 
   void on_open(net::conn_ctx& ctx) override {
     id_ = ctx.id();
+    peer_ = ctx.peer();
     idle_since_ = clock::now();
     counted_ = true;
     if (st_->connections.fetch_add(1) >= st_->opts.max_connections) {
@@ -721,46 +832,82 @@ private:
         send_final(ctx, error_response({f.status, f.code, f.message}));
         return;
       }
-      if (parser_.state() == request_parser::phase::body && !continued_) {
+      if (parser_.state() == request_parser::phase::head) {
+        if (!vet_head(ctx))
+          return;
+        parser_.read_body(); // may fail (413): answered at the top of the loop
         // curl and others wait for this before sending a larger body.
         auto expect = parser_.current().header("expect");
-        if (expect && (*expect == "100-continue" || *expect == "100-Continue"))
+        if (parser_.state() == request_parser::phase::body && expect
+            && (*expect == "100-continue" || *expect == "100-Continue"))
           ctx.send(as_bytes("HTTP/1.1 100 Continue\r\n\r\n"));
-        continued_ = true;
+        continue;
       }
       if (parser_.state() != request_parser::phase::ready)
         break;
-      continued_ = false;
       start(ctx, parser_.take());
     }
     arm(ctx);
   }
 
+  // Why the request in hand is refused (401, 404/405, 403 in that order), or
+  // nullopt. Reads rt_ and who_ as vet_head() set them.
+  std::optional<response> refusal(const request& req) const {
+    if (who_ == role::none)
+      return error_response(unauthorized(req.header("authorization")
+                                           ? "wrong bearer token"
+                                           : "missing Authorization: Bearer token"));
+    if (!rt_.match) {
+      if (rt_.status != 405)
+        return error_response(not_found("no_route", "no such endpoint: " + excerpt(req.path)));
+      auto r = error_response({405, "method_not_allowed",
+                               excerpt(req.method) + " not allowed on " + excerpt(req.path)});
+      r.headers.emplace_back("Allow", rt_.allow);
+      return r;
+    }
+    if (!allowed(who_, rt_.match->id))
+      return error_response(forbidden("the read-only token may not " + excerpt(req.method) + " "
+                                       + std::string(name(rt_.match->id))));
+    return std::nullopt;
+  }
+
+  // The headers are complete and no body byte has been read: decide whether
+  // the body is worth reading. A request without the token is answered now
+  // and the connection closed, so a client without the token cannot make
+  // kvmid hold its body. Other refusals wait for the body only when there is
+  // none (the connection then stays open).
+  bool vet_head(net::conn_ctx& ctx) {
+    const request& req = parser_.current();
+    rt_ = route(req.method, req.path);
+    who_ = st_->access.check(req.header("authorization"));
+    auto no = refusal(req);
+    if (!no || (who_ != role::none && !parser_.body_expected()))
+      return true;
+    std::string_view route_name = rt_.match ? name(rt_.match->id) : "-";
+    st_->count_request(route_name, no->status);
+    if (no->status == 403)
+      audit_refusal(req, no->status);
+    send_final(ctx, *no);
+    return false;
+  }
+
+  // A mutating call refused for the caller's role is audited like one made.
+  void audit_refusal(const request& req, int status) {
+    audit_entry e{who_, peer_, req.method, std::string(name(rt_.match->id)),
+                  std::string(rt_.match->param("vm"))};
+    e.status = status;
+    st_->audit(e);
+  }
+
   void start(net::conn_ctx& ctx, request req) {
-    auto rt = route(req.method, req.path);
-    std::string_view route_name = rt.match ? name(rt.match->id) : "-";
-    // Auth before routing details: an unauthenticated client learns nothing
-    // about which paths exist.
-    if (!st_->auth.check(req.header("authorization"))) {
-      reply_now(ctx, error_response(unauthorized(req.header("authorization")
-                                                   ? "wrong bearer token"
-                                                   : "missing Authorization: Bearer token")),
-                req.keep_alive, route_name);
+    std::string_view route_name = rt_.match ? name(rt_.match->id) : "-";
+    if (auto no = refusal(req)) {
+      if (no->status == 403)
+        audit_refusal(req, no->status);
+      reply_now(ctx, *no, req.keep_alive, route_name);
       return;
     }
-    if (!rt.match) {
-      if (rt.status == 405) {
-        auto r = error_response({405, "method_not_allowed",
-                                 excerpt(req.method) + " not allowed on " + excerpt(req.path)});
-        r.headers.emplace_back("Allow", rt.allow);
-        reply_now(ctx, r, req.keep_alive, route_name);
-      } else {
-        reply_now(ctx, error_response(not_found("no_route", "no such endpoint: " + excerpt(req.path))),
-                  req.keep_alive, route_name);
-      }
-      return;
-    }
-    if (rt.match->id == route_id::events) {
+    if (rt_.match->id == route_id::events) {
       start_stream(ctx, req);
       return;
     }
@@ -768,11 +915,14 @@ private:
     ctx.cancel_timer(read_timer);
     auto post = st_->post;
     bool keep = req.keep_alive;
-    api_->dispatch(*rt.match, req, [post, id = id_, keep, route_name](response r) {
-      post(id, [r = std::move(r), keep, route_name](net::conn_ctx& c, net::connection_handler& h) {
-        static_cast<http_conn&>(h).finish(c, r, keep, route_name);
-      });
-    });
+    api_->dispatch(
+      *rt_.match, req,
+      [post, id = id_, keep, route_name](response r) {
+        post(id, [r = std::move(r), keep, route_name](net::conn_ctx& c, net::connection_handler& h) {
+          static_cast<http_conn&>(h).finish(c, r, keep, route_name);
+        });
+      },
+      {who_, peer_});
   }
 
   void reply_now(net::conn_ctx& ctx, const response& r, bool keep_alive, std::string_view route) {
@@ -818,13 +968,15 @@ private:
   std::vector<bus_record> batch_;
   uint64_t local_drops_ = 0, reported_drops_ = 0;
   size_t discarded_ = 0;
-  bool continued_ = false; // 100 Continue handled for the current request
+  std::string peer_;
+  route_result rt_; // of the request in hand, from its headers
+  role who_ = role::none;
 };
 
 } // namespace
 
-http_api::http_api(backend& be, token_auth auth, api_options opts, poster post)
-  : st_(std::make_shared<shared>(be, std::move(auth), std::move(opts), std::move(post))) {
+http_api::http_api(backend& be, api_access access, api_options opts, poster post)
+  : st_(std::make_shared<shared>(be, std::move(access), std::move(opts), std::move(post))) {
   if (auto& t = st_->opts.tls) {
     auto loaded = tls_context::load(*t);
     if (auto* err = std::get_if<std::string>(&loaded))

@@ -3,7 +3,7 @@
 //
 //   auto opts = std::get<control::api_options>(control::parse_api_options(cfg.api));
 //   control::core_backend be(core);
-//   control::http_api api(be, control::token_auth::from_file(opts.token_file), opts,
+//   control::http_api api(be, control::api_access(full_token, read_token), opts,
 //                         control::reactor_poster(reactor));
 //   for (auto& l : opts.listen) reactor.add_listener(l, api.factory(l));
 //   ...
@@ -20,6 +20,7 @@
 #include "server/control/auth.hpp"
 #include "server/control/errors.hpp"
 #include "server/control/http.hpp"
+#include "server/control/roles.hpp"
 #include "server/control/router.hpp"
 #include "server/control/tls_context.hpp"
 #include "server/reactor.hpp"
@@ -72,6 +73,7 @@ public:
   virtual void reload_policies(api_callback<done> cb) = 0;
 
   virtual std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) = 0;
+  virtual void publish(bus_record r) = 0; // audit records and override alerts
   virtual metrics_registry& metrics() = 0;
 };
 
@@ -100,6 +102,7 @@ public:
   void unhook(std::string vm, api_callback<done> cb) override;
   void reload_policies(api_callback<done> cb) override;
   std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) override;
+  void publish(bus_record r) override;
   metrics_registry& metrics() override;
 
 private:
@@ -110,6 +113,7 @@ private:
 struct api_options {
   std::vector<net::listen_spec> listen; // default: unix socket only
   std::string token_file;               // required
+  std::string read_token_file;          // optional: the read-only role's token
   limits http;
   size_t max_connections = 256;
   size_t stream_queue = 1024;   // bus records buffered per SSE subscriber
@@ -134,11 +138,17 @@ poster reactor_poster(net::reactor& r);
 // and invalid, 503 kernel timeout, 502 kernel error, 500 internal.
 http_error to_http(const api_error& e);
 
+// Who sent a request, for the audit trail and override alerts.
+struct api_caller {
+  role who = role::full;
+  std::string peer;
+};
+
 class http_api {
 public:
   // Throws std::runtime_error naming the field when api.tls's files are
   // unusable.
-  http_api(backend& be, token_auth auth, api_options opts, poster post);
+  http_api(backend& be, api_access access, api_options opts, poster post);
   ~http_api();
   http_api(const http_api&) = delete;
   http_api& operator=(const http_api&) = delete;
@@ -151,8 +161,9 @@ public:
   net::handler_factory factory();
 
   // An authorised, routed request other than /v1/events; `reply` runs once,
-  // on any thread. Exposed for tests.
-  void dispatch(const route_match& m, const request& r, std::function<void(response)> reply);
+  // on any thread. Mutating routes are audited. Exposed for tests.
+  void dispatch(const route_match& m, const request& r, std::function<void(response)> reply,
+                api_caller from = {});
 
   // Prometheus text of the backend's registry plus the API's own series.
   std::string render_metrics();

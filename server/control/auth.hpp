@@ -20,6 +20,7 @@ public:
   // The value of an Authorization header: "Bearer <token>" (scheme
   // case-insensitive). Constant time in the token's contents.
   bool check(std::optional<std::string_view> authorization) const;
+  bool same_token(const token_auth& o) const { return token_ == o.token_; }
 
 private:
   std::string token_;

@@ -65,6 +65,7 @@ void core_backend::reload_policies(api_callback<done> cb) {
 std::shared_ptr<subscription> core_backend::subscribe(bus_filter f, size_t capacity) {
   return core_.bus().subscribe(std::move(f), capacity);
 }
+void core_backend::publish(bus_record r) { core_.bus().publish(std::move(r)); }
 metrics_registry& core_backend::metrics() { return core_.metrics(); }
 
 } // namespace kvmid::control

@@ -18,6 +18,7 @@ struct http_error {
 // The statuses of issue 5, by meaning.
 inline http_error bad_request(std::string msg) { return {400, "bad_request", std::move(msg)}; }
 inline http_error unauthorized(std::string msg) { return {401, "unauthorized", std::move(msg)}; }
+inline http_error forbidden(std::string msg) { return {403, "forbidden", std::move(msg)}; }
 inline http_error not_found(std::string code, std::string msg) {
   return {404, std::move(code), std::move(msg)};
 }

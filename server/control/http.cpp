@@ -124,14 +124,18 @@ struct parser_callbacks {
     auto q = t.find('?');
     s.cur_.path = percent_decode(t.substr(0, q), false);
     s.cur_.query = q == std::string_view::npos ? std::string{} : std::string(t.substr(q + 1));
-    if ((p->flags & F_CONTENTLENGTH) && p->content_length > s.limits_.max_body_bytes) {
-      s.fail(413, "payload_too_large",
-             "request body exceeds " + std::to_string(s.limits_.max_body_bytes) + " bytes");
-      return -1;
-    }
-    s.phase_ = request_parser::phase::body;
+    bool has_length = (p->flags & F_CONTENTLENGTH) != 0;
+    s.declared_length_ = has_length ? p->content_length : 0;
+    s.body_expected_ = (p->flags & F_CHUNKED) || s.declared_length_ > 0;
+    s.phase_ = request_parser::phase::head;
     s.body_start_ = feed_now;
-    return 0;
+    if (s.stop_after_headers_) {
+      // execute() returns before the headers' final LF; feeding from there
+      // after read_body() goes on with the body.
+      http_parser_pause(p, 1);
+      return 0;
+    }
+    return s.begin_body() ? 0 : -1;
   }
   static int on_body(http_parser* p, const char* at, size_t n) {
     auto& s = self(p);
@@ -172,7 +176,8 @@ struct parser_callbacks {
   }
 };
 
-request_parser::request_parser(limits l) : limits_(l), parser_(std::make_unique<http_parser>()) {
+request_parser::request_parser(limits l, bool stop_after_headers)
+  : limits_(l), parser_(std::make_unique<http_parser>()), stop_after_headers_(stop_after_headers) {
   http_parser_init(parser_.get(), HTTP_REQUEST);
   parser_->data = this;
 }
@@ -191,10 +196,29 @@ void request_parser::reset() {
   field_.clear();
   in_value_ = false;
   header_bytes_ = 0;
+  body_expected_ = false;
+  declared_length_ = 0;
+}
+
+bool request_parser::begin_body() {
+  if (declared_length_ > limits_.max_body_bytes) {
+    fail(413, "payload_too_large",
+         "request body exceeds " + std::to_string(limits_.max_body_bytes) + " bytes");
+    return false;
+  }
+  phase_ = phase::body;
+  return true;
+}
+
+void request_parser::read_body() {
+  if (phase_ != phase::head || !begin_body())
+    return;
+  http_parser_pause(parser_.get(), 0);
 }
 
 size_t request_parser::feed(std::span<const char> bytes, clock::time_point now) {
-  if (phase_ == phase::ready || phase_ == phase::failed || bytes.empty())
+  if (phase_ == phase::ready || phase_ == phase::head || phase_ == phase::failed
+      || bytes.empty())
     return 0;
   feed_now = now;
   size_t n = http_parser_execute(parser_.get(), &parser_callbacks::settings(), bytes.data(),
@@ -202,7 +226,7 @@ size_t request_parser::feed(std::span<const char> bytes, clock::time_point now) 
   auto err = HTTP_PARSER_ERRNO(parser_.get());
   if (phase_ == phase::failed)
     return n;
-  if (err == HPE_PAUSED && phase_ == phase::ready)
+  if (err == HPE_PAUSED && (phase_ == phase::ready || phase_ == phase::head))
     return n;
   if (err == HPE_HEADER_OVERFLOW) {
     fail(431, "headers_too_large", "request headers too large");
@@ -227,6 +251,7 @@ std::optional<clock::time_point> request_parser::deadline(clock::time_point idle
       return idle_since + limits_.idle_timeout;
     case phase::headers:
       return headers_start_ + limits_.header_timeout;
+    case phase::head:
     case phase::body:
       return body_start_ + limits_.body_timeout;
     default:
@@ -242,6 +267,7 @@ std::string_view reason_phrase(int status) {
     case 204: return "No Content";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";

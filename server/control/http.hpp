@@ -55,12 +55,15 @@ public:
   enum class phase : uint8_t {
     idle,    // between requests, nothing of the next one seen
     headers, // request line / headers arriving
-    body,    // headers done, body arriving
+    head,    // headers done, body not read yet: vet them, then read_body()
+    body,    // body arriving
     ready,   // a whole request is waiting in take()
     failed,  // see failure(); the connection must answer and close
   };
 
-  explicit request_parser(limits l = {});
+  // With stop_after_headers the parser halts in phase::head so the caller
+  // can refuse a request (auth, route) before any of its body is read.
+  explicit request_parser(limits l = {}, bool stop_after_headers = false);
   ~request_parser();
   request_parser(const request_parser&) = delete;
   request_parser& operator=(const request_parser&) = delete;
@@ -73,7 +76,12 @@ public:
   phase state() const { return phase_; }
   const parse_failure& failure() const { return failure_; }
   request take(); // only when ready; returns to idle
-  // The request being assembled (headers are complete from phase::body on).
+  // In phase::head: go on with the body (413 now if its declared length is
+  // over the limit).
+  void read_body();
+  // From phase::head on: the request declares a body (length > 0 or chunked).
+  bool body_expected() const { return body_expected_; }
+  // The request being assembled (headers are complete from phase::head on).
   const request& current() const { return cur_; }
 
   // When the current phase times out (nullopt while ready/failed: the
@@ -85,6 +93,7 @@ private:
   friend struct parser_callbacks;
   void fail(int status, std::string code, std::string message);
   void reset();
+  bool begin_body(); // head -> body, or 413 from Content-Length
 
   limits limits_;
   std::unique_ptr<http_parser> parser_;
@@ -93,6 +102,9 @@ private:
   request cur_;
   std::string field_; // header name being assembled
   bool in_value_ = false;
+  bool stop_after_headers_ = false;
+  bool body_expected_ = false;
+  uint64_t declared_length_ = 0; // Content-Length, 0 when absent
   size_t header_bytes_ = 0;
   clock::time_point headers_start_{};
   clock::time_point body_start_{};

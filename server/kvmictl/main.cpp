@@ -268,6 +268,8 @@ int main(int argc, char** argv) {
       o.unix_path = next();
     } else if (a == "--token") {
       o.token = next();
+      std::cerr << "kvmictl: warning: --token shows the secret to every user of this host (ps, "
+                   "/proc/PID/cmdline); use --token-file FILE or KVMID_TOKEN_FILE=FILE\n";
     } else if (a == "--token-file") {
       std::string f = next();
       auto t = read_token_file(f);

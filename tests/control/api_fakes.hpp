@@ -264,6 +264,7 @@ struct fake_backend final : control::backend {
   std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) override {
     return bus.subscribe(std::move(f), capacity);
   }
+  void publish(bus_record r) override { bus.publish(std::move(r)); }
   metrics_registry& metrics() override { return reg; }
 };
 

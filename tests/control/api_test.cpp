@@ -15,6 +15,7 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* token = "t0ken-for-tests";
+constexpr const char* read_token = "read-only-t0ken";
 constexpr const char* vm1 = "2b7c4e1a-0000-4000-8000-000000000001";
 
 struct parsed {
@@ -63,8 +64,11 @@ struct harness {
   std::unique_ptr<net::connection_handler> h;
   test::fake_ctx ctx;
 
+  std::string bearer = token; // what one() sends
+
   explicit harness(api_options o = {}) : opts(std::move(o)) {
-    api = std::make_unique<http_api>(be, token_auth(token), opts, ring.poster());
+    api = std::make_unique<http_api>(be, api_access(token_auth(token), token_auth(read_token)),
+                                     opts, ring.poster());
     h = api->factory()();
     h->on_open(ctx);
   }
@@ -83,7 +87,7 @@ struct harness {
              bool auth = true) {
     std::string raw = method + " " + target + " HTTP/1.1\r\nHost: x\r\n";
     if (auth)
-      raw += std::string("Authorization: Bearer ") + token + "\r\n";
+      raw += "Authorization: Bearer " + bearer + "\r\n";
     if (!body.empty() || method != "GET")
       raw += "Content-Length: " + std::to_string(body.size()) + "\r\n";
     raw += "\r\n" + body;
@@ -107,19 +111,45 @@ void check_error(const parsed& p, int status, const std::string& code) {
 
 TEST_SUITE("control") {
 
-TEST_CASE("api: no token or a wrong one is 401 / and the backend is not asked") {
-  harness t;
-  auto p = t.one("GET", "/v1/vms", "", false);
-  check_error(p, 401, "unauthorized");
-  CHECK(p.headers["www-authenticate"].starts_with("Bearer"));
-  auto q = t.exchange("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n");
-  REQUIRE(q.size() == 1);
-  check_error(q[0], 401, "unauthorized");
+TEST_CASE("api: no token or a wrong one is 401 and closes / and the backend is not asked") {
+  auto refused = [](const std::string& raw) {
+    harness t;
+    auto r = t.exchange(raw);
+    REQUIRE(r.size() == 1);
+    check_error(r[0], 401, "unauthorized");
+    CHECK(r[0].headers["www-authenticate"].starts_with("Bearer"));
+    CHECK(r[0].headers["connection"] == "close");
+    REQUIRE(t.ctx.timers.count(3)); // lingers, then closes
+    t.h->on_timer(t.ctx, 3);
+    CHECK(t.ctx.closed);
+    CHECK(t.be.calls.empty());
+  };
+  refused("GET /v1/vms HTTP/1.1\r\n\r\n");
+  refused("GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n");
   // Unknown paths are 401 too without a token: nothing is revealed.
-  check_error(t.one("GET", "/v1/secret", "", false), 401, "unauthorized");
-  check_error(t.one("GET", "/metrics", "", false), 401, "unauthorized");
-  CHECK(t.be.calls.empty());
-  CHECK_FALSE(t.ctx.closed); // 401 keeps the connection
+  refused("GET /v1/secret HTTP/1.1\r\n\r\n");
+  refused("GET /metrics HTTP/1.1\r\n\r\n");
+}
+
+TEST_CASE("api: a request without the token is refused at its headers / its body is never read") {
+  for (const char* auth : {"", "Authorization: Bearer wrong\r\n"}) {
+    CAPTURE(auth);
+    harness t;
+    // Only the headers of a 1 MiB write: the answer comes before any body byte.
+    t.feed(std::string("PUT /v1/vms/web1/memory HTTP/1.1\r\n") + auth
+           + "Expect: 100-continue\r\nContent-Length: 1048576\r\n\r\n");
+    auto r = responses(t.ctx.take());
+    REQUIRE(r.size() == 1); // no 100 Continue invites the body
+    check_error(r[0], 401, "unauthorized");
+    CHECK(r[0].headers["connection"] == "close");
+    // Body bytes that still arrive are dropped, not kept, and end the linger early.
+    t.feed(std::string(1 << 20, 'x'));
+    CHECK(t.ctx.out.empty());
+    CHECK_FALSE(t.ctx.closed);
+    t.feed(std::string(4 << 20, 'x'));
+    CHECK(t.ctx.closed);
+    CHECK(t.be.calls.empty());
+  }
 }
 
 TEST_CASE("api: unknown path 404 / wrong method 405 with Allow") {
@@ -283,15 +313,18 @@ TEST_CASE("api: page access / breakpoints / events / pause/resume / unhook / rel
   CHECK(t.be.calls.back() == std::string("remove_breakpoint ") + vm1 + " 16384");
   check_error(t.one("DELETE", vm + "/breakpoints/zz"), 400, "bad_request");
 
-  auto ev = t.one("PUT", vm + "/vcpus/1/events", R"({"events":["breakpoint","msr"]})");
+  auto ev = t.one("PUT", vm + "/vcpus/1/events", R"({"events":["breakpoint","msr","pf"]})");
   REQUIRE(ev.status == 200);
-  CHECK(t.be.last_mask == ((1u << 4) | (1u << 2)));
-  CHECK(ev.j()["enabled_events"] == json::array({"msr", "breakpoint"}));
+  CHECK(t.be.last_mask == ((1u << 4) | (1u << 2) | (1u << 6)));
+  CHECK(ev.j()["enabled_events"] == json::array({"msr", "breakpoint", "pf"}));
   // enable/disable edit the mask the core reports (pf is on in the fake).
-  REQUIRE(t.one("PUT", vm + "/vcpus/1/events", R"({"enable":["cr"],"disable":["pf"]})").status
+  REQUIRE(t.one("PUT", vm + "/vcpus/1/events", R"({"enable":["cr"],"disable":["descriptor"]})")
+            .status
           == 200);
-  CHECK(t.be.last_mask == (1u << 1));
+  CHECK(t.be.last_mask == ((1u << 1) | (1u << 6)));
   check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":["nope"]})"), 400, "bad_request");
+  check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"enable":["cr"],"force":1})"), 400,
+              "bad_request");
   check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":["unhook"]})"), 422, "invalid");
   check_error(t.one("PUT", vm + "/vcpus/1/events", R"({"events":[],"enable":["pf"]})"), 400,
               "bad_request");
@@ -618,6 +651,207 @@ TEST_CASE("api: bad stream filters are 400") {
   CHECK(t.be.bus.subscribers() == 0);
 }
 
+namespace {
+
+// One call of each route, with arguments the fake backend accepts.
+struct route_call {
+  route_id id;
+  std::string method, target, body;
+};
+
+std::vector<route_call> every_route() {
+  std::vector<route_call> out;
+  for (auto& e : routes()) {
+    std::string path(e.pattern);
+    auto put = [&](const std::string& k, const std::string& v) {
+      auto at = path.find(k);
+      if (at != std::string::npos)
+        path.replace(at, k.size(), v);
+    };
+    put("{vm}", "web1");
+    put("{vcpu}", "1");
+    put("{gpa}", "0x4000");
+    route_call c{e.id, std::string(e.method), path, ""};
+    switch (e.id) {
+      case route_id::read_memory: c.target += "?gpa=0x1000&len=4"; break;
+      case route_id::write_memory: c.body = R"({"gpa":"0x2000","data":"cafe"})"; break;
+      case route_id::set_page_access: c.body = R"({"gpa":"0x3000","access":"r--"})"; break;
+      case route_id::add_breakpoint: c.body = R"({"gpa":"0x4000"})"; break;
+      case route_id::set_vcpu_events: c.body = R"({"enable":["descriptor"]})"; break;
+      default: break;
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::string field(const bus_record& r, const std::string& k) {
+  for (auto& [key, v] : r.fields)
+    if (key == k)
+      return v;
+  return "(none)";
+}
+
+std::vector<bus_record> audit_records(subscription& sub) {
+  std::vector<bus_record> recs, out;
+  sub.poll(recs);
+  for (auto& r : recs)
+    if (r.name == "api-call")
+      out.push_back(std::move(r));
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("api: turning off an event a protection needs is 409 unless forced / forcing alerts") {
+  harness t;
+  auto sub = t.be.bus.subscribe({}, 64); // lifecycle and alerts
+  std::string ev = std::string("/v1/vms/") + vm1 + "/vcpus/1/events";
+  // pf is enabled in the fake and the policy's page rule needs it.
+  auto p = t.one("PUT", ev, R"({"disable":["pf"]})");
+  check_error(p, 409, "conflict");
+  CHECK(p.j()["error"]["message"].get<std::string>().find(
+          "event 'pf' is needed by policy 'linux' rule 'kernel-text'")
+        != std::string::npos);
+  check_error(t.one("PUT", ev, R"({"events":["msr"]})"), 409, "conflict");
+  check_error(t.one("PUT", ev, R"({"disable":["pf"],"force":false})"), 409, "conflict");
+  for (auto& c : t.be.calls)
+    CHECK_FALSE(c.starts_with("set_vcpu_events"));
+  // Events that are not on cannot be lost: disabling msr here is no change.
+  REQUIRE(t.one("PUT", ev, R"({"disable":["msr"]})").status == 200);
+  std::vector<bus_record> recs;
+  sub->poll(recs);
+  for (auto& r : recs)
+    CHECK(r.kind == bus_kind::lifecycle); // no alert so far
+  recs.clear();
+
+  auto forced = t.one("PUT", ev, R"({"disable":["pf"],"force":true})");
+  REQUIRE(forced.status == 200);
+  CHECK(t.be.last_mask == 0);
+  sub->poll(recs);
+  const bus_record* alert = nullptr;
+  const bus_record* audit = nullptr;
+  for (auto& r : recs) {
+    if (r.kind == bus_kind::alert)
+      alert = &r;
+    if (r.name == "api-call")
+      audit = &r;
+  }
+  REQUIRE(alert);
+  CHECK(alert->name == "protection-override");
+  CHECK(alert->vm == vm1);
+  CHECK(alert->vm_name == "web1");
+  CHECK(alert->vcpu == 1);
+  CHECK(field(*alert, "events") == "pf");
+  CHECK(field(*alert, "needed_by") == "policy 'linux' rule 'kernel-text'");
+  CHECK(field(*alert, "role") == "full");
+  REQUIRE(audit);
+  CHECK(field(*audit, "forced") == "pf");
+  CHECK(field(*audit, "status") == "200");
+  CHECK(t.api->render_metrics().find("kvmid_alerts_total{rule=\"protection-override\"} 1\n")
+        != std::string::npos);
+}
+
+TEST_CASE("api: the read token may only read / every mutating route is 403 for it") {
+  for (auto& c : every_route()) {
+    CAPTURE(c.method);
+    CAPTURE(c.target);
+    harness t;
+    t.bearer = read_token;
+    auto sub = t.be.bus.subscribe({}, 64);
+    if (c.id == route_id::events) {
+      t.feed("GET /v1/events HTTP/1.1\r\nAuthorization: Bearer " + t.bearer + "\r\n\r\n");
+      CHECK(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+      continue;
+    }
+    auto p = t.one(c.method, c.target, c.body);
+    if (!mutating(c.id)) {
+      CHECK(p.status == 200);
+      CHECK(audit_records(*sub).empty());
+      continue;
+    }
+    check_error(p, 403, "forbidden");
+    CHECK(t.be.calls.empty());
+    CHECK(p.j()["error"]["message"].get<std::string>().find("read-only") != std::string::npos);
+    // The refused attempt is on the record too.
+    auto recs = audit_records(*sub);
+    REQUIRE(recs.size() == 1);
+    CHECK(field(recs[0], "role") == "read");
+    CHECK(field(recs[0], "status") == "403");
+    // A body was declared and not read: the connection is not reused.
+    CHECK(p.headers["connection"] == (c.body.empty() ? "keep-alive" : "close"));
+  }
+}
+
+TEST_CASE("api: the full token may call every route") {
+  for (auto& c : every_route()) {
+    if (c.id == route_id::events)
+      continue; // a stream (covered by the event stream test)
+    CAPTURE(c.method);
+    CAPTURE(c.target);
+    harness t;
+    auto p = t.one(c.method, c.target, c.body);
+    CHECK(p.status / 100 == 2);
+  }
+}
+
+TEST_CASE("api: each mutating call leaves one audit record saying who did what / reads leave none") {
+  harness t;
+  t.h->on_close(t.ctx, net::close_reason::local);
+  t.ctx.peer_name = "unix:/run/kvmid/api.sock"; // a new connection from there
+  t.h = t.api->factory()();
+  t.h->on_open(t.ctx);
+  auto sub = t.be.bus.subscribe({}, 256);
+  for (auto& c : every_route()) {
+    if (c.id == route_id::events)
+      continue;
+    CAPTURE(c.method);
+    CAPTURE(c.target);
+    auto p = t.one(c.method, c.target, c.body);
+    auto recs = audit_records(*sub);
+    if (!mutating(c.id)) {
+      CHECK(recs.empty());
+      continue;
+    }
+    REQUIRE(recs.size() == 1);
+    auto& r = recs[0];
+    CHECK(r.kind == bus_kind::lifecycle);
+    CHECK(field(r, "role") == "full");
+    CHECK(field(r, "peer") == "unix:/run/kvmid/api.sock");
+    CHECK(field(r, "method") == c.method);
+    CHECK(field(r, "route") == std::string(name(c.id)));
+    CHECK(field(r, "status") == std::to_string(p.status));
+    if (c.id != route_id::reload_policies) {
+      CHECK(field(r, "vm") == "web1");
+      CHECK(r.vm_name == "web1");
+    }
+    switch (c.id) {
+      case route_id::write_memory:
+        CHECK(field(r, "gpa") == "0x2000");
+        CHECK(field(r, "len") == "2");
+        break;
+      case route_id::set_page_access:
+        CHECK(field(r, "gpa") == "0x3000");
+        CHECK(field(r, "access") == "r--");
+        break;
+      case route_id::add_breakpoint:
+      case route_id::remove_breakpoint: CHECK(field(r, "gpa") == "0x4000"); break;
+      case route_id::set_vcpu_events:
+        CHECK(r.vcpu == 1);
+        CHECK(field(r, "vcpu") == "1");
+        CHECK(field(r, "events") == "pf,descriptor");
+        break;
+      default: break;
+    }
+  }
+  // A failed call is recorded with its status.
+  t.be.fail = api_error{api_errc::conflict, "VM disconnected"};
+  check_error(t.one("POST", "/v1/vms/web1/pause"), 409, "conflict");
+  auto recs = audit_records(*sub);
+  REQUIRE(recs.size() == 1);
+  CHECK(field(recs[0], "status") == "409");
+}
+
 TEST_CASE("api: config section parsing and validation") {
   auto ok = parse_api_options(json::parse(R"({"listen":["tcp:127.0.0.1:8700","unix:/run/kvmid/api.sock","tcp:[::1]:0"],
     "token_file":"/etc/kvmid/token","max_body_bytes":2048,"header_timeout_ms":500})"));
@@ -633,6 +867,11 @@ TEST_CASE("api: config section parsing and validation") {
   CHECK(o.http.max_body_bytes == 2048);
   CHECK(o.http.header_timeout == std::chrono::milliseconds(500));
   CHECK(o.token_file == "/etc/kvmid/token");
+  CHECK(o.read_token_file.empty());
+  auto ro = parse_api_options(json::parse(
+    R"({"listen":["unix:/a"],"token_file":"/t","read_token_file":"/etc/kvmid/read.token"})"));
+  REQUIRE(std::holds_alternative<api_options>(ro));
+  CHECK(std::get<api_options>(ro).read_token_file == "/etc/kvmid/read.token");
 
   struct bad_case {
     const char* json;
@@ -649,6 +888,8 @@ TEST_CASE("api: config section parsing and validation") {
     {R"({"token_file":"/t","listen":["unix:/a"],"max_body_bytes":-1})", "max_body_bytes"},
     {R"({"token_file":"/t","listen":["unix:/a"],"idle_timeout_ms":0})", "idle_timeout_ms"},
     {R"({"token_file":"/t","listen":["unix:/a"],"colour":1})", "colour"},
+    {R"({"token_file":"/t","listen":["unix:/a"],"read_token_file":""})", "read_token_file"},
+    {R"({"token_file":"/t","listen":["unix:/a"],"read_token_file":7})", "read_token_file"},
     {R"([1])", "object"},
   };
   for (auto& b : bad) {

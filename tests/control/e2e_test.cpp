@@ -411,6 +411,121 @@ TEST_CASE("e2e: wrong tokens / malformed HTTP / huge bodies and slow clients") {
   CHECK(t.sim->make_report().ok());
 }
 
+TEST_CASE("e2e: a request without the token is answered at its headers / its body never sent") {
+  e2e::options o;
+  o.vms = 1;
+  e2e t(o);
+  for (std::string auth : {"", "Authorization: Bearer wrong\r\n"}) {
+    CAPTURE(auth);
+    int s = t.raw_connect();
+    // Only the headers of a 1 MiB write; the body is never sent.
+    send_all(s, "PUT /v1/vms/sim-vm-0/memory HTTP/1.1\r\n" + auth
+                       + "Content-Length: 1048576\r\n\r\n");
+    bool eof = false;
+    auto out = read_all(s, &eof);
+    ::close(s);
+    CHECK(out.starts_with("HTTP/1.1 401 "));
+    CHECK(out.find("Connection: close\r\n") != std::string::npos);
+    CHECK(out.find("\"unauthorized\"") != std::string::npos);
+    CHECK(eof);
+  }
+  CHECK(t.curl("GET", "/v1/vms").status == 200);
+}
+
+TEST_CASE("e2e: the read token reads and streams but cannot change anything / calls are audited") {
+  e2e::options o;
+  o.vms = 1;
+  o.read_token = "e2e-read-only-51c2";
+  e2e t(o);
+  std::string vm0 = "/v1/vms/" + t.uuid(0);
+  auto stream = t.dir / "audit.sse";
+  auto a = t.curl_base(o.read_token);
+  a.insert(a.end(), {"-N", "http://localhost/v1/events?kind=lifecycle"});
+  pid_t sse = spawn(a, stream.string(), (t.dir / "audit.err").string());
+  REQUIRE(file_has(stream, ": keep-alive"));
+
+  CHECK(t.curl("GET", "/v1/vms", "", o.read_token).status == 200);
+  CHECK(t.curl("GET", vm0, "", o.read_token).status == 200);
+  CHECK(t.curl("GET", "/metrics", "", o.read_token).status == 200);
+  auto before = t.sim->memory(0, 0x200000, 2);
+  check_error(t.curl("PUT", vm0 + "/memory", R"({"gpa":"0x200000","data":"cafe"})",
+                     o.read_token),
+              403, "forbidden");
+  CHECK(t.sim->memory(0, 0x200000, 2) == before);
+  check_error(t.curl("POST", vm0 + "/pause", "", o.read_token), 403, "forbidden");
+  check_error(t.curl("POST", "/v1/policies/reload", "", o.read_token), 403, "forbidden");
+  CHECK(t.curl("GET", vm0 + "/vcpus", "", o.read_token).j()["vcpus"][0]["state"] == "running");
+  // The full token still may.
+  REQUIRE(t.curl("POST", vm0 + "/pause").status == 200);
+  REQUIRE(t.curl("POST", vm0 + "/resume").status == 200);
+
+  auto got = wait_events(stream, {"api-call"}, 5);
+  stop(sse);
+  REQUIRE(got.size() == 5);
+  std::multiset<std::string> seen;
+  for (auto& e : got) {
+    auto& f = e["fields"];
+    CHECK(f["peer"].get<std::string>().starts_with("unix"));
+    seen.insert(f["role"].get<std::string>() + " " + f["method"].get<std::string>() + " "
+                + f["route"].get<std::string>() + " " + f["status"].get<std::string>());
+  }
+  CHECK(seen == std::multiset<std::string>{"read PUT /v1/vms/{vm}/memory 403",
+                                           "read POST /v1/vms/{vm}/pause 403",
+                                           "read POST /v1/policies/reload 403",
+                                           "full POST /v1/vms/{vm}/pause 200",
+                                           "full POST /v1/vms/{vm}/resume 200"});
+  CHECK(t.log().find("api-call role=full") != std::string::npos);
+}
+
+TEST_CASE("e2e: an event a protection needs is not switched off without force / force alerts") {
+  e2e::options o;
+  o.vms = 1;
+  e2e t(o);
+  std::string vm0 = "/v1/vms/" + t.uuid(0);
+  constexpr uint32_t msr_bit = 1u << 2;
+  REQUIRE(t.curl("POST", vm0 + "/pause").status == 200);
+  REQUIRE((t.sim->vcpu(0, 0)->enabled_events & msr_bit) != 0);
+  auto refused = t.curl("PUT", vm0 + "/vcpus/0/events", R"({"disable":["msr"]})");
+  check_error(refused, 409, "conflict");
+  CHECK(refused.j()["error"]["message"].get<std::string>().find(
+          "event 'msr' is needed by policy 'e2e' rule 'lstar'")
+        != std::string::npos);
+  CHECK((t.sim->vcpu(0, 0)->enabled_events & msr_bit) != 0);
+  check_error(t.curl("PUT", vm0 + "/vcpus/0/events", R"({"events":["pf"]})"), 409, "conflict");
+
+  auto forced = t.curl("PUT", vm0 + "/vcpus/0/events", R"({"disable":["msr"],"force":true})");
+  REQUIRE(forced.status == 200);
+  CHECK((t.sim->vcpu(0, 0)->enabled_events & msr_bit) == 0);
+  auto m = t.curl("GET", "/metrics").body;
+  CHECK(m.find("kvmid_alerts_total{rule=\"protection-override\"} 1\n") != std::string::npos);
+  REQUIRE(t.curl("PUT", vm0 + "/vcpus/0/events", R"({"enable":["msr"]})").status == 200);
+  REQUIRE(t.curl("POST", vm0 + "/resume").status == 200);
+  CHECK(t.sim->make_report().ok());
+}
+
+TEST_CASE("e2e: kvmictl warns that --token shows the secret / --token-file does not") {
+  fs::path dir = fs::temp_directory_path() / ("kvmictl-token-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string missing = (dir / "missing.sock").string();
+  auto with_token = run({KVMICTL_BIN, "--unix", missing, "--token", "s3cret", "vms"});
+  CHECK(with_token.status == 3); // no server: only the warning matters here
+  CHECK(with_token.err.find("warning: --token") != std::string::npos);
+  CHECK(with_token.err.find("--token-file") != std::string::npos);
+  CHECK(with_token.err.find("KVMID_TOKEN_FILE") != std::string::npos);
+  auto tf = dir / "token";
+  std::ofstream(tf) << "s3cret\n";
+  ::chmod(tf.c_str(), 0600);
+  auto from_file = run({KVMICTL_BIN, "--unix", missing, "--token-file", tf.string(), "vms"});
+  CHECK(from_file.status == 3);
+  CHECK(from_file.err.find("warning") == std::string::npos);
+  auto from_env = run({"/usr/bin/env", "KVMID_TOKEN_FILE=" + tf.string(), KVMICTL_BIN, "--unix",
+                       missing, "vms"});
+  CHECK(from_env.status == 3);
+  CHECK(from_env.err.find("warning") == std::string::npos);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
 TEST_CASE("e2e: a stream subscriber that never reads cannot hold up vCPU replies") {
   e2e::options o;
   o.vms = 1;

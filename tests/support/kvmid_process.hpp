@@ -52,6 +52,7 @@ struct kvmid_process_options {
   std::string log_level = "info";
   bool tcp = false;      // an API listener on 127.0.0.1 as well
   bool reconnect = true; // the simulated device manager reconnects after a close
+  std::string read_token;  // non-empty: also an api.read_token_file holding it
 };
 
 struct kvmid_process {
@@ -86,6 +87,8 @@ struct kvmid_process {
       cookie[i] = uint8_t(i * 7 + 3);
     tmp.write("cookie", std::string(cookie.begin(), cookie.end()));
     tmp.write("token", token + "\n");
+    if (!o.read_token.empty())
+      tmp.write("read.token", o.read_token + "\n");
     if (o.tcp)
       tcp_port = free_loopback_port();
     config = make_config(o, dir.string(), tcp_port);
@@ -151,6 +154,8 @@ struct kvmid_process {
     if (o.tcp)
       listen.push_back("tcp:127.0.0.1:" + std::to_string(tcp_port));
     json api = {{"listen", listen}, {"token_file", dir + "/token"}};
+    if (!o.read_token.empty())
+      api["read_token_file"] = dir + "/read.token";
     for (auto& [k, v] : o.api_extra.items())
       api[k] = v;
     json listeners = json::array({{{"type", "unix"}, {"path", dir + "/kvmi.sock"}}});
@@ -212,7 +217,7 @@ struct kvmid_process {
   run_result kvmictl(std::vector<std::string> args, bool with_env = true) {
     std::vector<std::string> a = {KVMICTL_BIN};
     if (with_env)
-      a.insert(a.end(), {"--unix", api_sock, "--token", token});
+      a.insert(a.end(), {"--unix", api_sock, "--token-file", (dir / "token").string()});
     a.insert(a.end(), args.begin(), args.end());
     return run(a);
   }

@@ -1,0 +1,40 @@
+#include "server/control/roles.hpp"
+
+#include <stdexcept>
+
+namespace kvmid::control {
+
+std::string_view name(role r) {
+  switch (r) {
+    case role::none: return "none";
+    case role::read: return "read";
+    case role::full: return "full";
+  }
+  return "none";
+}
+
+bool mutating(route_id r) {
+  for (auto& e : routes())
+    if (e.id == r)
+      return e.method != "GET";
+  return true;
+}
+
+bool allowed(role who, route_id r) {
+  return who == role::full || (who == role::read && !mutating(r));
+}
+
+api_access::api_access(token_auth full, std::optional<token_auth> read)
+  : full_(std::move(full)), read_(std::move(read)) {
+  if (read_ && read_->same_token(full_))
+    throw std::runtime_error("api.read_token_file holds the same token as api.token_file");
+}
+
+role api_access::check(std::optional<std::string_view> authorization) const {
+  // Both comparisons always run: the time taken does not tell which matched.
+  bool is_full = full_.check(authorization);
+  bool is_read = read_ && read_->check(authorization);
+  return is_full ? role::full : is_read ? role::read : role::none;
+}
+
+} // namespace kvmid::control

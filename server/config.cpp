@@ -236,7 +236,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
       c.fail("/send_queue_limit", "must be 16..1000000");
   }
   if (j.contains("max_handshakes")) {
-    cfg.max_handshakes = c.u64(j["max_handshakes"], "/max_handshakes");
+    cfg.max_handshakes = c.integer(j["max_handshakes"], "/max_handshakes");
     if (cfg.max_handshakes < 1 || cfg.max_handshakes > 100000)
       c.fail("/max_handshakes", "must be 1..100000");
   }

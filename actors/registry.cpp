@@ -215,7 +215,7 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
     },
     [=](unhook_all_atom, int64_t deadline) -> caf::result<std::vector<unhook_result>> {
       auto& st = self->state;
-      if (st.drain) // asked twice: the first run answers both
+      if (st.drain) // one at a time
         return caf::make_error(caf::sec::runtime_error, "unhook_all is already running");
       st.draining = true;
       st.drain_deadline = deadline;

@@ -70,7 +70,8 @@ std::vector<unhook_result> core::unhook_all(std::chrono::steady_clock::time_poin
   std::vector<unhook_result> out;
   caf::scoped_actor self{system()};
   // The registry answers by the deadline; the second is for its answer's way back.
-  self->request(impl_->registry, std::max(left, milliseconds(0)) + seconds(1), unhook_all_atom::value, at)
+  auto timeout = std::max(left, milliseconds(0)) + seconds(1);
+  self->request(impl_->registry, timeout, unhook_all_atom::value, at)
     .receive([&](std::vector<unhook_result>& r) { out = std::move(r); },
              [&](caf::error& e) {
                unhook_result r;

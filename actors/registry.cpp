@@ -68,7 +68,8 @@ void drain_step(reg_actor* self, const std::shared_ptr<reg_st::drain_run>& run) 
   if (--run->left != 0)
     return;
   for (auto& r : run->results)
-    check_planted(self, r);
+    if (!r.finished)
+      check_planted(self, r);
   run->rp.deliver(std::move(run->results));
   if (self->state.drain == run)
     self->state.drain.reset();
@@ -97,7 +98,7 @@ void drain_vm(reg_actor* self, const std::string& uuid, const std::string& name,
       [=](caf::error& e) {
         if (e == caf::sec::request_timeout)
           run->results[i].problems.push_back("did not finish by the deadline");
-        else // gone on its own meanwhile: what it left shows in the record
+        else // the VM went away meanwhile: its INT3s stay recorded
           run->results[i].finished = true;
         drain_step(self, run);
       });
@@ -214,7 +215,7 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
     },
     [=](unhook_all_atom, int64_t deadline) -> caf::result<std::vector<unhook_result>> {
       auto& st = self->state;
-      if (st.drain) // asked twice: the first run answers both
+      if (st.drain) // one at a time
         return caf::make_error(caf::sec::runtime_error, "unhook_all is already running");
       st.draining = true;
       st.drain_deadline = deadline;

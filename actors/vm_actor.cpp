@@ -771,7 +771,9 @@ void on_unhook_wait(vm_actor* self, uint8_t phase) {
   }
 }
 
-// The socket closed: every unhook waiter learns what was left.
+// The socket closed: every unhook waiter learns what could not be undone.
+// A session the other end closed first (the VM went away) is no failure of
+// the unhook: its INT3s stay recorded for the session that comes back.
 void finish_unhook(vm_actor* self) {
   auto& s = self->state;
   if (s.unhook != unhook_phase::closing) {
@@ -779,8 +781,8 @@ void finish_unhook(vm_actor* self) {
     for (auto& [gpa, bp] : s.st.breakpoints)
       left += bp.planted ? 1 : 0;
     if (left)
-      s.unhook_problems.push_back("the session closed before the unhook finished, with "
-                                  + std::to_string(left) + " INT3 byte(s) of kvmid's in the guest");
+      log(self, "unhook: %s", "the session closed before the unhook finished; "
+                                + std::to_string(left) + " INT3 byte(s) of kvmid's stay recorded");
   }
   for (auto& w : std::exchange(s.unhook_waiters, {}))
     w(s.unhook_problems);

@@ -482,8 +482,12 @@ TEST_CASE("chaos: vCPU hot-plug during pause - then resume: every vCPU configure
   for (uint32_t v = 0; v < f.so.vms; ++v) {
     // The vCPUs that were there stay held while the VM is paused.
     auto vm = f.h->vm(v);
-    for (uint32_t c = 0; c < f.so.vcpus_per_vm; ++c)
-      CHECK(vm.vcpus[c].state == sim::vcpu_state::paused);
+    for (uint32_t c = 0; c < f.so.vcpus_per_vm; ++c) {
+      auto& x = vm.vcpus[c];
+      INFO("vm " << v << " vcpu " << c << " waits in "
+                 << (x.event ? std::string(kvmi::name(*x.event)) : "nothing"));
+      CHECK(x.state == sim::vcpu_state::paused);
+    }
     REQUIRE(f.eventually([&] {
       auto i = info(f, v);
       return i.paused && i.vcpus.size() == f.so.vcpus_per_vm + plugged;

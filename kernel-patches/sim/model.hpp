@@ -111,6 +111,7 @@ struct vm_counts {
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
            pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
            unanswered_at_close = 0, restricted_at_close = 0, int3_at_close = 0,
+           aborted_by_tool = 0,
            faults_injected = 0;
 
   vm_counts& operator+=(const vm_counts& o) {
@@ -135,6 +136,7 @@ struct vm_counts {
     unanswered_at_close += o.unanswered_at_close;
     restricted_at_close += o.restricted_at_close;
     int3_at_close += o.int3_at_close;
+    aborted_by_tool += o.aborted_by_tool;
     faults_injected += o.faults_injected;
     return *this;
   }
@@ -168,8 +170,17 @@ struct vm {
   size_t inflight_off = 0;
   size_t split_at = 0;      // torn frame: send only up to here, then pause
   bool held = false;        // waiting for the torn pause to pass
-  bool force_torn = false;  // inject_fault("torn"): tear the next frame
   bool dirty = false;
+  const fault_spec* faults = nullptr; // this VM's frame, reply and handshake faults
+
+  // Injected faults waiting to go out (inject_fault). A promise resolves
+  // once the socket took every byte up to its mark in this connection's
+  // stream; the session ending first rejects it.
+  using waiter = std::shared_ptr<std::promise<outcome>>;
+  uint64_t sent_bytes = 0; // sent on this connection
+  std::vector<std::pair<uint64_t, waiter>> sent_waiters;
+  std::vector<waiter> deferred_waiters; // bytes still in `deferred`
+  std::deque<waiter> torn_waiters, dup_waiters, slow_waiters; // armed for the next frame/reply
 
   // Kernel session state.
   uint32_t ev_seq = 0;

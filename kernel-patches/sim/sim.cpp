@@ -135,6 +135,7 @@ struct host::impl {
   options o;
   std::vector<std::unique_ptr<shard>> shards;
   std::atomic<bool> stopping{false};
+  std::atomic<bool> quiesced{false}; // quiesce(): no workload, storms or random faults
   bool started = false;
   time_point t0;
   std::mutex changed_mu;
@@ -174,7 +175,12 @@ struct shard {
   std::thread th;
   std::mt19937_64 rng;
   // Slow replies and torn-frame tails wait here (fault paths only).
-  std::deque<std::pair<uint32_t, std::vector<uint8_t>>> slow;
+  struct slow_reply {
+    uint32_t vm_local;
+    std::vector<uint8_t> bytes;
+    detail::vm::waiter injected; // inject_fault("slow_reply"), or null
+  };
+  std::deque<slow_reply> slow;
   std::vector<double> mix_cdf;
 
   shard(host::impl* hi, unsigned i) : h(hi), o(hi->o), id(i), rng(hi->o.seed * 7919 + i) {
@@ -362,13 +368,52 @@ struct shard {
   bool chance(vm& v, double p) {
     return p > 0 && std::uniform_real_distribution<double>(0, 1)(v.rng) < p;
   }
+  // A random fault of this VM's fault_spec strikes (never once quiesced).
+  bool fault(vm& v, double p) { return !h->quiesced && chance(v, p); }
+
+  // The promise resolves once every byte queued so far has been sent.
+  void await_sent(vm& v, vm::waiter w) {
+    if (!w)
+      return;
+    size_t unsent = v.send_inflight ? v.inflight.size() - v.inflight_off : 0;
+    v.sent_waiters.emplace_back(v.sent_bytes + unsent + v.out.size(), std::move(w));
+  }
+  void resolve_sent(vm& v) {
+    std::erase_if(v.sent_waiters, [&](auto& w) {
+      if (w.first > v.sent_bytes)
+        return false;
+      w.second->set_value(outcome{});
+      return true;
+    });
+  }
+  // The session ended: injected faults not yet out never will be.
+  void reject_waiters(vm& v) {
+    auto no = [](vm::waiter& w) { w->set_value(rejected("the session ended before the fault went out")); };
+    for (auto& [at, w] : v.sent_waiters)
+      no(w);
+    v.sent_waiters.clear();
+    for (auto* q : {&v.deferred_waiters})
+      for (auto& w : *q)
+        no(w);
+    v.deferred_waiters.clear();
+    for (auto* q : {&v.torn_waiters, &v.dup_waiters, &v.slow_waiters}) {
+      for (auto& w : *q)
+        no(w);
+      q->clear();
+    }
+    for (auto& r : slow)
+      if (r.vm_local == v.local && r.injected)
+        no(r.injected);
+    std::erase_if(slow, [&](auto& r) { return r.vm_local == v.local; });
+    v.sent_bytes = 0;
+  }
 
   // Appends one whole frame to the send queue, with the frame faults.
   void send_frame(vm& v, std::span<const uint8_t> f) {
     if (v.fd < 0 || !v.connected || v.close_after_send)
       return; // after a frame cut mid-way nothing more goes out
-    auto& fl = o.faults;
-    if (chance(v, fl.garbage)) {
+    auto& fl = *v.faults;
+    if (fault(v, fl.garbage)) {
       ++v.c.faults_injected;
       // A header with an id no kernel sends, then random bytes: the tool must close.
       uint8_t g[40];
@@ -378,17 +423,22 @@ struct shard {
       to_order(hd, o.order);
       std::memcpy(g, &hd, sizeof hd);
       put_bytes(v.out, std::span<const uint8_t>(g, sizeof g));
-    } else if (chance(v, fl.drop_mid_frame)) {
+    } else if (fault(v, fl.drop_mid_frame)) {
       ++v.c.faults_injected;
       put_bytes(v.out, f.subspan(0, std::max<size_t>(1, f.size() / 2)));
       v.close_after_send = true;
-    } else if (!v.split_at && (v.force_torn || chance(v, fl.torn_frames))) {
-      if (!v.force_torn)
+    } else if (!v.split_at && (!v.torn_waiters.empty() || fault(v, fl.torn_frames))) {
+      vm::waiter injected;
+      if (!v.torn_waiters.empty()) {
+        injected = std::move(v.torn_waiters.front());
+        v.torn_waiters.pop_front();
+      } else {
         ++v.c.faults_injected;
-      v.force_torn = false;
+      }
       put_bytes(v.out, f.subspan(0, f.size() / 2));
       v.split_at = v.out.size();
       put_bytes(v.out, f.subspan(f.size() / 2));
+      await_sent(v, std::move(injected));
     } else {
       put_bytes(v.out, f);
     }
@@ -406,7 +456,7 @@ struct shard {
       }
       v.split_at = 0;
       v.held = true; // the tail waits for torn_pause
-      add_timer(clock::now() + o.faults.torn_pause, timer_kind::torn_resume, v.local, 0, v.gen);
+      add_timer(clock::now() + v.faults->torn_pause, timer_kind::torn_resume, v.local, 0, v.gen);
     } else {
       v.inflight.clear();
       std::swap(v.inflight, v.out);
@@ -436,10 +486,20 @@ struct shard {
     if (r.err < 0)
       ++v.c.errors[vm_counts::error_slot(r.err)];
     encode(v.scratch, r, o.order);
-    auto& fl = o.faults;
-    if (chance(v, fl.slow_reply_fraction)) {
-      ++v.c.faults_injected;
-      slow.emplace_back(v.local, v.scratch);
+    auto& fl = *v.faults;
+    auto armed = [](std::deque<vm::waiter>& q) {
+      vm::waiter w;
+      if (!q.empty()) {
+        w = std::move(q.front());
+        q.pop_front();
+      }
+      return w;
+    };
+    auto injected = armed(v.slow_waiters);
+    if (injected || fault(v, fl.slow_reply_fraction)) {
+      if (!injected)
+        ++v.c.faults_injected;
+      slow.push_back(slow_reply{v.local, v.scratch, std::move(injected)});
       add_timer(clock::now() + fl.slow_reply_delay, timer_kind::slow_send, v.local, 0, v.gen);
       return;
     }
@@ -450,11 +510,17 @@ struct shard {
         send_frame(v, f);
     };
     emit(v.scratch);
-    if (chance(v, fl.duplicate_reply)) {
-      ++v.c.faults_injected;
+    injected = armed(v.dup_waiters);
+    if (injected || fault(v, fl.duplicate_reply)) {
+      if (!injected)
+        ++v.c.faults_injected;
       emit(v.scratch);
+      if (from_vcpu && injected)
+        v.deferred_waiters.push_back(std::move(injected));
+      else
+        await_sent(v, std::move(injected));
     }
-    if (chance(v, fl.unknown_seq_reply)) {
+    if (fault(v, fl.unknown_seq_reply)) {
       ++v.c.faults_injected;
       msg_hdr hd;
       std::memcpy(&hd, v.scratch.data(), sizeof hd);
@@ -486,6 +552,9 @@ struct shard {
       rest = rest.subspan(n);
     }
     v.deferred.clear();
+    for (auto& w : v.deferred_waiters)
+      await_sent(v, std::move(w));
+    v.deferred_waiters.clear();
   }
 
   // ---- events ------------------------------------------------------------------
@@ -536,7 +605,7 @@ struct shard {
 
   void schedule_workload(vm& v, vcpu& c) {
     double rate = o.workload.rate_per_vcpu;
-    if (rate <= 0 || h->stopping)
+    if (rate <= 0 || h->stopping || h->quiesced)
       return;
     double dt = std::exponential_distribution<double>(rate)(v.rng);
     add_timer(clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(dt * 1e9)),
@@ -875,7 +944,7 @@ struct shard {
     if (v.ever_hooked || v.c.handshake_failures)
       ++v.c.reconnects;
     auto cookie = o.cookie;
-    if (chance(v, o.faults.bad_mac)) {
+    if (fault(v, v.faults->bad_mac)) {
       ++v.c.faults_injected;
       cookie.push_back(0x5a); // a device manager with the wrong secret
     }
@@ -898,15 +967,22 @@ struct shard {
   }
 
   // The socket is gone (tool closed, error, fault, crash, unhook): the
-  // kernel's kvmi_end_introspection.
-  void end_session(vm& v) {
+  // kernel's kvmi_end_introspection. by_tool: the tool closed the socket
+  // (the host did not end the session itself).
+  void end_session(vm& v, bool by_tool = false) {
     if (v.fd < 0)
       return;
+    reject_waiters(v);
     ::shutdown(v.fd, SHUT_RDWR);
     ::close(v.fd);
     v.fd = -1;
     ++v.gen; // completions of this connection are stale from now on
     bool was_hooked = v.hooked;
+    // A connection that ends before the handshake completed (the
+    // introspector refused the MAC and closed, or a step timed out) is a
+    // failed handshake; the host stopping is not.
+    if (v.dm && !was_hooked && !h->stopping)
+      ++v.c.handshake_failures;
     v.connected = v.connecting = v.hooked = false;
     v.out.clear();
     v.deferred.clear();
@@ -915,11 +991,12 @@ struct shard {
     v.close_after_send = false;
     v.dm.reset();
     // The splitter stays: end_session may run inside its feed(); hook() replaces it.
-    std::erase_if(slow, [&](auto& s) { return s.first == v.local; });
     if (was_hooked) {
       for (auto& c : v.vcpus) {
         if (c.waiting) {
           ++v.c.unanswered_at_close;
+          if (by_tool)
+            ++v.c.aborted_by_tool;
           finish_event(v, c, action::continue_, std::nullopt, true); // waits aborted
         }
         c.events = 0;
@@ -1002,8 +1079,7 @@ struct shard {
         mark_dirty(v);
       }
       if (st == hs::status::failed) {
-        ++v.c.handshake_failures;
-        end_session(v);
+        end_session(v); // counts the failure
         return;
       }
       if (st != hs::status::done)
@@ -1365,7 +1441,7 @@ struct shard {
         if (res <= 0) {
           if (res == -EINTR || res == -EAGAIN)
             return submit_recv(v);
-          return end_session(v); // the tool closed (or the socket failed)
+          return end_session(v, true); // the tool closed (or the socket failed)
         }
         on_bytes(v, std::span<const uint8_t>(v.rbuf.data(), static_cast<size_t>(res)));
         if (current && (v.gen & 0xffffff) == gen && v.fd >= 0 && !v.recv_inflight)
@@ -1376,8 +1452,10 @@ struct shard {
         if (!current || v.fd < 0)
           return;
         if (res < 0)
-          return end_session(v);
+          return end_session(v, true);
         v.inflight_off += static_cast<size_t>(res);
+        v.sent_bytes += static_cast<size_t>(res);
+        resolve_sent(v);
         if (v.inflight_off < v.inflight.size())
           return submit_send(v);
         flush(v);
@@ -1394,6 +1472,8 @@ struct shard {
     auto now = clock::now();
     switch (t.kind) {
       case timer_kind::reconnect_storm:
+        if (h->quiesced)
+          return;
         for (auto& v : vms)
           if (v->hooked) {
             ++v->c.faults_injected;
@@ -1402,6 +1482,8 @@ struct shard {
         add_timer(now + o.faults.reconnect_storm_every, t.kind, 0);
         return;
       case timer_kind::hotplug_storm: {
+        if (h->quiesced)
+          return;
         uint32_t cap = o.faults.hotplug_max_vcpus ? o.faults.hotplug_max_vcpus
                                                   : o.vcpus_per_vm * 2;
         for (auto& v : vms)
@@ -1420,7 +1502,7 @@ struct shard {
     switch (t.kind) {
       case timer_kind::connect: start_connect(v); return;
       case timer_kind::workload:
-        if (t.vcpu < v.vcpus.size() && !v.crashed) {
+        if (t.vcpu < v.vcpus.size() && !v.crashed && !h->quiesced) {
           v.vcpus[t.vcpu].workload_due = true;
           step(v, v.vcpus[t.vcpu]);
         }
@@ -1441,18 +1523,17 @@ struct shard {
       case timer_kind::slow_send:
         if (t.gen == v.gen)
           for (auto it = slow.begin(); it != slow.end(); ++it)
-            if (it->first == v.local) {
-              auto bytes = std::move(it->second);
+            if (it->vm_local == v.local) {
+              auto r = std::move(*it);
               slow.erase(it);
-              send_frame(v, bytes);
+              send_frame(v, r.bytes);
+              await_sent(v, std::move(r.injected));
               break;
             }
         return;
       case timer_kind::handshake_timeout:
-        if (t.gen == v.gen && v.fd >= 0 && !v.hooked) {
-          ++v.c.handshake_failures; // the introspector never finished its part
-          end_session(v);
-        }
+        if (t.gen == v.gen && v.fd >= 0 && !v.hooked)
+          end_session(v); // the introspector never finished its part: a failure
         return;
       case timer_kind::gpu_online:
         if (t.vcpu < v.gpu_online.size())
@@ -1640,6 +1721,8 @@ host::host(options o) : p_(std::make_unique<impl>()) {
     if (v->name.size() > 31)
       v->name.resize(31);
     auto& mem = memory_of(op, i);
+    auto fl = op.faults_per_vm.find(i);
+    v->faults = fl != op.faults_per_vm.end() ? &fl->second : &op.faults;
     v->regions = memory_map(mem);
     v->gpu_online.assign(mem.gpus.size(), false);
     v->rbuf.resize(64 << 10);
@@ -1700,6 +1783,12 @@ void host::start() {
                      (unsigned long long)r.total.hmis, (unsigned long long)r.total.reconnects);
       }
     });
+}
+
+void host::quiesce() {
+  p_->quiesced = true;
+  for (auto& s : p_->shards)
+    s->wake();
 }
 
 void host::stop() {
@@ -1770,14 +1859,22 @@ counters to_counters(const vm_counts& c) {
   r.reconnects = c.reconnects;
   r.handshake_failures = c.handshake_failures;
   r.unanswered_at_close = c.unanswered_at_close;
+<<<<<<< HEAD
   r.restricted_at_close = c.restricted_at_close;
   r.int3_at_close = c.int3_at_close;
+=======
+  r.aborted_by_tool = c.aborted_by_tool;
+>>>>>>> chaos
   r.faults_injected = c.faults_injected;
   return r;
 }
 
-vcpu_view view_of(const vcpu& c) {
+bool held_kind(event_id e) { return e == event_id::pause_vcpu || e == event_id::create_vcpu; }
+
+vcpu_view view_of(const vcpu& c, time_point now) {
   vcpu_view w;
+  if (c.waiting)
+    w.wait_ms = std::chrono::duration<double, std::milli>(now - c.ev_sent).count();
   w.state = !c.waiting ? vcpu_state::running
             : c.ev == event_id::pause_vcpu ? vcpu_state::paused
                                            : vcpu_state::in_event;
@@ -1813,8 +1910,9 @@ vm_view host::vm(uint32_t i) const {
   w.crashed = v_.crashed;
   w.unhooked = v_.unhooked;
   w.regions = s_.guest_info(v_).regions;
+  auto now = clock::now();
   for (auto& c : v_.vcpus)
-    w.vcpus.push_back(view_of(c));
+    w.vcpus.push_back(view_of(c, now));
   w.c = to_counters(v_.c);
   return w;
 }
@@ -1823,7 +1921,7 @@ std::optional<vcpu_view> host::vcpu(uint32_t i, uint32_t c) const {
   KVMI_SIM_WITH_VM(i, std::nullopt)
   if (c >= v_.vcpus.size())
     return std::nullopt;
-  return view_of(v_.vcpus[c]);
+  return view_of(v_.vcpus[c], clock::now());
 }
 
 std::optional<uint64_t> host::msr(uint32_t i, uint32_t c, uint32_t m) const {
@@ -1882,9 +1980,20 @@ report host::make_report() const {
   for (auto& s : p_->shards) {
     std::lock_guard<std::mutex> l(s->mu);
     lat.merge(s->lat);
+    auto now = clock::now();
     for (auto& v : s->vms) {
       r.vcpus += static_cast<uint32_t>(v->vcpus.size());
       sum += v->c;
+      for (auto& c : v->vcpus) {
+        if (!c.waiting)
+          continue;
+        ++r.waiting;
+        if (held_kind(c.ev))
+          ++r.waiting_held;
+        else
+          r.oldest_pending_ms = std::max(
+            r.oldest_pending_ms, std::chrono::duration<double, std::milli>(now - c.ev_sent).count());
+      }
     }
   }
   r.total = to_counters(sum);
@@ -1934,8 +2043,14 @@ nlohmann::json to_json(const report& r) {
     {"reconnects", t.reconnects},
     {"handshake_failures", t.handshake_failures},
     {"unanswered_at_close", t.unanswered_at_close},
+<<<<<<< HEAD
     {"restricted_at_close", t.restricted_at_close},
     {"int3_at_close", t.int3_at_close},
+=======
+    {"aborted_by_tool", t.aborted_by_tool},
+    {"waiting", {{"vcpus", r.waiting}, {"held", r.waiting_held},
+                 {"oldest_pending_ms", r.oldest_pending_ms}}},
+>>>>>>> chaos
     {"faults_injected", t.faults_injected},
   };
 }
@@ -2025,7 +2140,8 @@ std::future<outcome> host::inject_fault(uint32_t vmi, const std::string& fault) 
   KVMI_SIM_WITH_VM(vmi, ready(rejected("no such vm")))
   if (!v_.hooked)
     return ready(rejected("vm not hooked"));
-  ++v_.c.faults_injected;
+  auto w = std::make_shared<std::promise<outcome>>();
+  auto f = w->get_future();
   // Frames are built by hand here: these are what a broken kernel would send.
   event_msg m;
   m.seq = ++v_.ev_seq;
@@ -2035,6 +2151,7 @@ std::future<outcome> host::inject_fault(uint32_t vmi, const std::string& fault) 
   if (fault == "drop_mid_frame") {
     put_bytes(v_.out, std::span<const uint8_t>(v_.scratch).subspan(0, v_.scratch.size() / 2));
     v_.close_after_send = true;
+    s_.await_sent(v_, std::move(w));
   } else if (fault == "garbage") {
     uint8_t g[40];
     for (auto& b : g)
@@ -2043,6 +2160,7 @@ std::future<outcome> host::inject_fault(uint32_t vmi, const std::string& fault) 
     to_order(hd, p_->o.order);
     std::memcpy(g, &hd, sizeof hd);
     put_bytes(v_.out, std::span<const uint8_t>(g, sizeof g));
+    s_.await_sent(v_, std::move(w));
   } else if (fault == "unknown_seq_reply") {
     reply_msg r;
     r.id = msg_id::get_version;
@@ -2050,17 +2168,23 @@ std::future<outcome> host::inject_fault(uint32_t vmi, const std::string& fault) 
     r.data = get_version_reply{kvmi::version, p_->o.allowed_commands, p_->o.allowed_events, 0};
     encode(v_.scratch, r, p_->o.order);
     put_bytes(v_.out, std::span<const uint8_t>(v_.scratch));
+    s_.await_sent(v_, std::move(w));
   } else if (fault == "torn") {
-    v_.force_torn = true; // the next frame goes out in two parts with a pause
+    v_.torn_waiters.push_back(std::move(w));
+  } else if (fault == "duplicate_reply") {
+    v_.dup_waiters.push_back(std::move(w));
+  } else if (fault == "slow_reply") {
+    v_.slow_waiters.push_back(std::move(w));
   } else if (fault == "disconnect") {
     s_.end_session(v_);
+    w->set_value(outcome{});
   } else {
-    --v_.c.faults_injected;
     return ready(rejected("unknown fault: " + fault));
   }
+  ++v_.c.faults_injected;
   s_.mark_dirty(v_);
   s_.wake();
-  return ready(outcome{});
+  return f;
 }
 
 // --- scenarios ------------------------------------------------------------------

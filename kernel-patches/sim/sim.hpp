@@ -102,6 +102,9 @@ struct options {
   std::map<uint32_t, memory_spec> memory_per_vm; // overrides `memory` for these VMs
   workload_spec workload;
   fault_spec faults;
+  // Overrides `faults` for these VMs: their frame, reply and handshake
+  // faults (the storms run on the host-wide `faults`).
+  std::map<uint32_t, fault_spec> faults_per_vm;
 
   bool reconnect = true;          // reconnect after the session closes (not after unhook/crash)
   ms reconnect_delay{50};
@@ -135,6 +138,7 @@ struct vcpu_view {
   vcpu_state state = vcpu_state::running;
   std::optional<event_id> event; // the event it waits in
   uint32_t pending_pauses = 0;   // PAUSE_VCPU jobs not yet sent
+  double wait_ms = 0;            // how long it has waited in its event
   uint32_t enabled_events = 0;   // CONTROL_EVENTS mask
   kvm_regs regs{};
   kvm_sregs sregs{};             // cr0/cr3/cr4/efer live here
@@ -160,6 +164,7 @@ struct counters {
   // bytes it wrote that were still in guest memory (nothing restores those).
   uint64_t restricted_at_close = 0;
   uint64_t int3_at_close = 0;
+  uint64_t aborted_by_tool = 0;     // of those, when the tool closed the socket (not the host)
   uint64_t faults_injected = 0;
   uint64_t violation_count() const;
 };
@@ -187,6 +192,11 @@ struct report {
   double seconds = 0;
   counters total;
   latency event_latency; // event sent -> reply received
+  // vCPUs waiting in an event now; those in PAUSE_VCPU or CREATE_VCPU (what
+  // an operator pause holds); the age of the oldest other event still
+  // waiting for its reply.
+  uint64_t waiting = 0, waiting_held = 0;
+  double oldest_pending_ms = 0;
   bool ok() const { return total.violation_count() == 0 && total.hmis == 0; }
 };
 nlohmann::json to_json(const report& r);
@@ -202,6 +212,10 @@ public:
 
   void start(); // spawns the event loop thread(s); VMs connect at once
   void stop();  // closes every session and joins
+  // No new guest work: the workload, the storms and the random faults stop
+  // while sessions stay up (and reconnect), so the introspector can answer
+  // what is still waiting. Scripted actions and injected faults still run.
+  void quiesce();
   const options& opts() const;
 
   // Evaluates pred (which may call the inspection methods) after every batch
@@ -240,8 +254,13 @@ public:
   std::future<outcome> crash(uint32_t vm);          // the guest dies
   // Fault injection on demand: "drop_mid_frame" (half a frame, then close),
   // "garbage" (a frame with an id no kernel sends), "torn" (the next frame
-  // goes out in two sends with faults.torn_pause between), "unknown_seq_reply"
-  // (a GET_VERSION reply with a seq the tool never used), "disconnect".
+  // not yet torn goes out in two sends with faults.torn_pause between; each
+  // call tears one more), "unknown_seq_reply" (a GET_VERSION reply with a
+  // seq the tool never used), "duplicate_reply" (the next command reply is
+  // sent twice), "slow_reply" (the next command reply waits
+  // faults.slow_reply_delay), "disconnect". The future resolves once the
+  // fault's bytes went out on the socket (ok = false: the session ended or
+  // the host stopped first).
   std::future<outcome> inject_fault(uint32_t vm, const std::string& fault);
 
   // Runs a JSON scenario: {"steps": [{"op": "write_msr", "vm": 0, "vcpu": 0,

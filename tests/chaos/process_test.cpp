@@ -2,6 +2,8 @@
 // in a fresh temp dir): SIGKILL and restart, RSS across 100 reconnect
 // cycles, HTTP API clients and SSE subscribers that never read.
 #include "kernel-patches/sim/sim.hpp"
+#include "tests/chaos/drain.hpp"
+#include "tests/chaos/guest.hpp"
 #include "tests/control/proc.hpp"
 
 #include <doctest/doctest.h>
@@ -21,6 +23,7 @@ namespace fs = std::filesystem;
 namespace sim = kvmi::sim;
 using nlohmann::json;
 using kvmi::event_id;
+using namespace kvmid::chaos;
 
 namespace {
 
@@ -53,6 +56,12 @@ bool alive(pid_t pid) {
   return ::waitpid(pid, &st, WNOHANG) == 0;
 }
 
+// Session ends a scenario causes itself.
+struct expect_closes {
+  bool host = false;   // the simulator drops sessions (injected disconnects)
+  bool killed = false; // kvmid was SIGKILLed with events waiting
+};
+
 struct kvmid_proc {
   fs::path dir;
   std::string token = "chaos-token-19c2";
@@ -62,9 +71,13 @@ struct kvmid_proc {
   std::unique_ptr<sim::host> h;
   sim::options so;
 
+  std::chrono::milliseconds command_timeout{5000};
+
   // extra: top-level config fields added to (or replacing) the defaults.
   explicit kvmid_proc(const std::function<void(sim::options&)>& tweak,
-                      const json& extra = json::object()) {
+                      const json& extra = json::object(),
+                      std::chrono::milliseconds cmd_timeout = 5000ms)
+      : command_timeout(cmd_timeout) {
     std::string t = (fs::temp_directory_path() / "kvmid-chaos-XXXXXX").string();
     REQUIRE(mkdtemp(t.data()));
     dir = t;
@@ -72,21 +85,28 @@ struct kvmid_proc {
     kvmi_sock = (dir / "kvmi.sock").string();
     write("cookie", std::string(cookie.begin(), cookie.end()));
     write("token", token + "\n");
+    json pages = json::array({{{"name", "kernel-text"},
+                               {"gpa", hot},
+                               {"size", 16 * 4096},
+                               {"access", "r-x"},
+                               {"on_violation", "allow-once"}}});
+    for (auto [gpa, size] : region_edges(chaos_memory()))
+      pages.push_back({{"name", "edge-" + std::to_string(gpa)},
+                       {"gpa", gpa},
+                       {"size", size},
+                       {"access", "r-x"},
+                       {"on_violation", "allow-once"}});
     json cfg = {
       {"log_level", "warn"},
       {"cookie_file", (dir / "cookie").string()},
-      {"command_timeout_ms", 5000},
+      {"command_timeout_ms", command_timeout.count()},
       {"state_dir", (dir / "state").string()},
       {"listeners", json::array({{{"type", "unix"}, {"path", kvmi_sock}}})},
       {"api", {{"listen", json::array({"unix:" + api_sock})}, {"token_file", (dir / "token").string()}}},
       {"policies",
        json::array({{{"name", "chaos"},
                      {"match", json::array({"*"})},
-                     {"page_protection", json::array({{{"name", "kernel-text"},
-                                                       {"gpa", hot},
-                                                       {"size", 16 * 4096},
-                                                       {"access", "r-x"},
-                                                       {"on_violation", "allow-once"}}})},
+                     {"page_protection", pages},
                      {"msr_protection", json::array({{{"name", "lstar"}, {"msr", lstar}}})},
                      {"cr_pins", json::array({"cr0.wp", "cr4.smep"})},
                      {"breakpoints", json::array({{{"name", "probe"}, {"gpa", bp_gpa}}})}}})}};
@@ -99,6 +119,7 @@ struct kvmid_proc {
     so.reconnect = true;
     so.reconnect_delay = 20ms;
     so.seed = 5;
+    so.memory = chaos_memory();
     tweak(so);
     h = std::make_unique<sim::host>(so);
     for (uint32_t v = 0; v < so.vms; ++v)
@@ -216,26 +237,64 @@ struct kvmid_proc {
     CHECK(*h->msr(vm, 0, lstar) == before);
   }
 
-  // The simulator's invariants, frozen after stopping it.
-  void check_sim_invariants() {
+  // A CR write clearing a pinned bit on (vm, 0): kvmid keeps the bit set.
+  void check_cr_pinned(uint32_t vm, uint32_t cr, uint64_t bit) {
+    INFO("vm " << vm << " cr" << cr << " bit 0x" << std::hex << bit);
+    auto before = *h->cr(vm, 0, cr);
+    if (!(before & bit)) {
+      // Cleared by the workload while no kvmid watched: setting a pinned
+      // bit goes through.
+      auto set = h->write_cr(vm, 0, cr, before | bit);
+      REQUIRE(set.wait_for(20s) == std::future_status::ready);
+      before = set.get().value;
+    }
+    REQUIRE((before & bit) != 0);
+    auto f = h->write_cr(vm, 0, cr, before & ~bit);
+    REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    auto o = f.get();
+    CHECK(o.event == event_id::cr);
+    CHECK((o.value & bit) != 0);
+    CHECK((*h->cr(vm, 0, cr) & bit) != 0);
+  }
+
+  // kvmid's breakpoint at bp_gpa: {original byte, planted}, or nullopt.
+  std::optional<std::pair<uint64_t, bool>> breakpoint(uint32_t vm) {
+    auto [st, body] =
+      http("GET", "/v1/vms/" + kvmi::hs::to_string(h->vm(vm).uuid) + "/breakpoints");
+    auto j = json::parse(body, nullptr, false);
+    if (st != 200 || !j.is_object() || !j.contains("breakpoints"))
+      return std::nullopt;
+    auto num = [](const json& x) {
+      return x.is_string() ? std::stoull(x.get<std::string>(), nullptr, 0) : x.get<uint64_t>();
+    };
+    for (auto& b : j["breakpoints"])
+      if (num(b["gpa"]) == bp_gpa)
+        return std::pair{num(b["original"]), b.value("planted", false)};
+    return std::nullopt;
+  }
+
+  json vm_json(uint32_t vm) {
+    auto [st, body] = http("GET", "/v1/vms/" + kvmi::hs::to_string(h->vm(vm).uuid));
+    auto j = json::parse(body, nullptr, false);
+    return st == 200 && j.is_object() ? j : json{};
+  }
+  uint64_t protocol_errors(uint32_t vm) {
+    auto j = vm_json(vm);
+    return j.contains("counters") ? j["counters"].value("protocol_errors", uint64_t{0}) : 0;
+  }
+
+  // The drained accounting (drain.hpp) with the sessions up, then the
+  // simulator stops. killed: this test SIGKILLed kvmid, so events cut off
+  // by its sockets closing are accounted for.
+  drained check_sim_invariants(expect_closes e = {}) {
+    drain_spec spec{command_timeout};
+    spec.host_closes = e.host;
+    spec.closed_on_purpose = [this, killed = e.killed](uint32_t v) {
+      return killed || protocol_errors(v) > 0;
+    };
+    auto d = drain(*h, spec);
     h->stop();
-    auto rep = h->make_report();
-    auto& c = rep.total;
-    uint64_t sent = 0, waiting = 0;
-    for (auto e : c.events)
-      sent += e;
-    sent -= c.events[size_t(event_id::unhook)];
-    for (uint32_t v = 0; v < so.vms; ++v)
-      for (auto& x : h->vm(v).vcpus)
-        waiting += x.state != sim::vcpu_state::running ? 1 : 0;
-    uint64_t replied = c.replies[0] + c.replies[1] + c.replies[2];
-    INFO("sent " << sent << " replied " << replied << " aborted " << c.unanswered_at_close
-                 << " waiting " << waiting);
-    for (auto& [k, n] : c.violations)
-      INFO("violation " << k << ": " << n);
-    CHECK(c.violation_count() == 0);
-    CHECK(c.hmis == 0);
-    CHECK(sent == replied + c.unanswered_at_close + waiting);
+    return d;
   }
 };
 
@@ -265,11 +324,24 @@ void kill_and_restart(kvmid_proc& k) {
   // The device managers reconnect and the new kvmid sets everything up again.
   REQUIRE(k.configured(30s));
   for (uint32_t v = 0; v < k.so.vms; ++v) {
+    INFO("vm " << v);
     // Page restrictions follow the event set-up: wait for them, do not assume.
     CHECK(k.h->wait_until(
-      [&] { return k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x); },
+      [&] {
+        return k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x)
+               && k.h->page_access(v, below_hole) == (kvmi::page_access_r | kvmi::page_access_x);
+      },
       10000ms));
     k.check_msr_denied(v);
+    k.check_cr_pinned(v, 0, 1ull << 16); // cr0.wp
+    k.check_cr_pinned(v, 4, 1ull << 20); // cr4.smep
+    // The INT3 in the guest is the one the killed kvmid left; the new one
+    // adopted it with the byte its state_dir recorded, not 0xCC.
+    CHECK(k.h->memory(v, bp_gpa, 1)[0] == 0xcc);
+    auto bp = k.breakpoint(v);
+    REQUIRE(bp.has_value());
+    CHECK(bp->first == bp_original);
+    CHECK(bp->second);
   }
 }
 
@@ -282,7 +354,7 @@ TEST_CASE("chaos: kvmid killed with SIGKILL and restarted - device managers reco
     k.check_msr_denied(v);
   for (int round = 0; round < 2; ++round)
     kill_and_restart(k);
-  k.check_sim_invariants();
+  k.check_sim_invariants({.killed = true});
   CHECK(alive(k.pid));
   CHECK(kvmid::test::stop(k.pid) == 0); // clean exit on SIGTERM
   k.pid = -1;
@@ -308,7 +380,7 @@ TEST_CASE("chaos: after SIGKILL and restart - UNHOOK leaves no INT3 of kvmid's i
     CHECK(k.h->memory(v, bp_gpa, 1)[0] == bp_original);
     CHECK(k.h->page_access(v, hot) == kvmi::page_access_rwx);
   }
-  k.check_sim_invariants();
+  k.check_sim_invariants({.killed = true});
   CHECK(kvmid::test::stop(k.pid) == 0);
   k.pid = -1;
 }
@@ -355,7 +427,7 @@ TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest:
   auto j = json::parse(body, nullptr, false);
   REQUIRE(j.contains("vms"));
   CHECK(j["vms"].size() == k.so.vms);
-  k.check_sim_invariants();
+  k.check_sim_invariants({.host = true});
   CHECK(alive(k.pid));
   CHECK(kvmid::test::stop(k.pid) == 0);
   k.pid = -1;
@@ -515,4 +587,42 @@ TEST_CASE("chaos: after SIGKILL and restart - SIGTERM restores the INT3 the kill
     CHECK(c.int3_at_close == before[v].int3_at_close);
     CHECK(c.restricted_at_close == before[v].restricted_at_close);
   }
+}
+
+// A kernel reply that comes after command_timeout_ms: the API call it
+// belonged to fails with 503 kernel_timeout, kvmid drops the late reply
+// when it comes, and the same call succeeds afterwards on the same session.
+TEST_CASE("chaos: a kernel reply slower than the command timeout - the API answers 503 kernel_timeout and recovers") {
+  kvmid_proc k(
+    [](sim::options& o) {
+      o.vms = 2;
+      o.vcpus_per_vm = 2;
+      o.faults.slow_reply_delay = 3000ms; // the armed reply only: no random faults
+    },
+    json::object(), 1000ms);
+  REQUIRE(k.configured(30s));
+  // kvmid's set-up is over (nothing else of its commands to slow down).
+  REQUIRE(k.h->wait_until(
+    [&] { return k.h->page_access(0, below_hole) == (kvmi::page_access_r | kvmi::page_access_x); },
+    10000ms));
+  auto read = [&] {
+    return k.http("GET", "/v1/vms/" + kvmi::hs::to_string(k.h->vm(0).uuid)
+                           + "/memory?gpa=" + std::to_string(bp_gpa) + "&len=1");
+  };
+  auto slow = k.h->inject_fault(0, "slow_reply");
+  auto [st, body] = read();
+  INFO("body: " << body);
+  CHECK(st == 503);
+  CHECK(body.find("kernel_timeout") != std::string::npos);
+  REQUIRE(slow.wait_for(20s) == std::future_status::ready);
+  CHECK(slow.get().ok); // the late reply went out on the same session
+  auto [st2, body2] = read();
+  INFO("after: " << body2);
+  CHECK(st2 == 200);
+  CHECK(k.h->vm_counters(0).sessions == 1);
+  CHECK(k.protocol_errors(0) == 0);
+  k.check_msr_denied(0);
+  k.check_sim_invariants();
+  CHECK(kvmid::test::stop(k.pid) == 0);
+  k.pid = -1;
 }

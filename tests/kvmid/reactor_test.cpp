@@ -31,6 +31,7 @@
 using namespace kvmid::net;
 using namespace std::chrono_literals;
 using kvmid::test::connect_unix;
+using kvmid::test::temp_dir;
 using kvmid::test::wait_until;
 
 namespace {
@@ -425,7 +426,7 @@ int highest_open_fd() {
 } // namespace
 
 TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers when fds free up") {
-  tmpdir d;
+  temp_dir d;
   reactor_options o;
   std::atomic<int> emfile{0};
   o.on_accept_error = [&](int err) {
@@ -435,7 +436,7 @@ TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers w
   reactor r(o);
   std::atomic<int> closes{0};
   listen_spec s;
-  s.path = (d.p / "fd.sock").string();
+  s.path = (d.path() / "fd.sock").string();
   r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
   r.start();
   int warm = connect_unix(s.path); // the ring is up and its accept armed
@@ -482,11 +483,11 @@ TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers w
 }
 
 TEST_CASE("a second listener on a live socket path fails and the first keeps accepting") {
-  tmpdir d;
+  temp_dir d;
   std::atomic<int> closes{0};
   auto make = [&] { return std::make_unique<echo>(&closes); };
   listen_spec s;
-  s.path = (d.p / "live.sock").string();
+  s.path = (d.path() / "live.sock").string();
   reactor first;
   first.add_listener(s, make);
   first.start();
@@ -509,7 +510,7 @@ TEST_CASE("a second listener on a live socket path fails and the first keeps acc
 }
 
 TEST_CASE("a socket file some other server accepts on is never replaced - a stale one is") {
-  tmpdir d;
+  temp_dir d;
   std::atomic<int> closes{0};
   auto make = [&] { return std::make_unique<echo>(&closes); };
   auto bound = [](const std::string& path, bool listening) {
@@ -523,7 +524,7 @@ TEST_CASE("a socket file some other server accepts on is never replaced - a stal
     return fd;
   };
   listen_spec live;
-  live.path = (d.p / "foreign.sock").string();
+  live.path = (d.path() / "foreign.sock").string();
   int foreign = bound(live.path, true);
   {
     reactor r;
@@ -534,7 +535,7 @@ TEST_CASE("a socket file some other server accepts on is never replaced - a stal
   ::close(foreign);
 
   listen_spec stale;
-  stale.path = (d.p / "stale.sock").string();
+  stale.path = (d.path() / "stale.sock").string();
   ::close(bound(stale.path, false)); // the file of a server that is gone
   reactor r;
   r.add_listener(stale, make);
@@ -546,10 +547,10 @@ TEST_CASE("a socket file some other server accepts on is never replaced - a stal
 }
 
 TEST_CASE("a reactor removes only the socket file it created") {
-  tmpdir d;
+  temp_dir d;
   std::atomic<int> closes{0};
   listen_spec s;
-  s.path = (d.p / "mine.sock").string();
+  s.path = (d.path() / "mine.sock").string();
   {
     reactor r;
     r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
@@ -573,7 +574,7 @@ TEST_CASE("a reactor removes only the socket file it created") {
 }
 
 TEST_CASE("a UNIX peer is named with its pid and uid") {
-  tmpdir d;
+  temp_dir d;
   reactor r;
   std::promise<std::string> peer;
   struct h : connection_handler {
@@ -582,7 +583,7 @@ TEST_CASE("a UNIX peer is named with its pid and uid") {
     void on_data(conn_ctx&, std::span<const uint8_t>) override {}
   };
   listen_spec s;
-  s.path = (d.p / "cred.sock").string();
+  s.path = (d.path() / "cred.sock").string();
   r.add_listener(s, [&] {
     auto x = std::make_unique<h>();
     x->p = &peer;

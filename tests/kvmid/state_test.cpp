@@ -100,8 +100,8 @@ TEST_CASE("state: bad files are refused naming the file and the field") {
 }
 
 TEST_CASE("state: a directory where a record belongs is a state error naming it") {
-  tmpdir d;
-  auto record = d.p / ("breakpoints-" + u1 + ".json");
+  temp_dir d;
+  auto record = d.path() / ("breakpoints-" + u1 + ".json");
   fs::create_directory(record);
   auto e = load_error(d);
   CHECK(e == record.string() + ": not a regular file");

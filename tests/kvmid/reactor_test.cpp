@@ -2,6 +2,7 @@
 // paths, per-connection timers, the bounded send queue, and sends posted
 // from other threads.
 #include "server/reactor.hpp"
+#include "tests/support/unix_client.hpp"
 
 #include <doctest/doctest.h>
 
@@ -25,6 +26,8 @@
 #include <thread>
 
 using namespace kvmid::net;
+using kvmid::testing::connect_unix;
+using kvmid::testing::wait_eof;
 using namespace std::chrono_literals;
 
 namespace {
@@ -38,15 +41,6 @@ struct tmpdir {
   }
   ~tmpdir() { std::filesystem::remove_all(p); }
 };
-
-int connect_unix(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  return fd;
-}
 
 // Reads exactly n bytes or fails after 10 s (a hang is a failure, not a wait).
 std::string read_n(int fd, size_t n) {
@@ -63,20 +57,6 @@ std::string read_n(int fd, size_t n) {
     out.append(b, size_t(r));
   }
   return out;
-}
-
-bool wait_eof(int fd) {
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char b[4096];
-    auto r = ::recv(fd, b, sizeof b, 0);
-    if (r <= 0)
-      return true;
-  }
-  return false;
 }
 
 struct echo : connection_handler {

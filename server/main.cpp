@@ -23,8 +23,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <future>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>

@@ -286,8 +286,8 @@ int main(int argc, char** argv) {
     } else {
       auto lk = instance_lock::acquire((std::filesystem::path(dir) / "kvmid.lock").string(),
                                        "state directory " + dir);
-      if (auto* why = std::get_if<std::string>(&lk)) {
-        std::fprintf(stderr, "kvmid: %s\n", why->c_str());
+      if (auto* why = std::get_if<lock_error>(&lk)) {
+        std::fprintf(stderr, "kvmid: %s\n", why->message.c_str());
         return 1;
       }
       state_lock = std::move(std::get<instance_lock>(lk));

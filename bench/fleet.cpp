@@ -128,6 +128,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     s.path = sock;
     kvmid::kvmi_listener_options lo;
     lo.cookie = cookie;
+    lo.max_handshakes = SIZE_MAX; // every VM connects at once; the cap is not measured here
     r->add_listener(s, kvmid::kvmi_handler_factory(*r, *c, lo));
     r->start();
   } else {

@@ -9,11 +9,14 @@
 
 namespace kvmid {
 
-std::variant<instance_lock, std::string> instance_lock::acquire(const std::string& path,
-                                                                const std::string& what) {
+std::variant<instance_lock, lock_error> instance_lock::acquire(const std::string& path,
+                                                               const std::string& what) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0)
-    return "cannot open the lock file " + path + " for " + what + ": " + std::strerror(errno);
+  if (fd < 0) {
+    int e = errno;
+    return lock_error{e, "cannot open the lock file " + path + " for " + what + ": "
+                           + std::strerror(e)};
+  }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
     std::string holder;
@@ -25,8 +28,9 @@ std::variant<instance_lock, std::string> instance_lock::acquire(const std::strin
     }
     ::close(fd);
     if (e == EWOULDBLOCK)
-      return what + " is held by another kvmid (" + holder + "lock " + path + ")";
-    return "cannot lock " + path + " for " + what + ": " + std::strerror(e);
+      return lock_error{EADDRINUSE,
+                        what + " is held by another kvmid (" + holder + "lock " + path + ")"};
+    return lock_error{e, "cannot lock " + path + " for " + what + ": " + std::strerror(e)};
   }
   auto pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0

@@ -10,12 +10,17 @@
 
 namespace kvmid {
 
+struct lock_error {
+  int err = 0;         // EADDRINUSE when another process holds the lock
+  std::string message; // names the resource, the lock file and the holder's pid
+};
+
 class instance_lock {
 public:
   // The lock, or why not: "<what> is held by another kvmid (pid N, lock
   // <path>)" when taken, or the system error naming the path.
-  static std::variant<instance_lock, std::string> acquire(const std::string& path,
-                                                          const std::string& what);
+  static std::variant<instance_lock, lock_error> acquire(const std::string& path,
+                                                         const std::string& what);
   instance_lock() = default;
   instance_lock(instance_lock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   instance_lock& operator=(instance_lock&& o) noexcept;

@@ -24,8 +24,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <future>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -290,8 +290,8 @@ int main(int argc, char** argv) {
     } else {
       auto lk = instance_lock::acquire((std::filesystem::path(dir) / "kvmid.lock").string(),
                                        "state directory " + dir);
-      if (auto* why = std::get_if<std::string>(&lk)) {
-        std::fprintf(stderr, "kvmid: %s\n", why->c_str());
+      if (auto* why = std::get_if<lock_error>(&lk)) {
+        std::fprintf(stderr, "kvmid: %s\n", why->message.c_str());
         return 1;
       }
       state_lock = std::move(std::get<instance_lock>(lk));

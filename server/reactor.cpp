@@ -761,8 +761,8 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
       }
       std::memcpy(a.sun_path, spec.path.data(), spec.path.size());
       auto lk = instance_lock::acquire(spec.path + ".lock", spec.describe());
-      if (auto* why = std::get_if<std::string>(&lk))
-        throw std::system_error(EADDRINUSE, std::generic_category(), *why);
+      if (auto* why = std::get_if<lock_error>(&lk))
+        throw std::system_error(why->err, std::generic_category(), why->message);
       l.lock = std::move(std::get<instance_lock>(lk));
       struct stat st{};
       if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {

@@ -129,6 +129,17 @@ TEST_CASE("state_dir is optional and taken as given") {
   CHECK(parse_config(j, "t.json").state_dir == "/var/lib/kvmid-test");
 }
 
+TEST_CASE("max_handshakes defaults to 64 and must be 1..100000") {
+  auto j = good();
+  CHECK(parse_config(j, "t.json").max_handshakes == 64);
+  j["max_handshakes"] = 5;
+  CHECK(parse_config(j, "t.json").max_handshakes == 5);
+  for (int bad : {0, 100001}) {
+    j["max_handshakes"] = bad;
+    CHECK(field_of(j) == "/max_handshakes");
+  }
+}
+
 TEST_CASE("the shipped example config is valid") {
   auto path = std::filesystem::path(KVMID_SOURCE_DIR) / "config" / "kvmid.json";
   auto c = load_config(path.string());

@@ -3,6 +3,7 @@
 // cap on pending handshakes, one log line and one counted reason for every
 // close, and UNIX peers named by pid.
 #include "tests/support/inproc_fleet.hpp"
+#include "tests/support/socket.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -47,29 +48,6 @@ struct fleet : testing::inproc_fleet {
   }
 };
 
-int connect_to(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  return fd;
-}
-
-// True once the peer closed (EOF or reset), false if still open after 10 s.
-bool closed_by_kvmid(int fd) {
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char b[256];
-    if (::recv(fd, b, sizeof b, 0) <= 0)
-      return true;
-  }
-  return false;
-}
-
 // Everything written to stderr (fd 2) while it lives goes to a file too.
 struct stderr_capture {
   std::string path;
@@ -104,7 +82,7 @@ struct stderr_capture {
 
 TEST_CASE("a peer trickling its handshake is closed at the step's deadline although it keeps sending") {
   fleet f([](testing::inproc_options& o) { o.listener.handshake_timeout = 200ms; });
-  int fd = connect_to(f.sock());
+  int fd = test::connect_unix(f.sock());
   // A genuine hello, one byte each 50 ms: 48 bytes would take 2.4 s.
   kvmi::hs::dm_side dm(cookie, {});
   auto hello = dm.out();
@@ -139,17 +117,17 @@ TEST_CASE("max_handshakes refuses connection N+1 while N are pending and admits 
   stderr_capture err(f.dir);
   std::vector<int> pending;
   for (int i = 0; i < 3; ++i)
-    pending.push_back(connect_to(f.sock()));
+    pending.push_back(test::connect_unix(f.sock()));
   REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 3));
-  int extra = connect_to(f.sock());
-  CHECK(closed_by_kvmid(extra));
+  int extra = test::connect_unix(f.sock());
+  CHECK(test::wait_eof(extra));
   ::close(extra);
   CHECK(f.wait_metric("kvmid_handshake_failures_total", "reason", "too many handshakes pending", 1));
   CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "handshake_limit", 1));
   for (int fd : pending)
     ::close(fd);
   REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 0));
-  int again = connect_to(f.sock());
+  int again = test::connect_unix(f.sock());
   REQUIRE(f.wait_metric("kvmid_handshakes_pending", {}, {}, 1)); // admitted
   CHECK(f.metric("kvmid_vm_disconnects_total", "reason", "handshake_limit") == 1);
   ::close(again);
@@ -185,10 +163,10 @@ TEST_CASE("a failed handshake names the peer's pid in its log line and lifecycle
   fleet f;
   auto sub = f.c->bus().subscribe(bus_filter{{}, {bus_kind::lifecycle}, {"handshake-failed"}});
   stderr_capture err(f.dir);
-  int fd = connect_to(f.sock());
+  int fd = test::connect_unix(f.sock());
   std::vector<uint8_t> junk(48, 0x5a); // not a hello
   REQUIRE(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL) == ssize_t(junk.size()));
-  CHECK(closed_by_kvmid(fd));
+  CHECK(test::wait_eof(fd));
   ::close(fd);
   std::vector<bus_record> got;
   REQUIRE(f.h->wait_until([&] { return sub->poll(got) > 0 || !got.empty(); }, 10000ms));

@@ -32,6 +32,7 @@ using namespace kvmid::net;
 using namespace std::chrono_literals;
 using kvmid::test::connect_unix;
 using kvmid::test::temp_dir;
+using kvmid::test::wait_eof;
 using kvmid::test::wait_until;
 
 namespace {
@@ -62,19 +63,6 @@ std::string read_n(int fd, size_t n) {
   return out;
 }
 
-bool wait_eof(int fd) {
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char b[4096];
-    auto r = ::recv(fd, b, sizeof b, 0);
-    if (r <= 0)
-      return true;
-  }
-  return false;
-}
 
 struct echo : connection_handler {
   std::atomic<int>* closes;

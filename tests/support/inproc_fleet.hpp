@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -25,7 +26,13 @@ namespace kvmid::testing {
 
 struct inproc_options {
   core_options core;
-  kvmi_listener_options listener;
+  // Every simulated VM connects at start-up at once: no cap on pending
+  // handshakes unless a test sets one (kvmid's default is 64).
+  kvmi_listener_options listener = [] {
+    kvmi_listener_options l;
+    l.max_handshakes = SIZE_MAX;
+    return l;
+  }();
   kvmi::sim::options sim; // unix_path is filled in with the fleet's socket
   net::reactor_options reactor;
   // When set, the simulator dials this path (a test's relay) instead of

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <chrono>
+#include <poll.h>
 #include <cerrno>
 #include <cstring>
 #include <netinet/in.h>
@@ -78,6 +80,21 @@ inline uint16_t free_loopback_port() {
   ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
   ::close(s);
   return ntohs(a.sin_port);
+}
+
+// True once the server closed (EOF or reset), discarding what it sent;
+// false if it is still open after 30 s.
+inline bool wait_eof(int fd) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char b[4096];
+    if (::recv(fd, b, sizeof b, 0) <= 0)
+      return true;
+  }
+  return false;
 }
 
 } // namespace kvmid::test

@@ -1859,12 +1859,9 @@ counters to_counters(const vm_counts& c) {
   r.reconnects = c.reconnects;
   r.handshake_failures = c.handshake_failures;
   r.unanswered_at_close = c.unanswered_at_close;
-<<<<<<< HEAD
   r.restricted_at_close = c.restricted_at_close;
   r.int3_at_close = c.int3_at_close;
-=======
   r.aborted_by_tool = c.aborted_by_tool;
->>>>>>> chaos
   r.faults_injected = c.faults_injected;
   return r;
 }
@@ -2043,14 +2040,11 @@ nlohmann::json to_json(const report& r) {
     {"reconnects", t.reconnects},
     {"handshake_failures", t.handshake_failures},
     {"unanswered_at_close", t.unanswered_at_close},
-<<<<<<< HEAD
     {"restricted_at_close", t.restricted_at_close},
     {"int3_at_close", t.int3_at_close},
-=======
     {"aborted_by_tool", t.aborted_by_tool},
     {"waiting", {{"vcpus", r.waiting}, {"held", r.waiting_held},
                  {"oldest_pending_ms", r.oldest_pending_ms}}},
->>>>>>> chaos
     {"faults_injected", t.faults_injected},
   };
 }

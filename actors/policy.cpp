@@ -149,7 +149,7 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
     case event_id::pause_vcpu:
     case event_id::create_vcpu:
       // A vCPU hot-plugged during an operator pause is held in its
-      // CREATE_VCPU event like the others in PAUSE_VCPU (DESIGN.md).
+      // CREATE_VCPU event like the others in PAUSE_VCPU (docs/protocol.md).
       if (st.paused)
         d.then = follow_up::hold;
       break;

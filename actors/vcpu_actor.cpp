@@ -17,8 +17,8 @@ struct waiting_event {
   uint64_t rdi = 0, rsi = 0, rdx = 0;
 };
 
-// Kept small: an idle vCPU costs its CAF actor plus this (DESIGN.md asks
-// for an actor per vCPU; thousands of them sit idle).
+// Kept small: an idle vCPU costs its CAF actor plus this (one actor per
+// vCPU, docs/architecture.md; thousands of them sit idle).
 struct vcpu_st {
   static inline const char* name = "kvmid.vcpu";
   vcpu_params p;

@@ -1,4 +1,4 @@
-// The connection handshake of DESIGN.md (mutual HMAC-SHA256 challenge-
+// The connection handshake of docs/architecture.md (mutual HMAC-SHA256 challenge-
 // response carrying the guest's memory map) and the opt-in v5-era QEMU
 // exchange. Both ends are pure state machines over bytes: feed what
 // arrived, send what they put in out(), until done() or failed().
@@ -51,7 +51,7 @@ struct guest { // device manager -> kvmid, followed by region[region_count]
   char name[32];
 };
 
-// v5-era QEMU compatibility exchange (kvmi-constants.md a.7).
+// v5-era QEMU compatibility exchange (docs/architecture.md).
 struct qemu2introspector {
   uint32_t struct_size;
   uint8_t uuid[16];

@@ -1,5 +1,5 @@
 // KVMI v5 numbers: message ids, event ids, flags, actions, access bits,
-// descriptor kinds and KVM_E* codes (spec/kvmi-constants.md, a.2-a.4).
+// descriptor kinds and KVM_E* codes (docs/protocol.md).
 #pragma once
 
 #include <cstdint>

@@ -359,7 +359,7 @@ template <class F> void inspect(F& f, event_pf_reply& x) {
   f(x.singlestep, x.rep_complete, pad(x.padding), x.ctx_size, x.ctx_data);
 }
 
-// --- ABI: sizes and key offsets (kvmi-constants.md a.6, a.8) ---------------
+// --- ABI: sizes and key offsets (docs/protocol.md) ------------------------
 
 static_assert(sizeof(msg_hdr) == 8 && offsetof(msg_hdr, size) == 2 && offsetof(msg_hdr, seq) == 4);
 static_assert(sizeof(error_code) == 8);

@@ -96,7 +96,7 @@ uint64_t ud(op o, uint32_t gen, uint32_t local) {
 enum class timer_kind : uint8_t { connect, workload, unhook_timeout, torn_resume, slow_send,
                                   gpu_online, reconnect_storm, hotplug_storm, handshake_timeout };
 
-// DESIGN.md: each handshake step must arrive within 10 s.
+// Each handshake step must arrive within 10 s (docs/architecture.md).
 constexpr ms handshake_step_timeout{10000};
 
 struct timer {

@@ -1,7 +1,7 @@
 // kvmi-sim: a simulated KVMI v5 host (patched kernel + device manager) for
 // many VMs x many vCPUs in one process. Each VM connects to the introspector,
 // performs the handshake as its device manager, then behaves as the v5 kernel
-// (kvmi-constants.md wins over the spec where they differ).
+// (docs/protocol.md).
 //
 // Embedding: fill options, construct host, start(); drive scripted guest
 // actions (each returns a std::future<outcome>) and inspect guest state from

@@ -509,7 +509,7 @@ TEST_CASE("chaos: vCPU hot-plug during pause - then resume: every vCPU configure
   CHECK(d.rep.vcpus == f.so.vms * (f.so.vcpus_per_vm + plugged)); // kvmid counted them (check_invariants)
 }
 
-// DESIGN.md: CREATE_VCPU must be handled so that new vCPUs are paused too
+// docs/protocol.md: CREATE_VCPU must be handled so that new vCPUs are paused too
 // while an operator pause is in force: kvmid holds the new vCPU in its
 // CREATE_VCPU event (the old ones wait in PAUSE_VCPU) until resume. The
 // simulator has the new vCPU waiting in CREATE_VCPU before kvmid even saw

@@ -147,7 +147,7 @@ TEST_CASE("pause events are held while the VM is paused - otherwise continued") 
     CHECK(d.act == kvmi::action::continue_);
     CHECK_FALSE(kvmi::check(make_reply(m, d)));
     // A vCPU hot-plugged during the pause waits in CREATE_VCPU like the
-    // others in PAUSE_VCPU (DESIGN.md); nothing else is held.
+    // others in PAUSE_VCPU (docs/protocol.md); nothing else is held.
     CHECK(d.then == (e == event_id::create_vcpu ? follow_up::hold : follow_up::none));
   }
   st.paused = false;

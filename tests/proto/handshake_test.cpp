@@ -1,6 +1,6 @@
-// Handshake tests: the DESIGN.md mutual challenge-response in both byte
-// orders, wrong cookies each way, replays, truncation, bad magic/version/
-// padding/regions, and the qemu-v5 compatibility exchange.
+// Handshake tests: the mutual challenge-response (docs/architecture.md) in
+// both byte orders, wrong cookies each way, replays, truncation, bad
+// magic/version/padding/regions, and the qemu-v5 compatibility exchange.
 #include "proto/handshake.hpp"
 
 #include <doctest/doctest.h>

@@ -30,7 +30,7 @@ enum class msg_id : uint16_t {
   get_xsave = 26,
   pause_all_vcpus = 27,
   control_vm_events = 28,
-  // This project's assignment (kvmi-constants.md): only sent when the host
+  // This project's assignment (docs/protocol.md): only sent when the host
   // sets bit 29 in GET_VERSION's command mask; a v5 kernel closes on id >= 29.
   control_ve = 29,
 };

@@ -83,11 +83,13 @@ std::variant<tls_options, std::string> parse_tls(const json& j) {
   tls_options t;
   std::pair<const char*, std::string*> fields[] = {
     {"cert_file", &t.cert_file}, {"key_file", &t.key_file}, {"client_ca_file", &t.client_ca_file}};
-  for (auto& [k, v] : j.items()) {
+  for (auto& item : j.items()) {
+    const std::string& k = item.key();
+    const json& v = item.value();
     auto f = std::find_if(std::begin(fields), std::end(fields),
                           [&](auto& e) { return k == e.first; });
     if (f == std::end(fields))
-      return "api.tls." + k + ": unknown field";
+      return "api.tls." + excerpt(k) + ": unknown field";
     if (!v.is_string() || v.get<std::string>().empty())
       return "api.tls." + k + ": must be a file path";
     *f->second = v.get<std::string>();

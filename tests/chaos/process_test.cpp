@@ -532,7 +532,11 @@ TEST_CASE("chaos: SIGTERM unhooks every VM before kvmid exits 0 - INT3 bytes bac
   CHECK(k.log().find("shutdown: 4 of 4 VMs unhooked") != std::string::npos);
   REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
   check_nothing_left(k);
-  k.check_sim_invariants();
+  // kvmid ended every session itself, so the drained accounting (sessions
+  // up) does not apply; what each session left is checked above.
+  auto rep = k.h->make_report();
+  CHECK(rep.total.violation_count() == 0);
+  CHECK(rep.total.hmis == 0);
 }
 
 TEST_CASE("chaos: SIGTERM past shutdown_timeout_ms names each VM left and exits non-zero - the state directory keeps its INT3") {

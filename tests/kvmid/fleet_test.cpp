@@ -59,22 +59,6 @@ struct fleet : testing::inproc_fleet {
     o.before_start = before_start;
     return o;
   }
-
-  // Hooked, and every vCPU configured by kvmid and back in the guest.
-  bool ready(uint32_t vm, uint32_t mask = kvmi::flag(event_id::pause_vcpu)) {
-    return h->wait_until(
-      [&] {
-        auto v = h->vm(vm);
-        if (!v.hooked || v.vcpus.empty())
-          return false;
-        for (auto& x : v.vcpus)
-          if ((x.enabled_events & mask) != mask || x.state != sim::vcpu_state::running
-              || x.pending_pauses)
-            return false;
-        return true;
-      },
-      30000ms);
-  }
 };
 
 vm_policy guard() {

@@ -110,7 +110,7 @@ struct inproc_fleet {
             return false;
         return true;
       },
-      std::chrono::milliseconds(10000));
+      std::chrono::milliseconds(30000));
   }
 
   std::string uuid(uint32_t vm) { return kvmi::hs::to_string(h->vm(vm).uuid); }

@@ -783,6 +783,9 @@ void finish_unhook(vm_actor* self) {
     if (left)
       log(self, "unhook: %s", "the session closed before the unhook finished; "
                                 + std::to_string(left) + " INT3 byte(s) of kvmid's stay recorded");
+    // What failed on the way (a byte not written back) failed because the
+    // session went: the record covers it, so it is no failure of the unhook.
+    s.unhook_problems.clear();
   }
   for (auto& w : std::exchange(s.unhook_waiters, {}))
     w(s.unhook_problems);

@@ -627,6 +627,8 @@ TEST_CASE("chaos: a kernel reply slower than the command timeout - the API answe
   CHECK(k.protocol_errors(0) == 0);
   k.check_msr_denied(0);
   k.check_sim_invariants();
-  CHECK(kvmid::test::stop(k.pid) == 0);
+  int rc = kvmid::test::stop(k.pid);
   k.pid = -1;
+  INFO("kvmid stderr: " << k.log());
+  CHECK(rc == 0);
 }

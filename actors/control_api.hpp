@@ -1,6 +1,5 @@
-// CONTRACT WITH THE CONTROL PLANE (helper D): operator requests to the
-// registry, VM and vCPU actors, without CAF in the caller. Additive changes
-// only. Every call returns at once; the callback runs later on an actor
+// Operator requests to the registry, VM and vCPU actors, without CAF in the
+// caller; the control plane builds on them, so change them additively. Every call returns at once; the callback runs later on an actor
 // thread (never on the caller's stack, never on the ring thread), exactly
 // once, with a value or a typed api_error. Callbacks must not block: hand the
 // answer back with reactor::post / post_send.

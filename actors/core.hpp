@@ -1,5 +1,5 @@
-// CONTRACT WITH THE CONTROL PLANE (helper D): the running core, as main()
-// builds it and hands it to the control plane. Additive changes only.
+// The running core, as main() builds it and hands it to the control plane
+// (which builds on it: change it additively).
 //   core c(opts);                        // actor system, registry, bus, metrics
 //   c.api().list_vms(cb);                // operator requests (control_api.hpp)
 //   auto sub = c.bus().subscribe(f, n);  // event stream (event_bus.hpp)

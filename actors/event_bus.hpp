@@ -1,5 +1,5 @@
-// CONTRACT WITH THE CONTROL PLANE (helper D): the internal event bus.
-// Additive changes only. The core publishes lifecycle records (VM connected,
+// The internal event bus (the control plane's stream builds on it: change
+// it additively). The core publishes lifecycle records (VM connected,
 // disconnected, unhooked), alerts (every policy violation) and, when some
 // subscriber asks for them, every KVMI event. publish() never blocks a vCPU:
 // each subscription has a bounded queue; when it is full the record is

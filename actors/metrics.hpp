@@ -1,5 +1,5 @@
-// CONTRACT WITH THE CONTROL PLANE (helper D): the metrics registry.
-// Additive changes only. The core registers and updates these; D renders a
+// The metrics registry (the control plane's exporter builds on it: change
+// it additively). The core registers and updates these; the exporter renders a
 // snapshot() as Prometheus text. Lookup (counter()/gauge()/histogram())
 // takes a mutex and is meant for set-up: hot paths keep the returned
 // reference (stable for the registry's lifetime) and only do relaxed atomic

@@ -1,5 +1,5 @@
-// CONTRACT WITH THE CONTROL PLANE (helper D): the io_uring reactor.
-// Additive changes only. Everything here except the `reactor` thread-safe
+// The io_uring reactor (the KVMI sessions and the control plane build on
+// it: change it additively). Everything here except the `reactor` thread-safe
 // post_* functions runs on the ring thread and must never block or wait on
 // an actor: hand work to actors with anon_send / control_api and come back
 // through reactor::post_send / post.

@@ -315,7 +315,10 @@ int main(int argc, char** argv) {
     };
   int rc = 0;
   {
-    core c(co);
+    // The core goes before the reactor: a VM actor still finishing past the
+    // shutdown bound may take a send buffer from the reactor or post to it.
+    auto the_core = std::make_unique<core>(co);
+    core& c = *the_core;
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
     ro.spin = cfg.poll;
@@ -479,6 +482,7 @@ int main(int argc, char** argv) {
     api.reset();
     backend.reset();
 #endif
+    the_core.reset();
   }
   if (!tmpdir.empty())
     std::filesystem::remove_all(tmpdir);

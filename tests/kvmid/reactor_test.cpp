@@ -434,8 +434,16 @@ TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers w
   ::send(warm, "x", 1, MSG_NOSIGNAL);
   REQUIRE(read_n(warm, 1) == "x");
   ::close(warm);
+  // Client sockets made before the limit: connecting them later needs no
+  // new fd in this process, so their connections wait on an accept that
+  // has none to give.
+  std::vector<int> clients;
+  for (int i = 0; i < 4; ++i)
+    clients.push_back(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, s.path.c_str(), sizeof addr.sun_path - 1);
   std::vector<int> fillers;
-  int client = -1;
   {
     fd_limit lim(rlim_t(highest_open_fd() + 32));
     while (true) { // every fd the limit allows
@@ -446,15 +454,18 @@ TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers w
       }
       fillers.push_back(f);
     }
-    // One fd for a client; after its accept (or the accept's failure) the
-    // ring's next accept finds no fd: the kernel allocates it first.
-    ::close(fillers.back());
-    fillers.pop_back();
-    client = connect_unix(s.path);
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (emfile.load() == 0 && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(5ms);
-    REQUIRE_MESSAGE(emfile.load() > 0, "no accept failed with EMFILE within 10 s");
+    // An accept armed before the limit was lowered may still take one
+    // connection past it (the kernel reads the limit when the accept is
+    // queued); the accept armed after it finds no fd for the next one.
+    for (int c : clients) {
+      REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+      auto deadline = std::chrono::steady_clock::now() + 3s;
+      while (emfile.load() == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(5ms);
+      if (emfile.load() > 0)
+        break;
+    }
+    REQUIRE_MESSAGE(emfile.load() > 0, "no accept failed with EMFILE with 4 connections waiting");
     // A second of the fd limit: without a back-off the ring re-submits the
     // failing accept hundreds of thousands of times.
     uint64_t before = r.accept_attempts();
@@ -470,7 +481,8 @@ TEST_CASE("accept at the fd limit backs off instead of spinning - and recovers w
   ::send(fresh, "again", 5, MSG_NOSIGNAL);
   CHECK(read_n(fresh, 5) == "again");
   ::close(fresh);
-  ::close(client);
+  for (int c : clients)
+    ::close(c);
 }
 
 TEST_CASE("a second listener on a live socket path fails and the first keeps accepting") {

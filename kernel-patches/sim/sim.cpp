@@ -177,6 +177,7 @@ struct shard {
   // Slow replies and torn-frame tails wait here (fault paths only).
   struct slow_reply {
     uint32_t vm_local;
+    uint64_t gen; // the session it answers: never sent on a later one
     std::vector<uint8_t> bytes;
     detail::vm::waiter injected; // inject_fault("slow_reply"), or null
   };
@@ -499,7 +500,7 @@ struct shard {
     if (injected || fault(v, fl.slow_reply_fraction)) {
       if (!injected)
         ++v.c.faults_injected;
-      slow.push_back(slow_reply{v.local, v.scratch, std::move(injected)});
+      slow.push_back(slow_reply{v.local, v.gen, v.scratch, std::move(injected)});
       add_timer(clock::now() + fl.slow_reply_delay, timer_kind::slow_send, v.local, 0, v.gen);
       return;
     }
@@ -1523,7 +1524,7 @@ struct shard {
       case timer_kind::slow_send:
         if (t.gen == v.gen)
           for (auto it = slow.begin(); it != slow.end(); ++it)
-            if (it->vm_local == v.local) {
+            if (it->vm_local == v.local && it->gen == t.gen) {
               auto r = std::move(*it);
               slow.erase(it);
               send_frame(v, r.bytes);

@@ -2,9 +2,9 @@
 // in a fresh temp dir): SIGKILL and restart, RSS across 100 reconnect
 // cycles, HTTP API clients and SSE subscribers that never read.
 #include "kernel-patches/sim/sim.hpp"
-#include "tests/chaos/drain.hpp"
+#include "tests/support/drain.hpp"
 #include "tests/chaos/guest.hpp"
-#include "tests/control/proc.hpp"
+#include "tests/support/kvmid_daemon.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -51,40 +51,23 @@ uint64_t rss_kib(pid_t pid) {
   return 0;
 }
 
-bool alive(pid_t pid) {
-  int st = 0;
-  return ::waitpid(pid, &st, WNOHANG) == 0;
-}
-
 // Session ends a scenario causes itself.
 struct expect_closes {
   bool host = false;   // the simulator drops sessions (injected disconnects)
   bool killed = false; // kvmid was SIGKILLed with events waiting
 };
 
-struct kvmid_proc {
-  fs::path dir;
-  std::string token = "chaos-token-19c2";
-  std::vector<uint8_t> cookie = std::vector<uint8_t>(32, 0x3c);
-  std::string api_sock, kvmi_sock;
-  pid_t pid = -1;
+struct kvmid_proc : kvmid::test::kvmid_daemon {
   std::unique_ptr<sim::host> h;
   sim::options so;
-
-  std::chrono::milliseconds command_timeout{5000};
+  std::chrono::milliseconds command_timeout;
 
   // extra: top-level config fields added to (or replacing) the defaults.
   explicit kvmid_proc(const std::function<void(sim::options&)>& tweak,
                       const json& extra = json::object(),
                       std::chrono::milliseconds cmd_timeout = 5000ms)
-      : command_timeout(cmd_timeout) {
-    std::string t = (fs::temp_directory_path() / "kvmid-chaos-XXXXXX").string();
-    REQUIRE(mkdtemp(t.data()));
-    dir = t;
-    api_sock = (dir / "api.sock").string();
-    kvmi_sock = (dir / "kvmi.sock").string();
-    write("cookie", std::string(cookie.begin(), cookie.end()));
-    write("token", token + "\n");
+      : kvmid_daemon("chaos", std::vector<uint8_t>(32, 0x3c), "chaos-token-19c2"),
+        command_timeout(cmd_timeout) {
     json pages = json::array({{{"name", "kernel-text"},
                                {"gpa", hot},
                                {"size", 16 * 4096},
@@ -96,24 +79,17 @@ struct kvmid_proc {
                        {"size", size},
                        {"access", "r-x"},
                        {"on_violation", "allow-once"}});
-    json cfg = {
-      {"log_level", "warn"},
-      {"cookie_file", (dir / "cookie").string()},
-      {"command_timeout_ms", command_timeout.count()},
-      {"state_dir", (dir / "state").string()},
-      {"listeners", json::array({{{"type", "unix"}, {"path", kvmi_sock}}})},
-      {"api", {{"listen", json::array({"unix:" + api_sock})}, {"token_file", (dir / "token").string()}}},
-      {"policies",
-       json::array({{{"name", "chaos"},
-                     {"match", json::array({"*"})},
-                     {"page_protection", pages},
-                     {"msr_protection", json::array({{{"name", "lstar"}, {"msr", lstar}}})},
-                     {"cr_pins", json::array({"cr0.wp", "cr4.smep"})},
-                     {"breakpoints", json::array({{{"name", "probe"}, {"gpa", bp_gpa}}})}}})}};
+    json cfg = base_config(command_timeout, "warn");
+    cfg["policies"] =
+      json::array({{{"name", "chaos"},
+                    {"match", json::array({"*"})},
+                    {"page_protection", pages},
+                    {"msr_protection", json::array({{{"name", "lstar"}, {"msr", lstar}}})},
+                    {"cr_pins", json::array({"cr0.wp", "cr4.smep"})},
+                    {"breakpoints", json::array({{{"name", "probe"}, {"gpa", bp_gpa}}})}}});
     for (auto& [key, v] : extra.items())
       cfg[key] = v;
-    write("kvmid.json", cfg.dump(2));
-    start_kvmid();
+    start(cfg);
     so.unix_path = kvmi_sock;
     so.cookie = cookie;
     so.reconnect = true;
@@ -129,76 +105,7 @@ struct kvmid_proc {
   ~kvmid_proc() {
     if (h)
       h->stop();
-    kvmid::test::stop(pid);
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
-  void write(const std::string& name, const std::string& text) {
-    std::ofstream(dir / name, std::ios::binary) << text;
-    ::chmod((dir / name).c_str(), 0600);
-  }
-  std::string log() const {
-    std::ifstream in(dir / "kvmid.err");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-
-  void start_kvmid() {
-    pid = kvmid::test::spawn({KVMID_BIN, "--config", (dir / "kvmid.json").string()},
-                             (dir / "kvmid.out").string(), (dir / "kvmid.err").string());
-    REQUIRE(pid > 0);
-    bool up = false;
-    for (int i = 0; i < 400 && !up; ++i) {
-      up = fs::exists(api_sock) && http("GET", "/v1/vms").first == 200;
-      if (!up)
-        std::this_thread::sleep_for(25ms);
-    }
-    INFO("kvmid stderr: " << log());
-    REQUIRE(up);
-  }
-
-  int connect_api() {
-    int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", api_sock.c_str());
-    if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-      ::close(s);
-      return -1;
-    }
-    timeval tv{20, 0}; // a safety net only
-    ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return s;
-  }
-
-  // One HTTP/1.1 request on its own connection: {status, body}; {0, ""} if
-  // the connection failed.
-  std::pair<int, std::string> http(const std::string& method, const std::string& path,
-                                   const std::string& body = "") {
-    int s = connect_api();
-    if (s < 0)
-      return {0, ""};
-    std::string req = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
-                      + token + "\r\nConnection: close\r\nContent-Length: "
-                      + std::to_string(body.size()) + "\r\n"
-                      + (body.empty() ? "" : "Content-Type: application/json\r\n") + "\r\n" + body;
-    ::send(s, req.data(), req.size(), MSG_NOSIGNAL);
-    std::string in;
-    char buf[8192];
-    for (;;) {
-      ssize_t n = ::recv(s, buf, sizeof buf, 0);
-      if (n <= 0)
-        break;
-      in.append(buf, size_t(n));
-    }
-    ::close(s);
-    int status = 0;
-    if (in.rfind("HTTP/1.1 ", 0) == 0)
-      status = std::atoi(in.c_str() + 9);
-    auto at = in.find("\r\n\r\n");
-    std::string b = at == std::string::npos ? "" : in.substr(at + 4);
-    // Chunked bodies (if any) are not needed here: statuses and small JSON.
-    return {status, b};
+    stop();
   }
 
   uint32_t hooked() {
@@ -311,16 +218,12 @@ void kill_options(sim::options& o) {
 // SIGKILLs kvmid, checks what the kernel undoes by itself, restarts kvmid
 // and waits until every VM is back and configured with the policy in force.
 void kill_and_restart(kvmid_proc& k) {
-  ::kill(k.pid, SIGKILL);
-  int st = 0;
-  REQUIRE(::waitpid(k.pid, &st, 0) == k.pid);
-  CHECK(WIFSIGNALED(st));
-  k.pid = -1;
+  CHECK(k.kill_now());
   // The kernel ends each session: restrictions gone, waits aborted.
   REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
   for (uint32_t v = 0; v < k.so.vms; ++v)
     CHECK(k.h->page_access(v, hot) == kvmi::page_access_rwx);
-  k.start_kvmid();
+  k.start();
   // The device managers reconnect and the new kvmid sets everything up again.
   REQUIRE(k.configured(30s));
   for (uint32_t v = 0; v < k.so.vms; ++v) {
@@ -355,9 +258,8 @@ TEST_CASE("chaos: kvmid killed with SIGKILL and restarted - device managers reco
   for (int round = 0; round < 2; ++round)
     kill_and_restart(k);
   k.check_sim_invariants({.killed = true});
-  CHECK(alive(k.pid));
-  CHECK(kvmid::test::stop(k.pid) == 0); // clean exit on SIGTERM
-  k.pid = -1;
+  CHECK(k.running());
+  CHECK(k.stop() == 0); // clean exit on SIGTERM
 }
 
 // An INT3 planted by the killed kvmid stays in guest memory (the kernel
@@ -381,8 +283,7 @@ TEST_CASE("chaos: after SIGKILL and restart - UNHOOK leaves no INT3 of kvmid's i
     CHECK(k.h->page_access(v, hot) == kvmi::page_access_rwx);
   }
   k.check_sim_invariants({.killed = true});
-  CHECK(kvmid::test::stop(k.pid) == 0);
-  k.pid = -1;
+  CHECK(k.stop() == 0);
 }
 
 TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest::test_suite("no-sanitize")) {
@@ -413,11 +314,11 @@ TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest:
       20000ms));
     if (cycle == 10) {
       REQUIRE(k.configured(30s));
-      warm = rss_kib(k.pid);
+      warm = rss_kib(k.kvmid);
     }
   }
   REQUIRE(k.configured(30s));
-  uint64_t end = rss_kib(k.pid);
+  uint64_t end = rss_kib(k.kvmid);
   MESSAGE("kvmid RSS after 10 cycles " << warm << " KiB, after 100 " << end << " KiB");
   REQUIRE(warm > 0);
   CHECK(end <= warm + bound_kib);
@@ -428,9 +329,8 @@ TEST_CASE("chaos: kvmid's RSS stays flat across 100 reconnect cycles" * doctest:
   REQUIRE(j.contains("vms"));
   CHECK(j["vms"].size() == k.so.vms);
   k.check_sim_invariants({.host = true});
-  CHECK(alive(k.pid));
-  CHECK(kvmid::test::stop(k.pid) == 0);
-  k.pid = -1;
+  CHECK(k.running());
+  CHECK(k.stop() == 0);
 }
 
 TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read - during a storm") {
@@ -444,7 +344,7 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read - during 
   // they never read.
   std::vector<int> sse;
   for (int i = 0; i < 6; ++i) {
-    int s = k.connect_api();
+    int s = k.raw_connect();
     REQUIRE(s >= 0);
     int small = 4096;
     ::setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
@@ -491,9 +391,8 @@ TEST_CASE("chaos: HTTP API clients and SSE subscribers that never read - during 
   for (int s : sse)
     ::close(s);
   k.check_sim_invariants();
-  CHECK(alive(k.pid));
-  CHECK(kvmid::test::stop(k.pid) == 0);
-  k.pid = -1;
+  CHECK(k.running());
+  CHECK(k.stop() == 0);
 }
 
 namespace {
@@ -525,8 +424,7 @@ TEST_CASE("chaos: SIGTERM unhooks every VM before kvmid exits 0 - INT3 bytes bac
     REQUIRE(k.h->wait_until(
       [&] { return k.h->page_access(v, hot) == (kvmi::page_access_r | kvmi::page_access_x); },
       10000ms));
-  int rc = kvmid::test::stop(k.pid, 20000ms);
-  k.pid = -1;
+  int rc = k.stop(20000ms);
   INFO("kvmid stderr: " << k.log());
   CHECK(rc == 0);
   CHECK(k.log().find("shutdown: 4 of 4 VMs unhooked") != std::string::npos);
@@ -550,8 +448,7 @@ TEST_CASE("chaos: SIGTERM past shutdown_timeout_ms names each VM left and exits 
     },
     {{"shutdown_timeout_ms", 200}});
   REQUIRE(k.configured(60s));
-  int rc = kvmid::test::stop(k.pid, 20000ms);
-  k.pid = -1;
+  int rc = k.stop(20000ms);
   auto log = k.log();
   INFO("kvmid stderr: " << log);
   CHECK(rc == 4);
@@ -579,8 +476,7 @@ TEST_CASE("chaos: after SIGKILL and restart - SIGTERM restores the INT3 the kill
     before.push_back(k.h->vm_counters(v));
     CHECK(before.back().int3_at_close >= 1); // SIGKILL left it in the guest
   }
-  int rc = kvmid::test::stop(k.pid, 20000ms);
-  k.pid = -1;
+  int rc = k.stop(20000ms);
   INFO("kvmid stderr: " << k.log());
   CHECK(rc == 0);
   REQUIRE(k.h->wait_until([&] { return k.hooked() == 0; }, 10000ms));
@@ -627,8 +523,7 @@ TEST_CASE("chaos: a kernel reply slower than the command timeout - the API answe
   CHECK(k.protocol_errors(0) == 0);
   k.check_msr_denied(0);
   k.check_sim_invariants();
-  int rc = kvmid::test::stop(k.pid);
-  k.pid = -1;
+  int rc = k.stop();
   INFO("kvmid stderr: " << k.log());
   CHECK(rc == 0);
 }

@@ -7,7 +7,7 @@
 // scenario runs scaled down. KVMID_CHAOS_SCALE=full|small overrides both.
 #pragma once
 
-#include "tests/chaos/drain.hpp"
+#include "tests/support/drain.hpp"
 #include "tests/chaos/guest.hpp"
 #include "actors/log.hpp"
 #include "tests/support/inproc_fleet.hpp"
@@ -24,6 +24,9 @@ namespace kvmid::chaos {
 
 using namespace std::chrono_literals;
 namespace sim = kvmi::sim;
+using test::drain;
+using test::drain_spec;
+using test::drained;
 using kvmi::event_id;
 
 inline bool full_scale() {
@@ -86,7 +89,9 @@ struct fleet : testing::inproc_fleet {
         command_timeout(command_timeout) {
     // The faults make kvmid warn per closed session and per skipped unsafe
     // page of the edge rules: thousands of lines that hide the test's own.
-    log_verbosity.store(log_error);
+    // KVMID_CHAOS_LOG=1 keeps them, to see why a session closed.
+    if (!std::getenv("KVMID_CHAOS_LOG"))
+      log_verbosity.store(log_error);
   }
 
   static testing::inproc_options options(const std::function<void(sim::options&)>& tweak,

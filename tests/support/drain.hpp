@@ -1,7 +1,8 @@
-// The drained accounting every chaos case ends with. The simulated guests
-// stop working (kvmi::sim::host::quiesce) while their sessions stay up; kvmid
-// answers whatever still waits; then, before anything is stopped, every
-// event each simulated kernel sent is accounted for, VM by VM:
+// The drained accounting every test of kvmid under a workload ends with.
+// The simulated guests stop working (kvmi::sim::host::quiesce) while their
+// sessions stay up; kvmid answers whatever still waits; then, before
+// anything is stopped, every event each simulated kernel sent is accounted
+// for, VM by VM:
 //   sent == replied + aborted + held
 // where "aborted" is an event its session's end cut off (the kernel then
 // continues the vCPU) and "held" a vCPU an operator pause keeps in
@@ -21,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-namespace kvmid::chaos {
+namespace kvmid::test {
 
 struct drain_spec {
   std::chrono::milliseconds command_timeout; // kvmid's: no event may wait longer
@@ -149,4 +150,4 @@ inline drained drain(kvmi::sim::host& h, const drain_spec& spec) {
   return d;
 }
 
-} // namespace kvmid::chaos
+} // namespace kvmid::test

@@ -127,7 +127,8 @@ void publish(vm_actor* self, bus_kind k, std::string name, std::string msg) {
 
 void protocol_error(vm_actor* self, const std::string& reason) {
   auto& s = self->state;
-  if (s.closing)
+  // A command failed because the session closed is no error of the host's.
+  if (s.closing || s.closed)
     return;
   s.closing = true;
   s.c->internals().m.protocol_error(reason).inc();

@@ -52,6 +52,12 @@ struct vm_st {
   std::vector<caf::response_promise> setup_waiters;
   std::set<uint16_t> held;
   std::vector<caf::response_promise> pause_waiters;
+  // The CRs and MSRs each vCPU intercepts, so that a reloaded policy which
+  // drops one also turns its interception off.
+  struct intercepts {
+    std::vector<uint32_t> crs, msrs;
+  };
+  std::unordered_map<uint16_t, intercepts> intercepting;
   vm_history hist;
   uint64_t base_events = 0, base_alerts = 0, base_protocol_errors = 0;
   uint64_t protocol_errors = 0; // this session's
@@ -470,18 +476,33 @@ std::vector<kvmi::command> vcpu_commands(vm_actor* self, uint16_t vcpu) {
   std::vector<kvmi::command> cmds;
   uint32_t mask = pol.vcpu_events() & s.version.events & kvmi::known_vcpu_events;
   cmds.push_back(kvmi::control_events{vcpu, 0, mask});
-  if (mask & kvmi::flag(kvmi::event_id::cr)) {
-    std::vector<uint32_t> crs;
+  vm_st::intercepts now;
+  if (mask & kvmi::flag(kvmi::event_id::cr))
     for (auto& pin : pol.crs)
-      if (std::find(crs.begin(), crs.end(), pin.cr) == crs.end())
-        crs.push_back(pin.cr);
-    for (auto cr : crs)
-      cmds.push_back(kvmi::control_cr{vcpu, 1, 0, cr});
-  }
+      if (std::find(now.crs.begin(), now.crs.end(), pin.cr) == now.crs.end())
+        now.crs.push_back(pin.cr);
   if (mask & kvmi::flag(kvmi::event_id::msr))
     for (auto& r : pol.msrs)
-      if (kvmi::valid_control_msr(r.msr))
-        cmds.push_back(kvmi::control_msr{vcpu, 1, 0, r.msr});
+      if (kvmi::valid_control_msr(r.msr)
+          && std::find(now.msrs.begin(), now.msrs.end(), r.msr) == now.msrs.end())
+        now.msrs.push_back(r.msr);
+  auto& before = s.intercepting[vcpu];
+  auto dropped = [](const std::vector<uint32_t>& old, const std::vector<uint32_t>& cur) {
+    std::vector<uint32_t> out;
+    for (auto x : old)
+      if (std::find(cur.begin(), cur.end(), x) == cur.end())
+        out.push_back(x);
+    return out;
+  };
+  for (auto cr : dropped(before.crs, now.crs))
+    cmds.push_back(kvmi::control_cr{vcpu, 0, 0, cr});
+  for (auto msr : dropped(before.msrs, now.msrs))
+    cmds.push_back(kvmi::control_msr{vcpu, 0, 0, msr});
+  for (auto cr : now.crs)
+    cmds.push_back(kvmi::control_cr{vcpu, 1, 0, cr});
+  for (auto msr : now.msrs)
+    cmds.push_back(kvmi::control_msr{vcpu, 1, 0, msr});
+  before = std::move(now);
   if (auto st = stats_of(s, vcpu))
     st->enabled.store(mask, std::memory_order_relaxed);
   return cmds;

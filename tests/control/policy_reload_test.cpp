@@ -28,6 +28,14 @@ bool msr_write_lands(kvmid_process& t, uint32_t msr) {
   return o.value == before + 0x1000;
 }
 
+// Whether a guest write to `msr` on vm 0 vCPU 0 raises an MSR event (the
+// kernel raises one only for a write that changes the value).
+bool msr_write_intercepted(kvmid_process& t, uint32_t msr) {
+  auto before = *t.sim->msr(0, 0, msr);
+  auto o = get_within(t.sim->write_msr(0, 0, msr, before + 0x10), "an MSR write");
+  return o.event == kvmi::event_id::msr;
+}
+
 } // namespace
 
 TEST_CASE("policy reload adds and removes rules from the file - a broken file keeps the old policy") {
@@ -53,6 +61,9 @@ TEST_CASE("policy reload adds and removes rules from the file - a broken file ke
                    "the removed page rule to be lifted in the guest"));
   CHECK(wait_until([&] { return msr_write_lands(t, msr_lstar); },
                    "LSTAR writes to go through once its rule is removed"));
+  CHECK(wait_until([&] { return !msr_write_intercepted(t, msr_lstar); },
+                   "LSTAR's interception to be turned off with its rule"));
+  CHECK(msr_write_intercepted(t, msr_sysenter_eip));
   CHECK_FALSE(msr_write_lands(t, msr_sysenter_eip));
 
   // A file that does not parse: an error naming it, and nothing changes.

@@ -36,6 +36,10 @@ core::core(core_options opts)
   m.reply_latency = &metrics_->get_histogram(
     "kvmid_event_reply_seconds", "Time from an event's arrival to its reply being queued",
     reply_latency_bounds());
+  // Apart, so a latency alert does not fire whenever an operator pauses a VM.
+  m.hold = &metrics_->get_histogram(
+    "kvmid_vcpu_hold_seconds", "Time an operator pause held a vCPU in its event, until resume",
+    hold_bounds());
   m.send_queue = &metrics_->get_gauge("kvmid_send_queue_depth",
                                       "Messages queued for sending on all KVMI sockets");
   m.bus_dropped = &metrics_->get_counter(

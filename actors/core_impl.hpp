@@ -19,6 +19,7 @@ struct core_metrics {
   gauge* vcpus = nullptr;
   std::array<counter*, kvmi::num_events> events{};
   histogram* reply_latency = nullptr;
+  histogram* hold = nullptr;
   gauge* send_queue = nullptr;
   counter* bus_dropped = nullptr;
   metrics_registry* reg = nullptr;

@@ -178,4 +178,8 @@ std::vector<double> reply_latency_bounds() {
           50e-3, 100e-3, 250e-3, 1.0};
 }
 
+std::vector<double> hold_bounds() {
+  return {1e-3, 10e-3, 100e-3, 1.0, 10.0, 60.0, 600.0, 3600.0};
+}
+
 } // namespace kvmid

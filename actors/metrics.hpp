@@ -16,7 +16,9 @@
 //   kvmid_vm_disconnects_total      counter {reason}   (link.hpp disconnect_reason)
 //   kvmid_handshakes_pending        gauge (KVMI connections still in their handshake)
 //   kvmid_accept_errors_total       counter {errno}    (kvmid's main: failed accepts)
-//   kvmid_event_reply_seconds       histogram (event received -> reply queued)
+//   kvmid_event_reply_seconds       histogram (event received -> reply queued, an
+//                                   operator's hold left out)
+//   kvmid_vcpu_hold_seconds         histogram (an operator pause held a vCPU in its event)
 //   kvmid_send_queue_depth          gauge (messages queued on all KVMI sockets)
 //   kvmid_bus_dropped_total         counter (event-bus messages dropped by slow subscribers)
 #pragma once
@@ -121,5 +123,7 @@ private:
 
 // Latency buckets for event replies: 10 us .. 1 s.
 std::vector<double> reply_latency_bounds();
+// Buckets for operator holds: 1 ms .. 1 h.
+std::vector<double> hold_bounds();
 
 } // namespace kvmid

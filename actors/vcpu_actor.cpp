@@ -26,6 +26,7 @@ struct vcpu_st {
   // 576-byte event.
   uint32_t seq = 0, event = 0;
   int64_t t_recv = 0;
+  int64_t t_hold = 0; // when an operator pause began holding the event
   std::unique_ptr<waiting_event> unconfigured; // only while configuring
   uint8_t config_gen = 0; // bumped by a new policy or event mask
   bool configured = false, in_event = false, holding = false;
@@ -63,7 +64,11 @@ void send_reply(vcpu_actor* self, const decision& d) {
   kvmi::encode(buf, msg, sh.order);
   sh.link->send(std::move(buf));
   auto& m = sh.c->internals().m;
-  m.reply_latency->observe(double(now_ns() - s.t_recv) / 1e9);
+  int64_t now = now_ns();
+  int64_t held = s.holding ? now - s.t_hold : 0;
+  m.reply_latency->observe(double(now - s.t_recv - held) / 1e9);
+  if (s.holding)
+    m.hold->observe(double(held) / 1e9);
   s.in_event = false;
   s.holding = false;
   s.p.stats->event.store(-1, std::memory_order_relaxed);
@@ -144,6 +149,7 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
     case follow_up::none: send_reply(self, d); return;
     case follow_up::hold:
       s.holding = true;
+      s.t_hold = now_ns();
       set_state(s, vcpu_state::paused);
       self->send(s.p.vm, held_atom::value, s.p.index);
       return;

@@ -247,6 +247,32 @@ TEST_CASE("pause holds every vCPU until resume - paused vCPUs answer register re
   CHECK(f.h->make_report().ok());
 }
 
+// An operator pause holds each vCPU in its PAUSE_VCPU event for as long as
+// the pause lasts: that is no slow reply. The hold is counted apart, so a
+// latency alert does not fire whenever someone pauses a VM.
+TEST_CASE("an operator pause is not reply latency - its hold is counted apart") {
+  fleet f(one(guard()), [](sim::options& o) { o.vcpus_per_vm = 2; });
+  REQUIRE(f.ready(0, guard_mask()));
+  auto histogram = [&](const std::string& name) {
+    for (auto& fam : f.c->metrics().snapshot())
+      if (fam.name == name && !fam.samples.empty())
+        return fam.samples.front();
+    return metric_sample{};
+  };
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(0), cb); }).ok());
+  std::this_thread::sleep_for(1200ms); // the hold under test: longer than the last bucket
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(0), cb); }).ok());
+  REQUIRE(f.ready(0, guard_mask()));
+  auto hold = histogram("kvmid_vcpu_hold_seconds");
+  CHECK(hold.count == 2); // one hold per vCPU
+  CHECK(hold.sum >= 2 * 1.2);
+  auto reply = histogram("kvmid_event_reply_seconds");
+  REQUIRE(reply.count > 0);
+  REQUIRE(reply.bounds.back() == 1.0);
+  INFO("replies over 1 s: " << reply.cumulative.back() - reply.cumulative[reply.bounds.size() - 1]);
+  CHECK(reply.cumulative[reply.bounds.size() - 1] == reply.count); // none over 1 s
+}
+
 TEST_CASE("unhook removes what kvmid planted and closes - the VM may come back with its history") {
   vm_policy p = guard();
   p.breakpoints.push_back({"probe", text + 0x40});

@@ -124,7 +124,19 @@ void control_api::set_vcpu_events(std::string vm, uint16_t vcpu, uint32_t mask,
   ask<done>(core_, std::move(vm), op::set_events{vcpu, mask}, std::move(cb));
 }
 void control_api::unhook(std::string vm, api_callback<done> cb) {
-  ask<done>(core_, std::move(vm), op::unhook{}, std::move(cb));
+  // Held off first: the device manager may reconnect the moment the
+  // socket closes, before this call is answered.
+  core_.hold_off(vm);
+  ask<done>(core_, vm, op::unhook{}, [this, vm, cb = std::move(cb)](api_result<done> r) {
+    if (!r.ok())
+      core_.admit(vm);
+    cb(std::move(r));
+  });
+}
+void control_api::admit(std::string vm, api_callback<done> cb) {
+  if (!core_.admit(vm))
+    return cb(api_error{api_errc::not_found, "vm " + vm + " is not held off by an unhook"});
+  cb(done{});
 }
 void control_api::reload_policies(api_callback<done> cb) {
   auto& o = core_.options();

@@ -157,7 +157,10 @@ public:
   void set_vcpu_events(std::string vm, uint16_t vcpu, uint32_t mask, api_callback<done> cb);
 
   // Removes what kvmid planted and closes the VM's socket.
+  // Unhooks and holds the VM off until admit(): its device manager
+  // reconnecting does not hook it again.
   void unhook(std::string vm, api_callback<done> cb);
+  void admit(std::string vm, api_callback<done> cb);
 
   // Re-reads the policies (from the config file kvmid started with) and
   // applies them to every connected VM.

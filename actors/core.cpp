@@ -59,6 +59,19 @@ core::core(core_options opts)
   impl_->registry = spawn_registry(*this);
 }
 
+void core::hold_off(const std::string& vm) {
+  std::lock_guard lk(held_off_mu_);
+  held_off_.insert(vm);
+}
+bool core::admit(const std::string& vm) {
+  std::lock_guard lk(held_off_mu_);
+  return held_off_.erase(vm) > 0;
+}
+bool core::admitted(const std::string& vm) const {
+  std::lock_guard lk(held_off_mu_);
+  return held_off_.count(vm) == 0;
+}
+
 core::~core() {
   if (impl_->sys) {
     caf::anon_send_exit(impl_->registry, caf::exit_reason::user_shutdown);

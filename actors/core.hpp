@@ -15,6 +15,8 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <optional>
 #include <string>
 #include <vector>
@@ -69,6 +71,12 @@ public:
   // from an actor's thread.
   std::vector<unhook_result> unhook_all(std::chrono::steady_clock::time_point deadline);
 
+  // A VM an operator unhooked stays unhooked: its device manager's next
+  // handshakes are refused until admit(). Thread-safe (the ring thread asks).
+  void hold_off(const std::string& vm);
+  bool admit(const std::string& vm); // false: it was not held off
+  bool admitted(const std::string& vm) const;
+
   struct impl;
   impl& internals() { return *impl_; }
 
@@ -78,6 +86,8 @@ private:
   std::unique_ptr<event_bus> bus_;
   std::unique_ptr<impl> impl_;
   control_api api_;
+  mutable std::mutex held_off_mu_;
+  std::set<std::string> held_off_;
 };
 
 } // namespace kvmid

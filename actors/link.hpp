@@ -26,6 +26,7 @@ enum class disconnect_reason : uint8_t {
   handshake_failed,  // the peer failed authentication or sent a bad message
   handshake_timeout, // a handshake step missed its deadline
   handshake_limit,   // max_handshakes were pending already
+  not_admitted,      // an operator unhooked this VM and has not admitted it again
 };
 
 inline std::string_view name(disconnect_reason r) {
@@ -40,6 +41,7 @@ inline std::string_view name(disconnect_reason r) {
     case disconnect_reason::handshake_failed: return "handshake_failed";
     case disconnect_reason::handshake_timeout: return "handshake_timeout";
     case disconnect_reason::handshake_limit: return "handshake_limit";
+    case disconnect_reason::not_admitted: return "not_admitted";
   }
   return "?";
 }

@@ -102,6 +102,12 @@ public:
       }
       ctx.cancel_timer(handshake_timer);
       leave_gate();
+      if (auto vm = kvmi::hs::to_string(hs_->info().id); !c_.admitted(vm)) {
+        vm_label_ = " (vm " + vm + " " + hs_->info().name + ")";
+        // One label for all such VMs; the close line names this one.
+        return handshake_failed(ctx, disconnect_reason::not_admitted,
+                                "unhooked by an operator: not admitted");
+      }
       start_session(ctx);
     }
     auto err = split_.feed(bytes, [&](const kvmi::frame& f) { on_frame(ctx, f); });

@@ -446,6 +446,9 @@ void http_api::dispatch(const route_match& m, const request& r,
       case route_id::unhook_vm:
         be.unhook(vm, answer<done>(std::move(reply), ok_body("unhooked")));
         return;
+      case route_id::admit_vm:
+        be.admit(vm, answer<done>(std::move(reply), ok_body("admitted")));
+        return;
       case route_id::reload_policies:
         be.reload_policies(answer<done>(std::move(reply), [](const done&) {
           return json{{"result", "reloaded"}};

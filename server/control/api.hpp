@@ -70,6 +70,7 @@ public:
   virtual void set_vcpu_events(std::string vm, uint16_t vcpu, uint32_t mask,
                                api_callback<done> cb) = 0;
   virtual void unhook(std::string vm, api_callback<done> cb) = 0;
+  virtual void admit(std::string vm, api_callback<done> cb) = 0;
   virtual void reload_policies(api_callback<done> cb) = 0;
 
   virtual std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) = 0;
@@ -100,6 +101,7 @@ public:
   void set_vcpu_events(std::string vm, uint16_t vcpu, uint32_t mask,
                        api_callback<done> cb) override;
   void unhook(std::string vm, api_callback<done> cb) override;
+  void admit(std::string vm, api_callback<done> cb) override;
   void reload_policies(api_callback<done> cb) override;
   std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) override;
   void publish(bus_record r) override;

@@ -59,6 +59,9 @@ void core_backend::set_vcpu_events(std::string vm, uint16_t vcpu, uint32_t mask,
 void core_backend::unhook(std::string vm, api_callback<done> cb) {
   core_.api().unhook(std::move(vm), std::move(cb));
 }
+void core_backend::admit(std::string vm, api_callback<done> cb) {
+  core_.api().admit(std::move(vm), std::move(cb));
+}
 void core_backend::reload_policies(api_callback<done> cb) {
   core_.api().reload_policies(std::move(cb));
 }

@@ -11,6 +11,7 @@ constexpr route_entry table[] = {
   {"POST", "/v1/vms/{vm}/pause", route_id::pause_vm},
   {"POST", "/v1/vms/{vm}/resume", route_id::resume_vm},
   {"POST", "/v1/vms/{vm}/unhook", route_id::unhook_vm},
+  {"POST", "/v1/vms/{vm}/admit", route_id::admit_vm},
   {"GET", "/v1/vms/{vm}/vcpus/{vcpu}/registers", route_id::get_registers},
   {"PUT", "/v1/vms/{vm}/vcpus/{vcpu}/events", route_id::set_vcpu_events},
   {"GET", "/v1/vms/{vm}/memory", route_id::read_memory},

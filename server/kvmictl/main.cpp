@@ -34,7 +34,9 @@ const char* usage =
   "  pause UUID | resume UUID    pause or resume every vCPU of a VM\n"
   "  regs UUID VCPU              registers of a paused vCPU\n"
   "  read UUID GPA LEN           guest physical memory (hexdump; --json: hex)\n"
-  "  unhook UUID                 remove kvmid's hooks and disconnect the VM\n"
+  "  unhook UUID                 remove kvmid's hooks and disconnect the VM; it\n"
+  "                              stays unhooked until admitted again\n"
+  "  admit UUID                  let an unhooked VM be hooked when it reconnects\n"
   "  reload                      reload policies\n"
   "  watch [--vm V] [--kind K] [--count N]\n"
   "                              the event stream, one line per event\n"
@@ -320,7 +322,7 @@ int main(int argc, char** argv) {
   } else if (cmd == "vcpus") {
     need(1);
     rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus"), kvmictl::format_vcpus);
-  } else if (cmd == "pause" || cmd == "resume" || cmd == "unhook") {
+  } else if (cmd == "pause" || cmd == "resume" || cmd == "unhook" || cmd == "admit") {
     need(1);
     rc = show(o, request(o, "POST", "/v1/vms/" + enc(args[1]) + "/" + cmd, "{}"),
               [&](const json& j) { return args[1] + ": " + j.value("result", cmd) + "\n"; });

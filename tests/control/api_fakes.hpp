@@ -255,6 +255,12 @@ struct fake_backend final : control::backend {
       return;
     answer<done>(cb, [] { return done{}; });
   }
+  void admit(std::string vm, api_callback<done> cb) override {
+    calls.push_back("admit " + vm);
+    if (failed(cb) || missing(vm, cb))
+      return;
+    answer<done>(cb, [] { return done{}; });
+  }
   void reload_policies(api_callback<done> cb) override {
     calls.push_back("reload_policies");
     if (failed(cb))

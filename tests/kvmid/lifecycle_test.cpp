@@ -323,3 +323,40 @@ TEST_CASE("a host that closes while GET_VERSION waits for its reply is a peer cl
   CHECK(f.metric("kvmid_protocol_errors_total") == errors);
   CHECK(f.h->hooked(0));
 }
+
+// An operator's unhook is meant to last: the device manager reconnects at
+// once, and kvmid refuses that VM's handshakes until it is admitted again.
+// The kernel's own UNHOOK event holds nothing off.
+TEST_CASE("an operator's unhook lasts - the VM's handshakes are refused until it is admitted") {
+  fleet f([](testing::inproc_options& o) {
+    o.sim.reconnect = true;
+    o.sim.reconnect_delay = 20ms;
+  });
+  REQUIRE(f.ready(0));
+  auto vm = f.uuid(0);
+  auto un = f.call<done>([&](control_api& a, auto cb) { a.unhook(vm, cb); });
+  REQUIRE_MESSAGE(un.ok(), (un.ok() ? std::string() : un.error().message));
+  REQUIRE(f.h->wait_until(
+    [&] { return f.metric("kvmid_vm_disconnects_total", "reason", "not_admitted") >= 2; },
+    10000ms));
+  CHECK(f.metric("kvmid_handshake_failures_total", "reason", "unhooked by an operator: not admitted")
+        >= 2);
+  CHECK(f.metric("kvmid_vms") == 0);
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(vm, cb); });
+  REQUIRE(info.ok());
+  CHECK_FALSE(info.value().connected);
+  CHECK(info.value().sessions == 1);
+
+  auto in = f.call<done>([&](control_api& a, auto cb) { a.admit(vm, cb); });
+  REQUIRE(in.ok());
+  REQUIRE(f.ready(0)); // hooked and configured at its next reconnect
+  CHECK(f.metric("kvmid_vms") == 1);
+  auto twice = f.call<done>([&](control_api& a, auto cb) { a.admit(vm, cb); });
+  REQUIRE_FALSE(twice.ok());
+  CHECK(twice.error().code == api_errc::not_found);
+
+  // The kernel's UNHOOK (the host ending introspection) holds nothing off.
+  REQUIRE(f.get(f.h->request_unhook(0)).ok);
+  REQUIRE(f.h->wait_until([&] { return f.metric("kvmid_vms") == 0; }, 10000ms));
+  CHECK(f.c->admitted(vm));
+}

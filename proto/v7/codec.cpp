@@ -15,6 +15,7 @@ using detail::writer;
 
 using detail::bad_padding;
 using detail::bad_size;
+using detail::truncated;
 
 // --- command bodies: the payload after the vCPU header, if any ----------------
 
@@ -525,8 +526,10 @@ error check(const reply_msg& m) {
 // --- decode ---------------------------------------------------------------------
 
 result<tool_msg> decode_from_tool(const frame& f, byte_order order) {
-  if (f.hdr.size > max_payload || f.payload.size() != f.hdr.size)
+  if (f.hdr.size > max_payload)
     return error{errc::oversize, "frame size beyond KVMI_MSG_SIZE"};
+  if (f.payload.size() != f.hdr.size)
+    return truncated;
   auto id = static_cast<msg_id>(f.hdr.id);
   if (id == msg_id::event_reply)
     return decode_event_reply(f, order);

@@ -586,6 +586,10 @@ TEST_CASE("v7: frames are bounded by KVMI_MSG_SIZE 8184") {
   over.push_back(0);
   CHECK(kvmi::parse_frame(over, byte_order::native, max_payload).err().code == errc::oversize);
   CHECK(tool_err(over) == errc::oversize);
+  // A frame whose payload disagrees with its header.
+  kvmi::frame lying{{static_cast<uint16_t>(msg_id::get_version), 10, 1},
+                    std::span<const uint8_t>(most).first(5)};
+  CHECK(v7::decode_from_tool(lying).err().code == errc::truncated);
   // The v5 bound stays 4112.
   CHECK(kvmi::parse_frame(most, byte_order::native).err().code == errc::oversize);
   // The shared splitter takes the v7 bound.

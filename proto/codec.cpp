@@ -1,77 +1,20 @@
 #include "proto/codec.hpp"
 
+#include "proto/decode_parts.hpp"
+#include "proto/overloaded.hpp"
+
 #include <algorithm>
 
 namespace kvmi {
 
 namespace {
 
-// Reads fixed structs and arrays from a payload, converting byte order.
-// Every read is bounds-checked; nothing reads past the span.
-class reader {
-public:
-  reader(std::span<const uint8_t> bytes, byte_order order) : bytes_(bytes), order_(order) {}
+using detail::reader;
+using detail::writer;
 
-  template <class T>
-  bool get(T& x) {
-    if (bytes_.size() < sizeof(T))
-      return false;
-    std::memcpy(&x, bytes_.data(), sizeof(T));
-    bytes_ = bytes_.subspan(sizeof(T));
-    to_order(x, order_);
-    return true;
-  }
-  template <class T>
-  bool get_array(std::vector<T>& xs, size_t n) {
-    if (bytes_.size() / sizeof(T) < n)
-      return false;
-    xs.resize(n);
-    for (auto& x : xs)
-      get(x);
-    return true;
-  }
-  size_t left() const { return bytes_.size(); }
-
-private:
-  std::span<const uint8_t> bytes_;
-  byte_order order_;
-};
-
-class writer {
-public:
-  writer(std::vector<uint8_t>& out, byte_order order, msg_id id, uint32_t seq)
-    : out_(out), order_(order) {
-    out_.clear();
-    msg_hdr h{static_cast<uint16_t>(id), 0, seq};
-    put(h);
-  }
-  ~writer() {
-    // Patch the header's size once the payload is complete.
-    uint16_t size = static_cast<uint16_t>(out_.size() - sizeof(msg_hdr));
-    if (order_ == byte_order::swapped)
-      size = detail::bswap(size);
-    std::memcpy(out_.data() + offsetof(msg_hdr, size), &size, sizeof size);
-  }
-  template <class T>
-  void put(T x) {
-    to_order(x, order_);
-    auto p = reinterpret_cast<const uint8_t*>(&x);
-    out_.insert(out_.end(), p, p + sizeof(T));
-  }
-  template <class T>
-  void put_array(const std::vector<T>& xs) {
-    for (auto& x : xs)
-      put(x);
-  }
-
-private:
-  std::vector<uint8_t>& out_;
-  byte_order order_;
-};
-
-constexpr error truncated{errc::truncated, "message shorter than its header says"};
-constexpr error bad_size{errc::bad_size, "message size does not match its id and counts"};
-constexpr error bad_padding{errc::bad_padding, "padding is not zero"};
+using detail::bad_padding;
+using detail::bad_size;
+using detail::truncated;
 
 // Fixed-size commands: their wire struct is the whole payload.
 template <class T>
@@ -114,13 +57,6 @@ result<tool_msg> variable_command(uint32_t seq, const frame& f, byte_order order
   }
   return tool_msg{command_msg{seq, std::move(c)}};
 }
-
-template <class... Fs>
-struct overloaded : Fs... {
-  using Fs::operator()...;
-};
-template <class... Fs>
-overloaded(Fs...) -> overloaded<Fs...>;
 
 } // namespace
 
@@ -581,13 +517,13 @@ error check(const reply_msg& m) {
 
 // --- decode ---------------------------------------------------------------
 
-result<frame> parse_frame(std::span<const uint8_t> bytes, byte_order order) {
+result<frame> parse_frame(std::span<const uint8_t> bytes, byte_order order, uint32_t bound) {
   if (bytes.size() < sizeof(msg_hdr))
     return error{errc::truncated, "shorter than a message header"};
   msg_hdr h;
   std::memcpy(&h, bytes.data(), sizeof h);
   to_order(h, order);
-  if (h.size > max_payload)
+  if (h.size > bound)
     return error{errc::oversize, "frame size beyond the largest KVMI message"};
   if (bytes.size() < sizeof(msg_hdr) + h.size)
     return truncated;
@@ -695,13 +631,7 @@ result<event_msg> decode_event(const frame& f, byte_order order) {
     return bad_size;
   if (!padding_zero(m.common))
     return bad_padding;
-  auto take = [&](auto x) -> error {
-    r.get(x);
-    if (!padding_zero(x))
-      return bad_padding;
-    m.data = x;
-    return no_error;
-  };
+  auto take = [&](auto x) { return detail::take_checked<decltype(x)>(r, m.data); };
   error err;
   switch (e) {
     case event_id::cr: err = take(event_cr{}); break;
@@ -724,27 +654,16 @@ result<reply_msg> decode_reply(const frame& f, const reply_shape& shape, byte_or
   m.id = shape.id;
   m.seq = f.hdr.seq;
   reader r(f.payload, order);
-  error_code ec;
-  if (!r.get(ec))
-    return bad_size;
-  if (!padding_zero(ec))
-    return bad_padding;
-  m.err = ec.err;
-  if (ec.err != 0) {
-    if (r.left() != 0)
-      return bad_size;
-    if (ec.err > 0)
-      return error{errc::bad_value, "error codes are negative"};
+  if (auto e = detail::read_error_code(r, m.err))
+    return e;
+  if (m.err != 0)
     return m;
-  }
   size_t n = r.left();
   if (shape.variable ? (n == 0 || n > shape.size || n % 4 != 0) : n != shape.size)
     return bad_size;
   auto fixed = [&](auto x) -> result<reply_msg> {
-    r.get(x);
-    if (!padding_zero(x))
-      return bad_padding;
-    m.data = x;
+    if (auto e = detail::take_checked<decltype(x)>(r, m.data))
+      return e;
     return m;
   };
   auto bytes = [&](auto x) -> result<reply_msg> {
@@ -771,12 +690,8 @@ result<reply_msg> decode_reply(const frame& f, const reply_shape& shape, byte_or
     case msg_id::get_xsave: return bytes(xsave_reply{});
     case msg_id::get_registers: {
       registers_reply rr;
-      r.get(rr.fixed);
-      if (!padding_zero(rr.fixed))
-        return bad_padding;
-      if (rr.fixed.msrs.nmsrs * sizeof(kvm_msr_entry) != r.left())
-        return bad_size;
-      r.get_array(rr.msrs, rr.fixed.msrs.nmsrs);
+      if (auto e = detail::read_registers_reply(r, rr))
+        return e;
       m.data = std::move(rr);
       return m;
     }
@@ -788,7 +703,7 @@ result<reply_msg> decode_reply(const frame& f, const reply_shape& shape, byte_or
 // --- encode ---------------------------------------------------------------
 
 void encode(std::vector<uint8_t>& out, const command_msg& m, byte_order order) {
-  writer w(out, order, id_of(m.body), m.seq);
+  writer w(out, order, static_cast<uint16_t>(id_of(m.body)), m.seq);
   std::visit(overloaded{
                [](const get_version&) {},
                [](const pause_all_vcpus&) {},
@@ -819,19 +734,19 @@ void encode(std::vector<uint8_t>& out, const command_msg& m, byte_order order) {
 }
 
 void encode(std::vector<uint8_t>& out, const event_reply_msg& m, byte_order order) {
-  writer w(out, order, msg_id::event_reply, m.seq);
+  writer w(out, order, static_cast<uint16_t>(msg_id::event_reply), m.seq);
   w.put(m.common);
   std::visit(overloaded{[](std::monostate) {}, [&](const auto& x) { w.put(x); }}, m.extra);
 }
 
 void encode(std::vector<uint8_t>& out, const event_msg& m, byte_order order) {
-  writer w(out, order, msg_id::event, m.seq);
+  writer w(out, order, static_cast<uint16_t>(msg_id::event), m.seq);
   w.put(m.common);
   std::visit(overloaded{[](std::monostate) {}, [&](const auto& x) { w.put(x); }}, m.data);
 }
 
 void encode(std::vector<uint8_t>& out, const reply_msg& m, byte_order order) {
-  writer w(out, order, m.id, m.seq);
+  writer w(out, order, static_cast<uint16_t>(m.id), m.seq);
   w.put(error_code{m.err, 0});
   if (m.err != 0)
     return;

@@ -75,16 +75,21 @@ struct frame {
 };
 
 // Parse exactly one whole frame from bytes (no trailing bytes allowed).
-result<frame> parse_frame(std::span<const uint8_t> bytes, byte_order order);
+// bound: the dialect's largest payload (v5 max_payload, v7 v7::max_payload).
+result<frame> parse_frame(std::span<const uint8_t> bytes, byte_order order,
+                          uint32_t bound = max_payload);
 
-// Splits a byte stream into whole frames, bounded by max_frame. Frames that
-// arrive whole are handed out in place; only a partial tail is copied into
-// the splitter's own buffer, which is sized once.
+// Splits a byte stream into whole frames whose payload is at most bound
+// (the dialect's largest). Frames that arrive whole are handed out in place;
+// only a partial tail is copied into the splitter's own buffer, which is
+// sized once.
 class frame_splitter {
 public:
-  explicit frame_splitter(byte_order order = byte_order::native) : order_(order) {
-    buf_.resize(max_frame);
+  explicit frame_splitter(byte_order order = byte_order::native, uint32_t bound = max_payload)
+    : order_(order), bound_(bound) {
+    buf_.resize(sizeof(msg_hdr) + bound);
   }
+  uint32_t bound() const { return bound_; }
   void set_order(byte_order o) { order_ = o; }
   byte_order order() const { return order_; }
   size_t buffered() const { return have_; }
@@ -121,7 +126,7 @@ public:
       msg_hdr h;
       std::memcpy(&h, bytes.data(), sizeof h);
       to_order(h, order_);
-      if (h.size > max_payload)
+      if (h.size > bound_)
         return failed_ = error{errc::oversize, "frame size beyond the largest KVMI message"};
       size_t total = sizeof(msg_hdr) + h.size;
       if (bytes.size() < total) {
@@ -149,12 +154,13 @@ private:
   }
   size_t frame_size() const { return sizeof(msg_hdr) + header().size; }
   error check_header() const {
-    if (header().size > max_payload)
+    if (header().size > bound_)
       return error{errc::oversize, "frame size beyond the largest KVMI message"};
     return no_error;
   }
 
   byte_order order_;
+  uint32_t bound_;
   std::vector<uint8_t> buf_;
   size_t have_ = 0;
   error failed_;

@@ -4,7 +4,7 @@ that prints every constant, struct size and top-level field offset they
 define, one `kind NAME=value` line each, for the ABI test to compare with
 proto/.
 
-usage: extract_uapi.py PATCH OUTDIR
+usage: extract_uapi.py PATCH OUTDIR [--dialect v5|v7]
 
 Writes OUTDIR/include/linux/kvmi.h and OUTDIR/include/asm/kvmi.h (the '+'
 lines of the new-file hunks), OUTDIR/include/kvmi_para_added.h (the lines
@@ -12,6 +12,10 @@ the patch adds to an existing kvm_para.h), OUTDIR/preimage/<path> (the
 context the patch expects in each file it changes) and OUTDIR/abi_dump.c. Fails on a
 malformed patch (hunk line counts that do not add up), since `git am` would
 too.
+
+The v5 patch (the default) also changes kvm_para.h and defines the
+KVMI_ALLOWED_* macros, whose results the dump lists. The v7 dialect has
+neither: its patch only adds the two headers.
 """
 import os
 import re
@@ -152,24 +156,36 @@ def structs(lines):
     return out
 
 
+ALLOW_MACROS = ("KVMI_ALLOWED_COMMAND", "KVMI_ALLOWED_VM_EVENT", "KVMI_ALLOWED_VCPU_EVENT")
+
+
 def main():
-    if len(sys.argv) != 3:
-        die("usage: extract_uapi.py PATCH OUTDIR")
-    patch, outdir = sys.argv[1], sys.argv[2]
+    args = sys.argv[1:]
+    dialect = "v5"
+    if len(args) == 4 and args[2] == "--dialect" and args[3] in ("v5", "v7"):
+        dialect = args[3]
+        args = args[:2]
+    if len(args) != 2:
+        die("usage: extract_uapi.py PATCH OUTDIR [--dialect v5|v7]")
+    patch, outdir = args
+    v5 = dialect == "v5"
     with open(patch, encoding="utf-8") as f:
         files = parse_patch(f.read())
     for path in INCLUDE_MAP:
         if path not in files or not files[path]["new"]:
             die("the patch does not add " + path)
-    if PARA not in files:
+    if v5 and PARA not in files:
         die("the patch does not touch " + PARA)
+    if not v5 and set(files) != set(INCLUDE_MAP):
+        die("the v7 patch adds the two headers and changes nothing else")
 
     headers = {}
     for path, dest in INCLUDE_MAP.items():
         headers[dest] = files[path]["added"]
-    headers["include/kvmi_para_added.h"] = files[PARA]["added"]
+    headers["include/kvmi_para_added.h"] = files[PARA]["added"] if v5 else []
     # What the patch expects to find in the files it changes (context and
     # removed lines), so a test can `git apply --check` it without a tree.
+    os.makedirs(os.path.join(outdir, "preimage"), exist_ok=True)
     for path, f in files.items():
         if not f["new"]:
             headers[os.path.join("preimage", path)] = f["preimage"]
@@ -187,13 +203,14 @@ def main():
         names += constants(headers[dest])
     # The KVM_E* codes already in the base tree's kvm_para.h (4.20), which the
     # protocol uses too; the system header carries the same values.
-    names += ["KVM_ENOSYS", "KVM_EFAULT", "KVM_EINVAL", "KVM_E2BIG", "KVM_EPERM",
-              "KVM_EOPNOTSUPP"]
+    if v5:
+        names += ["KVM_ENOSYS", "KVM_EFAULT", "KVM_EINVAL", "KVM_E2BIG", "KVM_EPERM",
+                  "KVM_EOPNOTSUPP"]
     seen = set()
     names = [n for n in names if not (n in seen or seen.add(n))]
     all_lines = headers["include/asm/kvmi.h"] + headers["include/linux/kvmi.h"]
     macros = function_macros(all_lines)
-    for expected in ("KVMI_ALLOWED_COMMAND", "KVMI_ALLOWED_VM_EVENT", "KVMI_ALLOWED_VCPU_EVENT"):
+    for expected in ALLOW_MACROS if v5 else ():
         if expected not in macros:
             die("the patch lacks " + expected)
     types = structs(headers["include/asm/kvmi.h"]) + structs(headers["include/linux/kvmi.h"])
@@ -203,16 +220,18 @@ def main():
     c.append("#include <errno.h>")
     c.append("#include <stddef.h>")
     c.append("#include <stdio.h>")
-    c.append("#include <linux/kvm_para.h> /* the base tree's KVM_E* codes */")
-    c.append('#include "kvmi_para_added.h"')
+    if v5:
+        c.append("#include <linux/kvm_para.h> /* the base tree's KVM_E* codes */")
+        c.append('#include "kvmi_para_added.h"')
     c.append("#include <linux/kvmi.h>")
     c.append("")
     c.append("int main(int argc, char **argv)")
     c.append("{")
     c.append("\tFILE *f;")
-    c.append("\tint id, m;")
-    c.append("\tstatic const unsigned masks[] = {0xffffffffu, 0u, 0x55555555u, 0xaaaaaaaau,")
-    c.append("\t\t\t\t\t 1u << 29, 0x1f8efccau};")
+    if v5:
+        c.append("\tint id, m;")
+        c.append("\tstatic const unsigned masks[] = {0xffffffffu, 0u, 0x55555555u, 0xaaaaaaaau,")
+        c.append("\t\t\t\t\t 1u << 29, 0x1f8efccau};")
     c.append("\tif (argc != 2 || !(f = fopen(argv[1], \"w\")))")
     c.append("\t\treturn 2;")
     for n in names:
@@ -223,12 +242,13 @@ def main():
             c.append('\tfprintf(f, "offset %s.%s=%%zu\\n", offsetof(struct %s, %s));'
                      % (name, fld, name, fld))
     # The allow macros, over every id a 32-bit int shift can take.
-    c.append("\tfor (id = 0; id < 31; id++)")
-    c.append("\t\tfor (m = 0; m < (int)(sizeof(masks) / sizeof(masks[0])); m++) {")
-    for mac in ("KVMI_ALLOWED_COMMAND", "KVMI_ALLOWED_VM_EVENT", "KVMI_ALLOWED_VCPU_EVENT"):
-        c.append('\t\t\tfprintf(f, "macro %s(%%d,0x%%x)=%%d\\n", id, masks[m], !!%s(id, masks[m]));'
-                 % (mac, mac))
-    c.append("\t\t}")
+    if v5:
+        c.append("\tfor (id = 0; id < 31; id++)")
+        c.append("\t\tfor (m = 0; m < (int)(sizeof(masks) / sizeof(masks[0])); m++) {")
+        for mac in ALLOW_MACROS:
+            c.append('\t\t\tfprintf(f, "macro %s(%%d,0x%%x)=%%d\\n", id, masks[m], !!%s(id, masks[m]));'
+                     % (mac, mac))
+        c.append("\t\t}")
     c.append("\treturn fclose(f) == 0 ? 0 : 1;")
     c.append("}")
     text = "\n".join(c) + "\n"

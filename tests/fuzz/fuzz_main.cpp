@@ -1,9 +1,10 @@
 // The libFuzzer binary: one executable for all targets, chosen by the
 // environment variable KVMI_FUZZ_TARGET (decode, splitter, handshake,
-// http_request or json_body), so the sources are compiled with clang's
+// http_request, json_body, decode_v7 or handshake_v7), so the sources are compiled with clang's
 // sanitizers only once.
 #include "tests/fuzz/api_targets.hpp"
 #include "tests/fuzz/fuzz_targets.hpp"
+#include "tests/fuzz/v7_targets.hpp"
 
 #include <cstring>
 
@@ -23,9 +24,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     target = kvmi::fuzz::http_request;
   else if (t && std::strcmp(t, "json_body") == 0)
     target = kvmi::fuzz::json_body;
+  else if (t && std::strcmp(t, "decode_v7") == 0)
+    target = kvmi::fuzz::v7::decode_one;
+  else if (t && std::strcmp(t, "handshake_v7") == 0)
+    target = kvmi::fuzz::v7::handshake_bytes;
   else {
-    std::fprintf(stderr, "set KVMI_FUZZ_TARGET to decode, splitter, handshake, http_request or "
-                         "json_body\n");
+    std::fprintf(stderr, "set KVMI_FUZZ_TARGET to decode, splitter, handshake, http_request, "
+                         "json_body, decode_v7 or handshake_v7\n");
     std::exit(2);
   }
   return 0;

@@ -6,6 +6,7 @@
 #define KVMI_FUZZ_FAIL(msg) throw std::logic_error(msg)
 #include "tests/fuzz/api_targets.hpp"
 #include "tests/fuzz/fuzz_targets.hpp"
+#include "tests/fuzz/v7_targets.hpp"
 
 #include <doctest/doctest.h>
 
@@ -120,6 +121,17 @@ TEST_CASE("fuzz replay: HTTP request path on seeds, mutations and the kept corpu
 TEST_CASE("fuzz replay: JSON body routes on seeds, mutations and the kept corpus") {
   auto seeds = kvmi::fuzz::json_body_seeds();
   replay(kvmi::fuzz::json_body, seeds, "json_body", 3000, 5);
+}
+
+TEST_CASE("fuzz replay: v7 decode targets on seeds and mutations and the kept corpus") {
+  auto seeds = kvmi::fuzz::v7::decode_seeds();
+  REQUIRE(seeds.size() > 50);
+  replay(kvmi::fuzz::v7::decode_one, seeds, "decode_v7", 20000, 6);
+}
+
+TEST_CASE("fuzz replay: v7 handshake on seeds and mutations and the kept corpus") {
+  auto seeds = kvmi::fuzz::v7::handshake_seeds();
+  replay(kvmi::fuzz::v7::handshake_bytes, seeds, "handshake_v7", 5000, 7);
 }
 
 TEST_CASE("fuzz replay: the API invariants reject what the API must never answer") {

@@ -3,6 +3,7 @@
 // DIR/<target> afresh for each target.
 #include "tests/fuzz/api_targets.hpp"
 #include "tests/fuzz/fuzz_targets.hpp"
+#include "tests/fuzz/v7_targets.hpp"
 
 #include <filesystem>
 #include <fstream>
@@ -31,5 +32,7 @@ int main(int argc, char** argv) {
   write_all(dir / "handshake", kvmi::fuzz::handshake_seeds());
   write_all(dir / "http_request", kvmi::fuzz::http_seeds());
   write_all(dir / "json_body", kvmi::fuzz::json_body_seeds());
+  write_all(dir / "decode_v7", kvmi::fuzz::v7::decode_seeds());
+  write_all(dir / "handshake_v7", kvmi::fuzz::v7::handshake_seeds());
   return 0;
 }

@@ -180,19 +180,26 @@ inline int handshake_bytes(const uint8_t* data, size_t size) {
   return 0;
 }
 
-// Seed inputs built by encode(): valid frames of every kind in both orders.
-inline std::vector<std::vector<uint8_t>> decode_seeds() {
+// Decode inputs from the frames frames_of(order) makes, in both orders:
+// the selector byte cycles through `shapes` reply shapes, count 4.
+template <class Frames>
+std::vector<std::vector<uint8_t>> decode_inputs(Frames frames_of, uint8_t shapes) {
   std::vector<std::vector<uint8_t>> seeds;
   for (auto o : {byte_order::native, byte_order::swapped}) {
     uint8_t sel = 0;
-    for (auto& f : testing::sample_frames(o)) {
-      std::vector<uint8_t> s{static_cast<uint8_t>((sel++ % 18) << 1 | (o == byte_order::swapped)),
-                             4, 0};
+    for (auto& f : frames_of(o)) {
+      std::vector<uint8_t> s{
+        static_cast<uint8_t>((sel++ % shapes) << 1 | (o == byte_order::swapped)), 4, 0};
       s.insert(s.end(), f.begin(), f.end());
       seeds.push_back(std::move(s));
     }
   }
   return seeds;
+}
+
+// Seed inputs built by encode(): valid frames of every kind in both orders.
+inline std::vector<std::vector<uint8_t>> decode_seeds() {
+  return decode_inputs([](byte_order o) { return testing::sample_frames(o); }, 18);
 }
 
 inline std::vector<std::vector<uint8_t>> splitter_seeds() {

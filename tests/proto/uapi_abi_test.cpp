@@ -7,12 +7,12 @@
 #include "proto/ids.hpp"
 #include "proto/wire.hpp"
 
+#include "tests/proto/uapi_dump.hpp"
+
 #include <doctest/doctest.h>
 
-#include <cctype>
 #include <cstddef>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <string>
 
@@ -20,29 +20,7 @@ using namespace kvmi;
 
 namespace {
 
-std::string upper(std::string_view s) {
-  std::string u(s);
-  for (auto& c : u)
-    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return u;
-}
-
-std::map<std::string, long long> load_dump() {
-  std::map<std::string, long long> m;
-  std::ifstream in(KVMI_UAPI_ABI_DUMP);
-  REQUIRE_MESSAGE(in.good(), "no ABI dump at " KVMI_UAPI_ABI_DUMP " (target kvmi_uapi_abi)");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto eq = line.rfind('=');
-    REQUIRE_MESSAGE(eq != std::string::npos, "bad dump line: " << line);
-    auto [it, fresh] = m.emplace(line.substr(0, eq), std::stoll(line.substr(eq + 1)));
-    CHECK_MESSAGE(fresh, "duplicate dump line: " << line);
-  }
-  return m;
-}
-
-#define SIZE(K, T) m["size " #K] = sizeof(T)
-#define OFF(K, T, F) m["offset " #K "." #F] = offsetof(T, F)
+using testing::uapi::upper;
 
 std::map<std::string, long long> expected() {
   std::map<std::string, long long> m;
@@ -294,32 +272,15 @@ std::map<std::string, long long> expected() {
   return m;
 }
 
-#undef SIZE
-#undef OFF
-
 } // namespace
 
 TEST_CASE("uapi: every constant, size, offset and macro of the patch matches proto") {
-  auto dump = load_dump();
-  auto want = expected();
   // Sanity: the dump is not trivially small (a broken extractor would be).
-  CHECK(dump.size() > 700);
-  for (auto& [key, value] : dump) {
-    CAPTURE(key);
-    auto it = want.find(key);
-    CHECK_MESSAGE(it != want.end(), "the patch defines " << key << " but proto has no counterpart");
-    if (it != want.end())
-      CHECK_MESSAGE(it->second == value,
-                    key << ": patch " << value << ", proto " << it->second);
-  }
-  for (auto& [key, value] : want) {
-    CAPTURE(key);
-    CHECK_MESSAGE(dump.count(key) == 1, "proto has " << key << " but the patch does not");
-  }
+  testing::uapi::match(testing::uapi::load_dump(KVMI_UAPI_ABI_DUMP), expected(), 700);
 }
 
 TEST_CASE("uapi: the decisions this project made are in the patch") {
-  auto dump = load_dump();
+  auto dump = testing::uapi::load_dump(KVMI_UAPI_ABI_DUMP);
   CHECK(dump.at("const KVMI_CONTROL_VE") == 29);
   CHECK(dump.at("const KVMI_NUM_MESSAGES") == 30);
   CHECK(dump.at("const KVM_EACCES") == 13);

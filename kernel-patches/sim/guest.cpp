@@ -132,6 +132,8 @@ bool guest::run(vm& v, vcpu& c) {
 }
 
 void guest::step(vm& v, vcpu& c) {
+  if (!c.initialised)
+    return; // waits for the guest to start it
   while (!c.waiting && !v.crashed) {
     auto e = s_.kern->on_vcpu_entry(v, c);
     if (e == kernel::entry::stopped)
@@ -233,8 +235,21 @@ outcome guest::hotplug(vm& v) {
   out.vcpu = c.index;
   if (v.hooked)
     c.create_pending = true; // CREATE_VCPU before it runs, if enabled
+  auto& start = s_.o.hotplug_start_after;
+  if (!start || start->count() > 0) {
+    c.initialised = false;
+    if (start)
+      s_.net.add_timer(clock::now() + *start, timer_kind::vcpu_start, v.local, c.index);
+  }
   step(v, c);
   return out;
+}
+
+void guest::start_vcpu(vm& v, uint32_t vcpu) {
+  if (vcpu >= v.vcpus.size() || v.crashed)
+    return;
+  v.vcpus[vcpu].initialised = true;
+  step(v, v.vcpus[vcpu]);
 }
 
 void guest::crash(vm& v) {

@@ -20,6 +20,7 @@ public:
   // the current action takes the reply's action and new value.
   void resume(vm& v, vcpu& c, action act, std::optional<uint64_t> new_val, bool aborted);
   void on_workload_due(vm& v, uint32_t vcpu);
+  void start_vcpu(vm& v, uint32_t vcpu); // the guest starts a hot-plugged vCPU
   outcome hotplug(vm& v);
   void crash(vm& v); // the guest dies: its actions fail, the session ends
 

@@ -5,6 +5,7 @@
 #include "kernel-patches/sim/vcpu_registers.hpp"
 
 #include <cstring>
+#include <utility>
 
 namespace kvmi::sim::detail {
 
@@ -51,6 +52,7 @@ void kernel_v5::end_introspection(vm& v, bool by_tool) {
     c.create_pending = false;
     c.set_regs.reset();
     c.inject.reset();
+    c.kicked = false;
   }
   // What the tool left behind, seen before the kernel undoes its part.
   v.c.restricted_at_close += v.access.size();
@@ -167,6 +169,11 @@ void kernel_v5::on_bytes(vm& v, std::span<const uint8_t> in) {
     return;
   }
   end_of_batch(v);
+  // Kicked vCPUs re-enter the guest once their replies are out (an
+  // injected exception goes in then).
+  for (auto& c : v.vcpus)
+    if (std::exchange(c.kicked, false))
+      s_.guest.step(v, c);
 }
 
 void kernel_v5::on_frame(vm& v, const frame& f) {

@@ -43,8 +43,14 @@ void v5_commands::with_vcpu(vm& v, msg_id id, uint32_t seq, uint16_t idx, F&& f)
   if (idx >= v.vcpus.size())
     return k_.reply_err(v, id, seq, kvm_einval, false);
   auto& c = v.vcpus[idx];
-  if (!c.waiting)
+  if (!c.initialised)
     return k_.reply_err(v, id, seq, kvm_eagain, false);
+  if (!c.waiting) {
+    // The kernel queues the command to the vCPU and kicks it out of the
+    // guest: it serves the command on its own thread and re-enters.
+    ++v.c.commands_on_running_vcpus;
+    c.kicked = true;
+  }
   f(c);
 }
 
@@ -109,7 +115,10 @@ void v5_commands::exec(vm& v, uint32_t seq, get_registers_cmd& x) {
 }
 void v5_commands::exec(vm& v, uint32_t seq, set_registers& x) {
   with_vcpu(v, msg_id::set_registers, seq, x.vcpu, [&](vcpu& c) {
-    c.set_regs = x.regs; // applied when the event reply arrives
+    // Applied when the event reply arrives; a running vCPU drops them (the
+    // kernel logs "Dropped KVMI_SET_REGISTERS") and still answers 0.
+    if (c.waiting)
+      c.set_regs = x.regs;
     k_.ok(v, msg_id::set_registers, seq, std::monostate{}, true);
   });
 }

@@ -50,6 +50,8 @@ struct injection {
 
 struct vcpu {
   uint16_t index = 0;
+  bool initialised = true; // false: hot-plugged, the guest has not started it
+  bool kicked = false;     // served a command while running: re-enters after the batch
   kvm_regs regs{};
   kvm_sregs sregs{};
   uint64_t xcr0 = 0x7;
@@ -93,7 +95,7 @@ struct vm_counts {
   static size_t error_slot(int32_t err) { return std::min<size_t>(size_t(-int64_t(err)), 63); }
   std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
-           pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
+           pf_unreported = 0, hmis = 0, commands_on_running_vcpus = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
            unanswered_at_close = 0, restricted_at_close = 0, int3_at_close = 0,
            aborted_by_tool = 0,
            faults_injected = 0;
@@ -114,6 +116,7 @@ struct vm_counts {
     pf_crashed += o.pf_crashed;
     pf_unreported += o.pf_unreported;
     hmis += o.hmis;
+    commands_on_running_vcpus += o.commands_on_running_vcpus;
     sessions += o.sessions;
     reconnects += o.reconnects;
     handshake_failures += o.handshake_failures;

@@ -30,6 +30,7 @@ counters to_counters(const vm_counts& c) {
   r.pf_crashed = c.pf_crashed;
   r.pf_unreported = c.pf_unreported;
   r.hmis = c.hmis;
+  r.commands_on_running_vcpus = c.commands_on_running_vcpus;
   r.sessions = c.sessions;
   r.reconnects = c.reconnects;
   r.handshake_failures = c.handshake_failures;
@@ -60,6 +61,7 @@ vcpu_view view_of(const vcpu& c, time_point now) {
   w.regs = c.regs;
   w.sregs = c.sregs;
   w.xcr0 = c.xcr0;
+  w.initialised = c.initialised;
   return w;
 }
 
@@ -139,6 +141,7 @@ nlohmann::json to_json(const report& r) {
     {"replies", rep},
     {"replies_total", t.replies[0] + t.replies[1] + t.replies[2]},
     {"commands", t.commands},
+    {"commands_on_running_vcpus", t.commands_on_running_vcpus},
     {"errors", t.errors},
     {"latency_us",
      {{"count", r.event_latency.count},

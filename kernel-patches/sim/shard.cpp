@@ -52,6 +52,7 @@ void shard::on_timer(const timer& t) {
         faults.send_slow_reply(v);
       return;
     case timer_kind::handshake_timeout: return dm.on_handshake_timeout(v, t.gen);
+    case timer_kind::vcpu_start: return guest.start_vcpu(v, t.vcpu);
     case timer_kind::gpu_online:
       if (t.vcpu < v.gpu_online.size())
         v.gpu_online[t.vcpu] = true;

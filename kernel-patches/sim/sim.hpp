@@ -110,6 +110,10 @@ struct options {
   ms reconnect_delay{50};
   ms unhook_timeout{60000};       // QEMU's UNHOOK_TIMEOUT_SEC: then the host closes itself
   uint32_t max_tokens = 64;       // GET_MAP_TOKEN gives EAGAIN beyond this
+  // A hot-plugged vCPU stays uninitialised (KVM_MP_STATE_UNINITIALIZED: it
+  // does not run and its vCPU commands get -KVM_EAGAIN) until the guest
+  // starts it, this long after the hot-plug; nullopt: never.
+  std::optional<ms> hotplug_start_after = ms{0};
   unsigned threads = 1;           // event loops; VMs are spread over them
   ms progress_every{0};           // >0: print a progress line to stderr
 };
@@ -143,6 +147,7 @@ struct vcpu_view {
   kvm_regs regs{};
   kvm_sregs sregs{};             // cr0/cr3/cr4/efer live here
   uint64_t xcr0 = 0;
+  bool initialised = true;       // false: hot-plugged, not started by the guest yet
 };
 
 struct counters {
@@ -155,6 +160,9 @@ struct counters {
   uint64_t pf_allowed = 0, pf_retried = 0, pf_crashed = 0;
   uint64_t pf_unreported = 0;                 // restricted access let through: PF not enabled
   uint64_t hmis = 0;
+  // vCPU commands a running vCPU was kicked out of the guest to serve (the
+  // rest found it waiting in an event).
+  uint64_t commands_on_running_vcpus = 0;
   uint64_t sessions = 0;        // completed handshakes
   uint64_t reconnects = 0;
   uint64_t handshake_failures = 0;

@@ -15,7 +15,8 @@ namespace kvmi::sim::detail {
 struct shard;
 
 enum class timer_kind : uint8_t { connect, workload, unhook_timeout, torn_resume, slow_send,
-                                  gpu_online, reconnect_storm, hotplug_storm, handshake_timeout };
+                                  gpu_online, reconnect_storm, hotplug_storm, handshake_timeout,
+                                  vcpu_start };
 
 struct timer {
   time_point at;

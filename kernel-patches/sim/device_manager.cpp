@@ -62,6 +62,7 @@ void device_manager::on_bytes(vm& v, std::span<const uint8_t> in) {
     }
     if (st != hs::status::done)
       return;
+    v.failures_in_row = 0;
     s_.kern->hook(v);
   }
   if (!v.hooked)
@@ -83,7 +84,8 @@ void device_manager::end_session(vm& v, bool by_tool) {
   // A connection that ends before the handshake completed (the
   // introspector refused the MAC and closed, or a step timed out) is a
   // failed handshake; the host stopping is not.
-  if (v.dm && !was_hooked && !s_.stopping())
+  bool failed = v.dm && !was_hooked && !s_.stopping();
+  if (failed)
     ++v.c.handshake_failures;
   v.connected = v.connecting = v.hooked = false;
   v.out.clear();
@@ -102,9 +104,23 @@ void device_manager::end_session(vm& v, bool by_tool) {
     v.unhook_waiters.clear();
   }
   if (!v.crashed && !v.unhooked && s_.o.reconnect && !s_.stopping())
-    s_.net.add_timer(clock::now() + s_.o.reconnect_delay, timer_kind::connect, v.local);
+    reconnect_later(v, failed);
   if (!v.crashed)
     s_.guest.step_all(v); // vCPUs resume, now without introspection
+}
+
+void device_manager::reconnect_later(vm& v, bool failed) {
+  auto delay = s_.o.reconnect_delay;
+  if (failed) {
+    // Doubling per failure in a row, capped: a missing socket or a wrong
+    // cookie is not hammered.
+    auto cap = std::max(s_.o.reconnect_delay_max, delay);
+    for (uint32_t i = 0; i < v.failures_in_row && delay < cap; ++i)
+      delay *= 2;
+    delay = std::min(delay, cap);
+    ++v.failures_in_row;
+  }
+  s_.net.add_timer(clock::now() + delay, timer_kind::connect, v.local);
 }
 
 void device_manager::request_unhook(vm& v, vm::waiter p) {

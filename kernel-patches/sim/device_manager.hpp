@@ -21,6 +21,8 @@ public:
   // the tool closed the socket (the host did not end the session itself).
   void end_session(vm& v, bool by_tool = false);
   void request_unhook(vm& v, vm::waiter p);
+  // The next connect attempt; failed: this one failed, so back off further.
+  void reconnect_later(vm& v, bool failed);
 
 private:
   shard& s_;

@@ -23,6 +23,14 @@ uint64_t splitmix(uint64_t& x) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
+std::string vm_name(const options& o, uint32_t i) {
+  if (o.name_format.empty())
+    return o.name_prefix + std::to_string(i);
+  std::string name = o.name_format;
+  if (auto at = name.find("%d"); at != std::string::npos)
+    name.replace(at, 2, std::to_string(i));
+  return name;
+}
 } // namespace
 
 namespace {
@@ -76,7 +84,7 @@ host::host(options o) : p_(std::make_unique<impl>()) {
       b = static_cast<uint8_t>(v->rng());
     v->uuid[6] = static_cast<uint8_t>((v->uuid[6] & 0x0f) | 0x40); // version 4
     v->uuid[8] = static_cast<uint8_t>((v->uuid[8] & 0x3f) | 0x80);
-    v->name = op.name_prefix + std::to_string(i);
+    v->name = vm_name(op, i);
     if (v->name.size() > 31)
       v->name.resize(31);
     auto& mem = memory_of(op, i);

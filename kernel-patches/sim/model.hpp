@@ -95,7 +95,7 @@ struct vm_counts {
   static size_t error_slot(int32_t err) { return std::min<size_t>(size_t(-int64_t(err)), 63); }
   std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
-           pf_unreported = 0, hmis = 0, commands_on_running_vcpus = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
+           pf_unreported = 0, hmis = 0, commands_on_running_vcpus = 0, sessions = 0, reconnects = 0, handshake_failures = 0, connect_failures = 0,
            unanswered_at_close = 0, restricted_at_close = 0, int3_at_close = 0,
            aborted_by_tool = 0,
            faults_injected = 0;
@@ -120,6 +120,7 @@ struct vm_counts {
     sessions += o.sessions;
     reconnects += o.reconnects;
     handshake_failures += o.handshake_failures;
+    connect_failures += o.connect_failures;
     unanswered_at_close += o.unanswered_at_close;
     restricted_at_close += o.restricted_at_close;
     int3_at_close += o.int3_at_close;
@@ -150,6 +151,8 @@ struct vm {
   bool recv_inflight = false, send_inflight = false, connect_inflight = false;
   bool close_after_send = false;
   bool ever_hooked = false;
+  uint32_t failures_in_row = 0; // connects and handshakes: the reconnect backoff
+  int connect_errno = 0;        // of the last failed connect
   std::unique_ptr<hs::dm_side> dm;
   std::unique_ptr<frame_splitter> splitter;
   std::vector<uint8_t> rbuf;

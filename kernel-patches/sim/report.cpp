@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstring>
 
 namespace kvmi::sim {
 
@@ -34,6 +35,7 @@ counters to_counters(const vm_counts& c) {
   r.sessions = c.sessions;
   r.reconnects = c.reconnects;
   r.handshake_failures = c.handshake_failures;
+  r.connect_failures = c.connect_failures;
   r.unanswered_at_close = c.unanswered_at_close;
   r.restricted_at_close = c.restricted_at_close;
   r.int3_at_close = c.int3_at_close;
@@ -69,14 +71,17 @@ std::string progress_line(const report& r) {
   uint64_t ev = 0;
   for (auto x : r.total.events)
     ev += x;
-  char line[256];
+  char line[512];
   std::snprintf(line, sizeof line,
-                "kvmi-sim: %.1fs events=%llu replies=%llu p99=%.1fus violations=%llu hmis=%llu "
-                "reconnects=%llu\n",
-                r.seconds, (unsigned long long)ev,
+                "kvmi-sim: %.1fs sessions=%llu events=%llu replies=%llu p99=%.1fus "
+                "violations=%llu hmis=%llu reconnects=%llu handshake_failures=%llu "
+                "connect_failures=%llu\n",
+                r.seconds, (unsigned long long)r.total.sessions, (unsigned long long)ev,
                 (unsigned long long)(r.total.replies[0] + r.total.replies[1] + r.total.replies[2]),
                 r.event_latency.p99_us, (unsigned long long)r.total.violation_count(),
-                (unsigned long long)r.total.hmis, (unsigned long long)r.total.reconnects);
+                (unsigned long long)r.total.hmis, (unsigned long long)r.total.reconnects,
+                (unsigned long long)r.total.handshake_failures,
+                (unsigned long long)r.total.connect_failures);
   return line;
 }
 
@@ -98,6 +103,8 @@ report host::make_report() const {
     auto now = clock::now();
     for (auto& v : s->vms) {
       r.vcpus += static_cast<uint32_t>(v->vcpus.size());
+      if (v->connect_errno && r.connect_error.empty())
+        r.connect_error = std::strerror(v->connect_errno);
       sum += v->c;
       for (auto& c : v->vcpus) {
         if (!c.waiting)
@@ -158,6 +165,8 @@ nlohmann::json to_json(const report& r) {
     {"sessions", t.sessions},
     {"reconnects", t.reconnects},
     {"handshake_failures", t.handshake_failures},
+    {"connect_failures", t.connect_failures},
+    {"connect_error", r.connect_error},
     {"unanswered_at_close", t.unanswered_at_close},
     {"restricted_at_close", t.restricted_at_close},
     {"int3_at_close", t.int3_at_close},

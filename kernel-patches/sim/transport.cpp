@@ -112,10 +112,8 @@ void transport::connect(vm& v) {
     return;
   }
   int fd = ::socket(h->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    add_timer(clock::now() + s_.o.reconnect_delay, timer_kind::connect, v.local);
-    return;
-  }
+  if (fd < 0)
+    return connect_failed(v, errno);
   if (h->addr.ss_family == AF_INET) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -127,6 +125,12 @@ void transport::connect(vm& v) {
   auto* s = sqe();
   io_uring_prep_connect(s, fd, reinterpret_cast<sockaddr*>(&h->addr), h->addr_len);
   io_uring_sqe_set_data64(s, ud(op_connect, v.gen, v.local));
+}
+
+void transport::connect_failed(vm& v, int err) {
+  ++v.c.connect_failures;
+  v.connect_errno = err;
+  s_.dm.reconnect_later(v, true);
 }
 
 void transport::close(vm& v) {
@@ -160,8 +164,7 @@ void transport::on_cqe(io_uring_cqe* cqe) {
         v.fd = -1;
         ++v.gen;
         v.connecting = false;
-        add_timer(clock::now() + s_.o.reconnect_delay, timer_kind::connect, v.local);
-        return;
+        return connect_failed(v, -res);
       }
       s_.dm.on_connected(v);
       return;

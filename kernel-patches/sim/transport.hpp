@@ -46,6 +46,7 @@ public:
 
 private:
   io_uring_sqe* sqe();
+  void connect_failed(vm& v, int err);
   void arm_wake();
   void flush(vm& v);
   void submit_send(vm& v);

@@ -826,13 +826,16 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
     }
     return true;
   };
+  auto known_vcpu = [&](uint16_t v) -> bool {
+    if (stats_of(s, v))
+      return true;
+    rp.deliver(fail(api_errc::not_found, "no vCPU " + std::to_string(v)));
+    return false;
+  };
   auto stopped_vcpu = [&](uint16_t v) -> bool {
-    auto st = stats_of(s, v);
-    if (!st) {
-      rp.deliver(fail(api_errc::not_found, "no vCPU " + std::to_string(v)));
+    if (!known_vcpu(v))
       return false;
-    }
-    if (st->state.load() == static_cast<uint8_t>(vcpu_state::running)) {
+    if (stats_of(s, v)->state.load() == static_cast<uint8_t>(vcpu_state::running)) {
       rp.deliver(fail(api_errc::conflict, "vCPU " + std::to_string(v)
                                             + " is running: pause the VM first"));
       return false;
@@ -881,7 +884,9 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
         publish(self, bus_kind::lifecycle, "vm-resumed", "operator resume");
         rp.deliver(okv(done{}));
       } else if constexpr (std::is_same_v<T, op::get_registers>) {
-        if (!need_session() || !stopped_vcpu(x.vcpu))
+        // The kernel kicks a running vCPU out of the guest to serve the
+        // read; only one it has not initialised yet answers EAGAIN (409).
+        if (!need_session() || !known_vcpu(x.vcpu))
           return;
         kvmi::get_registers_cmd c{};
         c.req.vcpu = x.vcpu;

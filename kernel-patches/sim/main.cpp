@@ -1,5 +1,6 @@
 // kvmi-sim: run many simulated VMs against an introspector, print a JSON
-// report at the end, exit non-zero on any protocol violation or HMI.
+// report at the end, exit non-zero on any protocol violation or HMI, and
+// when no VM ever got a session (cannot connect, or every handshake failed).
 #include "kernel-patches/sim/cookie_file.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
@@ -22,6 +23,7 @@ void usage() {
     "  --vms N --vcpus N --seed N --threads N\n"
     "  --cookie HEX | --cookie-file PATH   the VM secret (HMAC key): 16..4096 bytes,\n"
     "                                      a file's bytes exactly (docs/cookie.md)\n"
+    "  --name PATTERN                      VM names, %d = the VM's index (sim-vm-%d)\n"
     "  --handshake kvmi|qemu-v5            --swapped (other byte order)\n"
     "  --ram MiB --gpu GiB[@online_ms|@never] (repeatable)\n"
     "  --rate N (guest actions/s per vCPU; 0 = scripted only) --duration S\n"
@@ -30,8 +32,32 @@ void usage() {
     "  --fault-drop P --fault-torn P --fault-garbage P --fault-dup-reply P\n"
     "  --fault-unknown-seq P --fault-slow P[@ms] --fault-bad-mac P\n"
     "  --reconnect-storm MS --hotplug-storm MS --no-reconnect\n"
+    "  --reconnect-max MS (failed connects back off up to this; 2000)\n"
     "  --progress MS --report FILE\n",
     stderr);
+}
+
+// A VM name pattern: one %d (the VM's index) and no other %.
+bool valid_name_pattern(const std::string& p) {
+  auto at = p.find('%');
+  return at != std::string::npos && p.compare(at, 2, "%d") == 0 &&
+         p.find('%', at + 2) == std::string::npos;
+}
+
+// Why no VM ever got a session, or empty when one did.
+std::string no_session_reason(const kvmi::sim::report& r, const kvmi::sim::options& o) {
+  if (r.vms == 0 || r.total.sessions > 0)
+    return {};
+  if (r.total.handshake_failures > 0)
+    return std::to_string(r.total.handshake_failures) +
+           " handshake failures (MAC mismatch: wrong cookie?)";
+  std::string target = o.unix_path;
+  if (target.empty())
+    target.append(o.tcp_host).append(":").append(std::to_string(o.tcp_port));
+  std::string reason = "cannot connect to ";
+  reason.append(target).append(": ");
+  reason.append(r.connect_error.empty() ? "no answer" : r.connect_error);
+  return reason;
 }
 
 } // namespace
@@ -68,6 +94,10 @@ int main(int argc, char** argv) {
         if (!c.error.empty())
           throw std::invalid_argument(c.error);
         o.cookie = std::move(c.bytes);
+      } else if (a == "--name") {
+        o.name_format = next();
+        if (!valid_name_pattern(o.name_format))
+          throw std::invalid_argument("--name wants one %d (the VM's index), e.g. web-%d");
       } else if (a == "--handshake") {
         auto m = next();
         if (m == "kvmi") o.handshake = kvmi::hs::mode::kvmi;
@@ -106,6 +136,7 @@ int main(int argc, char** argv) {
       else if (a == "--reconnect-storm") o.faults.reconnect_storm_every = ms{std::stoll(next())};
       else if (a == "--hotplug-storm") o.faults.hotplug_storm_every = ms{std::stoll(next())};
       else if (a == "--no-reconnect") o.reconnect = false;
+      else if (a == "--reconnect-max") o.reconnect_delay_max = ms{std::stoll(next())};
       else if (a == "--progress") o.progress_every = ms{std::stoll(next())};
       else if (a == "--report") report_file = next();
       else if (a == "-h" || a == "--help") {
@@ -116,6 +147,8 @@ int main(int argc, char** argv) {
     }
     if (o.unix_path.empty() && o.tcp_port == 0)
       throw std::invalid_argument("need --unix PATH or --tcp HOST:PORT");
+    if (o.cookie.empty())
+      throw std::invalid_argument("need --cookie HEX or --cookie-file PATH (the VM's secret)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvmi-sim: %s\n", e.what());
     usage();
@@ -158,11 +191,18 @@ int main(int argc, char** argv) {
     auto j = to_json(r);
     if (!scenario_file.empty())
       j["scenario"] = scenario_results;
+    auto no_session = no_session_reason(r, o);
+    if (!no_session.empty()) {
+      j["ok"] = false;
+      j["error"] = no_session;
+    }
     auto text = j.dump(2);
     if (!report_file.empty())
       std::ofstream(report_file) << text << "\n";
     std::cout << text << std::endl;
-    return r.ok() && !scenario_failed ? 0 : 1;
+    if (!no_session.empty())
+      std::fprintf(stderr, "kvmi-sim: %s\n", no_session.c_str());
+    return r.ok() && !scenario_failed && no_session.empty() ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvmi-sim: %s\n", e.what());
     return 2;

@@ -1,7 +1,9 @@
-// Internal: the simulated guest and the per-VM kernel state of kvmi-sim.
-// Owned by one event loop (shard) and touched only under its mutex.
+// Internal: the state of one simulated VM (its guest, its connection and
+// the kernel's session state). Owned by one event loop (shard) and touched
+// only under its mutex.
 #pragma once
 
+#include "kernel-patches/sim/invariants.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
 #include <deque>
@@ -24,24 +26,6 @@ inline constexpr uint32_t tsc = 0x10, apic_base = 0x1b, sysenter_cs = 0x174,
                           fs_base = 0xc0000100, gs_base = 0xc0000101,
                           kernel_gs_base = 0xc0000102, tsc_aux = 0xc0000103;
 }
-
-// Violations the host detects in what the tool sends.
-enum class violation : uint8_t {
-  reply_unknown_seq,     // event reply for no pending event (also duplicates): closes
-  reply_bad_size,        // event reply size does not fit its own event field: closes
-  reply_event_mismatch,  // event field differs from the pending event: not applied
-  reply_bad_action,      // action not allowed for the event: taken as CONTINUE
-  reply_with_event_id,   // a reply sent with id KVMI_EVENT instead of EVENT_REPLY: closes
-  pf_ctx_oversize,       // PF reply ctx_size > 256: closes
-  bad_padding,           // non-zero padding: EINVAL (commands) or closes (replies)
-  unknown_id,            // id >= 29, or unknown id with payload: closes
-  bad_size,              // command size does not match its id/counts: closes
-  physical_range,        // READ/WRITE_PHYSICAL beyond one page: closes
-  invalid_command,       // a command the kernel answers with EINVAL for bad fields
-  unhook_timeout,        // the tool did not close after UNHOOK in time
-  count_
-};
-std::string_view name(violation v);
 
 // One guest action on a vCPU: what the guest does, where it stands and
 // what it has seen so far.
@@ -66,6 +50,8 @@ struct injection {
 
 struct vcpu {
   uint16_t index = 0;
+  bool initialised = true; // false: hot-plugged, the guest has not started it
+  bool kicked = false;     // served a command while running: re-enters after the batch
   kvm_regs regs{};
   kvm_sregs sregs{};
   uint64_t xcr0 = 0x7;
@@ -109,7 +95,7 @@ struct vm_counts {
   static size_t error_slot(int32_t err) { return std::min<size_t>(size_t(-int64_t(err)), 63); }
   std::array<uint64_t, static_cast<size_t>(violation::count_)> violations{};
   uint64_t breakpoint_hits = 0, pf_allowed = 0, pf_retried = 0, pf_crashed = 0,
-           pf_unreported = 0, hmis = 0, sessions = 0, reconnects = 0, handshake_failures = 0,
+           pf_unreported = 0, hmis = 0, commands_on_running_vcpus = 0, sessions = 0, reconnects = 0, handshake_failures = 0, connect_failures = 0,
            unanswered_at_close = 0, restricted_at_close = 0, int3_at_close = 0,
            aborted_by_tool = 0,
            faults_injected = 0;
@@ -130,9 +116,11 @@ struct vm_counts {
     pf_crashed += o.pf_crashed;
     pf_unreported += o.pf_unreported;
     hmis += o.hmis;
+    commands_on_running_vcpus += o.commands_on_running_vcpus;
     sessions += o.sessions;
     reconnects += o.reconnects;
     handshake_failures += o.handshake_failures;
+    connect_failures += o.connect_failures;
     unanswered_at_close += o.unanswered_at_close;
     restricted_at_close += o.restricted_at_close;
     int3_at_close += o.int3_at_close;
@@ -163,6 +151,8 @@ struct vm {
   bool recv_inflight = false, send_inflight = false, connect_inflight = false;
   bool close_after_send = false;
   bool ever_hooked = false;
+  uint32_t failures_in_row = 0; // connects and handshakes: the reconnect backoff
+  int connect_errno = 0;        // of the last failed connect
   std::unique_ptr<hs::dm_side> dm;
   std::unique_ptr<frame_splitter> splitter;
   std::vector<uint8_t> rbuf;
@@ -199,47 +189,22 @@ struct vm {
   vm_counts c;
 };
 
-// Log-linear latency histogram in nanoseconds (64 sub-buckets per power of
-// two: quantiles within 1.6%), fixed size so recording never allocates.
-struct histogram {
-  static constexpr int sub_bits = 6;
-  static constexpr uint64_t subs = uint64_t{1} << sub_bits;
-  std::array<uint64_t, 64 * subs> b{};
-  uint64_t n = 0, max = 0;
-  static size_t bucket(uint64_t v) {
-    if (v < subs)
-      return v;
-    int msb = 63 - __builtin_clzll(v);
-    return static_cast<size_t>((msb - sub_bits + 1) * subs) + ((v >> (msb - sub_bits)) & (subs - 1));
-  }
-  static uint64_t lower(size_t i) {
-    if (i < subs)
-      return i;
-    size_t msb = i / subs + sub_bits - 1, sub = i % subs;
-    return (uint64_t{1} << msb) | (uint64_t{sub} << (msb - sub_bits));
-  }
-  void add(uint64_t v) {
-    ++b[bucket(v)];
-    ++n;
-    max = std::max(max, v);
-  }
-  void merge(const histogram& o) {
-    for (size_t i = 0; i < b.size(); ++i)
-      b[i] += o.b[i];
-    n += o.n;
-    max = std::max(max, o.max);
-  }
-  uint64_t quantile(double q) const {
-    if (n == 0)
-      return 0;
-    uint64_t want = static_cast<uint64_t>(q * static_cast<double>(n - 1)) + 1, seen = 0;
-    for (size_t i = 0; i < b.size(); ++i) {
-      seen += b[i];
-      if (seen >= want)
-        return std::min(max, lower(i + 1));
-    }
-    return max;
-  }
-};
+inline outcome rejected(std::string why) {
+  outcome o;
+  o.ok = false;
+  o.error = std::move(why);
+  return o;
+}
+
+template <class T>
+void put_bytes(std::vector<uint8_t>& out, std::span<const T> in) {
+  auto p = reinterpret_cast<const uint8_t*>(in.data());
+  out.insert(out.end(), p, p + in.size_bytes());
+}
+
+// A draw from the VM's own generator comes out true with probability p.
+inline bool chance(vm& v, double p) {
+  return p > 0 && std::uniform_real_distribution<double>(0, 1)(v.rng) < p;
+}
 
 } // namespace kvmi::sim::detail

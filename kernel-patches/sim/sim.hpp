@@ -93,6 +93,9 @@ struct options {
   hs::mode handshake = hs::mode::kvmi;
   byte_order order = byte_order::native; // swapped: the host has the other byte order
   std::string name_prefix = "sim-vm-";
+  // VM names as a pattern, "%d" standing for the VM's index (e.g. "web-%d");
+  // empty: name_prefix then the index.
+  std::string name_format;
 
   // The host's allow masks (GET_VERSION reports them; others get EACCES/EPERM).
   uint32_t allowed_commands = known_commands | flag(msg_id::get_version);
@@ -108,8 +111,15 @@ struct options {
 
   bool reconnect = true;          // reconnect after the session closes (not after unhook/crash)
   ms reconnect_delay{50};
+  // After failures in a row (connect refused, handshake failed) the delay
+  // doubles per failure up to this; a completed handshake resets it.
+  ms reconnect_delay_max{2000};
   ms unhook_timeout{60000};       // QEMU's UNHOOK_TIMEOUT_SEC: then the host closes itself
   uint32_t max_tokens = 64;       // GET_MAP_TOKEN gives EAGAIN beyond this
+  // A hot-plugged vCPU stays uninitialised (KVM_MP_STATE_UNINITIALIZED: it
+  // does not run and its vCPU commands get -KVM_EAGAIN) until the guest
+  // starts it, this long after the hot-plug; nullopt: never.
+  std::optional<ms> hotplug_start_after = ms{0};
   unsigned threads = 1;           // event loops; VMs are spread over them
   ms progress_every{0};           // >0: print a progress line to stderr
 };
@@ -143,6 +153,7 @@ struct vcpu_view {
   kvm_regs regs{};
   kvm_sregs sregs{};             // cr0/cr3/cr4/efer live here
   uint64_t xcr0 = 0;
+  bool initialised = true;       // false: hot-plugged, not started by the guest yet
 };
 
 struct counters {
@@ -155,9 +166,13 @@ struct counters {
   uint64_t pf_allowed = 0, pf_retried = 0, pf_crashed = 0;
   uint64_t pf_unreported = 0;                 // restricted access let through: PF not enabled
   uint64_t hmis = 0;
+  // vCPU commands a running vCPU was kicked out of the guest to serve (the
+  // rest found it waiting in an event).
+  uint64_t commands_on_running_vcpus = 0;
   uint64_t sessions = 0;        // completed handshakes
   uint64_t reconnects = 0;
   uint64_t handshake_failures = 0;
+  uint64_t connect_failures = 0;    // connects that failed (no socket, refused, ...)
   uint64_t unanswered_at_close = 0; // events still waiting when a session ended
   // What a tool left when a session ended, before the kernel's own clean-up:
   // pages it still had restricted (the kernel then restores rwx), and INT3
@@ -197,6 +212,7 @@ struct report {
   // waiting for its reply.
   uint64_t waiting = 0, waiting_held = 0;
   double oldest_pending_ms = 0;
+  std::string connect_error; // why the last failed connect failed; empty if none did
   bool ok() const { return total.violation_count() == 0 && total.hmis == 0; }
 };
 nlohmann::json to_json(const report& r);

@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <set>
+
 using namespace kvmi;
 using namespace kvmi::test;
 using kvmid::test::child;
@@ -96,4 +98,94 @@ TEST_CASE("sim: kvmi-sim runs the example scenario file") {
   CHECK(j["scenario"][3]["guest_exception"] == true); // the guest's own INT3
   CHECK(j["scenario"][6]["vcpu"] == 2);
   CHECK(j["vcpus"] == 3);
+}
+
+TEST_CASE("sim: kvmi-sim exits non-zero when it cannot connect - and backs off between attempts") {
+  kvmid::test::temp_dir d("sim-cli");
+  auto missing = (d / "no.sock").string();
+  // Two seconds of its own clock: 40 attempts at the 50 ms reconnect delay,
+  // at most 6 when each failure doubles it (50 + 100 + ... + 1600 ms).
+  auto run = kvmid::test::run({KVMI_SIM_BIN, "--unix", missing, "--vms", "1", "--vcpus", "1",
+                               "--cookie", test_cookie_hex, "--duration", "2", "--progress", "100"});
+  INFO(run.err);
+  CHECK(run.status == 1);
+  CHECK(run.err.find("cannot connect to " + missing + ": No such file or directory") !=
+        std::string::npos);
+  // The progress line shows that nothing got a session.
+  CHECK(run.err.find("sessions=0 ") != std::string::npos);
+  CHECK(run.err.find("connect_failures=") != std::string::npos);
+  auto j = nlohmann::json::parse(run.out);
+  CHECK(j["ok"] == false);
+  CHECK(j["sessions"] == 0);
+  CHECK(j["connect_error"] == "No such file or directory");
+  CHECK(j["connect_failures"].get<uint64_t>() >= 1);
+  CHECK(j["connect_failures"].get<uint64_t>() <= 6);
+}
+
+TEST_CASE("sim: kvmi-sim with the wrong cookie reports its handshake failures and exits non-zero") {
+  listener l;
+  child p({KVMI_SIM_BIN, "--unix", l.path(), "--vms", "1", "--vcpus", "1", "--cookie",
+           "00112233445566778899aabbccddeeff", "--duration", "600"});
+  // The second connection comes once the first one failed and was counted.
+  for (int i = 0; i < 2; ++i) {
+    int fd = l.accept(30000ms);
+    REQUIRE(fd >= 0);
+    conn c(fd);
+    CHECK_FALSE(c.handshake());
+  }
+  p.terminate();
+  auto run = p.finish(60000ms);
+  INFO(run.err);
+  CHECK(run.status == 1);
+  CHECK(run.err.find("handshake failures (MAC mismatch: wrong cookie?)") != std::string::npos);
+  auto j = nlohmann::json::parse(run.out);
+  CHECK(j["ok"] == false);
+  CHECK(j["sessions"] == 0);
+  CHECK(j["handshake_failures"].get<uint64_t>() >= 1);
+  CHECK(j["error"].get<std::string>().find("wrong cookie?") != std::string::npos);
+}
+
+TEST_CASE("sim: kvmi-sim refuses a bad or missing cookie and a bad name pattern as usage errors") {
+  kvmid::test::temp_dir d("sim-cli");
+  auto sock = (d / "kvmi.sock").string();
+  struct bad {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  for (auto& b : std::vector<bad>{
+         {{"--cookie", "6b766d692d73696d2d636f6f6b69653"}, "odd number of hex digits"},
+         {{"--cookie", "zz766d692d73696d2d636f6f6b696531"}, "not hex"},
+         {{}, "need --cookie HEX or --cookie-file PATH"},
+         {{"--cookie", test_cookie_hex, "--name", "web"}, "--name wants one %d"},
+         {{"--cookie", test_cookie_hex, "--name", "web-%d-%s"}, "--name wants one %d"},
+       }) {
+    std::vector<std::string> args{KVMI_SIM_BIN, "--unix", sock, "--duration", "600"};
+    args.insert(args.end(), b.args.begin(), b.args.end());
+    auto run = kvmid::test::run(args);
+    INFO(run.err);
+    CHECK(run.status == 2);
+    CHECK(run.err.find(b.says) != std::string::npos);
+    CHECK(run.out.empty());
+  }
+}
+
+TEST_CASE("sim: kvmi-sim names its VMs after --name") {
+  listener l;
+  child p({KVMI_SIM_BIN, "--unix", l.path(), "--vms", "2", "--vcpus", "1", "--cookie",
+           test_cookie_hex, "--name", "web-%d", "--duration", "600"});
+  std::set<std::string> names;
+  std::vector<std::unique_ptr<conn>> cs;
+  for (int i = 0; i < 2; ++i) {
+    int fd = l.accept(30000ms);
+    REQUIRE(fd >= 0);
+    cs.push_back(std::make_unique<conn>(fd));
+    REQUIRE(cs.back()->handshake());
+    names.insert(cs.back()->info().name);
+  }
+  CHECK(names == std::set<std::string>{"web-0", "web-1"});
+  p.terminate();
+  auto run = p.finish(60000ms);
+  INFO(run.err);
+  CHECK(run.status == 0);
+  CHECK(nlohmann::json::parse(run.out)["sessions"] == 2);
 }

@@ -129,12 +129,65 @@ TEST_CASE("sim: handshake carries uuid, name, vcpus and the memory map - GET_VER
   CHECK(v.events == 0x7FF);
 }
 
-TEST_CASE("sim: vCPU commands outside an event get EAGAIN - bad vCPU EINVAL - unknown ids") {
+TEST_CASE("sim: vCPU commands on a running vCPU are served and counted") {
   fixture f;
   f.start();
-  CHECK(f.err_of(get_registers_cmd{{0, 0, {}}, {}}) == -kvm_eagain);
-  CHECK(f.err_of(control_events{1, 0, flag(event_id::msr)}) == -kvm_eagain);
-  CHECK(f.err_of(get_cpuid{0, {}, 0, 0}) == -kvm_eagain);
+  auto r = f.c->call(get_registers_cmd{{0, 1, {}}, {msr_lstar}});
+  REQUIRE(r);
+  REQUIRE(r->err == 0);
+  auto& regs = std::get<registers_reply>(r->data);
+  CHECK(regs.fixed.regs.rip == f.h->vcpu(0, 0)->regs.rip);
+  REQUIRE(regs.msrs.size() == 1);
+  CHECK(regs.msrs[0].data == *f.h->msr(0, 0, msr_lstar));
+  CHECK(f.err_of(control_events{1, 0, flag(event_id::msr)}) == 0);
+  CHECK(f.h->vcpu(0, 1)->enabled_events == flag(event_id::msr));
+  CHECK(f.err_of(get_cpuid{0, {}, 0, 0}) == 0);
+  auto gi = f.c->call(get_guest_info{0, {}});
+  REQUIRE(gi);
+  REQUIRE(gi->err == 0);
+  CHECK(std::get<get_guest_info_reply>(gi->data).vcpu_count == 2);
+  // SET_REGISTERS outside an event: the kernel drops them and answers 0.
+  auto before = f.h->vcpu(0, 0)->regs;
+  auto changed = before;
+  changed.rip += 0x10;
+  CHECK(f.err_of(set_registers{0, {}, changed}) == 0);
+  // The vCPUs stopped only to serve the commands: they run on, and a
+  // write the guest makes next is not held.
+  CHECK(f.h->vcpu(0, 0)->state == sim::vcpu_state::running);
+  CHECK(f.h->vcpu(0, 0)->regs.rip == before.rip);
+  auto w = f.h->write_msr(0, 0, msr_lstar, 0x1234);
+  CHECK(get(w).events == 0);
+  auto n = f.counts();
+  CHECK(n.commands_on_running_vcpus == 5);
+  CHECK(n.errors.empty());
+  CHECK(f.h->make_report().ok());
+  CHECK(sim::to_json(f.h->make_report())["commands_on_running_vcpus"] == 5);
+}
+
+TEST_CASE("sim: a vCPU the guest has not started answers EAGAIN - once started it serves") {
+  fixture f;
+  f.start([](sim::options& o) { o.hotplug_start_after = std::nullopt; });
+  auto hp = f.h->hotplug(0);
+  auto out = get(hp);
+  REQUIRE(out.ok);
+  REQUIRE(out.vcpu == 2);
+  CHECK_FALSE(f.h->vcpu(0, 2)->initialised);
+  CHECK(f.err_of(get_registers_cmd{{2, 0, {}}, {}}) == -kvm_eagain);
+  CHECK(f.err_of(control_events{2, 0, flag(event_id::msr)}) == -kvm_eagain);
+  CHECK(f.h->vcpu(0, 2)->enabled_events == 0);
+  // The running vCPUs next to it serve theirs.
+  CHECK(f.err_of(get_registers_cmd{{1, 0, {}}, {}}) == 0);
+  auto n = f.counts();
+  CHECK(n.commands_on_running_vcpus == 1);
+  CHECK(n.errors["EAGAIN"] == 2);
+  // An action on it waits until the guest starts it; it never does here.
+  auto w = f.h->write_msr(0, 2, msr_lstar, 0x1234);
+  CHECK(w.wait_for(200ms) == std::future_status::timeout);
+}
+
+TEST_CASE("sim: bad vCPU EINVAL - unknown ids") {
+  fixture f;
+  f.start();
   CHECK(f.err_of(control_events{7, 0, 0}) == -kvm_einval);
   // VM commands work at any time.
   CHECK(f.err_of(get_map_token{}) == 0);
@@ -283,8 +336,9 @@ TEST_CASE("sim: CREATE_VCPU for every existing vCPU once enabled, and on hot-plu
   CHECK(e->common.vcpu == 4);
   CHECK(f.h->vcpu(0, 4)->state == sim::vcpu_state::in_event);
   auto gi = f.c->call(get_guest_info{0, {}});
-  REQUIRE(gi); // vCPU 0 is running: EAGAIN
-  CHECK(gi->err == -kvm_eagain);
+  REQUIRE(gi); // vCPU 0 is running: it serves the command
+  REQUIRE(gi->err == 0);
+  CHECK(std::get<get_guest_info_reply>(gi->data).vcpu_count == 5);
   f.c->reply(*e, action::continue_);
   auto hc = f.h->hypercall(0, 2);
   auto ev = f.c->next_event();

@@ -767,8 +767,15 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
       struct stat st{};
       if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
         // Another server (one that takes no lock) may still accept there:
-        // replacing its file would cut it off from every new peer.
-        if (!unix_socket_refuses(spec.path)) {
+        // replacing its file would cut it off from every new peer. A kvmid
+        // killed a moment ago (its lock is ours now) leaves a listener that
+        // accepts until the kernel has torn its io_uring down: give it time.
+        bool refuses = unix_socket_refuses(spec.path);
+        for (int i = 0; i < 60 && !refuses; ++i) {
+          ::usleep(50'000);
+          refuses = unix_socket_refuses(spec.path);
+        }
+        if (!refuses) {
           errno = EADDRINUSE;
           fail("a server still accepts connections on");
         }

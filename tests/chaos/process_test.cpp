@@ -196,6 +196,9 @@ struct kvmid_proc : kvmid::test::kvmid_daemon {
   drained check_sim_invariants(expect_closes e = {}) {
     drain_spec spec{command_timeout};
     spec.host_closes = e.host;
+    // Device managers that reconnected while kvmid was dead met no server,
+    // or the killed one's listener before the kernel had closed it.
+    spec.handshake_faults = e.killed;
     spec.closed_on_purpose = [this, killed = e.killed](uint32_t v) {
       return killed || protocol_errors(v) > 0;
     };

@@ -9,6 +9,8 @@
 #include "server/reactor.hpp"
 #include "server/shutdown.hpp"
 
+#include "kvmid_version.hpp"
+
 #ifdef KVMID_HAVE_CONTROL
 #include "server/control/api.hpp"
 #endif
@@ -182,6 +184,9 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
       return 0;
+    } else if (a == "--version") {
+      print_version("kvmid");
+      return 0;
     } else {
       std::fprintf(stderr, "kvmid: unknown argument %s\n", a.c_str());
       usage(stderr);
@@ -207,6 +212,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::fprintf(stderr, "kvmid: version %.*s (%.*s) starting\n", int(build_version.size()),
+               build_version.data(), int(build_type.size()), build_type.data());
   config cfg;
   std::vector<std::vector<uint8_t>> cookies;
   std::filesystem::path tmpdir;
@@ -319,6 +326,10 @@ int main(int argc, char** argv) {
     // shutdown bound may take a send buffer from the reactor or post to it.
     auto the_core = std::make_unique<core>(co);
     core& c = *the_core;
+    c.metrics()
+      .get_gauge("kvmid_build_info", "The running kvmid's version (always 1)",
+                 {{"version", std::string(build_version)}})
+      .set(1);
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
     ro.spin = cfg.poll;

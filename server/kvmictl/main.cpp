@@ -8,6 +8,8 @@
 #include "actors/bounded_json.hpp"
 #include "server/kvmictl/format.hpp"
 
+#include "kvmid_version.hpp"
+
 #include <curl/curl.h>
 
 #include <cstdio>
@@ -27,6 +29,7 @@ using nlohmann::json;
 const char* usage =
   "usage: kvmictl [--server URL|unix:PATH | --unix PATH] [--token T | --token-file F] [--json]\n"
   "               [--timeout SECONDS] COMMAND [ARGS]\n"
+  "       kvmictl --version\n"
   "commands:\n"
   "  vms                         list VMs\n"
   "  vm UUID                     one VM with its memory map and vCPUs\n"
@@ -290,6 +293,9 @@ int main(int argc, char** argv) {
       watch_count = std::atol(next().c_str());
     } else if (a == "-h" || a == "--help") {
       std::cout << usage;
+      return 0;
+    } else if (a == "--version") {
+      kvmid::print_version("kvmictl");
       return 0;
     } else if (a.starts_with("--")) {
       std::cerr << "kvmictl: unknown option " << a << "\n" << usage;

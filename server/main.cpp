@@ -12,6 +12,7 @@
 #include "kvmid_version.hpp"
 
 #ifdef KVMID_HAVE_CONTROL
+#include "server/check_config.hpp"
 #include "server/control/api.hpp"
 #endif
 #ifdef KVMID_HAVE_SIM
@@ -41,7 +42,10 @@ void usage(FILE* f) {
   std::fprintf(f,
                "usage: kvmid [--config FILE] [--log-level error|warn|info|debug]\n"
                "             [--simulate VMSxVCPUS] [--duration SECONDS]\n"
+               "       kvmid --check-config FILE | --version\n"
                "  --config FILE        JSON config (see config/kvmid.json)\n"
+               "  --check-config FILE  validate FILE, print it with every default filled in;\n"
+               "                       exit 0 if kvmid would start with it, 1 if not\n"
                "  --simulate 4x4       run kvmi-sim in-process against kvmid's own socket\n"
                "  --duration SECONDS   exit cleanly after this time, printing a final summary\n");
 }
@@ -153,7 +157,7 @@ policy_set demo_policies() {
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, level_arg, simulate;
+  std::string config_path, check_path, level_arg, simulate;
   double duration = 0;
   bool impatient_unhook = false;
   for (int i = 1; i < argc; ++i) {
@@ -167,6 +171,8 @@ int main(int argc, char** argv) {
     };
     if (a == "--config" || a == "-c")
       config_path = next();
+    else if (a == "--check-config")
+      check_path = next();
     else if (a == "--log-level")
       level_arg = next();
     else if (a == "--simulate")
@@ -192,6 +198,14 @@ int main(int argc, char** argv) {
       usage(stderr);
       return 2;
     }
+  }
+  if (!check_path.empty()) {
+#ifdef KVMID_HAVE_CONTROL
+    return check_config(check_path, stdout, stderr);
+#else
+    std::fprintf(stderr, "kvmid: built without the control plane; --check-config is unavailable\n");
+    return 2;
+#endif
   }
   uint32_t sim_vms = 0, sim_vcpus = 0;
   if (!simulate.empty()) {
@@ -284,10 +298,8 @@ int main(int argc, char** argv) {
     std::string dir = cfg.state_dir;
     if (dir.empty() && !tmpdir.empty())
       dir = (tmpdir / "state").string();
-    if (dir.empty()) {
-      const char* sd = std::getenv("STATE_DIRECTORY");
-      dir = sd && *sd ? std::string(sd).substr(0, std::string(sd).find(':')) : "/var/lib/kvmid";
-    }
+    if (dir.empty())
+      dir = default_state_dir();
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec && !explicit_dir) {

@@ -4,6 +4,7 @@
 #include "actors/excerpt.hpp"
 #include "actors/log.hpp"
 #include "actors/needed_events.hpp"
+#include "proto/handshake.hpp"
 #include "proto/ids.hpp"
 #include "server/control/audit.hpp"
 #include "server/control/encoding.hpp"
@@ -11,6 +12,8 @@
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
 #include "server/control/tls_conn.hpp"
+
+#include "kvmid_version.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -352,6 +355,27 @@ uint32_t event_mask(const json& list, const char* key) {
 
 constexpr uint64_t max_memory_len = 64 * 1024; // control_api's bound per call
 
+// The handshake dialects kvmid speaks (config "handshake"). The switch has
+// no default, so a new kvmi::hs::mode fails the build until it is named.
+std::string_view dialect_name(kvmi::hs::mode m) {
+  switch (m) {
+    case kvmi::hs::mode::kvmi: return "kvmi";
+    case kvmi::hs::mode::qemu_v5: return "qemu-v5";
+  }
+  return "?";
+}
+
+// GET /v1/version
+json version_body() {
+  json dialects = json::array();
+  for (auto m : {kvmi::hs::mode::kvmi, kvmi::hs::mode::qemu_v5})
+    dialects.push_back(dialect_name(m));
+  return {{"version", build_version},
+          {"build_type", build_type},
+          {"api", "v1"},
+          {"protocol", {{"kvmi_version", kvmi::version}, {"dialects", std::move(dialects)}}}};
+}
+
 void check_range(uint64_t gpa, uint64_t len) {
   if (len == 0 || len > max_memory_len)
     throw body_error{unprocessable("invalid_range", "length must be 1.." + std::to_string(max_memory_len))};
@@ -653,6 +677,17 @@ void http_api::dispatch(const route_match& m, const request& r,
       case route_id::events:
         reply(error_response(bad_request("the event stream is served by the connection")));
         return;
+      case route_id::version:
+        reply(json_response(200, version_body()));
+        return;
+      case route_id::healthz:
+        // A round trip through the core's registry: the answer proves the
+        // actors run, not only the ring thread.
+        be.list_vms([reply = std::move(reply)](api_result<std::vector<vm_info>> r) {
+          reply(r.ok() ? json_response(200, json{{"status", "ok"}})
+                       : error_response({503, "unavailable", "core: " + r.error().message}));
+        });
+        return;
     }
   } catch (const body_error& e) {
     reply(error_response(e.e));
@@ -855,7 +890,7 @@ private:
   // Why the request in hand is refused (401, 404/405, 403 in that order), or
   // nullopt. Reads rt_ and who_ as vet_head() set them.
   std::optional<response> refusal(const request& req) const {
-    if (who_ == role::none)
+    if (who_ == role::none && !(rt_.match && open_to_all(rt_.match->id)))
       return error_response(unauthorized(req.header("authorization")
                                            ? "wrong bearer token"
                                            : "missing Authorization: Bearer token"));
@@ -883,6 +918,9 @@ private:
     rt_ = route(req.method, req.path);
     who_ = st_->access.check(req.header("authorization"));
     auto no = refusal(req);
+    // A route open to all takes no body: without a token, none is read.
+    if (!no && who_ == role::none && parser_.body_expected())
+      no = error_response(bad_request(std::string(name(rt_.match->id)) + " takes no body"));
     if (!no || (who_ != role::none && !parser_.body_expected()))
       return true;
     std::string_view route_name = rt_.match ? name(rt_.match->id) : "-";

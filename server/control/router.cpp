@@ -23,6 +23,8 @@ constexpr route_entry table[] = {
   {"POST", "/v1/policies/reload", route_id::reload_policies},
   {"GET", "/v1/events", route_id::events},
   {"GET", "/metrics", route_id::metrics},
+  {"GET", "/v1/version", route_id::version},
+  {"GET", "/healthz", route_id::healthz},
 };
 
 std::vector<std::string_view> split(std::string_view path) {

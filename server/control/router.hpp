@@ -31,6 +31,8 @@ enum class route_id : uint8_t {
   reload_policies,   // POST   /v1/policies/reload
   events,            // GET    /v1/events?vm=&kind=
   metrics,           // GET    /metrics
+  version,           // GET    /v1/version
+  healthz,           // GET    /healthz (no token)
 };
 
 struct route_entry {

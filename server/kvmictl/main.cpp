@@ -39,6 +39,7 @@ const char* usage =
   "  read UUID GPA LEN           guest physical memory (hexdump; --json: hex)\n"
   "  unhook UUID                 remove kvmid's hooks and disconnect the VM\n"
   "  reload                      reload policies\n"
+  "  version                     kvmictl's version and the server's\n"
   "  watch [--vm V] [--kind K] [--count N]\n"
   "                              the event stream, one line per event\n"
   "environment: KVMID_API, KVMID_TOKEN, KVMID_TOKEN_FILE\n";
@@ -111,8 +112,9 @@ http_result request(const options& o, const std::string& method, const std::stri
 }
 
 // Prints the answer: the JSON itself with --json, else fmt(json).
-template <class F>
-int show(const options& o, const http_result& r, F fmt) {
+template <class F, class W = json (*)(json)>
+int show(const options& o, const http_result& r, F fmt,
+         W wrap = [](json j) { return j; }) {
   if (!r.ok) {
     std::cerr << "kvmictl: " << r.error << "\n";
     return 3;
@@ -130,7 +132,7 @@ int show(const options& o, const http_result& r, F fmt) {
     return 3;
   }
   if (o.json_out)
-    std::cout << j.dump() << "\n";
+    std::cout << wrap(std::move(j)).dump() << "\n";
   else
     std::cout << fmt(j);
   return 0;
@@ -218,6 +220,18 @@ int watch(const options& o, const std::string& vm, const std::string& kind, long
     return 3;
   }
   return 0; // the server ended the stream
+}
+
+// The client's version, then the server's: a mismatch is the first thing
+// to rule out when a command behaves unexpectedly.
+int version(const options& o) {
+  auto r = request(o, "GET", "/v1/version");
+  std::string client(kvmid::build_version);
+  if (!o.json_out)
+    std::cout << "client: kvmictl " << client << "\n";
+  return show(o, r, [](const json& j) { return kvmictl::format_version(j); }, [&](json j) {
+    return json{{"client", {{"version", client}}}, {"server", std::move(j)}};
+  });
 }
 
 std::optional<std::string> read_token_file(const std::string& path) {
@@ -361,6 +375,9 @@ int main(int argc, char** argv) {
                 uint64_t gpa = std::strtoull(j.value("gpa", "0").c_str(), nullptr, 0);
                 return kvmictl::hexdump(gpa, bytes);
               });
+  } else if (cmd == "version") {
+    need(0);
+    rc = version(o);
   } else if (cmd == "watch") {
     need(0);
     rc = watch(o, watch_vm, watch_kind, watch_count);

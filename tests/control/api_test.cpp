@@ -3,6 +3,9 @@
 
 #include "server/control/encoding.hpp"
 
+#include "kvmid_version.hpp"
+#include "proto/ids.hpp"
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -904,6 +907,44 @@ TEST_CASE("api: config section parsing and validation") {
     json::parse(R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"],"allow_remote":true,
                     "tls":{"cert_file":"/c","key_file":"/k"}})"));
   CHECK(std::holds_alternative<api_options>(remote));
+}
+
+
+TEST_CASE("api: GET /healthz answers without a token while the core answers") {
+  harness t;
+  auto p = t.one("GET", "/healthz", "", false);
+  CHECK(p.status == 200);
+  CHECK(p.j() == json{{"status", "ok"}});
+  CHECK(p.headers["connection"] == "keep-alive");
+  CHECK(t.be.calls.size() == 1); // asked the core: a round trip, not a constant
+  t.bearer = "wrong";
+  CHECK(t.one("GET", "/healthz").status == 200);
+  t.be.fail = api_error{api_errc::internal, "actor system gone"};
+  check_error(t.one("GET", "/healthz", "", false), 503, "unavailable");
+}
+
+TEST_CASE("api: GET /healthz without a token reads no body") {
+  harness t;
+  auto r = t.exchange("GET /healthz HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n");
+  REQUIRE(r.size() == 1);
+  check_error(r[0], 400, "bad_request");
+  CHECK(r[0].headers["connection"] == "close");
+  CHECK(t.be.calls.empty());
+}
+
+TEST_CASE("api: GET /v1/version names the build and the protocol dialects") {
+  harness t;
+  check_error(t.one("GET", "/v1/version", "", false), 401, "unauthorized");
+  harness r;
+  r.bearer = read_token;
+  auto p = r.one("GET", "/v1/version");
+  REQUIRE(p.status == 200);
+  auto j = p.j();
+  CHECK(j["version"] == std::string(kvmid::build_version));
+  CHECK(j["build_type"] == std::string(kvmid::build_type));
+  CHECK(j["api"] == "v1");
+  CHECK(j["protocol"]["kvmi_version"] == kvmi::version);
+  CHECK(j["protocol"]["dialects"] == json::array({"kvmi", "qemu-v5"}));
 }
 
 }

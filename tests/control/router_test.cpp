@@ -41,6 +41,8 @@ const std::vector<expected_route> documented = {
   {"POST", "/v1/policies/reload", route_id::reload_policies, {}},
   {"GET", "/v1/events", route_id::events, {}},
   {"GET", "/metrics", route_id::metrics, {}},
+  {"GET", "/v1/version", route_id::version, {}},
+  {"GET", "/healthz", route_id::healthz, {}},
 };
 
 } // namespace

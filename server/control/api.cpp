@@ -439,6 +439,8 @@ void http_api::dispatch(const route_match& m, const request& r,
     };
   };
   try {
+    if (auto key = unknown_query_parameter(m.id, r.query))
+      throw body_error{bad_request(unknown_query_message(m.id, *key))};
     switch (m.id) {
       case route_id::list_vms:
         be.list_vms(answer<std::vector<vm_info>>(std::move(reply), [](const auto& vms) {

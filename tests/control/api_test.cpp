@@ -947,4 +947,75 @@ TEST_CASE("api: GET /v1/version names the build and the protocol dialects") {
   CHECK(j["protocol"]["dialects"] == json::array({"kvmi", "qemu-v5"}));
 }
 
+TEST_CASE("api: an unknown query parameter is 400 naming it on every route") {
+  for (auto& c : every_route()) {
+    CAPTURE(c.method);
+    CAPTURE(c.target);
+    harness t;
+    auto sub = t.be.bus.subscribe({}, 64);
+    std::string target = c.target + (c.target.find('?') == std::string::npos ? "?" : "&")
+                         + "lenght=4";
+    auto p = c.id == route_id::healthz ? t.one(c.method, target, c.body, false)
+                                       : t.one(c.method, target, c.body);
+    check_error(p, 400, "bad_request");
+    auto msg = p.j()["error"]["message"].get<std::string>();
+    CHECK(msg.find("unknown query parameter 'lenght'") != std::string::npos);
+    CHECK(msg.find(std::string(name(c.id))) != std::string::npos);
+    CHECK(t.be.calls.empty()); // refused before the core is asked
+    CHECK(t.be.bus.subscribers() == 1); // and no stream was opened
+    // A refused mutating call is still on the audit record.
+    CHECK(audit_records(*sub).size() == (mutating(c.id) ? 1u : 0u));
+  }
+}
+
+TEST_CASE("api: the query parameters a route takes are not refused") {
+  harness t;
+  std::string vm = std::string("/v1/vms/") + vm1;
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&len=4&encoding=base64").status == 200);
+  CHECK(t.one("GET", vm + "/vcpus/0/registers?msrs=0x174").status == 200);
+  // An empty item or a bare '?' names no parameter.
+  CHECK(t.one("GET", "/v1/vms?").status == 200);
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&&len=4").status == 200);
+  // Names are compared decoded: %6Cen is len.
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&%6Cen=4").status == 200);
+  auto p = t.one("GET", vm + "/memory?gpa=0x1000&len=4&x%3Dy=1");
+  check_error(p, 400, "bad_request");
+  CHECK(p.j()["error"]["message"].get<std::string>().find("'x=y'") != std::string::npos);
+}
+
+TEST_CASE("api: event stream kinds that match no record are 400") {
+  for (const char* q : {"kind=alerts", "kind=alert,nosuch", "kind=page-protecton", "kind=vm-conected"}) {
+    CAPTURE(q);
+    harness t;
+    auto p = t.one("GET", std::string("/v1/events?") + q);
+    check_error(p, 400, "bad_request");
+    CHECK(p.j()["error"]["message"].get<std::string>().starts_with("unknown kind '"));
+    CHECK(t.be.bus.subscribers() == 0);
+  }
+  // Every kind and every published record name opens a stream.
+  for (const char* q : {"kind=alert,lifecycle,event,report", "kind=pf,msr", "kind=vm-connected",
+                        "kind=page-protection,cr-pin,protection-override", "kind=api-call",
+                        "kind=hypercall,breakpoint-hit"}) {
+    CAPTURE(q);
+    harness t;
+    t.feed(std::string("GET /v1/events?") + q + " HTTP/1.1\r\nAuthorization: Bearer " + token
+           + "\r\n\r\n");
+    CHECK(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+  }
+}
+
+TEST_CASE("api: a name-only kind filter also carries reports such as hypercall") {
+  harness t;
+  t.feed(std::string("GET /v1/events?kind=breakpoint-hit HTTP/1.1\r\nAuthorization: Bearer ")
+         + token + "\r\n\r\n");
+  REQUIRE(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+  bus_record r;
+  r.kind = bus_kind::report;
+  r.name = "breakpoint-hit";
+  r.vm = vm1;
+  t.be.bus.publish(r);
+  t.ring.run(t.ctx, *t.h);
+  CHECK(t.ctx.take().find("event: breakpoint-hit\n") != std::string::npos);
+}
+
 }

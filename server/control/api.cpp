@@ -653,10 +653,36 @@ void http_api::dispatch(const route_match& m, const request& r,
         json j = parse_body(r, {"gpa"});
         uint64_t gpa = need_u64(j, "gpa");
         note.gpa = gpa;
-        be.add_breakpoint(vm, gpa,
-                          answer<breakpoint_info>(
-                            std::move(reply), [](const breakpoint_info& b) { return to_json(b); },
-                            201));
+        // 201 Created names the new breakpoint's URL.
+        be.add_breakpoint(vm, gpa, [reply = std::move(reply), vm, gpa](api_result<breakpoint_info> res) {
+          if (!res.ok()) {
+            reply(error_response(to_http(res.error())));
+            return;
+          }
+          auto resp = json_response(201, to_json(res.value()));
+          resp.headers.emplace_back("Location", "/v1/vms/" + percent_encode_segment(vm)
+                                                  + "/breakpoints/" + hex_u64(gpa));
+          reply(std::move(resp));
+        });
+        return;
+      }
+      case route_id::get_breakpoint: {
+        auto gpa = parse_u64(m.param("gpa"));
+        if (!gpa)
+          throw body_error{bad_request("breakpoint gpa must be an unsigned integer")};
+        be.list_breakpoints(vm, [reply = std::move(reply), g = *gpa](
+                                  api_result<std::vector<breakpoint_info>> res) {
+          if (!res.ok()) {
+            reply(error_response(to_http(res.error())));
+            return;
+          }
+          for (auto& b : res.value())
+            if (b.gpa == g) {
+              reply(json_response(200, to_json(b)));
+              return;
+            }
+          reply(error_response(not_found("not_found", "no breakpoint at " + hex_u64(g))));
+        });
         return;
       }
       case route_id::remove_breakpoint: {

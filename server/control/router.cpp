@@ -22,6 +22,7 @@ constexpr route_entry table[] = {
   {"PUT", "/v1/vms/{vm}/page-access", route_id::set_page_access},
   {"GET", "/v1/vms/{vm}/breakpoints", route_id::list_breakpoints},
   {"POST", "/v1/vms/{vm}/breakpoints", route_id::add_breakpoint},
+  {"GET", "/v1/vms/{vm}/breakpoints/{gpa}", route_id::get_breakpoint},
   {"DELETE", "/v1/vms/{vm}/breakpoints/{gpa}", route_id::remove_breakpoint},
   {"POST", "/v1/policies/reload", route_id::reload_policies},
   {"GET", "/v1/events", route_id::events, "vm,kind"},

@@ -27,6 +27,7 @@ enum class route_id : uint8_t {
   set_page_access,   // PUT    /v1/vms/{vm}/page-access
   list_breakpoints,  // GET    /v1/vms/{vm}/breakpoints
   add_breakpoint,    // POST   /v1/vms/{vm}/breakpoints
+  get_breakpoint,    // GET    /v1/vms/{vm}/breakpoints/{gpa} (POST's Location)
   remove_breakpoint, // DELETE /v1/vms/{vm}/breakpoints/{gpa}
   reload_policies,   // POST   /v1/policies/reload
   events,            // GET    /v1/events?vm=&kind=
@@ -65,6 +66,5 @@ std::optional<std::string> unknown_query_parameter(route_id r, std::string_view 
 // The 400 message for it: "unknown query parameter 'lenght' (/v1/vms/{vm}/memory
 // takes gpa, len, encoding)"; the name is quoted as an excerpt.
 std::string unknown_query_message(route_id r, std::string_view key);
-
 
 } // namespace kvmid::control

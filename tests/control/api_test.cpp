@@ -683,6 +683,7 @@ std::vector<route_call> every_route() {
       case route_id::set_page_access: c.body = R"({"gpa":"0x3000","access":"r--"})"; break;
       case route_id::add_breakpoint: c.body = R"({"gpa":"0x4000"})"; break;
       case route_id::set_vcpu_events: c.body = R"({"enable":["descriptor"]})"; break;
+      case route_id::get_breakpoint: c.target = "/v1/vms/web1/breakpoints/0x1234"; break;
       default: break;
     }
     out.push_back(std::move(c));
@@ -797,6 +798,12 @@ TEST_CASE("api: the full token may call every route") {
     harness t;
     auto p = t.one(c.method, c.target, c.body);
     CHECK(p.status / 100 == 2);
+    // What a route creates, it names: the URL answers GET.
+    if (p.status == 201) {
+      CAPTURE(p.headers["location"]);
+      auto at = route("GET", p.headers["location"]);
+      CHECK(at.match);
+    }
   }
 }
 
@@ -909,6 +916,25 @@ TEST_CASE("api: config section parsing and validation") {
   CHECK(std::holds_alternative<api_options>(remote));
 }
 
+
+TEST_CASE("api: POST breakpoints answers 201 with a Location that GET answers") {
+  harness t;
+  std::string vm = std::string("/v1/vms/") + vm1;
+  auto added = t.one("POST", vm + "/breakpoints", R"({"gpa":"0x1234"})");
+  REQUIRE(added.status == 201);
+  CHECK(added.headers["location"] == vm + "/breakpoints/0x1234");
+  auto got = t.one("GET", added.headers["location"]);
+  REQUIRE(got.status == 200);
+  CHECK(got.j()["gpa"] == "0x1234");
+  CHECK(got.j()["hits"] == 2);
+  check_error(t.one("GET", vm + "/breakpoints/0x5000"), 404, "not_found");
+  check_error(t.one("GET", vm + "/breakpoints/zz"), 400, "bad_request");
+  // A failed create carries no Location.
+  t.be.fail = api_error{api_errc::conflict, "breakpoint exists"};
+  auto p = t.one("POST", vm + "/breakpoints", R"({"gpa":"0x1234"})");
+  check_error(p, 409, "conflict");
+  CHECK_FALSE(p.headers.count("location"));
+}
 
 TEST_CASE("api: GET /healthz answers without a token while the core answers") {
   harness t;

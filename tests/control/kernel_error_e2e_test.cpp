@@ -9,7 +9,7 @@ using namespace kvmid::test;
 TEST_SUITE("control-e2e") {
 
 TEST_CASE("e2e: the host's -KVM_EINVAL for an unknown MSR is 422 invalid naming the error") {
-  kvmid_process t({.vms = 1, .vcpus = 1});
+  kvmid_process t(one_vm());
   std::string vm = "/v1/vms/" + t.uuid(0);
   REQUIRE(t.curl("POST", vm + "/pause").status == 200);
   // 0x123 is no MSR the host keeps: GET_REGISTERS answers -KVM_EINVAL.

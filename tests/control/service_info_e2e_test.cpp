@@ -15,7 +15,7 @@ const std::string version(kvmid::build_version);
 TEST_SUITE("control-e2e") {
 
 TEST_CASE("e2e: kvmid logs its version at start and exports kvmid_build_info") {
-  kvmid_process t({.vms = 1, .vcpus = 1});
+  kvmid_process t(one_vm());
   CHECK(t.log().starts_with("kvmid: version " + version + " ("));
   auto m = t.curl("GET", "/metrics");
   REQUIRE(m.status == 200);
@@ -24,7 +24,7 @@ TEST_CASE("e2e: kvmid logs its version at start and exports kvmid_build_info") {
 }
 
 TEST_CASE("e2e: GET /healthz needs no token and GET /v1/version needs one") {
-  kvmid_process t({.vms = 1, .vcpus = 1});
+  kvmid_process t(one_vm());
   auto h = t.curl("GET", "/healthz", "", std::string());
   CHECK(h.status == 200);
   CHECK(h.j() == json{{"status", "ok"}});
@@ -36,7 +36,7 @@ TEST_CASE("e2e: GET /healthz needs no token and GET /v1/version needs one") {
 }
 
 TEST_CASE("e2e: kvmictl version prints the client's and the server's version") {
-  kvmid_process t({.vms = 1, .vcpus = 1});
+  kvmid_process t(one_vm());
   auto r = t.kvmictl({"version"});
   INFO("stderr: " << r.err);
   CHECK(r.status == 0);

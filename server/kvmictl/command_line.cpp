@@ -68,9 +68,12 @@ std::string usage() {
     "       kvmictl --version | help [COMMAND] | COMMAND --help\n"
     "commands:\n";
   for (auto& c : table) {
-    std::string head = "  " + std::string(c.name);
-    if (!c.args.empty())
-      head += " " + std::string(c.args);
+    std::string head = "  ";
+    head += c.name;
+    if (!c.args.empty()) {
+      head += ' ';
+      head += c.args;
+    }
     head.resize(std::max<size_t>(head.size() + 1, 24), ' ');
     out += head;
     out += c.summary;
@@ -83,10 +86,18 @@ std::string usage() {
 }
 
 std::string command_help(const command& c) {
-  std::string out = "usage: kvmictl [OPTIONS] " + std::string(c.name);
-  if (!c.args.empty())
-    out += " " + std::string(c.args);
-  out += "\n" + std::string(c.summary) + "\n" + std::string(c.help) + "\n";
+  // Appends: GCC 12 at -O3 misreads "..." + std::string joins (-Wrestrict).
+  std::string out = "usage: kvmictl [OPTIONS] ";
+  out += c.name;
+  if (!c.args.empty()) {
+    out += ' ';
+    out += c.args;
+  }
+  out += '\n';
+  out += c.summary;
+  out += '\n';
+  out += c.help;
+  out += '\n';
   return out;
 }
 

@@ -1004,7 +1004,44 @@ private:
       reply_now(ctx, error_response(*e), req.keep_alive, "/v1/events");
       return;
     }
-    sub_ = st_->be.subscribe(std::get<bus_filter>(std::move(f)), st_->opts.stream_queue);
+    auto filter = std::get<bus_filter>(std::move(f));
+    if (filter.vms.empty()) {
+      open_stream(ctx, std::move(filter));
+      return;
+    }
+    // ?vm= names are checked against the VMs kvmid knows: a typo would
+    // otherwise give a stream that never carries anything.
+    busy_ = true;
+    ctx.cancel_timer(read_timer);
+    auto post = st_->post;
+    st_->be.list_vms([post, id = id_, filter = std::move(filter),
+                      keep = req.keep_alive](api_result<std::vector<vm_info>> r) mutable {
+      post(id, [r = std::move(r), filter = std::move(filter),
+                keep](net::conn_ctx& c, net::connection_handler& h) mutable {
+        static_cast<http_conn&>(h).stream_vms_known(c, r, std::move(filter), keep);
+      });
+    });
+  }
+
+  // Back on the ring thread with the VMs kvmid knows.
+  void stream_vms_known(net::conn_ctx& ctx, const api_result<std::vector<vm_info>>& known,
+                        bus_filter filter, bool keep_alive) {
+    busy_ = false;
+    if (closing_)
+      return;
+    if (!known.ok()) {
+      reply_now(ctx, error_response(to_http(known.error())), keep_alive, "/v1/events");
+      return;
+    }
+    if (auto e = unknown_stream_vm(filter, known.value())) {
+      reply_now(ctx, error_response(*e), keep_alive, "/v1/events");
+      return;
+    }
+    open_stream(ctx, std::move(filter));
+  }
+
+  void open_stream(net::conn_ctx& ctx, bus_filter filter) {
+    sub_ = st_->be.subscribe(std::move(filter), st_->opts.stream_queue);
     if (!sub_) {
       reply_now(ctx, error_response({503, "unavailable", "event stream unavailable"}), false,
                 "/v1/events");

@@ -97,6 +97,17 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
   return f;
 }
 
+std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vector<vm_info>& known) {
+  for (auto& want : f.vms) {
+    bool found = std::any_of(known.begin(), known.end(), [&](const vm_info& v) {
+      return v.uuid == want || v.name == want;
+    });
+    if (!found)
+      return bad_request("unknown vm '" + excerpt(want) + "' (no VM kvmid knows has that uuid or name)");
+  }
+  return std::nullopt;
+}
+
 std::string format_sse(const bus_record& r) {
   nlohmann::json j = {{"seq", r.seq},       {"time_ns", r.time_ns}, {"kind", name(r.kind)},
                       {"name", r.name},     {"vm", r.vm},           {"vm_name", r.vm_name},

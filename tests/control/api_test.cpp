@@ -1030,6 +1030,32 @@ TEST_CASE("api: event stream kinds that match no record are 400") {
   }
 }
 
+TEST_CASE("api: event stream vm values that name no VM kvmid knows are 400") {
+  for (std::string q : {std::string("vm=web2"), std::string("vm=web1,nosuch"),
+                        "vm=" + std::string(vm1) + "&vm=x"}) {
+    CAPTURE(q);
+    harness t;
+    auto p = t.one("GET", "/v1/events?" + q);
+    check_error(p, 400, "bad_request");
+    CHECK(p.j()["error"]["message"].get<std::string>().starts_with("unknown vm '"));
+    CHECK(p.headers["connection"] == "keep-alive");
+    CHECK(t.be.bus.subscribers() == 0);
+    CHECK(t.one("GET", "/v1/vms").status == 200); // the connection still serves
+  }
+  for (std::string q : {std::string("vm=web1"), "vm=" + std::string(vm1),
+                        "vm=web1," + std::string(vm1)}) {
+    CAPTURE(q);
+    harness t;
+    t.feed("GET /v1/events?" + q + " HTTP/1.1\r\nAuthorization: Bearer " + token + "\r\n\r\n");
+    CHECK(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(t.be.bus.subscribers() == 1);
+  }
+  harness t;
+  t.be.fail = api_error{api_errc::internal, "registry gone"};
+  check_error(t.one("GET", "/v1/events?vm=web1"), 500, "internal");
+  CHECK(t.be.bus.subscribers() == 0);
+}
+
 TEST_CASE("api: a name-only kind filter also carries reports such as hypercall") {
   harness t;
   t.feed(std::string("GET /v1/events?kind=breakpoint-hit HTTP/1.1\r\nAuthorization: Bearer ")

@@ -5,6 +5,7 @@
 #include "proto/cookie.hpp"
 #include "server/secret_file.hpp"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <grp.h>
@@ -338,6 +339,11 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   if (j.contains("api"))
     cfg.api = j["api"];
   return cfg;
+}
+
+std::string default_state_dir() {
+  const char* sd = std::getenv("STATE_DIRECTORY");
+  return sd && *sd ? std::string(sd).substr(0, std::string(sd).find(':')) : "/var/lib/kvmid";
 }
 
 config load_config(const std::string& path) {

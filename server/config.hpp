@@ -56,6 +56,10 @@ struct config {
   std::optional<nlohmann::json> api; // the control plane's section, validated there
 };
 
+// Where kvmid keeps its state when the config sets no state_dir:
+// $STATE_DIRECTORY (its first entry; systemd) or /var/lib/kvmid.
+std::string default_state_dir();
+
 // Throws config_error.
 config parse_config(const nlohmann::json& j, const std::string& file);
 config load_config(const std::string& path);

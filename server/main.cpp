@@ -9,7 +9,10 @@
 #include "server/reactor.hpp"
 #include "server/shutdown.hpp"
 
+#include "kvmid_version.hpp"
+
 #ifdef KVMID_HAVE_CONTROL
+#include "server/check_config.hpp"
 #include "server/control/api.hpp"
 #endif
 #ifdef KVMID_HAVE_SIM
@@ -39,7 +42,10 @@ void usage(FILE* f) {
   std::fprintf(f,
                "usage: kvmid [--config FILE] [--log-level error|warn|info|debug]\n"
                "             [--simulate VMSxVCPUS] [--duration SECONDS]\n"
+               "       kvmid --check-config FILE | --version\n"
                "  --config FILE        JSON config (see config/kvmid.json)\n"
+               "  --check-config FILE  validate FILE, print it with every default filled in;\n"
+               "                       exit 0 if kvmid would start with it, 1 if not\n"
                "  --simulate 4x4       run kvmi-sim in-process against kvmid's own socket\n"
                "  --duration SECONDS   exit cleanly after this time, printing a final summary\n");
 }
@@ -151,7 +157,7 @@ policy_set demo_policies() {
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, level_arg, simulate;
+  std::string config_path, check_path, level_arg, simulate;
   double duration = 0;
   bool impatient_unhook = false;
   for (int i = 1; i < argc; ++i) {
@@ -165,6 +171,8 @@ int main(int argc, char** argv) {
     };
     if (a == "--config" || a == "-c")
       config_path = next();
+    else if (a == "--check-config")
+      check_path = next();
     else if (a == "--log-level")
       level_arg = next();
     else if (a == "--simulate")
@@ -182,11 +190,22 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
       return 0;
+    } else if (a == "--version") {
+      print_version("kvmid");
+      return 0;
     } else {
       std::fprintf(stderr, "kvmid: unknown argument %s\n", a.c_str());
       usage(stderr);
       return 2;
     }
+  }
+  if (!check_path.empty()) {
+#ifdef KVMID_HAVE_CONTROL
+    return check_config(check_path, stdout, stderr);
+#else
+    std::fprintf(stderr, "kvmid: built without the control plane; --check-config is unavailable\n");
+    return 2;
+#endif
   }
   uint32_t sim_vms = 0, sim_vcpus = 0;
   if (!simulate.empty()) {
@@ -207,6 +226,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::fprintf(stderr, "kvmid: version %.*s (%.*s) starting\n", int(build_version.size()),
+               build_version.data(), int(build_type.size()), build_type.data());
   config cfg;
   std::vector<std::vector<uint8_t>> cookies;
   std::filesystem::path tmpdir;
@@ -277,10 +298,8 @@ int main(int argc, char** argv) {
     std::string dir = cfg.state_dir;
     if (dir.empty() && !tmpdir.empty())
       dir = (tmpdir / "state").string();
-    if (dir.empty()) {
-      const char* sd = std::getenv("STATE_DIRECTORY");
-      dir = sd && *sd ? std::string(sd).substr(0, std::string(sd).find(':')) : "/var/lib/kvmid";
-    }
+    if (dir.empty())
+      dir = default_state_dir();
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec && !explicit_dir) {
@@ -319,6 +338,10 @@ int main(int argc, char** argv) {
     // shutdown bound may take a send buffer from the reactor or post to it.
     auto the_core = std::make_unique<core>(co);
     core& c = *the_core;
+    c.metrics()
+      .get_gauge("kvmid_build_info", "The running kvmid's version (always 1)",
+                 {{"version", std::string(build_version)}})
+      .set(1);
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
     ro.spin = cfg.poll;

@@ -4,6 +4,7 @@
 #include "actors/excerpt.hpp"
 #include "actors/log.hpp"
 #include "actors/needed_events.hpp"
+#include "proto/handshake.hpp"
 #include "proto/ids.hpp"
 #include "server/control/audit.hpp"
 #include "server/control/encoding.hpp"
@@ -11,6 +12,8 @@
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
 #include "server/control/tls_conn.hpp"
+
+#include "kvmid_version.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -352,6 +355,27 @@ uint32_t event_mask(const json& list, const char* key) {
 
 constexpr uint64_t max_memory_len = 64 * 1024; // control_api's bound per call
 
+// The handshake dialects kvmid speaks (config "handshake"). The switch has
+// no default, so a new kvmi::hs::mode fails the build until it is named.
+std::string_view dialect_name(kvmi::hs::mode m) {
+  switch (m) {
+    case kvmi::hs::mode::kvmi: return "kvmi";
+    case kvmi::hs::mode::qemu_v5: return "qemu-v5";
+  }
+  return "?";
+}
+
+// GET /v1/version
+json version_body() {
+  json dialects = json::array();
+  for (auto m : {kvmi::hs::mode::kvmi, kvmi::hs::mode::qemu_v5})
+    dialects.push_back(dialect_name(m));
+  return {{"version", build_version},
+          {"build_type", build_type},
+          {"api", "v1"},
+          {"protocol", {{"kvmi_version", kvmi::version}, {"dialects", std::move(dialects)}}}};
+}
+
 void check_range(uint64_t gpa, uint64_t len) {
   if (len == 0 || len > max_memory_len)
     throw body_error{unprocessable("invalid_range", "length must be 1.." + std::to_string(max_memory_len))};
@@ -415,6 +439,8 @@ void http_api::dispatch(const route_match& m, const request& r,
     };
   };
   try {
+    if (auto key = unknown_query_parameter(m.id, r.query))
+      throw body_error{bad_request(unknown_query_message(m.id, *key))};
     switch (m.id) {
       case route_id::list_vms:
         be.list_vms(answer<std::vector<vm_info>>(std::move(reply), [](const auto& vms) {
@@ -630,10 +656,36 @@ void http_api::dispatch(const route_match& m, const request& r,
         json j = parse_body(r, {"gpa"});
         uint64_t gpa = need_u64(j, "gpa");
         note.gpa = gpa;
-        be.add_breakpoint(vm, gpa,
-                          answer<breakpoint_info>(
-                            std::move(reply), [](const breakpoint_info& b) { return to_json(b); },
-                            201));
+        // 201 Created names the new breakpoint's URL.
+        be.add_breakpoint(vm, gpa, [reply = std::move(reply), vm, gpa](api_result<breakpoint_info> res) {
+          if (!res.ok()) {
+            reply(error_response(to_http(res.error())));
+            return;
+          }
+          auto resp = json_response(201, to_json(res.value()));
+          resp.headers.emplace_back("Location", "/v1/vms/" + percent_encode_segment(vm)
+                                                  + "/breakpoints/" + hex_u64(gpa));
+          reply(std::move(resp));
+        });
+        return;
+      }
+      case route_id::get_breakpoint: {
+        auto gpa = parse_u64(m.param("gpa"));
+        if (!gpa)
+          throw body_error{bad_request("breakpoint gpa must be an unsigned integer")};
+        be.list_breakpoints(vm, [reply = std::move(reply), g = *gpa](
+                                  api_result<std::vector<breakpoint_info>> res) {
+          if (!res.ok()) {
+            reply(error_response(to_http(res.error())));
+            return;
+          }
+          for (auto& b : res.value())
+            if (b.gpa == g) {
+              reply(json_response(200, to_json(b)));
+              return;
+            }
+          reply(error_response(not_found("not_found", "no breakpoint at " + hex_u64(g))));
+        });
         return;
       }
       case route_id::remove_breakpoint: {
@@ -655,6 +707,17 @@ void http_api::dispatch(const route_match& m, const request& r,
       }
       case route_id::events:
         reply(error_response(bad_request("the event stream is served by the connection")));
+        return;
+      case route_id::version:
+        reply(json_response(200, version_body()));
+        return;
+      case route_id::healthz:
+        // A round trip through the core's registry: the answer proves the
+        // actors run, not only the ring thread.
+        be.list_vms([reply = std::move(reply)](api_result<std::vector<vm_info>> r) {
+          reply(r.ok() ? json_response(200, json{{"status", "ok"}})
+                       : error_response({503, "unavailable", "core: " + r.error().message}));
+        });
         return;
     }
   } catch (const body_error& e) {
@@ -858,7 +921,7 @@ private:
   // Why the request in hand is refused (401, 404/405, 403 in that order), or
   // nullopt. Reads rt_ and who_ as vet_head() set them.
   std::optional<response> refusal(const request& req) const {
-    if (who_ == role::none)
+    if (who_ == role::none && !(rt_.match && open_to_all(rt_.match->id)))
       return error_response(unauthorized(req.header("authorization")
                                            ? "wrong bearer token"
                                            : "missing Authorization: Bearer token"));
@@ -886,6 +949,9 @@ private:
     rt_ = route(req.method, req.path);
     who_ = st_->access.check(req.header("authorization"));
     auto no = refusal(req);
+    // A route open to all takes no body: without a token, none is read.
+    if (!no && who_ == role::none && parser_.body_expected())
+      no = error_response(bad_request(std::string(name(rt_.match->id)) + " takes no body"));
     if (!no || (who_ != role::none && !parser_.body_expected()))
       return true;
     std::string_view route_name = rt_.match ? name(rt_.match->id) : "-";
@@ -941,7 +1007,44 @@ private:
       reply_now(ctx, error_response(*e), req.keep_alive, "/v1/events");
       return;
     }
-    sub_ = st_->be.subscribe(std::get<bus_filter>(std::move(f)), st_->opts.stream_queue);
+    auto filter = std::get<bus_filter>(std::move(f));
+    if (filter.vms.empty()) {
+      open_stream(ctx, std::move(filter));
+      return;
+    }
+    // ?vm= names are checked against the VMs kvmid knows: a typo would
+    // otherwise give a stream that never carries anything.
+    busy_ = true;
+    ctx.cancel_timer(read_timer);
+    auto post = st_->post;
+    st_->be.list_vms([post, id = id_, filter = std::move(filter),
+                      keep = req.keep_alive](api_result<std::vector<vm_info>> r) mutable {
+      post(id, [r = std::move(r), filter = std::move(filter),
+                keep](net::conn_ctx& c, net::connection_handler& h) mutable {
+        static_cast<http_conn&>(h).stream_vms_known(c, r, std::move(filter), keep);
+      });
+    });
+  }
+
+  // Back on the ring thread with the VMs kvmid knows.
+  void stream_vms_known(net::conn_ctx& ctx, const api_result<std::vector<vm_info>>& known,
+                        bus_filter filter, bool keep_alive) {
+    busy_ = false;
+    if (closing_)
+      return;
+    if (!known.ok()) {
+      reply_now(ctx, error_response(to_http(known.error())), keep_alive, "/v1/events");
+      return;
+    }
+    if (auto e = unknown_stream_vm(filter, known.value())) {
+      reply_now(ctx, error_response(*e), keep_alive, "/v1/events");
+      return;
+    }
+    open_stream(ctx, std::move(filter));
+  }
+
+  void open_stream(net::conn_ctx& ctx, bus_filter filter) {
+    sub_ = st_->be.subscribe(std::move(filter), st_->opts.stream_queue);
     if (!sub_) {
       reply_now(ctx, error_response({503, "unavailable", "event stream unavailable"}), false,
                 "/v1/events");

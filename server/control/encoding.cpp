@@ -129,6 +129,23 @@ std::optional<std::vector<uint8_t>> from_base64(std::string_view s) {
   return out;
 }
 
+std::string percent_encode_segment(std::string_view s) {
+  static constexpr char digits[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                 || c == '-' || c == '_' || c == '.' || c == '~';
+    if (plain) {
+      out += char(c);
+    } else {
+      out += '%';
+      out += digits[c >> 4];
+      out += digits[c & 15];
+    }
+  }
+  return out;
+}
+
 std::string hex_u64(uint64_t v) {
   char buf[2 + 16 + 1] = "0x";
   auto [p, ec] = std::to_chars(buf + 2, buf + sizeof buf, v, 16);

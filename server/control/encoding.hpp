@@ -21,6 +21,10 @@ std::optional<std::vector<uint8_t>> from_base64(std::string_view s); // padded, 
 
 std::string hex_u64(uint64_t v); // "0x1000"
 
+// One path segment for a URL kvmid sends back (Location): unreserved
+// characters as they are, every other byte as %XX.
+std::string percent_encode_segment(std::string_view s);
+
 // "rwx", "r-x", "---", any order-fixed r/w/x or '-' triple -> access bits.
 std::optional<uint8_t> parse_access(std::string_view s);
 std::string access_string(uint8_t access);

@@ -20,8 +20,10 @@ bool mutating(route_id r) {
   return true;
 }
 
+bool open_to_all(route_id r) { return r == route_id::healthz; }
+
 bool allowed(role who, route_id r) {
-  return who == role::full || (who == role::read && !mutating(r));
+  return who == role::full || (who == role::read && !mutating(r)) || open_to_all(r);
 }
 
 api_access::api_access(token_auth full, std::optional<token_auth> read)

@@ -1,6 +1,8 @@
 // Who may do what: the full token may use every route; the read token
 // (api.read_token_file) only GET routes, the event stream and /metrics, so a
 // monitoring service never holds a secret that can write guest memory.
+// GET /healthz needs no token: a load balancer or systemd probe holds none,
+// and the answer tells nothing about the guests.
 #pragma once
 
 #include "server/control/auth.hpp"
@@ -20,6 +22,8 @@ std::string_view name(role r);
 
 // A route that changes a VM or kvmid (every method but GET).
 bool mutating(route_id r);
+// A route anyone may call, with or without a token.
+bool open_to_all(route_id r);
 bool allowed(role who, route_id r);
 
 class api_access {

@@ -1,5 +1,8 @@
 #include "server/control/router.hpp"
 
+#include "actors/excerpt.hpp"
+#include "server/control/http.hpp"
+
 namespace kvmid::control {
 
 namespace {
@@ -12,18 +15,21 @@ constexpr route_entry table[] = {
   {"POST", "/v1/vms/{vm}/resume", route_id::resume_vm},
   {"POST", "/v1/vms/{vm}/unhook", route_id::unhook_vm},
   {"POST", "/v1/vms/{vm}/admit", route_id::admit_vm},
-  {"GET", "/v1/vms/{vm}/vcpus/{vcpu}/registers", route_id::get_registers},
+  {"GET", "/v1/vms/{vm}/vcpus/{vcpu}/registers", route_id::get_registers, "msrs"},
   {"PUT", "/v1/vms/{vm}/vcpus/{vcpu}/events", route_id::set_vcpu_events},
-  {"GET", "/v1/vms/{vm}/memory", route_id::read_memory},
+  {"GET", "/v1/vms/{vm}/memory", route_id::read_memory, "gpa,len,encoding"},
   {"PUT", "/v1/vms/{vm}/memory", route_id::write_memory},
   {"GET", "/v1/vms/{vm}/page-access", route_id::get_page_access},
   {"PUT", "/v1/vms/{vm}/page-access", route_id::set_page_access},
   {"GET", "/v1/vms/{vm}/breakpoints", route_id::list_breakpoints},
   {"POST", "/v1/vms/{vm}/breakpoints", route_id::add_breakpoint},
+  {"GET", "/v1/vms/{vm}/breakpoints/{gpa}", route_id::get_breakpoint},
   {"DELETE", "/v1/vms/{vm}/breakpoints/{gpa}", route_id::remove_breakpoint},
   {"POST", "/v1/policies/reload", route_id::reload_policies},
-  {"GET", "/v1/events", route_id::events},
+  {"GET", "/v1/events", route_id::events, "vm,kind"},
   {"GET", "/metrics", route_id::metrics},
+  {"GET", "/v1/version", route_id::version},
+  {"GET", "/healthz", route_id::healthz},
 };
 
 std::vector<std::string_view> split(std::string_view path) {
@@ -72,6 +78,48 @@ std::string_view name(route_id r) {
     if (e.id == r)
       return e.pattern;
   return "?";
+}
+
+const route_entry* entry(route_id r) {
+  for (auto& e : table)
+    if (e.id == r)
+      return &e;
+  return nullptr;
+}
+
+std::optional<std::string> unknown_query_parameter(route_id r, std::string_view query) {
+  auto* e = entry(r);
+  std::string_view known = e ? e->query : std::string_view{};
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view item = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (item.empty())
+      continue; // "a=1&&b=2", a trailing '?'
+    std::string key = percent_decode(item.substr(0, item.find('=')), true);
+    bool ok = false;
+    for (std::string_view k = known; !k.empty() && !ok;) {
+      auto comma = k.find(',');
+      ok = k.substr(0, comma) == key;
+      k = comma == std::string_view::npos ? std::string_view{} : k.substr(comma + 1);
+    }
+    if (!ok)
+      return key;
+  }
+  return std::nullopt;
+}
+
+std::string unknown_query_message(route_id r, std::string_view key) {
+  auto* e = entry(r);
+  std::string takes;
+  for (char c : e ? e->query : std::string_view{})
+    takes += c == ',' ? std::string(", ") : std::string(1, c);
+  std::string out = "unknown query parameter '";
+  out += excerpt(key);
+  out += "' (";
+  out += name(r);
+  out += takes.empty() ? " takes none)" : " takes " + takes + ")";
+  return out;
 }
 
 std::string_view route_match::param(std::string_view n) const {

@@ -24,20 +24,24 @@ enum class route_id : uint8_t {
   set_vcpu_events,   // PUT    /v1/vms/{vm}/vcpus/{vcpu}/events
   read_memory,       // GET    /v1/vms/{vm}/memory?gpa=&len=&encoding=
   write_memory,      // PUT    /v1/vms/{vm}/memory
-  get_page_access,   // GET    /v1/vms/{vm}/page-access?gpa=
+  get_page_access,   // GET    /v1/vms/{vm}/page-access
   set_page_access,   // PUT    /v1/vms/{vm}/page-access
   list_breakpoints,  // GET    /v1/vms/{vm}/breakpoints
   add_breakpoint,    // POST   /v1/vms/{vm}/breakpoints
+  get_breakpoint,    // GET    /v1/vms/{vm}/breakpoints/{gpa} (POST's Location)
   remove_breakpoint, // DELETE /v1/vms/{vm}/breakpoints/{gpa}
   reload_policies,   // POST   /v1/policies/reload
   events,            // GET    /v1/events?vm=&kind=
   metrics,           // GET    /metrics
+  version,           // GET    /v1/version
+  healthz,           // GET    /healthz (no token)
 };
 
 struct route_entry {
   std::string_view method;
   std::string_view pattern; // segments; "{name}" captures one segment
   route_id id;
+  std::string_view query = {}; // the query parameters it takes: "gpa,len,encoding"
 };
 
 std::span<const route_entry> routes();
@@ -56,5 +60,12 @@ struct route_result {
 };
 
 route_result route(std::string_view method, std::string_view path);
+
+// The first query parameter (percent-decoded name) that route r does not
+// take, or nullopt. A typo such as ?lenght= is refused, not ignored.
+std::optional<std::string> unknown_query_parameter(route_id r, std::string_view query);
+// The 400 message for it: "unknown query parameter 'lenght' (/v1/vms/{vm}/memory
+// takes gpa, len, encoding)"; the name is quoted as an excerpt.
+std::string unknown_query_message(route_id r, std::string_view key);
 
 } // namespace kvmid::control

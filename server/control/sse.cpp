@@ -2,6 +2,7 @@
 
 #include "actors/excerpt.hpp"
 #include "server/control/encoding.hpp"
+#include "server/control/router.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -22,6 +23,22 @@ std::vector<std::string> split_list(std::string_view s) {
 
 bool safe_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+// The names of the records the core and the API publish (bus_record::name),
+// besides the KVMI event kinds: a ?kind= naming none of them would select
+// nothing, which is a typo, not a filter.
+bool known_record_name(std::string_view n) {
+  static constexpr std::string_view names[] = {
+    // lifecycle
+    "vm-connected", "vm-disconnected", "vm-unhooked", "vm-paused", "vm-resumed",
+    "handshake-failed", "protocol-error", "api-call",
+    // alerts: the policy's rule kinds, and a forced protection change
+    "page-protection", "msr-protection", "cr-pin", "protection-override",
+    // reports
+    "hypercall", "breakpoint-hit"};
+  return parse_event_kind(n).has_value()
+         || std::find(std::begin(names), std::end(names), n) != std::end(names);
 }
 } // namespace
 
@@ -53,18 +70,24 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
         } else if (k == "event") {
           f.kinds.push_back(bus_kind::event);
           explicit_kind = true;
-        } else {
+        } else if (k == "report") {
+          f.kinds.push_back(bus_kind::report);
+          explicit_kind = true;
+        } else if (known_record_name(k)) {
           f.names.push_back(k);
+        } else {
+          return bad_request("unknown kind '" + excerpt(k)
+                             + "' (alert, lifecycle, event, report, or a record or event name)");
         }
       }
     } else if (!key.empty()) {
-      return bad_request("unknown query parameter '" + excerpt(key) + "' (vm, kind)");
+      return bad_request(unknown_query_message(route_id::events, key));
     }
   }
   if (!f.names.empty() && !explicit_kind) {
     // Names alone pick records of any kind; raw events only if one of the
     // names is a KVMI event kind (subscribing to raw events costs the core).
-    f.kinds = {bus_kind::lifecycle, bus_kind::alert};
+    f.kinds = {bus_kind::lifecycle, bus_kind::alert, bus_kind::report};
     for (auto& n : f.names)
       if (parse_event_kind(n)) {
         f.kinds.push_back(bus_kind::event);
@@ -72,6 +95,17 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r) {
       }
   }
   return f;
+}
+
+std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vector<vm_info>& known) {
+  for (auto& want : f.vms) {
+    bool found = std::any_of(known.begin(), known.end(), [&](const vm_info& v) {
+      return v.uuid == want || v.name == want;
+    });
+    if (!found)
+      return bad_request("unknown vm '" + excerpt(want) + "' (no VM kvmid knows has that uuid or name)");
+  }
+  return std::nullopt;
 }
 
 std::string format_sse(const bus_record& r) {

@@ -2,6 +2,7 @@
 // the text/event-stream framing of bus records.
 #pragma once
 
+#include "actors/control_api.hpp"
 #include "actors/event_bus.hpp"
 #include "server/control/errors.hpp"
 
@@ -16,6 +17,10 @@ namespace kvmid::control {
 // events of that kind; without `kind` the stream carries lifecycle records
 // and alerts.
 std::variant<bus_filter, http_error> parse_stream_filter(const request& r);
+
+// A 400 naming the first ?vm= value that is neither the uuid nor the name of
+// a VM in `known`, or nullopt.
+std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vector<vm_info>& known);
 
 // "id: <seq>\nevent: <kind>\ndata: <json>\n\n"; the JSON carries every field
 // of the record. Names and messages cannot break the framing: JSON escapes

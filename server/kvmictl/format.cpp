@@ -250,4 +250,28 @@ void sse_parser::line(std::string_view l) {
   }
 }
 
+// "server: kvmid 0.1 (Release), API v1, KVMI 1, dialects kvmi, qemu-v5"
+std::string format_version(const nlohmann::json& j) {
+  auto str = [&](const char* k) {
+    return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string("?");
+  };
+  std::string out = "server: kvmid " + str("version") + " (" + str("build_type") + "), API "
+                    + str("api");
+  if (j.contains("protocol") && j["protocol"].is_object()) {
+    auto& p = j["protocol"];
+    if (p.contains("kvmi_version"))
+      out += ", KVMI " + p["kvmi_version"].dump();
+    if (p.contains("dialects") && p["dialects"].is_array()) {
+      out += ", dialects";
+      std::string sep = " ";
+      for (auto& d : p["dialects"]) {
+        out += sep;
+        out += d.is_string() ? d.get<std::string>() : d.dump();
+        sep = ", ";
+      }
+    }
+  }
+  return out + "\n";
+}
+
 } // namespace kvmictl

@@ -16,6 +16,7 @@ std::string format_vms(const nlohmann::json& body);      // GET /v1/vms
 std::string format_vm(const nlohmann::json& vm);         // GET /v1/vms/{vm}
 std::string format_vcpus(const nlohmann::json& body);    // GET .../vcpus
 std::string format_regs(const nlohmann::json& body);     // GET .../registers
+std::string format_version(const nlohmann::json& body);  // GET /v1/version
 std::string format_event(std::string_view event, const nlohmann::json& data); // one line
 // 16 bytes a line: address, hex, printable ASCII.
 std::string hexdump(uint64_t gpa, const std::vector<uint8_t>& bytes);

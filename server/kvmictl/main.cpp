@@ -6,7 +6,11 @@
 //
 // Exit codes: 0 ok, 1 the API answered with an error, 2 usage, 3 no answer.
 #include "actors/bounded_json.hpp"
+#include "server/control/encoding.hpp"
+#include "server/kvmictl/command_line.hpp"
 #include "server/kvmictl/format.hpp"
+
+#include "kvmid_version.hpp"
 
 #include <curl/curl.h>
 
@@ -24,24 +28,6 @@ namespace {
 
 using nlohmann::json;
 
-const char* usage =
-  "usage: kvmictl [--server URL|unix:PATH | --unix PATH] [--token T | --token-file F] [--json]\n"
-  "               [--timeout SECONDS] COMMAND [ARGS]\n"
-  "commands:\n"
-  "  vms                         list VMs\n"
-  "  vm UUID                     one VM with its memory map and vCPUs\n"
-  "  vcpus UUID                  the VM's vCPUs and their state\n"
-  "  pause UUID | resume UUID    pause or resume every vCPU of a VM\n"
-  "  regs UUID VCPU              registers of a paused vCPU\n"
-  "  read UUID GPA LEN           guest physical memory (hexdump; --json: hex)\n"
-  "  unhook UUID                 remove kvmid's hooks and disconnect the VM; it\n"
-  "                              stays unhooked until admitted again\n"
-  "  admit UUID                  let an unhooked VM be hooked when it reconnects\n"
-  "  reload                      reload policies\n"
-  "  watch [--vm V] [--kind K] [--count N]\n"
-  "                              the event stream, one line per event\n"
-  "environment: KVMID_API, KVMID_TOKEN, KVMID_TOKEN_FILE\n";
-
 struct options {
   std::string server = "http://127.0.0.1:8181"; // config/kvmid.json's API port
   std::string unix_path;
@@ -53,6 +39,7 @@ struct options {
 struct http_result {
   bool ok = false;        // transport worked
   std::string error;      // transport error
+  CURLcode code = CURLE_OK;
   long status = 0;
   std::string body;
 };
@@ -103,23 +90,48 @@ http_result request(const options& o, const std::string& method, const std::stri
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
   } else {
     r.error = curl_easy_strerror(rc);
+    r.code = rc;
   }
   curl_slist_free_all(hdrs);
   curl_easy_cleanup(c);
   return r;
 }
 
+std::string where(const options& o) { return o.unix_path.empty() ? o.server : "unix:" + o.unix_path; }
+
+// No HTTP answer: say where kvmictl looked and how to point it elsewhere.
+void report_transport(const options& o, CURLcode code, const std::string& error) {
+  if (code == CURLE_OPERATION_TIMEDOUT) {
+    std::cerr << "kvmictl: no answer from " << where(o) << " within " << o.timeout
+              << " s (--timeout SECONDS)\n";
+    return;
+  }
+  std::cerr << "kvmictl: cannot reach " << where(o) << ": " << error << "\n";
+  if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST
+      || code == CURLE_UNSUPPORTED_PROTOCOL || code == CURLE_URL_MALFORMAT)
+    std::cerr << "kvmictl: " << kvmictl::unreachable_hint(where(o)) << "\n";
+}
+
+// An error answer: the API's code and message, and for 401 where the token
+// comes from.
+void report_status(const options& o, long status, const std::string& body) {
+  std::cerr << "kvmictl: " << kvmictl::format_error(status, body) << "\n";
+  if (status == 401)
+    std::cerr << "kvmictl: " << kvmictl::unauthorized_hint(!o.token.empty()) << "\n";
+}
+
 // Prints the answer: the JSON itself with --json, else fmt(json).
-template <class F>
-int show(const options& o, const http_result& r, F fmt) {
+template <class F, class W = json (*)(json)>
+int show(const options& o, const http_result& r, F fmt,
+         W wrap = [](json j) { return j; }) {
   if (!r.ok) {
-    std::cerr << "kvmictl: " << r.error << "\n";
+    report_transport(o, r.code, r.error);
     return 3;
   }
   if (r.status < 200 || r.status >= 300) {
     if (o.json_out)
       std::cout << r.body << "\n";
-    std::cerr << "kvmictl: " << kvmictl::format_error(r.status, r.body) << "\n";
+    report_status(o, r.status, r.body);
     return 1;
   }
   std::string err;
@@ -129,7 +141,7 @@ int show(const options& o, const http_result& r, F fmt) {
     return 3;
   }
   if (o.json_out)
-    std::cout << j.dump() << "\n";
+    std::cout << wrap(std::move(j)).dump() << "\n";
   else
     std::cout << fmt(j);
   return 0;
@@ -209,14 +221,26 @@ int watch(const options& o, const std::string& vm, const std::string& kind, long
   if (w.done)
     return 0;
   if (w.status != 0 && w.status != 200) {
-    std::cerr << "kvmictl: " << kvmictl::format_error(w.status, w.err_body) << "\n";
+    report_status(o, w.status, w.err_body);
     return 1;
   }
   if (rc != CURLE_OK) {
-    std::cerr << "kvmictl: " << curl_easy_strerror(rc) << "\n";
+    report_transport(o, rc, curl_easy_strerror(rc));
     return 3;
   }
   return 0; // the server ended the stream
+}
+
+// The client's version, then the server's: a mismatch is the first thing
+// to rule out when a command behaves unexpectedly.
+int version(const options& o) {
+  auto r = request(o, "GET", "/v1/version");
+  std::string client(kvmid::build_version);
+  if (!o.json_out)
+    std::cout << "client: kvmictl " << client << "\n";
+  return show(o, r, [](const json& j) { return kvmictl::format_version(j); }, [&](json j) {
+    return json{{"client", {{"version", client}}}, {"server", std::move(j)}};
+  });
 }
 
 std::optional<std::string> read_token_file(const std::string& path) {
@@ -249,14 +273,26 @@ int main(int argc, char** argv) {
   std::vector<std::string> args;
   std::string watch_vm, watch_kind;
   long watch_count = -1;
+  bool help = false;
+  // A usage error: one line naming what is wrong, exit 2.
+  auto usage_error = [](const std::string& why) {
+    std::cerr << "kvmictl: " << why << "\n";
+    return 2;
+  };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::cerr << "kvmictl: " << a << " needs a value\n" << usage;
-        std::exit(2);
-      }
+      if (i + 1 >= argc)
+        std::exit(usage_error(a + " needs a value"));
       return argv[++i];
+    };
+    // --timeout and --count: a whole positive number within hi.
+    auto count = [&](uint64_t hi) -> long {
+      std::string v = next();
+      auto n = kvmid::control::parse_u64(v);
+      if (!n || *n == 0 || *n > hi)
+        std::exit(usage_error(a + " '" + v + "' must be a number 1.." + std::to_string(hi)));
+      return long(*n);
     };
     if (a == "--server") {
       std::string v = next();
@@ -283,60 +319,66 @@ int main(int argc, char** argv) {
     } else if (a == "--json") {
       o.json_out = true;
     } else if (a == "--timeout") {
-      o.timeout = std::atol(next().c_str());
+      o.timeout = count(86400);
     } else if (a == "--vm") {
       watch_vm = next();
     } else if (a == "--kind") {
       watch_kind = next();
     } else if (a == "--count") {
-      watch_count = std::atol(next().c_str());
+      watch_count = count(1u << 30);
     } else if (a == "-h" || a == "--help") {
-      std::cout << usage;
+      help = true;
+    } else if (a == "--version") {
+      kvmid::print_version("kvmictl");
       return 0;
     } else if (a.starts_with("--")) {
-      std::cerr << "kvmictl: unknown option " << a << "\n" << usage;
-      return 2;
+      return usage_error("unknown option '" + a + "' ('kvmictl --help' lists the options)");
     } else {
       args.push_back(a);
     }
   }
+  // kvmictl --help, kvmictl help [CMD], kvmictl CMD --help
+  if (help || (!args.empty() && args[0] == "help")) {
+    std::string topic = help ? (args.empty() ? "" : args[0]) : (args.size() > 1 ? args[1] : "");
+    if (topic.empty() || topic == "help") {
+      std::cout << kvmictl::usage();
+      return 0;
+    }
+    auto* c = kvmictl::find_command(topic);
+    if (!c)
+      return usage_error("no command '" + topic + "' ('kvmictl help' lists them)");
+    std::cout << kvmictl::command_help(*c);
+    return 0;
+  }
   if (args.empty()) {
-    std::cerr << usage;
+    std::cerr << kvmictl::usage();
     return 2;
   }
-  auto need = [&](size_t n) {
-    if (args.size() != n + 1) {
-      std::cerr << "kvmictl: " << args[0] << " takes " << n << " argument(s)\n" << usage;
-      std::exit(2);
-    }
-  };
+  auto* command = kvmictl::find_command(args[0]);
+  if (!command)
+    return usage_error("unknown command '" + args[0] + "' ('kvmictl help' lists them)");
+  if (auto why = kvmictl::check_args(*command, {args.begin() + 1, args.end()}); !why.empty())
+    return usage_error(why + " ('kvmictl help " + args[0] + "' says more)");
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string& cmd = args[0];
   int rc = 2;
   if (cmd == "vms") {
-    need(0);
     rc = show(o, request(o, "GET", "/v1/vms"), kvmictl::format_vms);
   } else if (cmd == "vm") {
-    need(1);
     rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1])), kvmictl::format_vm);
   } else if (cmd == "vcpus") {
-    need(1);
     rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus"), kvmictl::format_vcpus);
   } else if (cmd == "pause" || cmd == "resume" || cmd == "unhook" || cmd == "admit") {
-    need(1);
     rc = show(o, request(o, "POST", "/v1/vms/" + enc(args[1]) + "/" + cmd, "{}"),
               [&](const json& j) { return args[1] + ": " + j.value("result", cmd) + "\n"; });
   } else if (cmd == "reload") {
-    need(0);
     rc = show(o, request(o, "POST", "/v1/policies/reload", "{}"),
               [](const json&) { return std::string("policies reloaded\n"); });
   } else if (cmd == "regs") {
-    need(2);
     rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus/" + enc(args[2])
                                      + "/registers"),
               kvmictl::format_regs);
   } else if (cmd == "read") {
-    need(3);
     rc = show(o,
               request(o, "GET", "/v1/vms/" + enc(args[1]) + "/memory?gpa=" + enc(args[2])
                                   + "&len=" + enc(args[3]) + "&encoding=hex"),
@@ -357,11 +399,10 @@ int main(int argc, char** argv) {
                 uint64_t gpa = std::strtoull(j.value("gpa", "0").c_str(), nullptr, 0);
                 return kvmictl::hexdump(gpa, bytes);
               });
+  } else if (cmd == "version") {
+    rc = version(o);
   } else if (cmd == "watch") {
-    need(0);
     rc = watch(o, watch_vm, watch_kind, watch_count);
-  } else {
-    std::cerr << "kvmictl: unknown command " << cmd << "\n" << usage;
   }
   curl_global_cleanup();
   return rc;

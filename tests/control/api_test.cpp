@@ -3,6 +3,9 @@
 
 #include "server/control/encoding.hpp"
 
+#include "kvmid_version.hpp"
+#include "proto/ids.hpp"
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -680,6 +683,7 @@ std::vector<route_call> every_route() {
       case route_id::set_page_access: c.body = R"({"gpa":"0x3000","access":"r--"})"; break;
       case route_id::add_breakpoint: c.body = R"({"gpa":"0x4000"})"; break;
       case route_id::set_vcpu_events: c.body = R"({"enable":["descriptor"]})"; break;
+      case route_id::get_breakpoint: c.target = "/v1/vms/web1/breakpoints/0x1234"; break;
       default: break;
     }
     out.push_back(std::move(c));
@@ -794,6 +798,12 @@ TEST_CASE("api: the full token may call every route") {
     harness t;
     auto p = t.one(c.method, c.target, c.body);
     CHECK(p.status / 100 == 2);
+    // What a route creates, it names: the URL answers GET.
+    if (p.status == 201) {
+      CAPTURE(p.headers["location"]);
+      auto at = route("GET", p.headers["location"]);
+      CHECK(at.match);
+    }
   }
 }
 
@@ -904,6 +914,160 @@ TEST_CASE("api: config section parsing and validation") {
     json::parse(R"({"token_file":"/t","listen":["tcp:0.0.0.0:8700"],"allow_remote":true,
                     "tls":{"cert_file":"/c","key_file":"/k"}})"));
   CHECK(std::holds_alternative<api_options>(remote));
+}
+
+
+TEST_CASE("api: POST breakpoints answers 201 with a Location that GET answers") {
+  harness t;
+  std::string vm = std::string("/v1/vms/") + vm1;
+  auto added = t.one("POST", vm + "/breakpoints", R"({"gpa":"0x1234"})");
+  REQUIRE(added.status == 201);
+  CHECK(added.headers["location"] == vm + "/breakpoints/0x1234");
+  auto got = t.one("GET", added.headers["location"]);
+  REQUIRE(got.status == 200);
+  CHECK(got.j()["gpa"] == "0x1234");
+  CHECK(got.j()["hits"] == 2);
+  check_error(t.one("GET", vm + "/breakpoints/0x5000"), 404, "not_found");
+  check_error(t.one("GET", vm + "/breakpoints/zz"), 400, "bad_request");
+  // A failed create carries no Location.
+  t.be.fail = api_error{api_errc::conflict, "breakpoint exists"};
+  auto p = t.one("POST", vm + "/breakpoints", R"({"gpa":"0x1234"})");
+  check_error(p, 409, "conflict");
+  CHECK_FALSE(p.headers.count("location"));
+}
+
+TEST_CASE("api: GET /healthz answers without a token while the core answers") {
+  harness t;
+  auto p = t.one("GET", "/healthz", "", false);
+  CHECK(p.status == 200);
+  CHECK(p.j() == json{{"status", "ok"}});
+  CHECK(p.headers["connection"] == "keep-alive");
+  CHECK(t.be.calls.size() == 1); // asked the core: a round trip, not a constant
+  t.bearer = "wrong";
+  CHECK(t.one("GET", "/healthz").status == 200);
+  t.be.fail = api_error{api_errc::internal, "actor system gone"};
+  check_error(t.one("GET", "/healthz", "", false), 503, "unavailable");
+}
+
+TEST_CASE("api: GET /healthz without a token reads no body") {
+  harness t;
+  auto r = t.exchange("GET /healthz HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n");
+  REQUIRE(r.size() == 1);
+  check_error(r[0], 400, "bad_request");
+  CHECK(r[0].headers["connection"] == "close");
+  CHECK(t.be.calls.empty());
+}
+
+TEST_CASE("api: GET /v1/version names the build and the protocol dialects") {
+  harness t;
+  check_error(t.one("GET", "/v1/version", "", false), 401, "unauthorized");
+  harness r;
+  r.bearer = read_token;
+  auto p = r.one("GET", "/v1/version");
+  REQUIRE(p.status == 200);
+  auto j = p.j();
+  CHECK(j["version"] == std::string(kvmid::build_version));
+  CHECK(j["build_type"] == std::string(kvmid::build_type));
+  CHECK(j["api"] == "v1");
+  CHECK(j["protocol"]["kvmi_version"] == kvmi::version);
+  CHECK(j["protocol"]["dialects"] == json::array({"kvmi", "qemu-v5"}));
+}
+
+TEST_CASE("api: an unknown query parameter is 400 naming it on every route") {
+  for (auto& c : every_route()) {
+    CAPTURE(c.method);
+    CAPTURE(c.target);
+    harness t;
+    auto sub = t.be.bus.subscribe({}, 64);
+    std::string target = c.target + (c.target.find('?') == std::string::npos ? "?" : "&")
+                         + "lenght=4";
+    auto p = c.id == route_id::healthz ? t.one(c.method, target, c.body, false)
+                                       : t.one(c.method, target, c.body);
+    check_error(p, 400, "bad_request");
+    auto msg = p.j()["error"]["message"].get<std::string>();
+    CHECK(msg.find("unknown query parameter 'lenght'") != std::string::npos);
+    CHECK(msg.find(std::string(name(c.id))) != std::string::npos);
+    CHECK(t.be.calls.empty()); // refused before the core is asked
+    CHECK(t.be.bus.subscribers() == 1); // and no stream was opened
+    // A refused mutating call is still on the audit record.
+    CHECK(audit_records(*sub).size() == (mutating(c.id) ? 1u : 0u));
+  }
+}
+
+TEST_CASE("api: the query parameters a route takes are not refused") {
+  harness t;
+  std::string vm = std::string("/v1/vms/") + vm1;
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&len=4&encoding=base64").status == 200);
+  CHECK(t.one("GET", vm + "/vcpus/0/registers?msrs=0x174").status == 200);
+  // An empty item or a bare '?' names no parameter.
+  CHECK(t.one("GET", "/v1/vms?").status == 200);
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&&len=4").status == 200);
+  // Names are compared decoded: %6Cen is len.
+  CHECK(t.one("GET", vm + "/memory?gpa=0x1000&%6Cen=4").status == 200);
+  auto p = t.one("GET", vm + "/memory?gpa=0x1000&len=4&x%3Dy=1");
+  check_error(p, 400, "bad_request");
+  CHECK(p.j()["error"]["message"].get<std::string>().find("'x=y'") != std::string::npos);
+}
+
+TEST_CASE("api: event stream kinds that match no record are 400") {
+  for (const char* q : {"kind=alerts", "kind=alert,nosuch", "kind=page-protecton", "kind=vm-conected"}) {
+    CAPTURE(q);
+    harness t;
+    auto p = t.one("GET", std::string("/v1/events?") + q);
+    check_error(p, 400, "bad_request");
+    CHECK(p.j()["error"]["message"].get<std::string>().starts_with("unknown kind '"));
+    CHECK(t.be.bus.subscribers() == 0);
+  }
+  // Every kind and every published record name opens a stream.
+  for (const char* q : {"kind=alert,lifecycle,event,report", "kind=pf,msr", "kind=vm-connected",
+                        "kind=page-protection,cr-pin,protection-override", "kind=api-call",
+                        "kind=hypercall,breakpoint-hit"}) {
+    CAPTURE(q);
+    harness t;
+    t.feed(std::string("GET /v1/events?") + q + " HTTP/1.1\r\nAuthorization: Bearer " + token
+           + "\r\n\r\n");
+    CHECK(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+  }
+}
+
+TEST_CASE("api: event stream vm values that name no VM kvmid knows are 400") {
+  for (std::string q : {std::string("vm=web2"), std::string("vm=web1,nosuch"),
+                        "vm=" + std::string(vm1) + "&vm=x"}) {
+    CAPTURE(q);
+    harness t;
+    auto p = t.one("GET", "/v1/events?" + q);
+    check_error(p, 400, "bad_request");
+    CHECK(p.j()["error"]["message"].get<std::string>().starts_with("unknown vm '"));
+    CHECK(p.headers["connection"] == "keep-alive");
+    CHECK(t.be.bus.subscribers() == 0);
+    CHECK(t.one("GET", "/v1/vms").status == 200); // the connection still serves
+  }
+  for (std::string q : {std::string("vm=web1"), "vm=" + std::string(vm1),
+                        "vm=web1," + std::string(vm1)}) {
+    CAPTURE(q);
+    harness t;
+    t.feed("GET /v1/events?" + q + " HTTP/1.1\r\nAuthorization: Bearer " + token + "\r\n\r\n");
+    CHECK(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(t.be.bus.subscribers() == 1);
+  }
+  harness t;
+  t.be.fail = api_error{api_errc::internal, "registry gone"};
+  check_error(t.one("GET", "/v1/events?vm=web1"), 500, "internal");
+  CHECK(t.be.bus.subscribers() == 0);
+}
+
+TEST_CASE("api: a name-only kind filter also carries reports such as hypercall") {
+  harness t;
+  t.feed(std::string("GET /v1/events?kind=breakpoint-hit HTTP/1.1\r\nAuthorization: Bearer ")
+         + token + "\r\n\r\n");
+  REQUIRE(t.ctx.take().starts_with("HTTP/1.1 200 OK\r\n"));
+  bus_record r;
+  r.kind = bus_kind::report;
+  r.name = "breakpoint-hit";
+  r.vm = vm1;
+  t.be.bus.publish(r);
+  t.ring.run(t.ctx, *t.h);
+  CHECK(t.ctx.take().find("event: breakpoint-hit\n") != std::string::npos);
 }
 
 }

@@ -318,7 +318,7 @@ TEST_CASE("e2e: /metrics has every family and passes promtool") {
        {"kvmid_vms", "kvmid_vcpus", "kvmid_events_total", "kvmid_alerts_total",
         "kvmid_commands_total", "kvmid_protocol_errors_total", "kvmid_handshake_failures_total",
         "kvmid_event_reply_seconds", "kvmid_send_queue_depth", "kvmid_bus_dropped_total",
-        "kvmid_http_requests_total"}) {
+        "kvmid_http_requests_total", "kvmid_build_info"}) {
     CAPTURE(fam);
     CHECK(m.body.find(std::string("# TYPE ") + fam + " ") != std::string::npos);
   }

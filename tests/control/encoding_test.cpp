@@ -103,3 +103,11 @@ TEST_CASE("errors: the JSON error body") {
 }
 
 }
+
+TEST_CASE("encoding: a Location path segment escapes every reserved byte") {
+  using kvmid::control::percent_encode_segment;
+  CHECK(percent_encode_segment("web-1_a.b~c") == "web-1_a.b~c");
+  CHECK(percent_encode_segment("a b/c?d#e%") == "a%20b%2Fc%3Fd%23e%25");
+  CHECK(percent_encode_segment("\xc3\xa9") == "%C3%A9");
+  CHECK(percent_encode_segment("") == "");
+}

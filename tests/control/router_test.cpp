@@ -37,11 +37,15 @@ const std::vector<expected_route> documented = {
   {"PUT", "/v1/vms/web1/page-access", route_id::set_page_access, {{"vm", "web1"}}},
   {"GET", "/v1/vms/web1/breakpoints", route_id::list_breakpoints, {{"vm", "web1"}}},
   {"POST", "/v1/vms/web1/breakpoints", route_id::add_breakpoint, {{"vm", "web1"}}},
+  {"GET", "/v1/vms/web1/breakpoints/0x1000", route_id::get_breakpoint,
+   {{"vm", "web1"}, {"gpa", "0x1000"}}},
   {"DELETE", "/v1/vms/web1/breakpoints/0x1000", route_id::remove_breakpoint,
    {{"vm", "web1"}, {"gpa", "0x1000"}}},
   {"POST", "/v1/policies/reload", route_id::reload_policies, {}},
   {"GET", "/v1/events", route_id::events, {}},
   {"GET", "/metrics", route_id::metrics, {}},
+  {"GET", "/v1/version", route_id::version, {}},
+  {"GET", "/healthz", route_id::healthz, {}},
 };
 
 } // namespace

@@ -46,6 +46,14 @@ struct kvmid_process_options {
   std::string read_token;  // non-empty: also an api.read_token_file holding it
 };
 
+// One VM with one vCPU: enough for a test about kvmid rather than a fleet.
+inline kvmid_process_options one_vm() {
+  kvmid_process_options o;
+  o.vms = 1;
+  o.vcpus = 1;
+  return o;
+}
+
 struct kvmid_process : kvmid_daemon {
   using options = kvmid_process_options;
 

@@ -1,6 +1,7 @@
 // kvmi-sim: run many simulated VMs against an introspector, print a JSON
 // report at the end, exit non-zero on any protocol violation or HMI, and
 // when no VM ever got a session (cannot connect, or every handshake failed).
+#include "kvmid_version.hpp"
 #include "kernel-patches/sim/cookie_file.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
@@ -63,6 +64,8 @@ std::string no_session_reason(const kvmi::sim::report& r, const kvmi::sim::optio
 } // namespace
 
 int main(int argc, char** argv) {
+  if (kvmid::version_requested(argc, argv, "kvmi-sim"))
+    return 0;
   using namespace kvmi::sim;
   options o;
   double duration = 10;

@@ -24,6 +24,9 @@ namespace sim = kvmi::sim;
 using nlohmann::json;
 using kvmi::event_id;
 using namespace kvmid::chaos;
+using kvmid::test::drain;
+using kvmid::test::drain_spec;
+using kvmid::test::drained;
 
 namespace {
 

@@ -32,6 +32,13 @@ TEST_CASE("version: kvmictl --version prints the same version without a server")
   CHECK(r.out == "kvmictl " + std::string(kvmid::build_version) + "\n");
 }
 
+TEST_CASE("version: kvmi-sim --version prints the same version and simulates nothing") {
+  auto r = run({KVMI_SIM_BIN, "--version"}, std::chrono::seconds(30));
+  INFO("stderr: " << r.err);
+  CHECK(r.status == 0);
+  CHECK(r.out == "kvmi-sim " + std::string(kvmid::build_version) + "\n");
+}
+
 TEST_CASE("version: the configured version starts with the project version") {
   // The string is never empty and never lost its base, git or no git.
   CHECK(std::string_view(kvmid::build_version).starts_with(KVMID_PROJECT_VERSION));

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <algorithm>
 #include <atomic>
@@ -87,18 +88,27 @@ bool resource_shortage(int err) {
 }
 
 // Connects to a UNIX socket path to learn whether a server accepts there.
-// Only a refusal proves the file stale.
-bool unix_socket_refuses(const std::string& path) {
+// A refusal proves the file stale; so does a listener whose process is
+// gone (a kvmid killed a moment ago accepts until the kernel has torn its
+// io_uring down). Any other answer, a full backlog included, is a server.
+bool unix_socket_stale(const std::string& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
     return false;
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   std::memcpy(a.sun_path, path.data(), std::min(path.size(), sizeof a.sun_path - 1));
-  bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
-                 && errno == ECONNREFUSED;
+  bool stale = false;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    stale = errno == ECONNREFUSED;
+  } else {
+    ucred cr{};
+    socklen_t len = sizeof cr;
+    stale = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && cr.pid > 0
+            && ::kill(cr.pid, 0) != 0 && errno == ESRCH;
+  }
   ::close(fd);
-  return refused;
+  return stale;
 }
 
 } // namespace
@@ -767,15 +777,8 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
       struct stat st{};
       if (::lstat(spec.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
         // Another server (one that takes no lock) may still accept there:
-        // replacing its file would cut it off from every new peer. A kvmid
-        // killed a moment ago (its lock is ours now) leaves a listener that
-        // accepts until the kernel has torn its io_uring down: give it time.
-        bool refuses = unix_socket_refuses(spec.path);
-        for (int i = 0; i < 60 && !refuses; ++i) {
-          ::usleep(50'000);
-          refuses = unix_socket_refuses(spec.path);
-        }
-        if (!refuses) {
+        // replacing its file would cut it off from every new peer.
+        if (!unix_socket_stale(spec.path)) {
           errno = EADDRINUSE;
           fail("a server still accepts connections on");
         }

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -547,6 +548,39 @@ TEST_CASE("a socket file some other server accepts on is never replaced - a stal
   ::send(fd, "fresh", 5, MSG_NOSIGNAL);
   CHECK(read_n(fd, 5) == "fresh");
   ::close(fd);
+}
+
+// A kvmid killed a moment ago: the kernel keeps its listener accepting
+// until the dead process's io_uring is torn down, and the restarted kvmid
+// must not wait on it. Here a child calls listen() on a socket this process
+// holds, then exits: the listener accepts, under the credentials of a
+// process that is gone.
+TEST_CASE("a socket whose listening process is gone is stale although it still accepts") {
+  temp_dir d;
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.path = (d.path() / "left.sock").string();
+  int left = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, s.path.c_str(), sizeof a.sun_path - 1);
+  REQUIRE(::bind(left, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0)
+    ::_exit(::listen(left, 8) == 0 ? 0 : 1);
+  int st = 0;
+  REQUIRE(::waitpid(child, &st, 0) == child);
+  REQUIRE((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  ::close(connect_unix(s.path)); // it still accepts
+  reactor r;
+  r.add_listener(s, [&] { return std::make_unique<echo>(&closes); });
+  r.start();
+  int fd = connect_unix(s.path);
+  ::send(fd, "mine", 4, MSG_NOSIGNAL);
+  CHECK(read_n(fd, 4) == "mine");
+  ::close(fd);
+  ::close(left);
 }
 
 TEST_CASE("a reactor removes only the socket file it created") {

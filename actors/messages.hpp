@@ -64,6 +64,9 @@ using unhook_atom = caf::atom_constant<caf::atom("unhook")>;
 // VM actor -> itself: a wait of the unhook (vCPUs stopping, vCPUs released)
 // reached its bound
 using unhook_wait_atom = caf::atom_constant<caf::atom("unhookwait")>;
+// VM actor -> itself: look again whether every vCPU released by an unhook
+// has had the PAUSE_VCPU events still owed to it
+using released_check_atom = caf::atom_constant<caf::atom("relcheck")>;
 // vCPU -> VM actor: released by an unhook, it has no event waiting
 using released_atom = caf::atom_constant<caf::atom("released")>;
 // core -> registry: unhook every VM by the int64_t now_ns() deadline;

@@ -264,6 +264,8 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
       if (kind < kvmi::num_events)
         m.events[kind]->inc();
       s.p.stats->events.fetch_add(1, std::memory_order_relaxed);
+      if (ev.kind() == kvmi::event_id::pause_vcpu)
+        s.p.stats->pause_events.fetch_add(1, std::memory_order_relaxed);
       sh.events.fetch_add(1, std::memory_order_relaxed);
       s.p.stats->event.store(int32_t(kind), std::memory_order_relaxed);
       set_state(s, vcpu_state::in_event);

@@ -13,6 +13,7 @@ struct vcpu_stats {
   std::atomic<int32_t> event{-1};
   std::atomic<uint64_t> events{0}, alerts{0};
   std::atomic<uint32_t> enabled{0};
+  std::atomic<uint32_t> pause_events{0}; // PAUSE_VCPU events received
 };
 
 // What every vCPU actor of one VM shares: one allocation per VM instead of

@@ -77,6 +77,9 @@ struct vm_st {
   std::vector<std::function<void(std::vector<std::string>)>> unhook_waiters;
   std::vector<std::string> unhook_problems;
   std::set<uint16_t> released; // vCPUs with no event waiting since the release
+  // PAUSE_VCPU events each vCPU owes: the kernel sends one per vCPU for
+  // every PAUSE_ALL_VCPUS, also after the vCPU was answered in another.
+  std::vector<uint32_t> pauses_asked;
   bool closed = false, closing = false;
   std::vector<uint8_t> buf;
 };
@@ -145,6 +148,40 @@ void protocol_error(vm_actor* self, const std::string& reason) {
 }
 
 // --- commands -------------------------------------------------------------
+
+void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)> done);
+
+// PAUSE_ALL_VCPUS, with what each vCPU now owes counted (and forgiven if
+// the kernel refused it).
+void send_pause_all(vm_actor* self, std::function<void(cmd_result)> done) {
+  auto& s = self->state;
+  s.pauses_asked.resize(s.vcpus.size());
+  for (size_t i = 0; i < s.vcpus.size(); ++i)
+    if (s.vcpus[i])
+      ++s.pauses_asked[i];
+  size_t asked = s.vcpus.size();
+  send_cmd(self, kvmi::pause_all_vcpus{}, [=, done = std::move(done)](cmd_result r) {
+    if (!r.ok()) {
+      auto& s2 = self->state;
+      for (size_t i = 0; i < asked && i < s2.pauses_asked.size(); ++i)
+        if (s2.pauses_asked[i] > 0)
+          --s2.pauses_asked[i];
+    }
+    done(std::move(r));
+  });
+}
+
+// Every PAUSE_VCPU event owed has arrived and been answered.
+bool pauses_settled(vm_st& s) {
+  for (size_t i = 0; i < s.vcpus.size() && i < s.pauses_asked.size(); ++i) {
+    auto* st = stats_of(s, i);
+    if (st && (st->pause_events.load(std::memory_order_relaxed) < s.pauses_asked[i]
+               || st->state.load(std::memory_order_relaxed)
+                    != static_cast<uint8_t>(vcpu_state::running)))
+      return false;
+  }
+  return true;
+}
 
 void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)> done) {
   auto& s = self->state;
@@ -661,7 +698,7 @@ void start_unhook(vm_actor* self) {
     s.st.paused = true;
     s.held.clear();
     publish_snapshot(self);
-    send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result r) {
+    send_pause_all(self, [=](cmd_result r) {
       if (r.ok())
         return;
       log(self, "unhook: %s", what(r));
@@ -759,8 +796,15 @@ void close_unhooked(vm_actor* self) {
 
 void check_released(vm_actor* self) {
   auto& s = self->state;
-  if (s.unhook == unhook_phase::releasing && s.released.size() >= live_vcpus(s))
-    close_unhooked(self);
+  if (s.unhook != unhook_phase::releasing || s.released.size() < live_vcpus(s))
+    return;
+  // A vCPU held in another event still owes the PAUSE_VCPU of the stop:
+  // it comes right after its release, and must be answered before the close.
+  if (!pauses_settled(s)) {
+    self->delayed_send(self, std::chrono::milliseconds(2), released_check_atom::value);
+    return;
+  }
+  close_unhooked(self);
 }
 
 void release_vcpus(vm_actor* self) {
@@ -857,7 +901,7 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
           s.st.paused = true;
           s.held.clear();
           publish_snapshot(self);
-          send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result r) {
+          send_pause_all(self, [=](cmd_result r) {
             if (!r.ok()) {
               for (auto& w : self->state.pause_waiters)
                 w.deliver(fail(errc_of(r), what(r)));
@@ -1178,7 +1222,7 @@ void bootstrap(vm_actor* self) {
         log(self, "CONTROL_VM_EVENTS: %s", what(cv));
       // Every vCPU stops in PAUSE_VCPU (after any CREATE_VCPU) and is
       // configured there, then released.
-      send_cmd(self, kvmi::pause_all_vcpus{}, [=](cmd_result pr) {
+      send_pause_all(self, [=](cmd_result pr) {
         if (!pr.ok())
           log(self, "PAUSE_ALL_VCPUS: %s", what(pr));
         else {
@@ -1331,6 +1375,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       self->state.held.insert(vcpu);
       check_paused(self);
     },
+    [=](released_check_atom) { check_released(self); },
     [=](released_atom, uint16_t vcpu) {
       self->state.released.insert(vcpu);
       check_released(self);
@@ -1355,7 +1400,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
           self->send(v, update_atom::value, u);
       // Stop every vCPU once more so the new policy is applied at its next
       // event (CONTROL_* on each, then the VM-wide set-up).
-      send_cmd(self, kvmi::pause_all_vcpus{}, [](cmd_result) {});
+      send_pause_all(self, [](cmd_result) {});
     },
     [=](api_atom, api_request& req) {
       auto rp = self->make_response_promise<api_response>();

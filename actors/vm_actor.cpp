@@ -29,6 +29,9 @@ struct pending_cmd {
 struct vm_st {
   static inline const char* name = "kvmid.vm";
   core* c = nullptr;
+  // The registry, held from the start: the core drops its own handle when
+  // it stops, while a VM past the shutdown bound may still be finishing.
+  caf::actor registry;
   session_params p;
   std::string uuid;
   kvmi::byte_order order = kvmi::byte_order::native;
@@ -331,7 +334,7 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
       return done(false, "gpa already holds an INT3");
     // Recorded (durably, with a state_dir) before the INT3 goes in, so a
     // restarted kvmid knows the byte under it.
-    self->request(self->state.c->registry(), std::chrono::seconds(30), persist_bp_atom::value,
+    self->request(self->state.registry, std::chrono::seconds(30), persist_bp_atom::value,
                   self->state.uuid, gpa, original, true)
       .then(
         [=](bool) {
@@ -341,7 +344,7 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
           send_cmd(self, std::move(w), [=](cmd_result r2) {
             if (!r2.ok()) {
               if (r2.failure.empty()) // the kernel refused it: no INT3 went in
-                caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid,
+                caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid,
                                gpa, original, false);
               else // unanswered, perhaps written: kept, and checked like an earlier session's
                 self->state.inherited[gpa] = original;
@@ -377,7 +380,7 @@ void adopt_breakpoint(vm_actor* self, uint64_t gpa, uint8_t original, done_fn do
       bp.planted = true;
     } else {
       bp.planted = false;
-      caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
+      caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
                  original, false);
     }
     done();
@@ -398,7 +401,7 @@ void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> 
       if (it2 != self->state.st.breakpoints.end())
         it2->second.planted = false;
       self->state.snap.reset();
-      caf::anon_send(self->state.c->registry(), persist_bp_atom::value, self->state.uuid, gpa,
+      caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
                  original, false);
     }
     done(r.ok());
@@ -1121,7 +1124,7 @@ void on_reply_frame(vm_actor* self, raw_frame& rf) {
     // A burst of commands (a VM's vCPUs configuring) was answered: give
     // back its buckets, and let the registry trim the heap.
     decltype(s.pending)().swap(s.pending);
-    self->send(s.c->registry(), heap_settle_atom::value);
+    self->send(s.registry, heap_settle_atom::value);
   }
   if (f->hdr.id != static_cast<uint16_t>(pc.shape.id))
     return protocol_error(self, "reply id does not match its command");
@@ -1176,9 +1179,9 @@ void on_closed(vm_actor* self) {
   if (s.unhook != unhook_phase::none)
     finish_unhook(self);
   if (n >= 64) // thousands of such VMs going free as much as they held
-    self->send(s.c->registry(), heap_settle_atom::value);
+    self->send(s.registry, heap_settle_atom::value);
   publish(self, bus_kind::lifecycle, "vm-disconnected", "session closed");
-  self->send(s.c->registry(), unregister_atom::value, s.hist);
+  self->send(s.registry, unregister_atom::value, s.hist);
   self->quit();
 }
 
@@ -1266,12 +1269,13 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   self->set_exit_handler([=](caf::exit_msg& m) {
     // The registry stops its VMs when kvmid stops; any other exit (a vCPU
     // actor that failed) is a bug that ends the session.
-    bool stopping = m.source == self->state.c->registry().address();
+    bool stopping = m.source == self->state.registry.address();
     self->state.p.link->close(stopping ? disconnect_reason::shutdown : disconnect_reason::actor_error,
                               caf::to_string(m.reason));
     on_closed(self);
   });
-  self->request(c->registry(), std::chrono::seconds(10), register_atom::value, s.uuid, s.p.guest.name)
+  s.registry = c->registry();
+  self->request(s.registry, std::chrono::seconds(10), register_atom::value, s.uuid, s.p.guest.name)
     .then(
       [=](vm_history& h) {
         auto& s2 = self->state;

@@ -33,6 +33,7 @@ std::string_view name(vcpu_state s) {
     case vcpu_state::running: return "running";
     case vcpu_state::in_event: return "in_event";
     case vcpu_state::paused: return "paused";
+    case vcpu_state::disconnected: return "disconnected";
   }
   return "running";
 }
@@ -132,6 +133,9 @@ void control_api::unhook(std::string vm, api_callback<done> cb) {
       core_.admit(vm);
     cb(std::move(r));
   });
+}
+void control_api::forget(std::string vm, api_callback<done> cb) {
+  ask<done>(core_, std::move(vm), op::forget{}, std::move(cb));
 }
 void control_api::admit(std::string vm, api_callback<done> cb) {
   if (!core_.admit(vm))

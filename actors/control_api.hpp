@@ -66,6 +66,7 @@ enum class vcpu_state : uint8_t {
   running,  // in the guest
   in_event, // stopped in an event kvmid is deciding / has not answered yet
   paused,   // held in a PAUSE_VCPU event by an operator pause
+  disconnected, // the VM's session is gone: kvmid does not know
 };
 std::string_view name(vcpu_state s);
 
@@ -161,6 +162,9 @@ public:
   // reconnecting does not hook it again.
   void unhook(std::string vm, api_callback<done> cb);
   void admit(std::string vm, api_callback<done> cb);
+  // Drops a disconnected VM and its history (409 while it is connected or
+  // kvmid's INT3s are still recorded in its guest).
+  void forget(std::string vm, api_callback<done> cb);
 
   // Re-reads the policies (from the config file kvmid started with) and
   // applies them to every connected VM.

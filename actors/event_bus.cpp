@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <random>
 
 namespace kvmid {
 
@@ -71,10 +73,28 @@ subscription::~subscription() {
     bus_->unsubscribe(this);
 }
 
-std::shared_ptr<subscription> event_bus::subscribe(bus_filter f, size_t capacity) {
+event_bus::event_bus(counter* dropped_total, size_t replay)
+  : dropped_total_(dropped_total), replay_(replay) {
+  std::random_device rd;
+  char b[20];
+  std::snprintf(b, sizeof b, "%08x%08x", rd(), rd());
+  boot_ = b;
+}
+
+std::shared_ptr<subscription> event_bus::subscribe(bus_filter f, size_t capacity,
+                                                   std::optional<bus_cursor> from) {
   bool ev = f.wants_events();
   std::shared_ptr<subscription> s(new subscription(this, std::move(f), std::max<size_t>(1, capacity)));
   std::lock_guard lk(mu_);
+  if (from) {
+    // Under the bus lock: no record is published between the replay and
+    // the subscription, so none is seen twice or missed.
+    uint64_t after = from->boot == boot_ ? from->seq : 0;
+    s->replay_gap_ = from->boot != boot_ || evicted_ > after;
+    for (auto& r : ring_)
+      if (r.seq > after)
+        s->offer(r, dropped_total_);
+  }
   subs_.push_back(s.get());
   if (ev)
     event_subs_.fetch_add(1, std::memory_order_relaxed);
@@ -108,6 +128,13 @@ void event_bus::publish(bus_record r) {
   std::vector<std::function<void()>> to_notify;
   {
     std::lock_guard lk(mu_);
+    if (r.kind != bus_kind::event && replay_ > 0) {
+      if (ring_.size() == replay_) {
+        evicted_ = std::max(evicted_, ring_.front().seq);
+        ring_.pop_front();
+      }
+      ring_.push_back(r);
+    }
     for (auto* s : subs_)
       if (s->offer(r, dropped_total_)) {
         std::lock_guard lk2(s->mu_);

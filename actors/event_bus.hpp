@@ -4,7 +4,9 @@
 // subscriber asks for them, every KVMI event. publish() never blocks a vCPU:
 // each subscription has a bounded queue; when it is full the record is
 // dropped and the subscription's drop counter (and the global
-// kvmid_bus_dropped_total) go up.
+// kvmid_bus_dropped_total) go up. The bus keeps the last records other than
+// raw KVMI events in a bounded replay ring, so a subscriber that reconnects
+// with the last id it saw (SSE Last-Event-ID) loses no alert.
 #pragma once
 
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,7 +28,7 @@ enum class bus_kind : uint8_t {
   lifecycle, // vm-connected, vm-disconnected, vm-unhooked, handshake-failed, protocol-error
   alert,     // a policy violation: page-protection, msr-protection, cr-pin, ...
   event,     // a KVMI event as it arrived (name = event kind: "pf", "msr", ...)
-  report,    // a guest agent's hypercall report (name "hypercall")
+  report,    // a guest agent's hypercall report ("agent-report"), a breakpoint hit
 };
 std::string_view name(bus_kind k);
 
@@ -49,6 +52,13 @@ struct bus_filter {
   bool wants_events() const;
 };
 
+// Where a reconnecting subscriber left off: the bus it saw (each kvmid run
+// has its own boot id) and the last seq it got.
+struct bus_cursor {
+  std::string boot;
+  uint64_t seq = 0;
+};
+
 class event_bus;
 
 class subscription {
@@ -57,6 +67,10 @@ public:
   size_t poll(std::vector<bus_record>& out, size_t max = SIZE_MAX);
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
   size_t capacity() const { return capacity_; }
+  // A resumed subscription whose cursor is older than the replay ring
+  // reaches back (or from another kvmid run): records may be missing
+  // before the replayed ones.
+  bool replay_gap() const { return replay_gap_; }
   // Called (from the publishing thread, outside the bus lock) when the queue
   // goes from empty to non-empty; keep it cheap (e.g. reactor::post).
   void set_notify(std::function<void()> fn);
@@ -75,25 +89,35 @@ private:
   std::deque<bus_record> q_;
   std::function<void()> notify_;
   std::atomic<uint64_t> dropped_{0};
+  bool replay_gap_ = false;
 };
 
 class event_bus {
 public:
-  explicit event_bus(counter* dropped_total = nullptr) : dropped_total_(dropped_total) {}
-  // The bus must outlive its subscriptions.
-  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity = 1024);
+  static constexpr size_t default_replay = 1024;
+  explicit event_bus(counter* dropped_total = nullptr, size_t replay = default_replay);
+  // The bus must outlive its subscriptions. With a cursor, the queue starts
+  // with the ring's matching records after it (a cursor from another boot:
+  // the whole ring).
+  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity = 1024,
+                                          std::optional<bus_cursor> from = std::nullopt);
   void publish(bus_record r); // fills seq and time_ns when 0
   // Cheap check before building a raw-event record.
   bool wants_events() const { return event_subs_.load(std::memory_order_relaxed) > 0; }
   size_t subscribers() const;
   uint64_t published() const { return seq_.load(std::memory_order_relaxed); }
+  const std::string& boot() const { return boot_; }
 
 private:
   friend class subscription;
   void unsubscribe(subscription* s);
 
   counter* dropped_total_;
+  size_t replay_;
+  std::string boot_;
   mutable std::mutex mu_;
+  std::deque<bus_record> ring_; // guarded by mu_; no raw events
+  uint64_t evicted_ = 0;        // highest seq that left the ring
   std::vector<subscription*> subs_;
   std::atomic<uint64_t> seq_{0};
   std::atomic<int> event_subs_{0};

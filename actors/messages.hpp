@@ -132,12 +132,13 @@ struct set_events {
   uint32_t mask;
 };
 struct unhook {};
+struct forget {}; // answered by the registry, never a VM actor
 } // namespace op
 
 using api_request =
   std::variant<op::info, op::vcpus, op::pause, op::resume, op::get_registers, op::read_phys,
                op::write_phys, op::get_access, op::set_access, op::list_bps, op::add_bp,
-               op::remove_bp, op::set_events, op::unhook>;
+               op::remove_bp, op::set_events, op::unhook, op::forget>;
 
 using api_value = std::variant<done, vm_info, std::vector<vcpu_info>, registers_info,
                                std::vector<uint8_t>, std::vector<page_access_info>,

@@ -104,6 +104,22 @@ void drain_vm(reg_actor* self, const std::string& uuid, const std::string& name,
       });
 }
 
+// DELETE /v1/vms/{vm}: only a VM that is gone, and leaves nothing of
+// kvmid's in its guest, may be forgotten.
+api_response forget(reg_actor* self, const std::string& uuid) {
+  auto& st = self->state;
+  auto it = st.vms.find(uuid);
+  if (it->second.vm)
+    return {std::nullopt, {api_errc::conflict, "the VM is connected: unhook it first"}};
+  if (auto p = st.planted.find(uuid); p != st.planted.end() && !p->second.empty())
+    return {std::nullopt,
+            {api_errc::conflict, std::to_string(p->second.size())
+                                   + " INT3 byte(s) of kvmid's are still recorded in its guest: "
+                                     "they are restored when it reconnects"}};
+  st.vms.erase(it);
+  return {api_value{done{}}, {}};
+}
+
 api_response from_history(const vm_history& h, const api_request& req) {
   if (std::holds_alternative<op::info>(req))
     return {api_value{h.last}, {}};
@@ -239,6 +255,8 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
       for (auto& [uuid, e] : self->state.vms) {
         if (uuid != key && e.hist.name != key)
           continue;
+        if (std::holds_alternative<op::forget>(req))
+          return forget(self, uuid);
         if (e.vm) {
           // Not delegate(): a VM actor that is just going away must still
           // yield an answer, from the history it sends before it quits.

@@ -3,6 +3,8 @@
 // (one hop); the reply goes straight to the link (one hop back).
 #include "actors/vcpu_actor.hpp"
 
+#include "actors/event_fields.hpp"
+
 #include <cstdio>
 
 namespace kvmid {
@@ -134,15 +136,15 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
   if (d.report) {
     bus_record r;
     r.kind = bus_kind::report;
-    r.name = "hypercall";
+    r.name = "agent-report"; // the raw KVMI event is "hypercall"
     r.vm = sh.uuid;
     r.vm_name = sh.name;
     r.vcpu = s.p.index;
     r.message = "guest agent hypercall report";
     auto& regs = ev.common.regs;
-    r.fields.emplace_back("rdi", std::to_string(regs.rdi));
-    r.fields.emplace_back("rsi", std::to_string(regs.rsi));
-    r.fields.emplace_back("rdx", std::to_string(regs.rdx));
+    r.fields.emplace_back("rdi", hex_value(regs.rdi));
+    r.fields.emplace_back("rsi", hex_value(regs.rsi));
+    r.fields.emplace_back("rdx", hex_value(regs.rdx));
     sh.c->bus().publish(std::move(r));
   }
   switch (d.then) {
@@ -276,8 +278,7 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
         r.vm = sh.uuid;
         r.vm_name = sh.name;
         r.vcpu = s.p.index;
-        r.fields.emplace_back("seq", std::to_string(ev.seq));
-        r.fields.emplace_back("rip", std::to_string(ev.common.regs.rip));
+        r.fields = event_fields(ev);
         sh.c->bus().publish(std::move(r));
       }
       s.in_event = true;

@@ -3,6 +3,7 @@
 // safety rules, page-access state, kvmid-owned breakpoints, the session
 // bootstrap, UNHOOK, and operator requests.
 #include "actors/core_impl.hpp"
+#include "actors/event_fields.hpp"
 #include "actors/log.hpp"
 #include "actors/vcpu_actor.hpp"
 
@@ -1102,6 +1103,8 @@ void handle_api(vm_actor* self, api_request& req, caf::response_promise rp) {
           msg.pop_back();
           rp.deliver(fail(api_errc::kernel, msg));
         });
+      } else if constexpr (std::is_same_v<T, op::forget>) { // the registry's (not sent here)
+        rp.deliver(fail(api_errc::conflict, "the VM is connected: unhook it first"));
       }
     },
     req);
@@ -1175,6 +1178,10 @@ void on_closed(vm_actor* self) {
     s.hist.breakpoints[gpa] = bp;
   s.hist.last = make_info(self, true);
   s.hist.last.connected = false;
+  for (auto& v : s.hist.last.vcpus) { // what they do now is not kvmid's to know
+    v.state = vcpu_state::disconnected;
+    v.event.clear();
+  }
   s.vcpus.clear();
   if (s.unhook != unhook_phase::none)
     finish_unhook(self);
@@ -1366,7 +1373,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       r.vm = s2.uuid;
       r.vm_name = s2.p.guest.name;
       r.message = "kvmid breakpoint " + it->second.name + " hit";
-      r.fields.emplace_back("gpa", std::to_string(gpa));
+      r.fields.emplace_back("gpa", hex_value(gpa));
       s2.c->bus().publish(std::move(r));
       auto rp = self->make_response_promise<bool>();
       restore_breakpoint(self, gpa, [=](bool ok) mutable {

@@ -118,6 +118,12 @@ std::string_view name(action a) {
   return "unknown";
 }
 
+std::string_view access_name(uint8_t access) {
+  static constexpr std::string_view names[] = {"---", "r--", "-w-", "rw-",
+                                               "--x", "r-x", "-wx", "rwx"};
+  return names[access & page_access_rwx];
+}
+
 std::string_view kvm_error_name(int32_t err) {
   // Widened first: -INT32_MIN (a peer may send it) would overflow.
   switch (-static_cast<int64_t>(err)) {

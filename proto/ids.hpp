@@ -133,6 +133,8 @@ inline constexpr uint8_t page_access_r = 1 << 0;
 inline constexpr uint8_t page_access_w = 1 << 1;
 inline constexpr uint8_t page_access_x = 1 << 2;
 inline constexpr uint8_t page_access_rwx = page_access_r | page_access_w | page_access_x;
+// "r-x": the rwx bits as ls shows them (higher bits ignored).
+std::string_view access_name(uint8_t access);
 
 // Descriptor kinds (kvmi_event_descriptor.descriptor).
 inline constexpr uint8_t desc_idtr = 1;

@@ -9,6 +9,7 @@
 #include "server/control/audit.hpp"
 #include "server/control/encoding.hpp"
 #include "server/control/json.hpp"
+#include "server/control/page_ranges.hpp"
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
 #include "server/control/tls_conn.hpp"
@@ -475,6 +476,9 @@ void http_api::dispatch(const route_match& m, const request& r,
       case route_id::admit_vm:
         be.admit(vm, answer<done>(std::move(reply), ok_body("admitted")));
         return;
+      case route_id::forget_vm:
+        be.forget(vm, answer<done>(std::move(reply), ok_body("forgotten")));
+        return;
       case route_id::reload_policies:
         be.reload_policies(answer<done>(std::move(reply), [](const done&) {
           return json{{"result", "reloaded"}};
@@ -615,15 +619,32 @@ void http_api::dispatch(const route_match& m, const request& r,
                           }));
         return;
       }
-      case route_id::get_page_access:
+      case route_id::get_page_access: {
+        uint64_t from = 0;
+        size_t limit = page_ranges_default_limit;
+        if (auto f = r.query_param("from")) {
+          auto v = parse_u64(*f);
+          if (!v)
+            throw body_error{bad_request("from must be a gpa (decimal or 0x hex)")};
+          from = *v;
+        }
+        if (auto l = r.query_param("limit")) {
+          auto v = parse_u64(*l);
+          if (!v || *v == 0 || *v > page_ranges_max_limit)
+            throw body_error{bad_request("limit must be a number 1.."
+                                         + std::to_string(page_ranges_max_limit))};
+          limit = *v;
+        }
         be.get_page_access(vm, answer<std::vector<page_access_info>>(
-                                 std::move(reply), [](const auto& ps) {
-                                   json a = json::array();
+                                 std::move(reply), [from, limit](const auto& ps) {
+                                   std::vector<std::pair<uint64_t, uint8_t>> pages;
+                                   pages.reserve(ps.size());
                                    for (auto& p : ps)
-                                     a.push_back(to_json(p));
-                                   return json{{"pages", std::move(a)}};
+                                     pages.emplace_back(p.gpa, p.access);
+                                   return to_json(coalesce_pages(std::move(pages), from, limit));
                                  }));
         return;
+      }
       case route_id::set_page_access: {
         json j = parse_body(r, {"gpa", "access"});
         uint64_t gpa = need_u64(j, "gpa");
@@ -858,7 +879,7 @@ public:
       reported_drops_ = lost;
     }
     for (auto& r : batch_)
-      out += format_sse(r);
+      out += format_sse(r, boot_);
     if (out.empty() && heartbeat)
       out = sse_heartbeat;
     if (!out.empty())
@@ -1007,6 +1028,15 @@ private:
       reply_now(ctx, error_response(*e), req.keep_alive, "/v1/events");
       return;
     }
+    resume_.reset();
+    if (auto last = req.header("last-event-id")) {
+      auto c = parse_last_event_id(*last);
+      if (auto* e = std::get_if<http_error>(&c)) {
+        reply_now(ctx, error_response(*e), req.keep_alive, "/v1/events");
+        return;
+      }
+      resume_ = std::get<bus_cursor>(std::move(c));
+    }
     auto filter = std::get<bus_filter>(std::move(f));
     if (filter.vms.empty()) {
       open_stream(ctx, std::move(filter));
@@ -1044,7 +1074,8 @@ private:
   }
 
   void open_stream(net::conn_ctx& ctx, bus_filter filter) {
-    sub_ = st_->be.subscribe(std::move(filter), st_->opts.stream_queue);
+    sub_ = st_->be.subscribe(std::move(filter), st_->opts.stream_queue, resume_);
+    boot_ = st_->be.bus_boot();
     if (!sub_) {
       reply_now(ctx, error_response({503, "unavailable", "event stream unavailable"}), false,
                 "/v1/events");
@@ -1055,6 +1086,8 @@ private:
     streaming_ = true;
     ctx.cancel_timer(read_timer);
     ctx.send(as_bytes(serialize_stream_head(200, "text/event-stream")));
+    if (sub_->replay_gap())
+      ctx.send(as_bytes(format_sse_replay_gap()));
     auto post = st_->post;
     sub_->set_notify([post, id = id_] {
       post(id, [](net::conn_ctx& c, net::connection_handler& h) {
@@ -1072,6 +1105,8 @@ private:
   net::conn_id id_ = 0;
   clock::time_point idle_since_{};
   bool busy_ = false, streaming_ = false, closing_ = false, counted_ = false;
+  std::optional<bus_cursor> resume_; // Last-Event-ID of the stream being opened
+  std::string boot_;                 // the bus's, for the records' ids
   std::shared_ptr<subscription> sub_;
   std::vector<bus_record> batch_;
   uint64_t local_drops_ = 0, reported_drops_ = 0;

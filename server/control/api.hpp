@@ -71,9 +71,13 @@ public:
                                api_callback<done> cb) = 0;
   virtual void unhook(std::string vm, api_callback<done> cb) = 0;
   virtual void admit(std::string vm, api_callback<done> cb) = 0;
+  virtual void forget(std::string vm, api_callback<done> cb) = 0;
   virtual void reload_policies(api_callback<done> cb) = 0;
 
-  virtual std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) = 0;
+  // from: resume after this cursor (Last-Event-ID), replaying the bus's ring.
+  virtual std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity,
+                                                  std::optional<bus_cursor> from) = 0;
+  virtual std::string bus_boot() = 0; // the prefix of this run's stream ids
   virtual void publish(bus_record r) = 0; // audit records and override alerts
   virtual metrics_registry& metrics() = 0;
 };
@@ -102,8 +106,11 @@ public:
                        api_callback<done> cb) override;
   void unhook(std::string vm, api_callback<done> cb) override;
   void admit(std::string vm, api_callback<done> cb) override;
+  void forget(std::string vm, api_callback<done> cb) override;
   void reload_policies(api_callback<done> cb) override;
-  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) override;
+  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity,
+                                          std::optional<bus_cursor> from) override;
+  std::string bus_boot() override;
   void publish(bus_record r) override;
   metrics_registry& metrics() override;
 

@@ -62,11 +62,18 @@ void core_backend::unhook(std::string vm, api_callback<done> cb) {
 void core_backend::admit(std::string vm, api_callback<done> cb) {
   core_.api().admit(std::move(vm), std::move(cb));
 }
+void core_backend::forget(std::string vm, api_callback<done> cb) {
+  core_.api().forget(std::move(vm), std::move(cb));
+}
 void core_backend::reload_policies(api_callback<done> cb) {
   core_.api().reload_policies(std::move(cb));
 }
-std::shared_ptr<subscription> core_backend::subscribe(bus_filter f, size_t capacity) {
-  return core_.bus().subscribe(std::move(f), capacity);
+std::shared_ptr<subscription> core_backend::subscribe(bus_filter f, size_t capacity,
+                                                     std::optional<bus_cursor> from) {
+  return core_.bus().subscribe(std::move(f), capacity, std::move(from));
+}
+std::string core_backend::bus_boot() {
+  return core_.bus().boot();
 }
 void core_backend::publish(bus_record r) { core_.bus().publish(std::move(r)); }
 metrics_registry& core_backend::metrics() { return core_.metrics(); }

@@ -167,16 +167,7 @@ std::optional<uint8_t> parse_access(std::string_view s) {
   return bits;
 }
 
-std::string access_string(uint8_t a) {
-  std::string s = "---";
-  if (a & kvmi::page_access_r)
-    s[0] = 'r';
-  if (a & kvmi::page_access_w)
-    s[1] = 'w';
-  if (a & kvmi::page_access_x)
-    s[2] = 'x';
-  return s;
-}
+std::string access_string(uint8_t a) { return std::string(kvmi::access_name(a)); }
 
 std::optional<uint32_t> parse_event_kind(std::string_view s) {
   for (uint32_t e = 0; e < kvmi::num_events; ++e)

@@ -127,8 +127,17 @@ json to_json(const breakpoint_info& b) {
           {"hits", b.hits}};
 }
 
-json to_json(const page_access_info& p) {
-  return {{"gpa", hex_u64(p.gpa)}, {"access", access_string(p.access)}};
+json to_json(const page_range_list& l) {
+  json a = json::array();
+  for (auto& r : l.ranges)
+    a.push_back({{"gpa", hex_u64(r.gpa)},
+                 {"pages", r.pages},
+                 {"len", hex_u64(r.pages * kvmi::page_size)},
+                 {"access", access_string(r.access)}});
+  json out{{"ranges", std::move(a)}};
+  if (l.next)
+    out["next"] = hex_u64(*l.next);
+  return out;
 }
 
 } // namespace kvmid::control

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "actors/control_api.hpp"
+#include "server/control/page_ranges.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -14,7 +15,8 @@ nlohmann::json to_json(const vm_info& v, bool detail); // detail: regions, vCPUs
 nlohmann::json to_json(const vm_policy& p);                 // a policy with its rules
 nlohmann::json to_json(const registers_info& r);
 nlohmann::json to_json(const breakpoint_info& b);
-nlohmann::json to_json(const page_access_info& p);
+// {"ranges":[{gpa,pages,len,access}],"next"?}
+nlohmann::json to_json(const page_range_list& l);
 nlohmann::json event_names(uint32_t mask);
 
 } // namespace kvmid::control

@@ -20,6 +20,7 @@ enum class route_id : uint8_t {
   resume_vm,         // POST   /v1/vms/{vm}/resume
   unhook_vm,         // POST   /v1/vms/{vm}/unhook
   admit_vm,          // POST   /v1/vms/{vm}/admit
+  forget_vm,         // DELETE /v1/vms/{vm} (a disconnected VM)
   get_registers,     // GET    /v1/vms/{vm}/vcpus/{vcpu}/registers
   set_vcpu_events,   // PUT    /v1/vms/{vm}/vcpus/{vcpu}/events
   read_memory,       // GET    /v1/vms/{vm}/memory?gpa=&len=&encoding=

@@ -36,7 +36,7 @@ bool known_record_name(std::string_view n) {
     // alerts: the policy's rule kinds, and a forced protection change
     "page-protection", "msr-protection", "cr-pin", "protection-override",
     // reports
-    "hypercall", "breakpoint-hit"};
+    "agent-report", "breakpoint-hit"};
   return parse_event_kind(n).has_value()
          || std::find(std::begin(names), std::end(names), n) != std::end(names);
 }
@@ -108,7 +108,7 @@ std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vect
   return std::nullopt;
 }
 
-std::string format_sse(const bus_record& r) {
+std::string format_sse(const bus_record& r, std::string_view boot) {
   nlohmann::json j = {{"seq", r.seq},       {"time_ns", r.time_ns}, {"kind", name(r.kind)},
                       {"name", r.name},     {"vm", r.vm},           {"vm_name", r.vm_name},
                       {"message", r.message}};
@@ -121,7 +121,13 @@ std::string format_sse(const bus_record& r) {
   std::string ev = r.name;
   if (ev.empty() || !std::all_of(ev.begin(), ev.end(), safe_name_char))
     ev = std::string(name(r.kind));
-  std::string out = "id: " + std::to_string(r.seq) + "\nevent: " + ev + "\ndata: ";
+  std::string out = "id: ";
+  out += boot;
+  out += '-';
+  out += std::to_string(r.seq);
+  out += "\nevent: ";
+  out += ev;
+  out += "\ndata: ";
   out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   out += "\n\n";
   return out;
@@ -129,6 +135,33 @@ std::string format_sse(const bus_record& r) {
 
 std::string format_sse_dropped(uint64_t dropped) {
   return "event: dropped\ndata: {\"dropped\":" + std::to_string(dropped) + "}\n\n";
+}
+
+std::variant<bus_cursor, http_error> parse_last_event_id(std::string_view v) {
+  auto bad = [] {
+    return http_error{400, "bad_request",
+                      "Last-Event-ID must be an id of this stream (<boot>-<seq>)"};
+  };
+  auto dash = v.rfind('-');
+  if (dash == std::string_view::npos || dash == 0 || dash > 32)
+    return bad();
+  auto boot = v.substr(0, dash);
+  if (!std::all_of(boot.begin(), boot.end(), [](char c) { return hexval(c) >= 0; }))
+    return bad();
+  auto seq_s = v.substr(dash + 1);
+  if (seq_s.empty() || seq_s.size() > 20
+      || !std::all_of(seq_s.begin(), seq_s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return bad();
+  auto seq = parse_u64(seq_s);
+  if (!seq)
+    return bad();
+  return bus_cursor{std::string(boot), *seq};
+}
+
+std::string format_sse_replay_gap() {
+  return "event: replay-gap\ndata: {\"replay_gap\":true,\"message\":\"records before these "
+         "may be missing: the last id is older than kvmid's replay ring or from an earlier "
+         "run\"}\n\n";
 }
 
 } // namespace kvmid::control

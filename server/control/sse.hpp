@@ -22,10 +22,19 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r);
 // a VM in `known`, or nullopt.
 std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vector<vm_info>& known);
 
-// "id: <seq>\nevent: <kind>\ndata: <json>\n\n"; the JSON carries every field
-// of the record. Names and messages cannot break the framing: JSON escapes
-// newlines, and the event name is restricted to [a-z0-9_-].
-std::string format_sse(const bus_record& r);
+// "id: <boot>-<seq>\nevent: <kind>\ndata: <json>\n\n"; the JSON carries
+// every field of the record. Names and messages cannot break the framing:
+// JSON escapes newlines, and the event name is restricted to [a-z0-9_-].
+// The id names the kvmid run (the bus's boot id), so a client reconnecting
+// with Last-Event-ID to a restarted kvmid is not mistaken for a recent one.
+std::string format_sse(const bus_record& r, std::string_view boot);
+
+// A Last-Event-ID header as format_sse wrote it, or a 400.
+std::variant<bus_cursor, http_error> parse_last_event_id(std::string_view v);
+
+// Tells a resumed subscriber that records before the replayed ones may be
+// missing (its id is older than the replay ring, or from another run).
+std::string format_sse_replay_gap();
 
 // Tells the subscriber how many records it has lost so far.
 std::string format_sse_dropped(uint64_t dropped);

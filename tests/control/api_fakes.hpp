@@ -261,14 +261,24 @@ struct fake_backend final : control::backend {
       return;
     answer<done>(cb, [] { return done{}; });
   }
+  void forget(std::string vm, api_callback<done> cb) override {
+    calls.push_back("forget " + vm);
+    if (failed(cb) || missing(vm, cb))
+      return;
+    answer<done>(cb, [] { return done{}; });
+  }
   void reload_policies(api_callback<done> cb) override {
     calls.push_back("reload_policies");
     if (failed(cb))
       return;
     answer<done>(cb, [] { return done{}; });
   }
-  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity) override {
-    return bus.subscribe(std::move(f), capacity);
+  std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity,
+                                          std::optional<bus_cursor> from) override {
+    return bus.subscribe(std::move(f), capacity, std::move(from));
+  }
+  std::string bus_boot() override {
+    return bus.boot();
   }
   void publish(bus_record r) override { bus.publish(std::move(r)); }
   metrics_registry& metrics() override { return reg; }

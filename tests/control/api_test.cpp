@@ -297,8 +297,14 @@ TEST_CASE("api: page access / breakpoints / events / pause/resume / unhook / rel
   harness t;
   std::string vm = std::string("/v1/vms/") + vm1;
   auto pa = t.one("GET", vm + "/page-access").j();
-  CHECK(pa["pages"][0]["gpa"] == "0x2000");
-  CHECK(pa["pages"][0]["access"] == "r-x");
+  CHECK(pa["ranges"][0]["gpa"] == "0x2000");
+  CHECK(pa["ranges"][0]["pages"] == 1);
+  CHECK(pa["ranges"][0]["len"] == "0x1000");
+  CHECK(pa["ranges"][0]["access"] == "r-x");
+  CHECK_FALSE(pa.contains("next"));
+  check_error(t.one("GET", vm + "/page-access?limit=0"), 400, "bad_request");
+  check_error(t.one("GET", vm + "/page-access?from=x"), 400, "bad_request");
+  check_error(t.one("GET", vm + "/page-access?form=0"), 400, "bad_request");
   REQUIRE(t.one("PUT", vm + "/page-access", R"({"gpa":"0x3000","access":"r--"})").status == 200);
   CHECK(t.be.calls.back() == std::string("set_page_access ") + vm1 + " 12288 1");
   check_error(t.one("PUT", vm + "/page-access", R"({"gpa":"0x3001","access":"r--"})"), 422,
@@ -645,6 +651,49 @@ TEST_CASE("api: the event stream delivers filtered records and reports drops") {
   CHECK(t.api->render_metrics().find("kvmid_event_streams 0\n") != std::string::npos);
   t.h = t.api->factory()();
   t.h->on_open(t.ctx);
+}
+
+TEST_CASE("api: a stream resumed with Last-Event-ID replays the alerts it missed") {
+  harness t;
+  auto alert = [&](std::string name) {
+    bus_record r;
+    r.kind = bus_kind::alert;
+    r.name = std::move(name);
+    r.vm = vm1;
+    r.vm_name = "web1";
+    t.be.bus.publish(std::move(r));
+  };
+  alert("cr-pin");
+  alert("msr-protection");
+  std::string boot = t.be.bus.boot();
+  auto open = [&](std::string last) {
+    t.feed(std::string("GET /v1/events HTTP/1.1\r\nAuthorization: Bearer ") + token
+           + "\r\nLast-Event-ID: " + last + "\r\n\r\n");
+    t.ring.run(t.ctx, *t.h);
+    return t.ctx.take();
+  };
+  // The client saw record 1: it gets 2, with its id, and no gap notice.
+  std::string s = open(boot + "-1");
+  CHECK(s.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(s.find("id: " + boot + "-2\nevent: msr-protection\n") != std::string::npos);
+  CHECK(s.find("cr-pin") == std::string::npos);
+  CHECK(s.find("replay-gap") == std::string::npos);
+  t.h->on_close(t.ctx, net::close_reason::peer_closed);
+  t.h = t.api->factory()();
+  t.h->on_open(t.ctx);
+  // An id of an earlier kvmid run: everything kept, after a gap notice.
+  s = open("00000000deadbeef-2");
+  CHECK(s.find("event: replay-gap\n") != std::string::npos);
+  CHECK(s.find("event: replay-gap\n") < s.find("event: cr-pin\n"));
+  CHECK(s.find("event: msr-protection\n") != std::string::npos);
+  t.h->on_close(t.ctx, net::close_reason::peer_closed);
+  t.h = t.api->factory()();
+  t.h->on_open(t.ctx);
+  auto bad = t.exchange(std::string("GET /v1/events HTTP/1.1\r\nAuthorization: Bearer ") + token
+                        + "\r\nLast-Event-ID: 17\r\n\r\n");
+  REQUIRE(bad.size() == 1);
+  check_error(bad[0], 400, "bad_request");
+  CHECK(t.be.bus.subscribers() == 0);
 }
 
 TEST_CASE("api: bad stream filters are 400") {

@@ -172,9 +172,9 @@ TEST_CASE("e2e: guest memory / page access / breakpoints / events / unhook over 
   auto pages = t.curl("GET", vm0 + "/page-access");
   INFO(pages.body);
   bool listed = false;
-  json plist = pages.j()["pages"];
+  json plist = pages.j()["ranges"];
   for (auto& p : plist)
-    listed = listed || (p["gpa"] == "0x300000" && p["access"] == "r--");
+    listed = listed || (p["gpa"] == "0x300000" && p["pages"] == 1 && p["access"] == "r--");
   CHECK(listed);
   check_error(t.curl("PUT", vm0 + "/page-access", R"({"gpa":"0x300001","access":"r--"})"), 422,
               "invalid_range");

@@ -27,6 +27,7 @@ const std::vector<expected_route> documented = {
   {"POST", "/v1/vms/web1/resume", route_id::resume_vm, {{"vm", "web1"}}},
   {"POST", "/v1/vms/web1/unhook", route_id::unhook_vm, {{"vm", "web1"}}},
   {"POST", "/v1/vms/web1/admit", route_id::admit_vm, {{"vm", "web1"}}},
+  {"DELETE", "/v1/vms/web1", route_id::forget_vm, {{"vm", "web1"}}},
   {"GET", "/v1/vms/web1/vcpus/3/registers", route_id::get_registers,
    {{"vm", "web1"}, {"vcpu", "3"}}},
   {"PUT", "/v1/vms/web1/vcpus/3/events", route_id::set_vcpu_events,

@@ -3,6 +3,7 @@
 #include "server/control/encoding.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 namespace kvmictl {
 
@@ -15,22 +16,51 @@ constexpr command table[] = {
   {"vcpus", "VM", "the VM's vCPUs and their state", "Index, state and enabled events per vCPU."},
   {"pause", "VM", "pause every vCPU of a VM", "Returns once every vCPU is held."},
   {"resume", "VM", "resume every vCPU of a VM", "Lets the vCPUs run again."},
-  {"regs", "VM VCPU", "registers of a paused vCPU",
-   "VCPU is the vCPU index (0..65535). The vCPU must be paused or in an event."},
+  {"regs", "VM VCPU", "registers of a vCPU (--msrs 0xc0000082,...)",
+   "VCPU is the vCPU index (0..65535). A running vCPU is stopped briefly to answer.\n"
+   "--msrs LIST   also read these MSRs (comma separated, decimal or 0x hex)",
+   "--msrs"},
   {"read", "VM GPA LEN", "guest physical memory (hexdump; --json: hex)",
    "GPA is the guest physical address, LEN the byte count (1..65536); both decimal or 0x hex,\n"
    "e.g. kvmictl read web1 0x1000 256"},
+  {"write", "VM GPA HEX", "write bytes to guest physical memory",
+   "HEX is the bytes as hex digits (1..4096 bytes), e.g. kvmictl write web1 0x1000 90909090.\n"
+   "kvmid refuses regions that are not safe to touch (MMIO, device memory)."},
+  {"page-access", "VM", "the pages kvmid restricted, as ranges",
+   "Adjacent pages with the same access are one line: GPA, length, pages, access."},
+  {"set-page-access", "VM GPA ACCESS", "restrict a page (ACCESS: r-x, r--, rwx, ...)",
+   "GPA is page aligned; ACCESS is three characters r/w/x or '-', e.g. r-x. rwx lifts the\n"
+   "restriction."},
+  {"breakpoints", "VM", "kvmid's breakpoints in a VM", "GPA, the byte INT3 replaced, whether "
+   "it is in guest memory, and hits."},
+  {"add-breakpoint", "VM GPA", "plant a breakpoint", "kvmid writes INT3 at GPA and reports hits "
+   "on the stream (kind report)."},
+  {"remove-breakpoint", "VM GPA", "remove a breakpoint", "The original byte goes back."},
+  {"events", "VM VCPU", "a vCPU's enabled events; --enable/--disable change them",
+   "--enable LIST    turn these events on (comma separated: cr, msr, pf, breakpoint, ...)\n"
+   "--disable LIST   turn these events off\n"
+   "--force          also turn off events a protection needs (raises an alert)",
+   "--enable --disable --force"},
   {"unhook", "VM", "remove kvmid's hooks and disconnect the VM until admitted",
    "kvmid takes back every hook it set, then closes the VM's socket. The VM stays unhooked:\n"
    "its device manager's handshakes are refused until `kvmictl admit VM`."},
   {"admit", "VM", "let an unhooked VM be hooked again when it reconnects",
    "Lifts the hold an unhook left; the VM's next handshake hooks it with its policy."},
+  {"forget", "VM", "drop a disconnected VM and its history",
+   "Refused while the VM is connected, or while kvmid's INT3s are recorded in its guest."},
   {"reload", "", "reload policies", "Re-reads the config's policies; a bad file keeps the old ones."},
+  {"metrics", "", "kvmid's Prometheus metrics (text)", "The text of GET /metrics, as Prometheus "
+   "scrapes it."},
   {"version", "", "kvmictl's version and the server's", "Prints the client's version, then asks the server."},
   {"watch", "", "the event stream, one line per event (--vm V --kind K --count N)",
    "--vm V      only records of these VMs (uuids or names, comma separated)\n"
    "--kind K    alert, lifecycle, event, report, an event name (pf, msr, ...) or a record name\n"
-   "--count N   stop after N records"},
+   "--count N   stop after N records\n"
+   "A lost connection is resumed where it left off (Last-Event-ID), so no alert kvmid\n"
+   "still holds is missed; kvmictl exits 3 once kvmid stays away.",
+   "--vm --kind --count"},
+  {"completion", "SHELL", "a completion script (bash): source <(kvmictl completion bash)",
+   "Prints a script that completes commands, options and VM names."},
   {"help", "", "this list, or one command's help (help COMMAND)", "kvmictl help COMMAND"},
 };
 
@@ -114,18 +144,93 @@ std::string check_args(const command& c, const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i].empty())
       return std::string(c.name) + ": " + std::string(names[i]) + " is empty";
+    std::string what = std::string(c.name) + ": " + std::string(names[i]) + " '" + args[i] + "'";
+    if (names[i] == "ACCESS") {
+      if (!kvmid::control::parse_access(args[i]))
+        return what + " is not an access like r-x, r-- or rwx";
+      continue;
+    }
+    if (names[i] == "HEX") {
+      auto bytes = kvmid::control::from_hex(args[i]);
+      if (!bytes)
+        return what + " is not hex bytes (an even number of 0-9a-f digits)";
+      if (bytes->size() > 4096)
+        return what + " is more than 4096 bytes";
+      continue;
+    }
+    if (names[i] == "SHELL") {
+      if (args[i] != "bash")
+        return what + " is not a shell kvmictl completes (bash)";
+      continue;
+    }
     auto n = std::find_if(std::begin(numbers), std::end(numbers),
                           [&](auto& x) { return x.name == names[i]; });
     if (n == std::end(numbers))
       continue;
     auto v = kvmid::control::parse_u64(args[i]);
-    std::string what = std::string(c.name) + ": " + std::string(names[i]) + " '" + args[i] + "'";
     if (!v)
       return what + " is not a number (decimal or 0x hex)";
     if (*v < n->lo || *v > n->hi)
       return what + " is out of range " + std::to_string(n->lo) + ".." + std::to_string(n->hi);
   }
   return {};
+}
+
+std::string check_option(const command& c, std::string_view option) {
+  for (auto o : words(c.options))
+    if (o == option)
+      return {};
+  std::string out = std::string(c.name) + ": option " + std::string(option) + " does not apply";
+  if (!c.options.empty())
+    out += " (it takes " + std::string(c.options) + ")";
+  return out;
+}
+
+std::string bash_completion() {
+  std::string cmds, cases, vm_cmds;
+  for (auto& c : table) {
+    if (c.args.starts_with("VM")) {
+      if (!vm_cmds.empty())
+        vm_cmds += ' ';
+      vm_cmds += c.name;
+    }
+    if (!cmds.empty())
+      cmds += ' ';
+    cmds += c.name;
+    if (!c.options.empty())
+      cases += "    " + std::string(c.name) + ") opts=\"" + std::string(c.options) + "\" ;;\n";
+  }
+  // VM names come from the server when it answers; nothing is printed when
+  // it does not, so completion never blocks on an error message.
+  return "# kvmictl bash completion: source <(kvmictl completion bash)\n"
+         "_kvmictl() {\n"
+         "  local cur=${COMP_WORDS[COMP_CWORD]} cmd= i opts=\n"
+         "  local global=\"--server --unix --token-file --token --json --timeout --help --version\"\n"
+         "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
+         "    case ${COMP_WORDS[i]} in\n"
+         "      --server|--unix|--token-file|--token|--timeout|--msrs|--enable|--disable|--vm|--kind|--count) ((i++)) ;;\n"
+         "      -*) ;;\n"
+         "      *) cmd=${COMP_WORDS[i]}; break ;;\n"
+         "    esac\n"
+         "  done\n"
+         "  if [[ -z $cmd ]]; then\n"
+         "    COMPREPLY=($(compgen -W \"" + cmds + " $global\" -- \"$cur\"))\n"
+         "    return\n"
+         "  fi\n"
+         "  case $cmd in\n" + cases +
+         "  esac\n"
+         "  if [[ $cur == -* ]]; then\n"
+         "    COMPREPLY=($(compgen -W \"$opts $global\" -- \"$cur\"))\n"
+         "  elif [[ $cmd == help ]]; then\n"
+         "    COMPREPLY=($(compgen -W \"" + cmds + "\" -- \"$cur\"))\n"
+         "  elif [[ $cmd == completion ]]; then\n"
+         "    COMPREPLY=($(compgen -W bash -- \"$cur\"))\n"
+         "  elif ((COMP_CWORD == i + 1)) && [[ \" " + vm_cmds + " \" == *\" $cmd \"* ]]; then\n"
+         "    local vms=$(kvmictl --timeout 2 vms 2>/dev/null | awk 'NR > 1 {print $2}')\n"
+         "    COMPREPLY=($(compgen -W \"$vms\" -- \"$cur\"))\n"
+         "  fi\n"
+         "}\n"
+         "complete -F _kvmictl kvmictl\n";
 }
 
 std::string unreachable_hint(std::string_view where) {

@@ -17,6 +17,7 @@ struct command {
   std::string_view args;    // "VM GPA LEN": the positional arguments, in order
   std::string_view summary; // one line for the command list
   std::string_view help;    // more, for `kvmictl help NAME`
+  std::string_view options = {}; // "--enable --disable --force": what it takes beyond the global ones
 };
 
 std::span<const command> commands();
@@ -32,6 +33,12 @@ std::string command_help(const command& c);
 // (decimal or 0x hex)". Numbers are read as the API reads them
 // (control::parse_u64): decimal or 0x hex, no sign, space, suffix or overflow.
 std::string check_args(const command& c, const std::vector<std::string>& args);
+
+// Why an option given on the command line does not apply to c, or "".
+std::string check_option(const command& c, std::string_view option);
+
+// A bash completion script for kvmictl, made from the command table.
+std::string bash_completion();
 
 // What to tell the user when the server at `where` (a URL or unix:PATH)
 // could not be reached, or refused the token.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 
 namespace kvmictl {
 
@@ -154,8 +155,22 @@ std::string format_regs(const json& body) {
   return out;
 }
 
+std::string iso8601(int64_t time_ns) {
+  time_t secs = time_t(time_ns / 1000000000);
+  struct tm t {};
+  gmtime_r(&secs, &t);
+  char b[96]; // as wide as GCC assumes each int can be
+  std::snprintf(b, sizeof b, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900,
+                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                int(time_ns / 1000000 % 1000));
+  return b;
+}
+
 std::string format_event(std::string_view event, const json& d) {
-  std::string out = std::string(event);
+  std::string out;
+  if (d.is_object() && d.contains("time_ns") && d["time_ns"].is_number_integer())
+    out = iso8601(d["time_ns"].get<int64_t>()) + " ";
+  out += event;
   if (!d.is_object())
     return out + " " + d.dump();
   if (d.contains("dropped"))
@@ -173,6 +188,32 @@ std::string format_event(std::string_view event, const json& d) {
   if (msg != "-")
     out += " : " + msg;
   return out;
+}
+
+std::string format_page_ranges(const json& body) {
+  std::vector<std::vector<std::string>> rows;
+  if (body.contains("ranges"))
+    for (auto& r : body["ranges"])
+      rows.push_back({str(r, "gpa"), str(r, "len"), str(r, "pages"), str(r, "access")});
+  return table({"GPA", "LEN", "PAGES", "ACCESS"}, rows);
+}
+
+std::string format_breakpoints(const json& body) {
+  std::vector<std::vector<std::string>> rows;
+  if (body.contains("breakpoints"))
+    for (auto& b : body["breakpoints"])
+      rows.push_back({str(b, "gpa"), str(b, "original"), str(b, "planted"), str(b, "hits")});
+  return table({"GPA", "ORIGINAL", "PLANTED", "HITS"}, rows);
+}
+
+std::string format_breakpoint(const json& b) {
+  return "breakpoint " + str(b, "gpa") + " original " + str(b, "original") + " planted "
+         + str(b, "planted") + " hits " + str(b, "hits") + "\n";
+}
+
+std::string format_enabled(const json& body) {
+  return "vcpu " + str(body, "vcpu") + " events "
+         + list(body.value("enabled_events", json::array())) + "\n";
 }
 
 std::string hexdump(uint64_t gpa, const std::vector<uint8_t>& bytes) {
@@ -242,6 +283,8 @@ void sse_parser::line(std::string_view l) {
     value.remove_prefix(1);
   if (field == "event") {
     event_ = value;
+  } else if (field == "id") {
+    last_id_ = value;
   } else if (field == "data") {
     if (has_data_)
       data_ += '\n';

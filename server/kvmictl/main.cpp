@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace {
 
 using nlohmann::json;
@@ -49,7 +51,8 @@ size_t collect(char* p, size_t sz, size_t n, void* ud) {
   return sz * n;
 }
 
-CURL* make_handle(const options& o, const std::string& path, curl_slist*& hdrs) {
+CURL* make_handle(const options& o, const std::string& path, curl_slist*& hdrs,
+                  const std::string& extra_header = "") {
   CURL* c = curl_easy_init();
   if (!c)
     return nullptr;
@@ -63,6 +66,8 @@ CURL* make_handle(const options& o, const std::string& path, curl_slist*& hdrs) 
   if (!o.token.empty())
     hdrs = curl_slist_append(hdrs, ("Authorization: Bearer " + o.token).c_str());
   hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+  if (!extra_header.empty())
+    hdrs = curl_slist_append(hdrs, extra_header.c_str());
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
   return c;
 }
@@ -123,7 +128,7 @@ void report_status(const options& o, long status, const std::string& body) {
 // Prints the answer: the JSON itself with --json, else fmt(json).
 template <class F, class W = json (*)(json)>
 int show(const options& o, const http_result& r, F fmt,
-         W wrap = [](json j) { return j; }) {
+         W wrap = [](json j) { return j; }, bool print = true) {
   if (!r.ok) {
     report_transport(o, r.code, r.error);
     return 3;
@@ -140,7 +145,9 @@ int show(const options& o, const http_result& r, F fmt,
     std::cerr << "kvmictl: the server's answer is not JSON: " << err << "\n";
     return 3;
   }
-  if (o.json_out)
+  if (!print)
+    wrap(std::move(j));
+  else if (o.json_out)
     std::cout << wrap(std::move(j)).dump() << "\n";
   else
     std::cout << fmt(j);
@@ -169,6 +176,7 @@ struct watch_state {
   long status = 0;
   std::string err_body;
   CURL* handle = nullptr;
+  bool got_bytes = false; // this connection delivered something
 };
 
 size_t watch_write(char* p, size_t sz, size_t n, void* ud) {
@@ -179,11 +187,15 @@ size_t watch_write(char* p, size_t sz, size_t n, void* ud) {
     w->err_body.append(p, sz * n);
     return sz * n;
   }
+  w->got_bytes = true;
   w->parser.feed(std::string_view(p, sz * n));
   std::cout.flush();
   return w->done ? 0 : sz * n; // 0 stops the transfer after --count events
 }
 
+// Follows the stream. When the connection is lost it reconnects with the
+// last id it saw (Last-Event-ID), so kvmid replays what came meanwhile;
+// after `reconnects` failed attempts in a row it gives up with 3.
 int watch(const options& o, const std::string& vm, const std::string& kind, long count) {
   std::string path = "/v1/events";
   std::string q;
@@ -202,33 +214,124 @@ int watch(const options& o, const std::string& vm, const std::string& kind, long
     if (o.json_out) {
       json line = {{"event", ev}, {"data", j.is_discarded() ? json(data) : j}};
       std::cout << line.dump() << "\n";
+    } else if (ev == "replay-gap") {
+      std::cerr << "kvmictl: records may be missing before the next ones (kvmid restarted or "
+                   "its replay ring no longer reaches back)\n";
     } else {
       std::cout << kvmictl::format_event(ev, j.is_discarded() ? json(data) : j) << "\n";
     }
-    if (ev != "dropped" && w.remaining > 0 && --w.remaining == 0)
+    if (ev != "dropped" && ev != "replay-gap" && w.remaining > 0 && --w.remaining == 0)
       w.done = true;
   });
-  curl_slist* hdrs = nullptr;
-  CURL* c = make_handle(o, path, hdrs);
-  if (!c)
+  constexpr int reconnects = 5;
+  int failures = 0;
+  for (;;) {
+    curl_slist* hdrs = nullptr;
+    std::string resume;
+    if (!w.parser.last_id().empty())
+      resume = "Last-Event-ID: " + w.parser.last_id();
+    CURL* c = make_handle(o, path, hdrs, resume);
+    if (!c)
+      return 3;
+    w.handle = c;
+    w.status = 0;
+    w.got_bytes = false;
+    w.parser.feed("\n\n"); // a record cut by the lost connection is not half-joined to the next
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, watch_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    if (w.done)
+      return 0;
+    if (w.status != 0 && w.status != 200) {
+      report_status(o, w.status, w.err_body);
+      return 1;
+    }
+    failures = w.got_bytes ? 1 : failures + 1;
+    if (failures > reconnects) {
+      if (rc != CURLE_OK)
+        report_transport(o, rc, curl_easy_strerror(rc));
+      else
+        std::cerr << "kvmictl: " << where(o) << " ended the event stream\n";
+      return 3;
+    }
+    // 0.2 s, 0.4 s, ... 3.2 s: a restarting kvmid is back within them.
+    std::cerr << "kvmictl: event stream lost, reconnecting to " << where(o) << "\n";
+    usleep(useconds_t(100000) << failures);
+  }
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty())
+      out.push_back(item);
+  return out;
+}
+
+// Every range, following the API's pages (`next`) to the end.
+int page_access(const options& o, const std::string& vm) {
+  json all = {{"ranges", json::array()}};
+  std::string from = "0";
+  for (;;) {
+    auto r = request(o, "GET", "/v1/vms/" + enc(vm) + "/page-access?from=" + from);
+    json page;
+    int rc = show(o, r, [](const json&) { return std::string(); },
+                  [&page](json j) { page = j; return json(); }, /*print=*/false);
+    if (rc != 0)
+      return rc;
+    for (auto& x : page.value("ranges", json::array()))
+      all["ranges"].push_back(x);
+    if (!page.contains("next") || !page["next"].is_string())
+      break;
+    from = page["next"].get<std::string>();
+  }
+  std::cout << (o.json_out ? all.dump() + "\n" : kvmictl::format_page_ranges(all));
+  return 0;
+}
+
+// Without --enable/--disable: the vCPU's enabled events; with them, the change.
+int vcpu_events(const options& o, const std::string& vm, const std::string& vcpu,
+                const std::string& enable, const std::string& disable, bool force) {
+  if (enable.empty() && disable.empty()) {
+    auto r = request(o, "GET", "/v1/vms/" + enc(vm) + "/vcpus");
+    auto index = kvmid::control::parse_u64(vcpu);
+    auto pick = [&](json j) {
+      for (auto& v : j.value("vcpus", json::array()))
+        if (v.value("index", json(-1)) == json(*index))
+          return json{{"vm", vm}, {"vcpu", *index},
+                      {"enabled_events", v.value("enabled_events", json::array())}};
+      return json{{"vm", vm}, {"vcpu", *index}, {"enabled_events", json::array()}};
+    };
+    return show(o, r, [&](const json& j) { return kvmictl::format_enabled(pick(j)); }, pick);
+  }
+  json body = json::object();
+  if (!enable.empty())
+    body["enable"] = split_list(enable);
+  if (!disable.empty())
+    body["disable"] = split_list(disable);
+  if (force)
+    body["force"] = true;
+  return show(o, request(o, "PUT", "/v1/vms/" + enc(vm) + "/vcpus/" + enc(vcpu) + "/events",
+                         body.dump()),
+              kvmictl::format_enabled);
+}
+
+// /metrics is Prometheus text, not JSON: printed as it comes.
+int metrics(const options& o) {
+  auto r = request(o, "GET", "/metrics");
+  if (!r.ok) {
+    report_transport(o, r.code, r.error);
     return 3;
-  w.handle = c;
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, watch_write);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
-  CURLcode rc = curl_easy_perform(c);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(c);
-  if (w.done)
-    return 0;
-  if (w.status != 0 && w.status != 200) {
-    report_status(o, w.status, w.err_body);
+  }
+  if (r.status < 200 || r.status >= 300) {
+    report_status(o, r.status, r.body);
     return 1;
   }
-  if (rc != CURLE_OK) {
-    report_transport(o, rc, curl_easy_strerror(rc));
-    return 3;
-  }
-  return 0; // the server ended the stream
+  std::cout << r.body;
+  return 0;
 }
 
 // The client's version, then the server's: a mismatch is the first thing
@@ -271,9 +374,10 @@ int main(int argc, char** argv) {
     o.token = t;
 
   std::vector<std::string> args;
-  std::string watch_vm, watch_kind;
+  std::string watch_vm, watch_kind, msrs, enable, disable;
   long watch_count = -1;
-  bool help = false;
+  bool help = false, force = false;
+  std::vector<std::string> command_options; // checked once the command is known
   // A usage error: one line naming what is wrong, exit 2.
   auto usage_error = [](const std::string& why) {
     std::cerr << "kvmictl: " << why << "\n";
@@ -322,10 +426,19 @@ int main(int argc, char** argv) {
       o.timeout = count(86400);
     } else if (a == "--vm") {
       watch_vm = next();
+      command_options.push_back(a);
     } else if (a == "--kind") {
       watch_kind = next();
+      command_options.push_back(a);
     } else if (a == "--count") {
       watch_count = count(1u << 30);
+      command_options.push_back(a);
+    } else if (a == "--msrs" || a == "--enable" || a == "--disable") {
+      (a == "--msrs" ? msrs : a == "--enable" ? enable : disable) = next();
+      command_options.push_back(a);
+    } else if (a == "--force") {
+      force = true;
+      command_options.push_back(a);
     } else if (a == "-h" || a == "--help") {
       help = true;
     } else if (a == "--version") {
@@ -359,6 +472,18 @@ int main(int argc, char** argv) {
     return usage_error("unknown command '" + args[0] + "' ('kvmictl help' lists them)");
   if (auto why = kvmictl::check_args(*command, {args.begin() + 1, args.end()}); !why.empty())
     return usage_error(why + " ('kvmictl help " + args[0] + "' says more)");
+  for (auto& opt : command_options)
+    if (auto why = kvmictl::check_option(*command, opt); !why.empty())
+      return usage_error(why);
+  if (!msrs.empty()) {
+    for (auto& m : split_list(msrs))
+      if (!kvmid::control::parse_u64(m) || *kvmid::control::parse_u64(m) > UINT32_MAX)
+        return usage_error("regs: --msrs '" + m + "' is not an MSR index (decimal or 0x hex)");
+  }
+  if (args[0] == "completion") {
+    std::cout << kvmictl::bash_completion();
+    return 0;
+  }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string& cmd = args[0];
   int rc = 2;
@@ -371,13 +496,49 @@ int main(int argc, char** argv) {
   } else if (cmd == "pause" || cmd == "resume" || cmd == "unhook" || cmd == "admit") {
     rc = show(o, request(o, "POST", "/v1/vms/" + enc(args[1]) + "/" + cmd, "{}"),
               [&](const json& j) { return args[1] + ": " + j.value("result", cmd) + "\n"; });
+  } else if (cmd == "forget") {
+    rc = show(o, request(o, "DELETE", "/v1/vms/" + enc(args[1])),
+              [&](const json&) { return args[1] + ": forgotten\n"; });
   } else if (cmd == "reload") {
     rc = show(o, request(o, "POST", "/v1/policies/reload", "{}"),
               [](const json&) { return std::string("policies reloaded\n"); });
   } else if (cmd == "regs") {
+    std::string q = msrs.empty() ? "" : "?msrs=" + enc(msrs);
     rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/vcpus/" + enc(args[2])
-                                     + "/registers"),
+                                     + "/registers" + q),
               kvmictl::format_regs);
+  } else if (cmd == "write") {
+    json body = {{"gpa", args[2]}, {"data", args[3]}, {"encoding", "hex"}};
+    rc = show(o, request(o, "PUT", "/v1/vms/" + enc(args[1]) + "/memory", body.dump()),
+              [&](const json& j) {
+                return args[1] + ": wrote " + j.value("len", json(0)).dump() + " bytes at "
+                       + j.value("gpa", args[2]) + "\n";
+              });
+  } else if (cmd == "page-access") {
+    rc = page_access(o, args[1]);
+  } else if (cmd == "set-page-access") {
+    json body = {{"gpa", args[2]}, {"access", args[3]}};
+    rc = show(o, request(o, "PUT", "/v1/vms/" + enc(args[1]) + "/page-access", body.dump()),
+              [&](const json& j) {
+                return args[1] + ": " + j.value("gpa", args[2]) + " " + j.value("access", args[3])
+                       + "\n";
+              });
+  } else if (cmd == "breakpoints") {
+    rc = show(o, request(o, "GET", "/v1/vms/" + enc(args[1]) + "/breakpoints"),
+              kvmictl::format_breakpoints);
+  } else if (cmd == "add-breakpoint") {
+    json body = {{"gpa", args[2]}};
+    rc = show(o, request(o, "POST", "/v1/vms/" + enc(args[1]) + "/breakpoints", body.dump()),
+              kvmictl::format_breakpoint);
+  } else if (cmd == "remove-breakpoint") {
+    rc = show(o, request(o, "DELETE", "/v1/vms/" + enc(args[1]) + "/breakpoints/" + enc(args[2])),
+              [&](const json& j) {
+                return args[1] + ": breakpoint " + j.value("gpa", args[2]) + " removed\n";
+              });
+  } else if (cmd == "events") {
+    rc = vcpu_events(o, args[1], args[2], enable, disable, force);
+  } else if (cmd == "metrics") {
+    rc = metrics(o);
   } else if (cmd == "read") {
     rc = show(o,
               request(o, "GET", "/v1/vms/" + enc(args[1]) + "/memory?gpa=" + enc(args[2])

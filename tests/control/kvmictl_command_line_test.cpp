@@ -2,6 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdio>
+
+#include <unistd.h>
+
 using namespace kvmictl;
 
 TEST_SUITE("control") {
@@ -55,6 +59,65 @@ TEST_CASE("kvmictl: the hints say where to point kvmictl and where the token com
   CHECK(unauthorized_hint(false).starts_with("no token given"));
   CHECK(unauthorized_hint(true).find("api.token_file") != std::string::npos);
   CHECK(unauthorized_hint(true).find("--token-file") != std::string::npos);
+}
+
+TEST_CASE("kvmictl: access - hex and shell arguments are checked before any request") {
+  auto* spa = find_command("set-page-access");
+  REQUIRE(spa);
+  CHECK(check_args(*spa, {"web1", "0x1000", "r-x"}).empty());
+  CHECK(check_args(*spa, {"web1", "0x1000", "rw"})
+        == "set-page-access: ACCESS 'rw' is not an access like r-x, r-- or rwx");
+  auto* write = find_command("write");
+  REQUIRE(write);
+  CHECK(check_args(*write, {"web1", "0x1000", "90cc"}).empty());
+  CHECK(check_args(*write, {"web1", "0x1000", "9"}).ends_with("is not hex bytes (an even number "
+                                                                "of 0-9a-f digits)"));
+  CHECK(check_args(*write, {"web1", "0x1000", std::string(8194, 'a')}).ends_with("is more than 4096 bytes"));
+  CHECK(check_args(*find_command("completion"), {"zsh"})
+        == "completion: SHELL 'zsh' is not a shell kvmictl completes (bash)");
+}
+
+TEST_CASE("kvmictl: an option belongs to the commands that take it") {
+  CHECK(check_option(*find_command("events"), "--enable").empty());
+  CHECK(check_option(*find_command("events"), "--force").empty());
+  CHECK(check_option(*find_command("regs"), "--msrs").empty());
+  CHECK(check_option(*find_command("watch"), "--count").empty());
+  CHECK(check_option(*find_command("events"), "--msrs")
+        == "events: option --msrs does not apply (it takes --enable --disable --force)");
+  CHECK(check_option(*find_command("vms"), "--count") == "vms: option --count does not apply");
+}
+
+TEST_CASE("kvmictl: the bash completion offers commands - options and nothing else") {
+  // Runs the script in bash with a faked command line and reads COMPREPLY.
+  auto complete = [](const std::string& words, int cword) {
+    std::string script = bash_completion();
+    std::string path = "/tmp/kvmictl-completion-" + std::to_string(::getpid()) + ".sh";
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f);
+    std::fwrite(script.data(), 1, script.size(), f);
+    std::fclose(f);
+    std::string cmd = "bash -c 'source " + path + "; COMP_WORDS=(" + words + "); COMP_CWORD="
+                      + std::to_string(cword) + "; _kvmictl; echo \"${COMPREPLY[*]}\"'";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    char buf[4096];
+    std::string out;
+    while (size_t n = std::fread(buf, 1, sizeof buf, p))
+      out.append(buf, n);
+    int st = ::pclose(p);
+    std::remove(path.c_str());
+    CHECK(st == 0);
+    while (!out.empty() && out.back() == '\n')
+      out.pop_back();
+    return out;
+  };
+  CHECK(complete("kvmictl pa", 1) == "pause page-access");
+  CHECK(complete("kvmictl set-", 1) == "set-page-access");
+  CHECK(complete("kvmictl events web1 0 --e", 4) == "--enable");
+  CHECK(complete("kvmictl --json regs web1 0 --m", 5) == "--msrs");
+  CHECK(complete("kvmictl help add", 2) == "add-breakpoint");
+  CHECK(complete("kvmictl completion b", 2) == "bash");
+  CHECK(complete("kvmictl vms --c", 2) == "");
 }
 
 }

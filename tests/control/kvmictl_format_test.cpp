@@ -87,4 +87,29 @@ TEST_CASE("kvmictl: one line per event") {
   CHECK(format_event("dropped", json::parse(R"({"dropped":4})")) == "dropped 4 records lost");
 }
 
+TEST_CASE("kvmictl: event lines lead with their time in ISO 8601 UTC") {
+  CHECK(iso8601(0) == "1970-01-01T00:00:00.000Z");
+  CHECK(iso8601(1796041502123456789) == "2026-11-30T12:25:02.123Z");
+  json d = json::parse(R"({"time_ns":1796041502123456789,"kind":"alert","name":"cr-pin",
+    "vm":"u1","vm_name":"web1","message":"m"})");
+  CHECK(format_event("cr-pin", d) == "2026-11-30T12:25:02.123Z cr-pin vm=web1 : m");
+}
+
+TEST_CASE("kvmictl: page ranges and breakpoints as tables") {
+  auto pr = format_page_ranges(json::parse(
+    R"({"ranges":[{"gpa":"0x1000000","pages":5120,"len":"0x1400000","access":"r-x"}]})"));
+  CHECK(pr == "GPA        LEN        PAGES  ACCESS\n0x1000000  0x1400000  5120   r-x\n");
+  auto bp = format_breakpoints(json::parse(
+    R"({"breakpoints":[{"gpa":"0x1234","original":"0x55","planted":true,"hits":3}]})"));
+  CHECK(bp == "GPA     ORIGINAL  PLANTED  HITS\n0x1234  0x55      yes      3\n");
+}
+
+TEST_CASE("kvmictl: the SSE parser keeps the last id for a resume") {
+  std::vector<std::string> got;
+  sse_parser p([&](const std::string& e, const std::string&) { got.push_back(e); });
+  p.feed("id: ab-1\nevent: x\ndata: {}\n\n: keep-alive\n\nid: ab-2\nevent: y\ndata: {}\n\n");
+  CHECK(got == std::vector<std::string>{"x", "y"});
+  CHECK(p.last_id() == "ab-2");
+}
+
 }

@@ -59,6 +59,15 @@ std::string counter(const json& vm, const char* key) {
   return "-";
 }
 
+// connected_since (unix seconds) in ISO 8601, "-" when unknown.
+std::string since(const json& v) {
+  if (!v.contains("connected_since") || !v["connected_since"].is_number_integer()
+      || v["connected_since"].get<int64_t>() <= 0)
+    return "-";
+  auto s = iso8601(v["connected_since"].get<int64_t>() * 1000000000);
+  return s.substr(0, 19) + "Z"; // whole seconds
+}
+
 std::string list(const json& a) {
   if (!a.is_array() || a.empty())
     return "-";
@@ -78,9 +87,9 @@ std::string format_vms(const json& body) {
   if (body.contains("vms"))
     for (auto& v : body["vms"])
       rows.push_back({str(v, "uuid"), str(v, "name"), str(v, "vcpus"), str(v, "state"),
-                      str(v, "start_time"), counter(v, "events"), counter(v, "alerts"),
+                      since(v), counter(v, "events"), counter(v, "alerts"),
                       counter(v, "protocol_errors")});
-  return table({"UUID", "NAME", "VCPUS", "STATE", "STARTED", "EVENTS", "ALERTS", "PROTO_ERRS"},
+  return table({"UUID", "NAME", "VCPUS", "STATE", "CONNECTED", "EVENTS", "ALERTS", "PROTO_ERRS"},
                rows);
 }
 
@@ -98,6 +107,8 @@ std::string format_vcpus(const json& body) {
 
 std::string format_vm(const json& vm) {
   std::string out;
+  if (vm.contains("connected_since"))
+    out += "connected_since: " + since(vm) + "\n";
   for (auto* k : {"uuid", "name", "state", "connected", "peer", "sessions", "start_time",
                   "byte_order", "vcpus", "paused", "policy", "commands_mask", "events_mask"})
     if (vm.contains(k)) {

@@ -10,15 +10,15 @@ TEST_SUITE("control") {
 TEST_CASE("kvmictl: vms table lines up and shows every VM") {
   json body = json::parse(R"({"vms":[
     {"uuid":"2b7c4e1a-0000-4000-8000-000000000001","name":"web1","vcpus":4,"state":"running",
-     "start_time":1700000000,"counters":{"events":12,"alerts":1,"protocol_errors":0}},
+     "connected_since":1700000000,"counters":{"events":12,"alerts":1,"protocol_errors":0}},
     {"uuid":"2b7c4e1a-0000-4000-8000-000000000002","name":"db","vcpus":16,"state":"paused",
-     "start_time":1700000001,"counters":{"events":0,"alerts":0,"protocol_errors":3}}]})");
+     "counters":{"events":0,"alerts":0,"protocol_errors":3}}]})");
   std::string t = format_vms(body);
-  CHECK(t == "UUID                                  NAME  VCPUS  STATE    STARTED     EVENTS  ALERTS  PROTO_ERRS\n"
-             "2b7c4e1a-0000-4000-8000-000000000001  web1  4      running  1700000000  12      1       0\n"
-             "2b7c4e1a-0000-4000-8000-000000000002  db    16     paused   1700000001  0       0       3\n");
+  CHECK(t == "UUID                                  NAME  VCPUS  STATE    CONNECTED             EVENTS  ALERTS  PROTO_ERRS\n"
+             "2b7c4e1a-0000-4000-8000-000000000001  web1  4      running  2023-11-14T22:13:20Z  12      1       0\n"
+             "2b7c4e1a-0000-4000-8000-000000000002  db    16     paused   -                     0       0       3\n");
   CHECK(format_vms(json::parse(R"({"vms":[]})")) ==
-        "UUID  NAME  VCPUS  STATE  STARTED  EVENTS  ALERTS  PROTO_ERRS\n");
+        "UUID  NAME  VCPUS  STATE  CONNECTED  EVENTS  ALERTS  PROTO_ERRS\n");
 }
 
 TEST_CASE("kvmictl: vm detail shows the memory map and vCPUs") {

@@ -78,7 +78,6 @@ void kvmi_host::try_connect() {
     return;
   }
   fd_ = fd;
-  backoff_ = 100ms;
   hs::guest_info g;
   g.id = o_.uuid;
   g.vcpu_count = o_.vcpus;
@@ -118,6 +117,7 @@ void kvmi_host::on_kvmid_bytes(std::span<const uint8_t> in) {
     if (st != hs::status::done)
       return;
     hooked_ = true;
+    backoff_ = 100ms;
     splitter_ = std::make_unique<frame_splitter>();
     for (auto& c : vcpus_)
       c.create_pending = true; // sent once kvmid enables CREATE_VCPU
@@ -152,7 +152,9 @@ void kvmi_host::end_session(const std::string& why) {
       was_hooked ? "" : " (never hooked)");
   if (!o_.reconnect)
     unhooked_ = true;
+  // A refused handshake (wrong cookie, not admitted) is not hammered.
   next_connect_ = clock::now() + backoff_;
+  backoff_ = was_hooked ? 100ms : std::min<std::chrono::milliseconds>(backoff_ * 2, 2s);
 }
 
 void kvmi_host::request_unhook() {

@@ -1,7 +1,8 @@
 // The guest kvmi-qemu boots: Debian's cloud kernel, unpacked by
 // scripts/deps.sh into a cache directory, and an initramfs written here
 // (cpio "newc") holding busybox-static and an /init that runs a small
-// workload: a progress counter on the serial console and `uname` in a loop.
+// workload: a progress counter on the serial console, `uname` in a loop and
+// a new hostname (kvmi-guest-N) every 40th round.
 // Debian ships a placeholder System.map; with nokaslr the guest's
 // /proc/kallsyms has the same addresses, so /init prints the lines of the
 // symbols asked for ("kallsyms <addr> <type> <name>") before the workload.

@@ -1,5 +1,6 @@
 #include "kernel-patches/qemu/kvmi_host.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -20,6 +21,8 @@ using namespace std::chrono_literals;
 // With nokaslr the kernel image is mapped at __START_KERNEL_map + its
 // physical address (phys_base 0).
 constexpr uint64_t start_kernel_map = 0xffffffff80000000ull;
+// and all of RAM at the direct map's base (page_offset_base, fixed then).
+constexpr uint64_t direct_map = 0xffff888000000000ull;
 constexpr uint32_t chunk = 1024; // bytes per m/M packet (PacketSize 0x1000, hex doubles)
 
 // What this host serves; the rest is refused with -KVM_EACCES, as a kernel
@@ -28,8 +31,10 @@ constexpr uint32_t commands =
   flag(msg_id::get_version) | flag(msg_id::get_guest_info) | flag(msg_id::get_registers)
   | flag(msg_id::set_registers) | flag(msg_id::read_physical) | flag(msg_id::write_physical)
   | flag(msg_id::control_events) | flag(msg_id::event) | flag(msg_id::event_reply)
-  | flag(msg_id::pause_all_vcpus) | flag(msg_id::control_vm_events);
-constexpr uint32_t vcpu_events = flag(event_id::breakpoint) | flag(event_id::pause_vcpu);
+  | flag(msg_id::pause_all_vcpus) | flag(msg_id::control_vm_events)
+  | flag(msg_id::get_page_access) | flag(msg_id::set_page_access);
+constexpr uint32_t vcpu_events =
+  flag(event_id::breakpoint) | flag(event_id::pause_vcpu) | flag(event_id::pf);
 constexpr uint32_t vm_events = flag(event_id::create_vcpu) | flag(event_id::unhook);
 
 void log(const char* fmt, auto... args) {
@@ -143,6 +148,7 @@ void kvmi_host::end_session(const std::string& why) {
   pending_.clear();
   for (auto& c : vcpus_)
     c = vcpu{}; // waits end as if answered CONTINUE
+  unprotect_all(); // the kernel gives every page rwx back when a session ends
   if (unhook_sent_)
     unhooked_ = true;
   unhook_sent_ = false;
@@ -266,6 +272,20 @@ void kvmi_host::on_command(command_msg& m) {
         if (vcpus_[x.vcpu].waiting)
           vcpus_[x.vcpu].set_regs = x.regs;
         reply(id, seq);
+      } else if constexpr (std::is_same_v<T, get_page_access_cmd>) {
+        page_access_reply r;
+        for (uint64_t gpa : x.gpa) {
+          auto it = pages_.find(gpa & ~uint64_t(0xfff));
+          r.access.push_back(it == pages_.end() ? page_access_rwx : it->second.access);
+        }
+        reply(id, seq, std::move(r));
+      } else if constexpr (std::is_same_v<T, set_page_access_cmd>) {
+        if (!ensure_stopped())
+          return;
+        for (auto& e : x.entries) // in order, stopping at the first error (v5)
+          if (int32_t err = set_access(e.gpa & ~uint64_t(0xfff), e.access))
+            return reply_err(id, seq, err);
+        reply(id, seq);
       } else if constexpr (std::is_same_v<T, read_physical>) {
         if (!ensure_stopped())
           return;
@@ -308,10 +328,14 @@ void kvmi_host::on_event_reply(const event_reply_msg& r) {
     log("vcpu %u: BREAKPOINT answered %s in %lld us", unsigned(i),
         std::string(name(act)).c_str(), (long long)us.count());
   if (act == action::crash) {
+    if (c.ev == event_id::pf)
+      finish_pf(i, act);
     log("vcpu %u: CRASH asked for: the guest is stopped for good", unsigned(i));
     exit_code_ = 2;
     return;
   }
+  if (c.ev == event_id::pf)
+    finish_pf(i, act);
   if (c.ev == event_id::breakpoint && act == action::continue_) {
     // v5 re-injects #BP; the gdbstub cannot inject, so the original
     // instruction runs instead (stepped over the breakpoint).
@@ -395,6 +419,8 @@ void kvmi_host::on_stop(const stop_reply& s) {
     return; // our ^C
   uint16_t i = uint16_t(s.thread > 0 ? s.thread - 1 : 0);
   if (i >= vcpus_.size())
+    return;
+  if (s.watch && on_watch(i, *s.watch))
     return;
   auto st = read_state(i);
   if (!st)
@@ -502,23 +528,122 @@ bool kvmi_host::write_physical_raw(uint64_t gpa, std::span<const uint8_t> data) 
   return true;
 }
 
-// The kernel-text address of gpa, checked with the monitor's gva2gpa once
-// per page; nullopt outside the kernel image.
-std::optional<uint64_t> kvmi_host::text_gva(uint64_t gpa) {
+// The address of gpa in the kernel mapping at `base` (the kernel image or
+// the direct map), checked with the monitor's gva2gpa once per page;
+// nullopt where that mapping does not hold it.
+std::optional<uint64_t> kvmi_host::mapped_gva(uint64_t gpa, uint64_t base) {
   uint64_t page = gpa & ~uint64_t(0xfff);
-  auto it = text_map_.find(page);
-  if (it == text_map_.end()) {
-    uint64_t gva = page + start_kernel_map;
+  auto it = maps_.find({base, page});
+  if (it == maps_.end()) {
+    uint64_t gva = page + base;
     auto out = gdb_.monitor("gva2gpa 0x" + hex_addr(gva));
-    if (std::getenv("KVMI_QEMU_TRACE"))
-      log("gva2gpa %s -> %s", hex_addr(gva).c_str(), out ? out->c_str() : gdb_.error().c_str());
     uint64_t got = ~uint64_t(0);
-    if (out && std::sscanf(out->c_str(), "gpa: 0x%" SCNx64, &got) == 1 && got == page)
-      it = text_map_.emplace(page, gva).first;
-    else
+    if (!out || std::sscanf(out->c_str(), "gpa: 0x%" SCNx64, &got) != 1 || got != page)
       return std::nullopt;
+    it = maps_.emplace(std::pair{base, page}, gva).first;
   }
   return it->second + (gpa & 0xfff);
+}
+
+std::optional<uint64_t> kvmi_host::text_gva(uint64_t gpa) { return mapped_gva(gpa, start_kernel_map); }
+
+// ---- page restrictions -------------------------------------------------------
+
+int32_t kvmi_host::set_access(uint64_t page, uint8_t access) {
+  if (access & ~page_access_rwx)
+    return kvm_einval;
+  if ((access & (page_access_r | page_access_x)) != (page_access_r | page_access_x))
+    return kvm_eopnotsupp; // reads and fetches have no watchpoint that stops before them
+  auto it = pages_.find(page);
+  if (access & page_access_w) {
+    if (it != pages_.end()) {
+      for (uint64_t gva : it->second.gvas)
+        gdb_.request("z2," + hex_addr(gva) + ",1000");
+      pages_.erase(it);
+      log("page 0x%s writable again", hex_addr(page).c_str());
+    }
+    return 0;
+  }
+  if (it != pages_.end())
+    return 0;
+  protected_page p;
+  p.access = access;
+  auto bytes = read_physical_raw(page, page_size);
+  if (!bytes)
+    return kvm_efault;
+  p.bytes = std::move(*bytes);
+  for (uint64_t base : {start_kernel_map, direct_map}) {
+    auto gva = mapped_gva(page, base);
+    if (!gva)
+      continue;
+    auto r = gdb_.request("Z2," + hex_addr(*gva) + ",1000");
+    if (r && *r == "OK")
+      p.gvas.push_back(*gva);
+  }
+  if (p.gvas.empty())
+    return kvm_efault; // in no kernel mapping a watchpoint could cover
+  log("page 0x%s write-protected (%zu watchpoints)", hex_addr(page).c_str(), p.gvas.size());
+  pages_.emplace(page, std::move(p));
+  return 0;
+}
+
+void kvmi_host::unprotect_all() {
+  for (auto& [page, p] : pages_)
+    for (uint64_t gva : p.gvas)
+      gdb_.request("z2," + hex_addr(gva) + ",1000");
+  pages_.clear();
+}
+
+// A write watchpoint stopped vCPU `vcpu` after a write at `addr`; true if
+// it was one of ours (a PF event sent, or the write accepted).
+bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
+  for (auto& [page, p] : pages_) {
+    for (uint64_t gva : p.gvas) {
+      if (addr < gva || addr - gva >= page_size)
+        continue;
+      auto now = read_physical_raw(page, page_size);
+      if (!now) {
+        fatal("cannot read a protected page: " + gdb_.error());
+        return true;
+      }
+      // The first byte the write changed (a write of equal bytes: where it hit).
+      uint64_t off = addr - gva;
+      auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now->begin());
+      if (diff.first != p.bytes.end())
+        off = uint64_t(diff.first - p.bytes.begin());
+      auto& c = vcpus_[vcpu];
+      if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
+        c.pf_page = page;
+        send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0});
+      } else {
+        p.bytes = std::move(*now); // nobody to ask: the write stands
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+// The write already happened (a watchpoint stops after the access): what
+// the reply allows is kept, what it refuses is written back.
+void kvmi_host::finish_pf(uint16_t vcpu, action act) {
+  auto it = pages_.find(vcpus_[vcpu].pf_page);
+  if (it == pages_.end())
+    return; // made writable before the reply (allow-and-unprotect): it stands
+  auto& p = it->second;
+  auto now = read_physical_raw(it->first, page_size);
+  if (!now)
+    return fatal("cannot read a protected page: " + gdb_.error());
+  if (act == action::continue_) { // v5: the kernel emulates the access
+    p.bytes = std::move(*now);
+    return;
+  }
+  // RETRY with the page still protected faults again on hardware, for as
+  // long as the page stays so: the write never lands. CRASH: neither.
+  if (*now != p.bytes && !write_physical_raw(it->first, p.bytes))
+    fatal("cannot write a protected page back: " + gdb_.error());
+  log("page 0x%s: the write was undone (%s)", hex_addr(it->first).c_str(),
+      std::string(name(act)).c_str());
 }
 
 int32_t kvmi_host::write_physical(uint64_t gpa, std::vector<uint8_t> data) {

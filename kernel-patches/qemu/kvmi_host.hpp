@@ -9,6 +9,8 @@
 //   INT3 kvmid plants   = a gdbstub breakpoint (Z0) at the kernel-text
 //                         address of the gpa; reads show 0xCC, the guest's
 //                         memory keeps its byte; a hit is a BREAKPOINT event
+//   a page without w    = write watchpoints (Z2) over the page's kernel
+//                         mappings; a hit (after the write) is a PF event
 // Single-threaded: one poll() loop over kvmid's socket and the gdbstub.
 #pragma once
 
@@ -67,6 +69,14 @@ private:
     bool create_pending = false;
     std::optional<kvm_regs> set_regs;
     std::chrono::steady_clock::time_point ev_sent;
+    uint64_t pf_page = 0; // the protected page of the PF event waiting
+  };
+  // A page kvmid made non-writable: its bytes as the guest last had them
+  // with kvmid's consent, and the watchpoints standing for the restriction.
+  struct protected_page {
+    uint8_t access = page_access_rwx;
+    std::vector<uint8_t> bytes;
+    std::vector<uint64_t> gvas;
   };
   struct breakpoint {
     uint64_t gva;
@@ -99,6 +109,11 @@ private:
   bool write_physical_raw(uint64_t gpa, std::span<const uint8_t> data);
   std::optional<uint64_t> text_gva(uint64_t gpa);
   int32_t write_physical(uint64_t gpa, std::vector<uint8_t> data);
+  std::optional<uint64_t> mapped_gva(uint64_t page, uint64_t base);
+  int32_t set_access(uint64_t page, uint8_t access);
+  void unprotect_all();
+  bool on_watch(uint16_t vcpu, uint64_t addr);
+  void finish_pf(uint16_t vcpu, action act);
   void fatal(const std::string& why);
 
   host_options o_;
@@ -106,7 +121,8 @@ private:
   const register_layout& layout_;
   std::vector<vcpu> vcpus_;
   std::map<uint64_t, breakpoint> bps_;    // gpa -> the gdbstub breakpoint
-  std::map<uint64_t, uint64_t> text_map_; // verified gpa page -> gva page
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> maps_; // verified (base, gpa page) -> gva
+  std::map<uint64_t, protected_page> pages_;
   bool running_ = false;
   int fd_ = -1;
   std::unique_ptr<hs::dm_side> dm_;

@@ -54,19 +54,20 @@ struct real_guest {
     kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
                 (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
                 guest_dir, "--name", "qemu-guest", "--symbols",
-                "_stext,_etext,__x64_sys_newuname,__x64_sys_sethostname"},
+                "_stext,_etext,__x64_sys_newuname,__x64_sys_sethostname,init_uts_ns"},
                (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
     REQUIRE(kq > 0);
     INFO("kvmi-qemu: " << log() << "\nconsole: " << console());
     // The addresses come from the guest's /proc/kallsyms (Debian ships a
     // placeholder System.map); kvmid's policy is written with them.
-    REQUIRE(wait_until([&] { return kvmi::qemu::kallsyms_from_console(console()).size() == 4; },
+    REQUIRE(wait_until([&] { return kvmi::qemu::kallsyms_from_console(console()).size() == 5; },
                        "the guest to print its kallsyms lines", std::chrono::seconds(180)));
     syms = kvmi::qemu::kallsyms_from_console(console());
     auto cfg = kvmid.base_config(std::chrono::milliseconds(10000), "info");
     cfg["policies"] = json::array(
       {{{"name", "qemu"},
         {"match", json::array({"qemu-*"})},
+        {"hypercalls", false}, // kvmi-qemu has no HYPERCALL event
         {"breakpoints", json::array({{{"name", "newuname"}, {"gpa", hex(gpa("__x64_sys_newuname"))}}})}}});
     kvmid.start(cfg);
     REQUIRE(wait_until([&] { return connected(); }, "the guest's session with kvmid",
@@ -86,6 +87,21 @@ struct real_guest {
     auto text = console();
     auto at = text.rfind("progress ");
     return at == std::string::npos ? -1 : std::atol(text.c_str() + at + 9);
+  }
+  // The hostname the last progress line shows (uname -n).
+  std::string hostname() const {
+    auto text = console();
+    auto at = text.rfind("progress ");
+    if (at == std::string::npos)
+      return {};
+    std::istringstream line(text.substr(at));
+    std::string word, n, name;
+    line >> word >> n >> name;
+    return name;
+  }
+  uint64_t alerts() {
+    auto r = kvmid.http("GET", "/v1/vms/qemu-guest");
+    return r.status == 200 ? r.j()["counters"].value("alerts", uint64_t(0)) : 0;
   }
   json breakpoint(uint64_t gpa_) {
     auto r = kvmid.http("GET", "/v1/vms/qemu-guest/breakpoints/" + hex(gpa_));
@@ -181,6 +197,41 @@ TEST_CASE("an unhook and a reconnect leave no stray breakpoint in a real guest")
   REQUIRE(wait_until([&] { return g.hits(newuname) >= 1; }, "the policy breakpoint hit again"));
   long p = g.progress();
   REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the reconnect"));
+}
+
+TEST_CASE("writes into a write-protected page of a real guest raise page-protection alerts") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  // The guest renames itself every 40 rounds: sethostname writes init_uts_ns.
+  uint64_t page = g.gpa("init_uts_ns") & ~uint64_t(0xfff);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
+  auto ev = g.kvmid.http("PUT", "/v1/vms/qemu-guest/vcpus/0/events",
+                         json{{"enable", json::array({"pf"})}}.dump());
+  INFO(ev.body);
+  REQUIRE(ev.status == 200);
+  auto set = [&](const char* access) {
+    return g.kvmid.http("PUT", "/v1/vms/qemu-guest/page-access",
+                        json{{"gpa", hex(page)}, {"access", access}}.dump()).status;
+  };
+  CHECK(set("r-x") == 200);
+  uint64_t before = g.alerts();
+  std::string name = g.hostname();
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);
+  REQUIRE(wait_until([&] { return g.alerts() > before; }, "a page-protection alert",
+                     std::chrono::seconds(60)));
+  CHECK(g.log().find("write-protected") != std::string::npos);
+  // An operator's protection is allow-once: CONTINUE, the write stands
+  // (kvmi-qemu keeps it) and the page stays protected.
+  REQUIRE(wait_until([&] { return g.hostname() != name; }, "the guest's next hostname",
+                     std::chrono::seconds(60)));
+  auto pages = g.kvmid.http("GET", "/v1/vms/qemu-guest/page-access").j();
+  CHECK(pages["pages"].size() == 1);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
+  CHECK(set("rwx") == 200);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);
+  CHECK(g.log().find("writable again") != std::string::npos);
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the unprotect"));
 }
 
 #else

@@ -686,6 +686,11 @@ int kvmi_host::run(host_requests& req) {
       break;
     if (req.unhook.exchange(false))
       request_unhook();
+    if (req.hook.exchange(false) && fd_ < 0 && unhooked_) {
+      unhooked_ = false;
+      backoff_ = 100ms;
+      next_connect_ = {};
+    }
     if (unhook_sent_ && clock::now() > unhook_deadline_)
       end_session("kvmid did not close within 30 s of UNHOOK");
     try_connect();

@@ -43,6 +43,7 @@ struct host_options {
 struct host_requests {
   std::atomic<bool> stop{false};
   std::atomic<bool> unhook{false};
+  std::atomic<bool> hook{false}; // connect again after an unhook
 };
 
 class kvmi_host {

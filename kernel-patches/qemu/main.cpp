@@ -27,6 +27,8 @@ void on_signal(int sig) {
     return;
   if (sig == SIGUSR1)
     requests->unhook.store(true);
+  else if (sig == SIGUSR2)
+    requests->hook.store(true);
   else
     requests->stop.store(true);
 }
@@ -45,7 +47,8 @@ void usage() {
     "                       the line /init prints after boot); \"\" connects at once\n"
     "  --name NAME          the VM's name in the handshake (qemu-guest)\n"
     "  --vcpus N --memory MiB (1, 256)  --no-reconnect  --version\n"
-    "SIGUSR1 asks for an unhook (UNHOOK event); SIGTERM/SIGINT stop QEMU and exit.\n",
+    "SIGUSR1 asks for an unhook (UNHOOK event), SIGUSR2 for a new session after one;\n"
+    "SIGTERM/SIGINT stop QEMU and exit.\n",
     stderr);
 }
 
@@ -142,7 +145,7 @@ int main(int argc, char** argv) {
   requests = &req;
   struct sigaction sa{};
   sa.sa_handler = on_signal; // no SA_RESTART: poll() returns at once
-  for (int s : {SIGTERM, SIGINT, SIGUSR1})
+  for (int s : {SIGTERM, SIGINT, SIGUSR1, SIGUSR2})
     ::sigaction(s, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -170,8 +173,8 @@ int main(int argc, char** argv) {
     return fail("gdbstub: no x86-64 register file in target.xml");
   while (gdb.take_stop()) {
   } // the stop QEMU reports when the gdbstub connects
-  std::fprintf(stderr, "kvmi-qemu: QEMU %d vCPU(s), gdbstub ready in %lld ms, console %s\n",
-               vm.vcpus,
+  std::fprintf(stderr, "kvmi-qemu: QEMU pid %d, %u vCPU(s), gdbstub ready in %lld ms, console %s\n",
+               int(qemu.pid()), vm.vcpus,
                (long long)std::chrono::duration_cast<std::chrono::milliseconds>(
                  std::chrono::steady_clock::now() - t0).count(),
                vm.serial_log.c_str());

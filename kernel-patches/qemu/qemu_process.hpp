@@ -33,6 +33,7 @@ public:
   // QMP quit; SIGKILL if QEMU has not exited within `grace`.
   void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
   bool running();
+  pid_t pid() const { return pid_; }
 
   std::string gdb_socket() const { return o_.dir + "/gdb.sock"; }
   std::string qmp_socket() const { return o_.dir + "/qmp.sock"; }

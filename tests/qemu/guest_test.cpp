@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -54,7 +55,7 @@ struct real_guest {
     kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
                 (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
                 guest_dir, "--name", "qemu-guest", "--symbols",
-                "_stext,_etext,__x64_sys_newuname,__x64_sys_sethostname,init_uts_ns"},
+                "_stext,_etext,__x64_sys_newuname,__x64_sys_reboot,init_uts_ns"},
                (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
     REQUIRE(kq > 0);
     INFO("kvmi-qemu: " << log() << "\nconsole: " << console());
@@ -99,6 +100,13 @@ struct real_guest {
     line >> word >> n >> name;
     return name;
   }
+  size_t count_in_log(const std::string& what) const {
+    auto text = log();
+    size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+      ++n;
+    return n;
+  }
   uint64_t alerts() {
     auto r = kvmid.http("GET", "/v1/vms/qemu-guest");
     return r.status == 200 ? r.j()["counters"].value("alerts", uint64_t(0)) : 0;
@@ -128,10 +136,14 @@ TEST_CASE("a policy breakpoint on __x64_sys_newuname in a real guest is hit and 
   auto& g = guest();
   uint64_t at = g.gpa("__x64_sys_newuname");
   INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
-  REQUIRE(wait_until([&] { return g.hits(at) >= 1; }, "the policy breakpoint's first hit"));
-  // kvmid restored the byte it read before planting: the function's first.
+  // kvmid counts the hit, then restores the byte it read before planting.
+  REQUIRE(wait_until(
+    [&] {
+      auto b = g.breakpoint(at);
+      return b.is_object() && b.value("hits", 0) >= 1 && !b.value("planted", true);
+    },
+    "the policy breakpoint's first hit and its restore"));
   auto bp = g.breakpoint(at);
-  CHECK_FALSE(bp["planted"].get<bool>());
   auto original = g.byte_at(at);
   REQUIRE(original);
   CHECK(bp["original"] == hex(*original));
@@ -178,15 +190,16 @@ TEST_CASE("pausing a real guest stops its progress and shows registers consisten
 TEST_CASE("an unhook and a reconnect leave no stray breakpoint in a real guest") {
   auto& g = guest();
   INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
-  // sethostname is never called by the workload: this one stays planted.
-  uint64_t at = g.gpa("__x64_sys_sethostname");
+  // reboot is never called by the workload: this one stays planted.
+  uint64_t at = g.gpa("__x64_sys_reboot");
   auto original = g.byte_at(at);
   REQUIRE(original);
   auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
   REQUIRE(r.status == 201);
   CHECK(g.byte_at(at) == uint8_t(0xcc)); // as kvmid sees its INT3
+  size_t clean_ends = g.count_in_log("0 breakpoints left planted");
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/unhook").status == 200);
-  REQUIRE(wait_until([&] { return g.log().find("0 breakpoints left planted") != std::string::npos; },
+  REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
                      "kvmi-qemu's session to end with no breakpoint left"));
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/admit").status == 200);
   REQUIRE(wait_until([&] { return g.connected(); }, "the guest hooked again",
@@ -232,6 +245,66 @@ TEST_CASE("writes into a write-protected page of a real guest raise page-protect
   CHECK(g.log().find("writable again") != std::string::npos);
   long p = g.progress();
   REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the unprotect"));
+}
+
+TEST_CASE("an unhook kvmi-qemu asks for leaves the real guest running without breakpoints until it hooks again") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  uint64_t at = g.gpa("__x64_sys_reboot");
+  auto original = g.byte_at(at);
+  REQUIRE(original);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump()).status == 201);
+  size_t clean_ends = g.count_in_log("0 breakpoints left planted");
+  REQUIRE(::kill(g.kq, SIGUSR1) == 0); // as QEMU's unhook request
+  REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
+                     "the UNHOOK to end the session with no breakpoint left"));
+  CHECK(g.log().find("UNHOOK sent") != std::string::npos);
+  CHECK_FALSE(g.connected());
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress while unhooked"));
+  REQUIRE(::kill(g.kq, SIGUSR2) == 0);
+  REQUIRE(wait_until([&] { return g.connected(); }, "the guest hooked again",
+                     std::chrono::seconds(60)));
+  CHECK(g.byte_at(at) == original);
+}
+
+// QEMU's pid, from kvmi-qemu's log; 0 until it says.
+pid_t qemu_pid(const std::string& log) {
+  auto at = log.find("QEMU pid ");
+  return at == std::string::npos ? 0 : pid_t(std::atoi(log.c_str() + at + 9));
+}
+
+// Gone, or a zombie its new parent has not reaped yet.
+bool process_gone(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');
+  return !f || close == std::string::npos || stat.compare(close + 2, 1, "Z") == 0;
+}
+
+TEST_CASE("QEMU ends with kvmi-qemu whether it is stopped or killed") {
+  for (int sig : {SIGTERM, SIGKILL}) {
+    CAPTURE(sig);
+    temp_dir tmp("qemu-exit");
+    std::filesystem::create_directories(tmp.path() / "vm");
+    const char* home = std::getenv("HOME");
+    std::string guest_dir = std::getenv("KVMID_GUEST_DIR") ? std::getenv("KVMID_GUEST_DIR")
+                                                           : std::string(home ? home : "/root") + "/.cache/kvmid/guest";
+    tmp.write("cookie", std::string(32, 'c'));
+    pid_t kq = spawn({KVMI_QEMU_BIN, "--unix", (tmp.path() / "nobody.sock").string(),
+                      "--cookie-file", (tmp.path() / "cookie").string(), "--work-dir",
+                      (tmp.path() / "vm").string(), "--guest-dir", guest_dir, "--hook-when", ""},
+                     (tmp.path() / "out").string(), (tmp.path() / "err").string());
+    REQUIRE(kq > 0);
+    auto err = [&] { return slurp(tmp.path() / "err"); };
+    INFO("kvmi-qemu: " << err());
+    REQUIRE(wait_until([&] { return qemu_pid(err()) > 0; }, "kvmi-qemu to start QEMU"));
+    pid_t qemu = qemu_pid(err());
+    CHECK_FALSE(process_gone(qemu));
+    ::kill(kq, sig);
+    ::waitpid(kq, nullptr, 0);
+    CHECK(wait_until([&] { return process_gone(qemu); }, "QEMU to end"));
+  }
 }
 
 #else

@@ -35,6 +35,14 @@ std::string slurp(const std::filesystem::path& p) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
+// Where scripts/deps.sh unpacked the kernel.
+std::string guest_dir() {
+  if (const char* d = std::getenv("KVMID_GUEST_DIR"))
+    return d;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "/root") + "/.cache/kvmid/guest";
+}
+
 struct real_guest {
   kvmid_daemon kvmid{"qemu", std::vector<uint8_t>(32, 0x5d), "qemu-token-5e1d"};
   std::filesystem::path work = kvmid.dir / "vm";
@@ -47,14 +55,11 @@ struct real_guest {
 
   real_guest() {
     std::filesystem::create_directories(work);
-    const char* home = std::getenv("HOME");
-    std::string guest_dir = std::getenv("KVMID_GUEST_DIR") ? std::getenv("KVMID_GUEST_DIR")
-                                                           : std::string(home ? home : "/root") + "/.cache/kvmid/guest";
-    INFO("the guest kernel comes from scripts/deps.sh, into " << guest_dir);
-    REQUIRE(!kvmi::qemu::find_kernel(guest_dir).empty());
+    INFO("the guest kernel comes from scripts/deps.sh, into " << guest_dir());
+    REQUIRE(!kvmi::qemu::find_kernel(guest_dir()).empty());
     kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
                 (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
-                guest_dir, "--name", "qemu-guest", "--symbols",
+                guest_dir(), "--name", "qemu-guest", "--symbols",
                 "_stext,_etext,__x64_sys_newuname,__x64_sys_reboot,init_uts_ns"},
                (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
     REQUIRE(kq > 0);
@@ -99,6 +104,17 @@ struct real_guest {
     std::string word, n, name;
     line >> word >> n >> name;
     return name;
+  }
+  // A breakpoint kvmid plants on __x64_sys_reboot, which the workload never
+  // calls, so it stays planted; the byte under it.
+  uint8_t plant_idle_breakpoint() {
+    uint64_t at = gpa("__x64_sys_reboot");
+    auto original = byte_at(at);
+    REQUIRE(original);
+    auto r = kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
+    REQUIRE(r.status == 201);
+    CHECK(byte_at(at) == uint8_t(0xcc)); // as kvmid sees its INT3
+    return *original;
   }
   size_t count_in_log(const std::string& what) const {
     auto text = log();
@@ -190,13 +206,8 @@ TEST_CASE("pausing a real guest stops its progress and shows registers consisten
 TEST_CASE("an unhook and a reconnect leave no stray breakpoint in a real guest") {
   auto& g = guest();
   INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
-  // reboot is never called by the workload: this one stays planted.
   uint64_t at = g.gpa("__x64_sys_reboot");
-  auto original = g.byte_at(at);
-  REQUIRE(original);
-  auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
-  REQUIRE(r.status == 201);
-  CHECK(g.byte_at(at) == uint8_t(0xcc)); // as kvmid sees its INT3
+  uint8_t original = g.plant_idle_breakpoint();
   size_t clean_ends = g.count_in_log("0 breakpoints left planted");
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/unhook").status == 200);
   REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
@@ -251,9 +262,7 @@ TEST_CASE("an unhook kvmi-qemu asks for leaves the real guest running without br
   auto& g = guest();
   INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
   uint64_t at = g.gpa("__x64_sys_reboot");
-  auto original = g.byte_at(at);
-  REQUIRE(original);
-  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump()).status == 201);
+  uint8_t original = g.plant_idle_breakpoint();
   size_t clean_ends = g.count_in_log("0 breakpoints left planted");
   REQUIRE(::kill(g.kq, SIGUSR1) == 0); // as QEMU's unhook request
   REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
@@ -287,13 +296,10 @@ TEST_CASE("QEMU ends with kvmi-qemu whether it is stopped or killed") {
     CAPTURE(sig);
     temp_dir tmp("qemu-exit");
     std::filesystem::create_directories(tmp.path() / "vm");
-    const char* home = std::getenv("HOME");
-    std::string guest_dir = std::getenv("KVMID_GUEST_DIR") ? std::getenv("KVMID_GUEST_DIR")
-                                                           : std::string(home ? home : "/root") + "/.cache/kvmid/guest";
     tmp.write("cookie", std::string(32, 'c'));
     pid_t kq = spawn({KVMI_QEMU_BIN, "--unix", (tmp.path() / "nobody.sock").string(),
                       "--cookie-file", (tmp.path() / "cookie").string(), "--work-dir",
-                      (tmp.path() / "vm").string(), "--guest-dir", guest_dir, "--hook-when", ""},
+                      (tmp.path() / "vm").string(), "--guest-dir", guest_dir(), "--hook-when", ""},
                      (tmp.path() / "out").string(), (tmp.path() / "err").string());
     REQUIRE(kq > 0);
     auto err = [&] { return slurp(tmp.path() / "err"); };

@@ -41,6 +41,13 @@ std::string to_hex(std::span<const uint8_t> bytes) {
   return s;
 }
 
+std::string join(std::initializer_list<std::string_view> parts) {
+  std::string s;
+  for (auto p : parts)
+    s.append(p);
+  return s;
+}
+
 std::optional<std::vector<uint8_t>> from_hex(std::string_view hex) {
   if (hex.size() % 2)
     return std::nullopt;
@@ -268,7 +275,7 @@ std::optional<std::string> gdb_remote::read_feature(const std::string& annex) {
 
 std::optional<std::string> gdb_remote::monitor(std::string_view command) {
   auto cmd = std::string_view(command);
-  if (!send("qRcmd," + to_hex({reinterpret_cast<const uint8_t*>(cmd.data()), cmd.size()})))
+  if (!send(join({"qRcmd,", to_hex({reinterpret_cast<const uint8_t*>(cmd.data()), cmd.size()})})))
     return std::nullopt;
   auto until = clock::now() + reply_timeout_;
   std::string text;

@@ -118,7 +118,7 @@ void kvmi_host::on_kvmid_bytes(std::span<const uint8_t> in) {
       dm_->out().clear();
     }
     if (st == hs::status::failed)
-      return end_session("handshake failed: " + std::string(dm_->reason()));
+      return end_session(join({"handshake failed: ", dm_->reason()}));
     if (st != hs::status::done)
       return;
     hooked_ = true;
@@ -202,12 +202,12 @@ void kvmi_host::reply_err(msg_id id, uint32_t seq, int32_t kvm_e) {
 
 void kvmi_host::on_frame(const frame& f) {
   if (f.hdr.id >= num_v5_messages)
-    return end_session("message id " + std::to_string(f.hdr.id) + " (v5 closes on >= 29)");
+    return end_session(join({"message id ", std::to_string(f.hdr.id), " (v5 closes on >= 29)"}));
   auto m = decode_from_tool(f);
   if (!m) {
     if (m.err().code == errc::bad_padding && f.hdr.id != uint16_t(msg_id::event_reply))
       return reply_err(msg_id(f.hdr.id), f.hdr.seq, kvm_einval);
-    return end_session("undecodable message: " + std::string(m.err().reason));
+    return end_session(join({"undecodable message: ", m.err().reason}));
   }
   if (auto* r = std::get_if<event_reply_msg>(&*m))
     return on_event_reply(*r);
@@ -312,7 +312,7 @@ void kvmi_host::on_command(command_msg& m) {
 void kvmi_host::on_event_reply(const event_reply_msg& r) {
   auto it = pending_.find(r.seq);
   if (it == pending_.end())
-    return end_session("reply to no event (seq " + std::to_string(r.seq) + ")");
+    return end_session(join({"reply to no event (seq ", std::to_string(r.seq), ")"}));
   uint16_t i = it->second;
   pending_.erase(it);
   auto& c = vcpus_[i];
@@ -353,7 +353,7 @@ void kvmi_host::on_event_reply(const event_reply_msg& r) {
 void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data) {
   auto s = read_state(vcpu);
   if (!s)
-    return fatal("cannot read vcpu " + std::to_string(vcpu) + "'s registers: " + gdb_.error());
+    return fatal(join({"cannot read vcpu ", std::to_string(vcpu), "'s registers: ", gdb_.error()}));
   event_msg m;
   m.seq = ++ev_seq_;
   m.common.event = uint32_t(kind);
@@ -454,7 +454,7 @@ void kvmi_host::maybe_resume() {
 }
 
 bool kvmi_host::select_thread(uint16_t vcpu) {
-  auto r = gdb_.request("Hg" + hex_addr(vcpu + 1u));
+  auto r = gdb_.request(join({"Hg", hex_addr(vcpu + 1u)}));
   return r && *r == "OK";
 }
 
@@ -476,7 +476,7 @@ bool kvmi_host::write_regs(uint16_t vcpu, const kvm_regs& r) {
   if (!select_thread(vcpu))
     return false;
   for (auto& [regnum, bytes] : encode_regs(layout_, r)) {
-    auto a = gdb_.request("P" + hex_addr(regnum) + "=" + to_hex(bytes));
+    auto a = gdb_.request(join({"P", hex_addr(regnum), "=", to_hex(bytes)}));
     if (!a || *a != "OK")
       return false;
   }
@@ -485,8 +485,8 @@ bool kvmi_host::write_regs(uint16_t vcpu, const kvm_regs& r) {
 
 void kvmi_host::step_over(uint16_t vcpu, uint64_t gva) {
   auto addr = hex_addr(gva);
-  gdb_.request("z0," + addr + ",1");
-  gdb_.request("Hc" + hex_addr(vcpu + 1u));
+  gdb_.request(join({"z0,", addr, ",1"}));
+  gdb_.request(join({"Hc", hex_addr(vcpu + 1u)}));
   if (!gdb_.send("s"))
     return fatal(gdb_.error());
   auto s = gdb_.stop(10s);
@@ -497,14 +497,14 @@ void kvmi_host::step_over(uint16_t vcpu, uint64_t gva) {
   for (auto& [gpa, bp] : bps_)
     still = still || bp.gva == gva;
   if (still)
-    gdb_.request("Z0," + addr + ",1");
+    gdb_.request(join({"Z0,", addr, ",1"}));
 }
 
 std::optional<std::vector<uint8_t>> kvmi_host::read_physical_raw(uint64_t gpa, uint64_t size) {
   std::vector<uint8_t> out;
   for (uint64_t at = gpa; at < gpa + size; at += chunk) {
     uint64_t n = std::min<uint64_t>(chunk, gpa + size - at);
-    auto r = gdb_.request("m" + hex_addr(at) + "," + hex_addr(n));
+    auto r = gdb_.request(join({"m", hex_addr(at), ",", hex_addr(n)}));
     if (!r)
       return std::nullopt;
     if (std::getenv("KVMI_QEMU_TRACE"))
@@ -520,8 +520,7 @@ std::optional<std::vector<uint8_t>> kvmi_host::read_physical_raw(uint64_t gpa, u
 bool kvmi_host::write_physical_raw(uint64_t gpa, std::span<const uint8_t> data) {
   for (size_t off = 0; off < data.size(); off += chunk) {
     auto part = data.subspan(off, std::min<size_t>(chunk, data.size() - off));
-    auto r = gdb_.request("M" + hex_addr(gpa + off) + "," + hex_addr(part.size()) + ":" +
-                          to_hex(part));
+    auto r = gdb_.request(join({"M", hex_addr(gpa + off), ",", hex_addr(part.size()), ":", to_hex(part)}));
     if (!r || *r != "OK")
       return false;
   }
@@ -536,7 +535,7 @@ std::optional<uint64_t> kvmi_host::mapped_gva(uint64_t gpa, uint64_t base) {
   auto it = maps_.find({base, page});
   if (it == maps_.end()) {
     uint64_t gva = page + base;
-    auto out = gdb_.monitor("gva2gpa 0x" + hex_addr(gva));
+    auto out = gdb_.monitor(join({"gva2gpa 0x", hex_addr(gva)}));
     uint64_t got = ~uint64_t(0);
     if (!out || std::sscanf(out->c_str(), "gpa: 0x%" SCNx64, &got) != 1 || got != page)
       return std::nullopt;
@@ -558,7 +557,7 @@ int32_t kvmi_host::set_access(uint64_t page, uint8_t access) {
   if (access & page_access_w) {
     if (it != pages_.end()) {
       for (uint64_t gva : it->second.gvas)
-        gdb_.request("z2," + hex_addr(gva) + ",1000");
+        gdb_.request(join({"z2,", hex_addr(gva), ",1000"}));
       pages_.erase(it);
       log("page 0x%s writable again", hex_addr(page).c_str());
     }
@@ -576,7 +575,7 @@ int32_t kvmi_host::set_access(uint64_t page, uint8_t access) {
     auto gva = mapped_gva(page, base);
     if (!gva)
       continue;
-    auto r = gdb_.request("Z2," + hex_addr(*gva) + ",1000");
+    auto r = gdb_.request(join({"Z2,", hex_addr(*gva), ",1000"}));
     if (r && *r == "OK")
       p.gvas.push_back(*gva);
   }
@@ -590,7 +589,7 @@ int32_t kvmi_host::set_access(uint64_t page, uint8_t access) {
 void kvmi_host::unprotect_all() {
   for (auto& [page, p] : pages_)
     for (uint64_t gva : p.gvas)
-      gdb_.request("z2," + hex_addr(gva) + ",1000");
+      gdb_.request(join({"z2,", hex_addr(gva), ",1000"}));
   pages_.clear();
 }
 
@@ -654,7 +653,7 @@ int32_t kvmi_host::write_physical(uint64_t gpa, std::vector<uint8_t> data) {
       ++it;
       continue;
     }
-    gdb_.request("z0," + hex_addr(it->second.gva) + ",1");
+    gdb_.request(join({"z0,", hex_addr(it->second.gva), ",1"}));
     log("breakpoint at gpa 0x%s removed", hex_addr(it->first).c_str());
     it = bps_.erase(it);
   }
@@ -662,7 +661,7 @@ int32_t kvmi_host::write_physical(uint64_t gpa, std::vector<uint8_t> data) {
   if (data.size() == 1 && data[0] == 0xcc && !bps_.count(gpa)) {
     if (auto gva = text_gva(gpa)) {
       auto orig = read_physical_raw(gpa, 1);
-      auto r = gdb_.request("Z0," + hex_addr(*gva) + ",1");
+      auto r = gdb_.request(join({"Z0,", hex_addr(*gva), ",1"}));
       if (!orig || !r || *r != "OK")
         return kvm_efault;
       bps_[gpa] = breakpoint{*gva, (*orig)[0]};

@@ -1,5 +1,7 @@
 #include "kernel-patches/qemu/qemu_process.hpp"
 
+#include "kernel-patches/qemu/gdb_remote.hpp"
+
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -31,9 +33,9 @@ std::vector<std::string> qemu_process::command_line() const {
           "-kernel", o_.kernel,
           "-initrd", o_.initrd,
           "-append", o_.append,
-          "-chardev", "socket,path=" + gdb_socket() + ",server=on,wait=off,id=g",
+          "-chardev", join({"socket,path=", gdb_socket(), ",server=on,wait=off,id=g"}),
           "-gdb", "chardev:g",
-          "-chardev", "socket,path=" + qmp_socket() + ",server=on,wait=off,id=q",
+          "-chardev", join({"socket,path=", qmp_socket(), ",server=on,wait=off,id=q"}),
           "-mon", "chardev=q,mode=control"};
 }
 

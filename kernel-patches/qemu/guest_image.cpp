@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -9,6 +10,13 @@
 namespace kvmi::qemu {
 
 namespace fs = std::filesystem;
+
+std::string default_guest_dir() {
+  if (const char* d = std::getenv("KVMID_GUEST_DIR"))
+    return d;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "/root") + "/.cache/kvmid/guest";
+}
 
 std::string find_kernel(const std::string& dir) {
   std::vector<std::string> found;

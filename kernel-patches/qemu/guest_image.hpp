@@ -15,6 +15,10 @@
 
 namespace kvmi::qemu {
 
+// Where scripts/deps.sh unpacks the kernel: $KVMID_GUEST_DIR, else
+// ~/.cache/kvmid/guest.
+std::string default_guest_dir();
+
 // The newest vmlinuz-*-cloud-amd64 under dir (its boot/ or root/boot/);
 // empty if none.
 std::string find_kernel(const std::string& dir);

@@ -36,7 +36,8 @@ void on_signal(int sig) {
 void usage() {
   std::fputs(
     "usage: kvmi-qemu --unix PATH --cookie-file PATH [options]\n"
-    "  --guest-dir DIR      where scripts/deps.sh unpacked the kernel (~/.cache/kvmid/guest)\n"
+    "  --guest-dir DIR      where scripts/deps.sh unpacked the kernel\n"
+    "                       ($KVMID_GUEST_DIR, else ~/.cache/kvmid/guest)\n"
     "  --kernel FILE        the bzImage (default: the newest cloud kernel in --guest-dir)\n"
     "  --initrd FILE        the initramfs (default: one built with --busybox)\n"
     "  --busybox FILE       busybox-static (/bin/busybox)\n"
@@ -82,8 +83,7 @@ int main(int argc, char** argv) {
   std::string cookie_file, guest_dir, busybox = "/bin/busybox";
   std::string hook_when = "workload-start";
   std::string symbols = "_stext,_etext,__x64_sys_newuname,init_uts_ns";
-  const char* home = std::getenv("HOME");
-  guest_dir = std::string(home ? home : "/root") + "/.cache/kvmid/guest";
+  guest_dir = q::default_guest_dir();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {

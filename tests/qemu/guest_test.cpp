@@ -35,14 +35,6 @@ std::string slurp(const std::filesystem::path& p) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
-// Where scripts/deps.sh unpacked the kernel.
-std::string guest_dir() {
-  if (const char* d = std::getenv("KVMID_GUEST_DIR"))
-    return d;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "/root") + "/.cache/kvmid/guest";
-}
-
 struct real_guest {
   kvmid_daemon kvmid{"qemu", std::vector<uint8_t>(32, 0x5d), "qemu-token-5e1d"};
   std::filesystem::path work = kvmid.dir / "vm";
@@ -55,11 +47,11 @@ struct real_guest {
 
   real_guest() {
     std::filesystem::create_directories(work);
-    INFO("the guest kernel comes from scripts/deps.sh, into " << guest_dir());
-    REQUIRE(!kvmi::qemu::find_kernel(guest_dir()).empty());
+    INFO("the guest kernel comes from scripts/deps.sh, into " << kvmi::qemu::default_guest_dir());
+    REQUIRE(!kvmi::qemu::find_kernel(kvmi::qemu::default_guest_dir()).empty());
     kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
                 (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
-                guest_dir(), "--name", "qemu-guest", "--symbols",
+                kvmi::qemu::default_guest_dir(), "--name", "qemu-guest", "--symbols",
                 "_stext,_etext,__x64_sys_newuname,__x64_sys_reboot,init_uts_ns"},
                (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
     REQUIRE(kq > 0);
@@ -299,7 +291,7 @@ TEST_CASE("QEMU ends with kvmi-qemu whether it is stopped or killed") {
     tmp.write("cookie", std::string(32, 'c'));
     pid_t kq = spawn({KVMI_QEMU_BIN, "--unix", (tmp.path() / "nobody.sock").string(),
                       "--cookie-file", (tmp.path() / "cookie").string(), "--work-dir",
-                      (tmp.path() / "vm").string(), "--guest-dir", guest_dir(), "--hook-when", ""},
+                      (tmp.path() / "vm").string(), "--guest-dir", kvmi::qemu::default_guest_dir(), "--hook-when", ""},
                      (tmp.path() / "out").string(), (tmp.path() / "err").string());
     REQUIRE(kq > 0);
     auto err = [&] { return slurp(tmp.path() / "err"); };

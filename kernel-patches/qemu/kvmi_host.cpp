@@ -1,0 +1,731 @@
+#include "kernel-patches/qemu/kvmi_host.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+namespace kvmi::qemu {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+// With nokaslr the kernel image is mapped at __START_KERNEL_map + its
+// physical address (phys_base 0).
+constexpr uint64_t start_kernel_map = 0xffffffff80000000ull;
+// and all of RAM at the direct map's base (page_offset_base, fixed then).
+constexpr uint64_t direct_map = 0xffff888000000000ull;
+constexpr uint32_t chunk = 1024; // bytes per m/M packet (PacketSize 0x1000, hex doubles)
+
+// What this host serves; the rest is refused with -KVM_EACCES, as a kernel
+// whose host allows less does.
+constexpr uint32_t commands =
+  flag(msg_id::get_version) | flag(msg_id::get_guest_info) | flag(msg_id::get_registers)
+  | flag(msg_id::set_registers) | flag(msg_id::read_physical) | flag(msg_id::write_physical)
+  | flag(msg_id::control_events) | flag(msg_id::event) | flag(msg_id::event_reply)
+  | flag(msg_id::pause_all_vcpus) | flag(msg_id::control_vm_events)
+  | flag(msg_id::get_page_access) | flag(msg_id::set_page_access);
+constexpr uint32_t vcpu_events =
+  flag(event_id::breakpoint) | flag(event_id::pause_vcpu) | flag(event_id::pf);
+constexpr uint32_t vm_events = flag(event_id::create_vcpu) | flag(event_id::unhook);
+
+void log(const char* fmt, auto... args) {
+  std::fprintf(stderr, "kvmi-qemu: ");
+  std::fprintf(stderr, fmt, args...);
+  std::fputc('\n', stderr);
+}
+
+std::string hex_addr(uint64_t a) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%" PRIx64, a);
+  return b;
+}
+
+} // namespace
+
+kvmi_host::kvmi_host(host_options o, gdb_remote& gdb, const register_layout& layout)
+  : o_(std::move(o)), gdb_(gdb), layout_(layout), vcpus_(o_.vcpus) {}
+
+kvmi_host::~kvmi_host() {
+  if (fd_ >= 0)
+    ::close(fd_);
+}
+
+void kvmi_host::fatal(const std::string& why) {
+  log("%s", why.c_str());
+  exit_code_ = 1;
+}
+
+// ---- kvmid's socket ---------------------------------------------------------
+
+void kvmi_host::try_connect() {
+  if (fd_ >= 0 || unhooked_ || clock::now() < next_connect_)
+    return;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (o_.socket.size() >= sizeof a.sun_path)
+    return fatal("socket path too long: " + o_.socket);
+  std::memcpy(a.sun_path, o_.socket.c_str(), o_.socket.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (fd >= 0)
+      ::close(fd);
+    next_connect_ = clock::now() + backoff_;
+    backoff_ = std::min<std::chrono::milliseconds>(backoff_ * 2, 2s);
+    return;
+  }
+  fd_ = fd;
+  hs::guest_info g;
+  g.id = o_.uuid;
+  g.vcpu_count = o_.vcpus;
+  g.start_time = ::time(nullptr);
+  g.name = o_.name;
+  // The PC's legacy hole is no RAM: VGA and BIOS ROMs.
+  g.regions = {{0, 0xa0000, uint32_t(hs::region_type::ram), 0, 0},
+               {0xa0000, 0x60000, uint32_t(hs::region_type::mmio), 0, 0},
+               {0x100000, o_.ram_bytes - 0x100000, uint32_t(hs::region_type::ram), 0, 0}};
+  dm_ = std::make_unique<hs::dm_side>(o_.cookie, g);
+  send_frame(dm_->out());
+  dm_->out().clear();
+  log("connected to %s", o_.socket.c_str());
+}
+
+void kvmi_host::send_frame(const std::vector<uint8_t>& bytes) {
+  size_t off = 0;
+  while (fd_ >= 0 && off < bytes.size()) {
+    ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return end_session(std::string("send: ") + std::strerror(errno));
+    off += size_t(n);
+  }
+}
+
+void kvmi_host::on_kvmid_bytes(std::span<const uint8_t> in) {
+  if (!hooked_) {
+    auto st = dm_->feed(in);
+    if (!dm_->out().empty()) {
+      send_frame(dm_->out());
+      dm_->out().clear();
+    }
+    if (st == hs::status::failed)
+      return end_session(join({"handshake failed: ", dm_->reason()}));
+    if (st != hs::status::done)
+      return;
+    hooked_ = true;
+    backoff_ = 100ms;
+    splitter_ = std::make_unique<frame_splitter>();
+    for (auto& c : vcpus_)
+      c.create_pending = true; // sent once kvmid enables CREATE_VCPU
+    log("hooked as %s", o_.name.c_str());
+  }
+  auto err = splitter_->feed(in, [&](const frame& f) {
+    if (hooked_)
+      on_frame(f);
+  });
+  if (err && hooked_)
+    end_session("frame beyond the largest KVMI message");
+}
+
+void kvmi_host::end_session(const std::string& why) {
+  if (fd_ < 0)
+    return;
+  ::close(fd_);
+  fd_ = -1;
+  bool was_hooked = hooked_;
+  hooked_ = false;
+  dm_.reset();
+  vm_events_ = 0;
+  pending_.clear();
+  for (auto& c : vcpus_)
+    c = vcpu{}; // waits end as if answered CONTINUE
+  unprotect_all(); // the kernel gives every page rwx back when a session ends
+  if (unhook_sent_)
+    unhooked_ = true;
+  unhook_sent_ = false;
+  // Like INT3 bytes in a real guest, the breakpoints outlive the session:
+  // the next session finds 0xCC where kvmid left it.
+  log("session ended (%s): %zu breakpoints left planted%s", why.c_str(), bps_.size(),
+      was_hooked ? "" : " (never hooked)");
+  if (!o_.reconnect)
+    unhooked_ = true;
+  // A refused handshake (wrong cookie, not admitted) is not hammered.
+  next_connect_ = clock::now() + backoff_;
+  backoff_ = was_hooked ? 100ms : std::min<std::chrono::milliseconds>(backoff_ * 2, 2s);
+}
+
+void kvmi_host::request_unhook() {
+  if (unhook_sent_ || unhooked_)
+    return;
+  if (!hooked_ || !(vm_events_ & flag(event_id::unhook))) {
+    unhooked_ = true;
+    return end_session("unhook requested");
+  }
+  event_msg m;
+  m.seq = ++ev_seq_;
+  m.common.event = uint32_t(event_id::unhook);
+  encode(scratch_, m);
+  send_frame(scratch_);
+  unhook_sent_ = true;
+  unhook_deadline_ = clock::now() + 30s;
+  log("UNHOOK sent");
+}
+
+// ---- frames ----------------------------------------------------------------
+
+void kvmi_host::reply(msg_id id, uint32_t seq, reply_data d) {
+  reply_msg r;
+  r.id = id;
+  r.seq = seq;
+  r.data = std::move(d);
+  encode(scratch_, r);
+  send_frame(scratch_);
+}
+
+void kvmi_host::reply_err(msg_id id, uint32_t seq, int32_t kvm_e) {
+  reply_msg r;
+  r.id = id;
+  r.seq = seq;
+  r.err = -kvm_e;
+  encode(scratch_, r);
+  send_frame(scratch_);
+}
+
+void kvmi_host::on_frame(const frame& f) {
+  if (f.hdr.id >= num_v5_messages)
+    return end_session(join({"message id ", std::to_string(f.hdr.id), " (v5 closes on >= 29)"}));
+  auto m = decode_from_tool(f);
+  if (!m) {
+    if (m.err().code == errc::bad_padding && f.hdr.id != uint16_t(msg_id::event_reply))
+      return reply_err(msg_id(f.hdr.id), f.hdr.seq, kvm_einval);
+    return end_session(join({"undecodable message: ", m.err().reason}));
+  }
+  if (auto* r = std::get_if<event_reply_msg>(&*m))
+    return on_event_reply(*r);
+  on_command(std::get<command_msg>(*m));
+}
+
+void kvmi_host::on_command(command_msg& m) {
+  auto id = id_of(m.body);
+  uint32_t seq = m.seq;
+  if (std::getenv("KVMI_QEMU_TRACE"))
+    log("command %s seq %u", std::string(name(id)).c_str(), seq);
+  if (!allowed_command(id, commands))
+    return reply_err(id, seq, kvm_eacces);
+  if (auto e = check(m.body)) {
+    if (e.code == errc::bad_range)
+      return end_session("READ/WRITE_PHYSICAL out of range"); // as v5 does
+    return reply_err(id, seq, kvm_einval);
+  }
+  if (auto v = vcpu_of(m.body); v && *v >= vcpus_.size())
+    return reply_err(id, seq, kvm_einval);
+  std::visit(
+    [&](auto& x) {
+      using T = std::decay_t<decltype(x)>;
+      if constexpr (std::is_same_v<T, get_version>) {
+        reply(id, seq, get_version_reply{kvmi::version, commands, vcpu_events | vm_events, 0});
+      } else if constexpr (std::is_same_v<T, get_guest_info>) {
+        reply(id, seq, get_guest_info_reply{o_.vcpus, 0, 0});
+      } else if constexpr (std::is_same_v<T, pause_all_vcpus>) {
+        reply(id, seq, pause_all_vcpus_reply{o_.vcpus, 0});
+        for (auto& c : vcpus_)
+          ++c.pauses;
+      } else if constexpr (std::is_same_v<T, control_vm_events>) {
+        if (x.events & ~vm_events)
+          return reply_err(id, seq, kvm_eperm);
+        vm_events_ = x.events;
+        reply(id, seq);
+      } else if constexpr (std::is_same_v<T, control_events>) {
+        if (x.events & ~vcpu_events)
+          return reply_err(id, seq, kvm_eperm);
+        vcpus_[x.vcpu].events = x.events;
+        reply(id, seq);
+      } else if constexpr (std::is_same_v<T, get_registers_cmd>) {
+        if (!ensure_stopped())
+          return;
+        auto s = read_state(x.req.vcpu);
+        if (!s)
+          return reply_err(id, seq, kvm_efault);
+        registers_reply r{};
+        r.fixed.mode = 8;
+        r.fixed.regs = s->regs;
+        r.fixed.sregs = s->sregs;
+        r.fixed.msrs.nmsrs = x.req.nmsrs;
+        for (uint32_t idx : x.msrs_idx) {
+          auto v = msr_value(*s, idx);
+          if (!v)
+            return reply_err(id, seq, kvm_einval); // not in the gdbstub's register file
+          r.msrs.push_back(kvm_msr_entry{idx, 0, *v});
+        }
+        reply(id, seq, std::move(r));
+      } else if constexpr (std::is_same_v<T, set_registers>) {
+        // Applied with the event reply; a running vCPU drops them (v5).
+        if (vcpus_[x.vcpu].waiting)
+          vcpus_[x.vcpu].set_regs = x.regs;
+        reply(id, seq);
+      } else if constexpr (std::is_same_v<T, get_page_access_cmd>) {
+        page_access_reply r;
+        for (uint64_t gpa : x.gpa) {
+          auto it = pages_.find(gpa & ~uint64_t(0xfff));
+          r.access.push_back(it == pages_.end() ? page_access_rwx : it->second.access);
+        }
+        reply(id, seq, std::move(r));
+      } else if constexpr (std::is_same_v<T, set_page_access_cmd>) {
+        if (!ensure_stopped())
+          return;
+        for (auto& e : x.entries) // in order, stopping at the first error (v5)
+          if (int32_t err = set_access(e.gpa & ~uint64_t(0xfff), e.access))
+            return reply_err(id, seq, err);
+        reply(id, seq);
+      } else if constexpr (std::is_same_v<T, read_physical>) {
+        if (!ensure_stopped())
+          return;
+        auto d = read_physical_raw(x.gpa, x.size);
+        if (!d)
+          return reply_err(id, seq, kvm_efault);
+        for (auto& [gpa, bp] : bps_) // kvmid's INT3s read back as 0xCC
+          if (gpa >= x.gpa && gpa < x.gpa + x.size)
+            (*d)[gpa - x.gpa] = 0xcc;
+        reply(id, seq, physical_data{std::move(*d)});
+      } else if constexpr (std::is_same_v<T, write_physical_cmd>) {
+        if (!ensure_stopped())
+          return;
+        if (int32_t e = write_physical(x.req.gpa, std::move(x.data)))
+          return reply_err(id, seq, e);
+        reply(id, seq);
+      } else {
+        reply_err(id, seq, kvm_eacces);
+      }
+    },
+    m.body);
+}
+
+void kvmi_host::on_event_reply(const event_reply_msg& r) {
+  auto it = pending_.find(r.seq);
+  if (it == pending_.end())
+    return end_session(join({"reply to no event (seq ", std::to_string(r.seq), ")"}));
+  uint16_t i = it->second;
+  pending_.erase(it);
+  auto& c = vcpus_[i];
+  c.waiting = false;
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - c.ev_sent);
+  if (c.set_regs && !write_regs(i, *c.set_regs))
+    log("vcpu %u: SET_REGISTERS not applied: %s", unsigned(i), gdb_.error().c_str());
+  c.set_regs.reset();
+  auto act = static_cast<action>(r.common.action);
+  if (r.common.event != uint32_t(c.ev) || check(r))
+    act = action::continue_;
+  if (c.ev == event_id::breakpoint)
+    log("vcpu %u: BREAKPOINT answered %s in %lld us", unsigned(i),
+        std::string(name(act)).c_str(), (long long)us.count());
+  if (act == action::crash) {
+    if (c.ev == event_id::pf)
+      finish_pf(i, act);
+    log("vcpu %u: CRASH asked for: the guest is stopped for good", unsigned(i));
+    exit_code_ = 2;
+    return;
+  }
+  if (c.ev == event_id::pf)
+    finish_pf(i, act);
+  if (c.ev == event_id::breakpoint && act == action::continue_) {
+    // v5 re-injects #BP; the gdbstub cannot inject, so the original
+    // instruction runs instead (stepped over the breakpoint).
+    auto s = read_state(i);
+    for (auto& [gpa, bp] : bps_)
+      if (s && bp.gva == s->regs.rip)
+        step_over(i, bp.gva);
+  }
+  // RETRY: the vCPU re-runs the instruction at RIP; a breakpoint still
+  // there stops it again, as an INT3 still in memory would.
+}
+
+// ---- events ----------------------------------------------------------------
+
+void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data) {
+  auto s = read_state(vcpu);
+  if (!s)
+    return fatal(join({"cannot read vcpu ", std::to_string(vcpu), "'s registers: ", gdb_.error()}));
+  event_msg m;
+  m.seq = ++ev_seq_;
+  m.common.event = uint32_t(kind);
+  m.common.vcpu = vcpu;
+  m.common.mode = 8;
+  m.common.regs = s->regs;
+  m.common.sregs = s->sregs;
+  m.common.msrs = s->msrs;
+  m.data = std::move(data);
+  encode(scratch_, m);
+  auto& c = vcpus_[vcpu];
+  c.waiting = true;
+  c.ev = kind;
+  c.ev_seq = m.seq;
+  c.ev_sent = clock::now();
+  pending_[m.seq] = vcpu;
+  send_frame(scratch_);
+}
+
+void kvmi_host::send_due_events() {
+  for (uint16_t i = 0; i < vcpus_.size() && hooked_ && !unhook_sent_; ++i) {
+    auto& c = vcpus_[i];
+    if (c.waiting)
+      continue;
+    bool create = c.create_pending && (vm_events_ & flag(event_id::create_vcpu));
+    if (!create && !c.pauses)
+      continue;
+    if (!ensure_stopped() || c.waiting || !hooked_)
+      continue; // the stop itself may have been this vCPU's event
+    if (create) {
+      c.create_pending = false;
+      send_event(i, event_id::create_vcpu, std::monostate{});
+    } else {
+      --c.pauses;
+      send_event(i, event_id::pause_vcpu, std::monostate{});
+    }
+  }
+}
+
+// ---- the guest -------------------------------------------------------------
+
+bool kvmi_host::ensure_stopped() {
+  if (!running_)
+    return true;
+  if (!gdb_.interrupt()) {
+    fatal(gdb_.error());
+    return false;
+  }
+  auto s = gdb_.stop(10s);
+  if (!s) {
+    fatal("the gdbstub did not stop the guest: " + gdb_.error());
+    return false;
+  }
+  on_stop(*s);
+  return exit_code_ < 0;
+}
+
+void kvmi_host::on_stop(const stop_reply& s) {
+  running_ = false;
+  if (s.exited)
+    return fatal("the guest is gone (" + s.raw + ")");
+  if (s.signal != 5)
+    return; // our ^C
+  uint16_t i = uint16_t(s.thread > 0 ? s.thread - 1 : 0);
+  if (i >= vcpus_.size())
+    return;
+  if (s.watch && on_watch(i, *s.watch))
+    return;
+  auto st = read_state(i);
+  if (!st)
+    return fatal("cannot read registers after a stop: " + gdb_.error());
+  for (auto& [gpa, bp] : bps_) {
+    if (bp.gva != st->regs.rip)
+      continue;
+    auto& c = vcpus_[i];
+    if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::breakpoint))) {
+      send_event(i, event_id::breakpoint, event_breakpoint{gpa});
+    } else {
+      // No introspector to hand the hit to: a real INT3 would reach the
+      // guest's #BP handler; this one is passed over.
+      log("breakpoint at gpa 0x%s hit with no session to report it: passed over",
+          hex_addr(gpa).c_str());
+      step_over(i, bp.gva);
+    }
+    return;
+  }
+}
+
+void kvmi_host::maybe_resume() {
+  if (running_ || exit_code_ >= 0)
+    return;
+  for (auto& c : vcpus_)
+    if (c.waiting)
+      return; // all-stop: one vCPU waiting holds them all
+  if (!gdb_.send("c"))
+    return fatal(gdb_.error());
+  running_ = true;
+}
+
+bool kvmi_host::select_thread(uint16_t vcpu) {
+  auto r = gdb_.request(join({"Hg", hex_addr(vcpu + 1u)}));
+  return r && *r == "OK";
+}
+
+std::optional<x86_state> kvmi_host::read_state(uint16_t vcpu) {
+  if (!select_thread(vcpu))
+    return std::nullopt;
+  auto g = gdb_.request("g");
+  if (!g)
+    return std::nullopt;
+  auto bytes = from_hex(*g);
+  if (!bytes || bytes->size() < layout_.g_size()) {
+    log("g: %zu bytes, target.xml describes %zu", bytes ? bytes->size() : 0, layout_.g_size());
+    return std::nullopt;
+  }
+  return decode_registers(layout_, *bytes);
+}
+
+bool kvmi_host::write_regs(uint16_t vcpu, const kvm_regs& r) {
+  if (!select_thread(vcpu))
+    return false;
+  for (auto& [regnum, bytes] : encode_regs(layout_, r)) {
+    auto a = gdb_.request(join({"P", hex_addr(regnum), "=", to_hex(bytes)}));
+    if (!a || *a != "OK")
+      return false;
+  }
+  return true;
+}
+
+void kvmi_host::step_over(uint16_t vcpu, uint64_t gva) {
+  auto addr = hex_addr(gva);
+  gdb_.request(join({"z0,", addr, ",1"}));
+  gdb_.request(join({"Hc", hex_addr(vcpu + 1u)}));
+  if (!gdb_.send("s"))
+    return fatal(gdb_.error());
+  auto s = gdb_.stop(10s);
+  if (!s)
+    return fatal("single step did not stop: " + gdb_.error());
+  running_ = false;
+  bool still = false;
+  for (auto& [gpa, bp] : bps_)
+    still = still || bp.gva == gva;
+  if (still)
+    gdb_.request(join({"Z0,", addr, ",1"}));
+}
+
+std::optional<std::vector<uint8_t>> kvmi_host::read_physical_raw(uint64_t gpa, uint64_t size) {
+  std::vector<uint8_t> out;
+  for (uint64_t at = gpa; at < gpa + size; at += chunk) {
+    uint64_t n = std::min<uint64_t>(chunk, gpa + size - at);
+    auto r = gdb_.request(join({"m", hex_addr(at), ",", hex_addr(n)}));
+    if (!r)
+      return std::nullopt;
+    if (std::getenv("KVMI_QEMU_TRACE"))
+      log("m %s -> %s", hex_addr(at).c_str(), r->substr(0, 32).c_str());
+    auto b = from_hex(*r);
+    if (!b || b->size() != n)
+      return std::nullopt; // "E14": not RAM
+    out.insert(out.end(), b->begin(), b->end());
+  }
+  return out;
+}
+
+bool kvmi_host::write_physical_raw(uint64_t gpa, std::span<const uint8_t> data) {
+  for (size_t off = 0; off < data.size(); off += chunk) {
+    auto part = data.subspan(off, std::min<size_t>(chunk, data.size() - off));
+    auto r = gdb_.request(join({"M", hex_addr(gpa + off), ",", hex_addr(part.size()), ":", to_hex(part)}));
+    if (!r || *r != "OK")
+      return false;
+  }
+  return true;
+}
+
+// The address of gpa in the kernel mapping at `base` (the kernel image or
+// the direct map), checked with the monitor's gva2gpa once per page;
+// nullopt where that mapping does not hold it.
+std::optional<uint64_t> kvmi_host::mapped_gva(uint64_t gpa, uint64_t base) {
+  uint64_t page = gpa & ~uint64_t(0xfff);
+  auto it = maps_.find({base, page});
+  if (it == maps_.end()) {
+    uint64_t gva = page + base;
+    auto out = gdb_.monitor(join({"gva2gpa 0x", hex_addr(gva)}));
+    uint64_t got = ~uint64_t(0);
+    if (!out || std::sscanf(out->c_str(), "gpa: 0x%" SCNx64, &got) != 1 || got != page)
+      return std::nullopt;
+    it = maps_.emplace(std::pair{base, page}, gva).first;
+  }
+  return it->second + (gpa & 0xfff);
+}
+
+std::optional<uint64_t> kvmi_host::text_gva(uint64_t gpa) { return mapped_gva(gpa, start_kernel_map); }
+
+// ---- page restrictions -------------------------------------------------------
+
+int32_t kvmi_host::set_access(uint64_t page, uint8_t access) {
+  if (access & ~page_access_rwx)
+    return kvm_einval;
+  if ((access & (page_access_r | page_access_x)) != (page_access_r | page_access_x))
+    return kvm_eopnotsupp; // reads and fetches have no watchpoint that stops before them
+  auto it = pages_.find(page);
+  if (access & page_access_w) {
+    if (it != pages_.end()) {
+      for (uint64_t gva : it->second.gvas)
+        gdb_.request(join({"z2,", hex_addr(gva), ",1000"}));
+      pages_.erase(it);
+      log("page 0x%s writable again", hex_addr(page).c_str());
+    }
+    return 0;
+  }
+  if (it != pages_.end())
+    return 0;
+  protected_page p;
+  p.access = access;
+  auto bytes = read_physical_raw(page, page_size);
+  if (!bytes)
+    return kvm_efault;
+  p.bytes = std::move(*bytes);
+  for (uint64_t base : {start_kernel_map, direct_map}) {
+    auto gva = mapped_gva(page, base);
+    if (!gva)
+      continue;
+    auto r = gdb_.request(join({"Z2,", hex_addr(*gva), ",1000"}));
+    if (r && *r == "OK")
+      p.gvas.push_back(*gva);
+  }
+  if (p.gvas.empty())
+    return kvm_efault; // in no kernel mapping a watchpoint could cover
+  log("page 0x%s write-protected (%zu watchpoints)", hex_addr(page).c_str(), p.gvas.size());
+  pages_.emplace(page, std::move(p));
+  return 0;
+}
+
+void kvmi_host::unprotect_all() {
+  for (auto& [page, p] : pages_)
+    for (uint64_t gva : p.gvas)
+      gdb_.request(join({"z2,", hex_addr(gva), ",1000"}));
+  pages_.clear();
+}
+
+// A write watchpoint stopped vCPU `vcpu` after a write at `addr`; true if
+// it was one of ours (a PF event sent, or the write accepted).
+bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
+  for (auto& [page, p] : pages_) {
+    for (uint64_t gva : p.gvas) {
+      if (addr < gva || addr - gva >= page_size)
+        continue;
+      auto now = read_physical_raw(page, page_size);
+      if (!now) {
+        fatal("cannot read a protected page: " + gdb_.error());
+        return true;
+      }
+      // The first byte the write changed (a write of equal bytes: where it hit).
+      uint64_t off = addr - gva;
+      auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now->begin());
+      if (diff.first != p.bytes.end())
+        off = uint64_t(diff.first - p.bytes.begin());
+      auto& c = vcpus_[vcpu];
+      if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
+        c.pf_page = page;
+        send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0});
+      } else {
+        p.bytes = std::move(*now); // nobody to ask: the write stands
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+// The write already happened (a watchpoint stops after the access): what
+// the reply allows is kept, what it refuses is written back.
+void kvmi_host::finish_pf(uint16_t vcpu, action act) {
+  auto it = pages_.find(vcpus_[vcpu].pf_page);
+  if (it == pages_.end())
+    return; // made writable before the reply (allow-and-unprotect): it stands
+  auto& p = it->second;
+  auto now = read_physical_raw(it->first, page_size);
+  if (!now)
+    return fatal("cannot read a protected page: " + gdb_.error());
+  if (act == action::continue_) { // v5: the kernel emulates the access
+    p.bytes = std::move(*now);
+    return;
+  }
+  // RETRY with the page still protected faults again on hardware, for as
+  // long as the page stays so: the write never lands. CRASH: neither.
+  if (*now != p.bytes && !write_physical_raw(it->first, p.bytes))
+    fatal("cannot write a protected page back: " + gdb_.error());
+  log("page 0x%s: the write was undone (%s)", hex_addr(it->first).c_str(),
+      std::string(name(act)).c_str());
+}
+
+int32_t kvmi_host::write_physical(uint64_t gpa, std::vector<uint8_t> data) {
+  // A byte other than 0xCC over one of kvmid's INT3s takes it out.
+  for (auto it = bps_.lower_bound(gpa); it != bps_.end() && it->first < gpa + data.size();) {
+    if (data[it->first - gpa] == 0xcc) {
+      data[it->first - gpa] = it->second.original; // stays planted; memory keeps its byte
+      ++it;
+      continue;
+    }
+    gdb_.request(join({"z0,", hex_addr(it->second.gva), ",1"}));
+    log("breakpoint at gpa 0x%s removed", hex_addr(it->first).c_str());
+    it = bps_.erase(it);
+  }
+  // An INT3 written alone into kernel text becomes a gdbstub breakpoint.
+  if (data.size() == 1 && data[0] == 0xcc && !bps_.count(gpa)) {
+    if (auto gva = text_gva(gpa)) {
+      auto orig = read_physical_raw(gpa, 1);
+      auto r = gdb_.request(join({"Z0,", hex_addr(*gva), ",1"}));
+      if (!orig || !r || *r != "OK")
+        return kvm_efault;
+      bps_[gpa] = breakpoint{*gva, (*orig)[0]};
+      log("breakpoint at gpa 0x%s (gva 0x%s) planted", hex_addr(gpa).c_str(),
+          hex_addr(*gva).c_str());
+      return 0;
+    }
+    // Elsewhere the byte goes into memory: a real INT3 the guest handles.
+  }
+  return write_physical_raw(gpa, data) ? 0 : kvm_efault;
+}
+
+// ---- the loop --------------------------------------------------------------
+
+int kvmi_host::run(host_requests& req) {
+  if (!gdb_.request("Qqemu.PhyMemMode:1"))
+    return fatal("the gdbstub has no physical memory mode: " + gdb_.error()), 1;
+  std::vector<uint8_t> buf(64 * 1024);
+  while (exit_code_ < 0) {
+    if (req.stop.load())
+      break;
+    if (req.unhook.exchange(false))
+      request_unhook();
+    if (req.hook.exchange(false) && fd_ < 0 && unhooked_) {
+      unhooked_ = false;
+      backoff_ = 100ms;
+      next_connect_ = {};
+    }
+    if (unhook_sent_ && clock::now() > unhook_deadline_)
+      end_session("kvmid did not close within 30 s of UNHOOK");
+    try_connect();
+    // Stops already read (while a command waited) come first.
+    while (exit_code_ < 0 && running_) {
+      auto s = gdb_.take_stop();
+      if (!s)
+        break;
+      on_stop(*s);
+    }
+    send_due_events();
+    maybe_resume();
+    pollfd p[2] = {{fd_, POLLIN, 0}, {running_ ? gdb_.fd() : -1, POLLIN, 0}};
+    int n = ::poll(p, 2, 50);
+    if (n < 0 && errno != EINTR)
+      return fatal(std::string("poll: ") + std::strerror(errno)), 1;
+    if (n <= 0)
+      continue;
+    if (fd_ >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t got = ::read(fd_, buf.data(), buf.size());
+      if (got <= 0)
+        end_session(got == 0 ? "kvmid closed the socket" : std::strerror(errno));
+      else
+        on_kvmid_bytes({buf.data(), size_t(got)});
+    }
+    if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+      gdb_.clear_error();
+      if (auto s = gdb_.take_stop())
+        on_stop(*s);
+      else if (!gdb_.error().empty())
+        return fatal("gdbstub: " + gdb_.error()), 1;
+    }
+  }
+  if (hooked_)
+    end_session("kvmi-qemu stops");
+  return exit_code_ < 0 ? 0 : exit_code_;
+}
+
+} // namespace kvmi::qemu

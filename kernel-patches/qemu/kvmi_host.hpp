@@ -1,0 +1,142 @@
+// The KVMI v5 host end kvmi-qemu plays: the device manager's handshake
+// (proto/handshake, as kvmi-sim's), then the kernel's side of the session,
+// with the guest behind QEMU's gdbstub instead of KVM:
+//   a vCPU event        = the gdbstub stopped (all-stop: every vCPU stops);
+//                         the guest runs on once no vCPU waits for a reply
+//   PAUSE_VCPU          = ^C, one PAUSE_VCPU per vCPU
+//   GET/SET_REGISTERS   = g / P on the vCPU's thread
+//   READ/WRITE_PHYSICAL = m / M in QEMU's physical memory mode
+//   INT3 kvmid plants   = a gdbstub breakpoint (Z0) at the kernel-text
+//                         address of the gpa; reads show 0xCC, the guest's
+//                         memory keeps its byte; a hit is a BREAKPOINT event
+//   a page without w    = write watchpoints (Z2) over the page's kernel
+//                         mappings; a hit (after the write) is a PF event
+// Single-threaded: one poll() loop over kvmid's socket and the gdbstub.
+#pragma once
+
+#include "kernel-patches/qemu/gdb_registers.hpp"
+#include "kernel-patches/qemu/gdb_remote.hpp"
+#include "proto/codec.hpp"
+#include "proto/handshake.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvmi::qemu {
+
+struct host_options {
+  std::string socket; // kvmid's KVMI UNIX socket
+  std::vector<uint8_t> cookie;
+  std::string name = "qemu-guest";
+  hs::uuid uuid{};
+  uint64_t ram_bytes = 256ull << 20;
+  unsigned vcpus = 1;
+  bool reconnect = true;
+};
+
+// Asked for from outside the loop (signal handlers).
+struct host_requests {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> unhook{false};
+  std::atomic<bool> hook{false}; // connect again after an unhook
+};
+
+class kvmi_host {
+public:
+  kvmi_host(host_options o, gdb_remote& gdb, const register_layout& layout);
+  ~kvmi_host();
+  kvmi_host(const kvmi_host&) = delete;
+  kvmi_host& operator=(const kvmi_host&) = delete;
+
+  // Runs until asked to stop, the guest is gone or crashed by the
+  // introspector; the process exit code.
+  int run(host_requests& req);
+
+  // The gdbstub breakpoints standing for kvmid's INT3s (gpa -> gva).
+  size_t planted() const { return bps_.size(); }
+
+private:
+  struct vcpu {
+    bool waiting = false;
+    uint32_t ev_seq = 0;
+    event_id ev{};
+    uint32_t events = 0; // CONTROL_EVENTS
+    uint32_t pauses = 0; // PAUSE_VCPU events owed
+    bool create_pending = false;
+    std::optional<kvm_regs> set_regs;
+    std::chrono::steady_clock::time_point ev_sent;
+    uint64_t pf_page = 0; // the protected page of the PF event waiting
+  };
+  // A page kvmid made non-writable: its bytes as the guest last had them
+  // with kvmid's consent, and the watchpoints standing for the restriction.
+  struct protected_page {
+    uint8_t access = page_access_rwx;
+    std::vector<uint8_t> bytes;
+    std::vector<uint64_t> gvas;
+  };
+  struct breakpoint {
+    uint64_t gva;
+    uint8_t original;
+  };
+
+  // kvmid's socket and the session.
+  void try_connect();
+  void on_kvmid_bytes(std::span<const uint8_t> in);
+  void end_session(const std::string& why);
+  void send_frame(const std::vector<uint8_t>& bytes);
+  void on_frame(const frame& f);
+  void on_command(command_msg& m);
+  void on_event_reply(const event_reply_msg& r);
+  void reply(msg_id id, uint32_t seq, reply_data d = std::monostate{});
+  void reply_err(msg_id id, uint32_t seq, int32_t kvm_e);
+  void send_event(uint16_t vcpu, event_id kind, event_data data);
+  void send_due_events();
+  void request_unhook();
+
+  // The guest behind the gdbstub.
+  bool ensure_stopped();
+  void on_stop(const stop_reply& s);
+  void maybe_resume();
+  bool select_thread(uint16_t vcpu);
+  std::optional<x86_state> read_state(uint16_t vcpu);
+  bool write_regs(uint16_t vcpu, const kvm_regs& r);
+  void step_over(uint16_t vcpu, uint64_t gva);
+  std::optional<std::vector<uint8_t>> read_physical_raw(uint64_t gpa, uint64_t size);
+  bool write_physical_raw(uint64_t gpa, std::span<const uint8_t> data);
+  std::optional<uint64_t> text_gva(uint64_t gpa);
+  int32_t write_physical(uint64_t gpa, std::vector<uint8_t> data);
+  std::optional<uint64_t> mapped_gva(uint64_t page, uint64_t base);
+  int32_t set_access(uint64_t page, uint8_t access);
+  void unprotect_all();
+  bool on_watch(uint16_t vcpu, uint64_t addr);
+  void finish_pf(uint16_t vcpu, action act);
+  void fatal(const std::string& why);
+
+  host_options o_;
+  gdb_remote& gdb_;
+  const register_layout& layout_;
+  std::vector<vcpu> vcpus_;
+  std::map<uint64_t, breakpoint> bps_;    // gpa -> the gdbstub breakpoint
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> maps_; // verified (base, gpa page) -> gva
+  std::map<uint64_t, protected_page> pages_;
+  bool running_ = false;
+  int fd_ = -1;
+  std::unique_ptr<hs::dm_side> dm_;
+  std::unique_ptr<frame_splitter> splitter_;
+  bool hooked_ = false, unhooked_ = false, unhook_sent_ = false;
+  uint32_t vm_events_ = 0;
+  uint32_t ev_seq_ = 0;
+  std::map<uint32_t, uint16_t> pending_; // event seq -> vCPU
+  std::vector<uint8_t> scratch_;
+  std::chrono::steady_clock::time_point next_connect_{};
+  std::chrono::milliseconds backoff_{100};
+  std::chrono::steady_clock::time_point unhook_deadline_{};
+  int exit_code_ = -1; // set: the loop ends
+};
+
+} // namespace kvmi::qemu

@@ -1,0 +1,316 @@
+// kvmid and a real Linux guest: kvmi-qemu boots Debian's cloud kernel with a
+// busybox initramfs under QEMU TCG and serves kvmid the v5 wire through
+// QEMU's gdbstub. One guest and one kvmid per test binary, started by the
+// first case that needs them. The guest prints "progress N" a few times a
+// second and runs uname (the newuname syscall) each time.
+#include "kernel-patches/qemu/guest_image.hpp"
+#include "tests/support/kvmid_daemon.hpp"
+
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <sstream>
+
+namespace {
+
+using namespace kvmid::test;
+using nlohmann::json;
+
+#if defined(__x86_64__)
+
+constexpr uint64_t start_kernel_map = 0xffffffff80000000ull; // with nokaslr
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%llx", (unsigned long long)v);
+  return b;
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+struct real_guest {
+  kvmid_daemon kvmid{"qemu", std::vector<uint8_t>(32, 0x5d), "qemu-token-5e1d"};
+  std::filesystem::path work = kvmid.dir / "vm";
+  std::map<std::string, uint64_t> syms;
+  pid_t kq = -1;
+  struct reaper {
+    pid_t* pid;
+    ~reaper() { kvmid::test::stop(*pid); }
+  } reap{&kq};
+
+  real_guest() {
+    std::filesystem::create_directories(work);
+    INFO("the guest kernel comes from scripts/deps.sh, into " << kvmi::qemu::default_guest_dir());
+    REQUIRE(!kvmi::qemu::find_kernel(kvmi::qemu::default_guest_dir()).empty());
+    kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
+                (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
+                kvmi::qemu::default_guest_dir(), "--name", "qemu-guest", "--symbols",
+                "_stext,_etext,__x64_sys_newuname,__x64_sys_reboot,init_uts_ns"},
+               (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
+    REQUIRE(kq > 0);
+    INFO("kvmi-qemu: " << log() << "\nconsole: " << console());
+    // The addresses come from the guest's /proc/kallsyms (Debian ships a
+    // placeholder System.map); kvmid's policy is written with them.
+    REQUIRE(wait_until([&] { return kvmi::qemu::kallsyms_from_console(console()).size() == 5; },
+                       "the guest to print its kallsyms lines", std::chrono::seconds(180)));
+    syms = kvmi::qemu::kallsyms_from_console(console());
+    auto cfg = kvmid.base_config(std::chrono::milliseconds(10000), "info");
+    cfg["policies"] = json::array(
+      {{{"name", "qemu"},
+        {"match", json::array({"qemu-*"})},
+        {"hypercalls", false}, // kvmi-qemu has no HYPERCALL event
+        {"breakpoints", json::array({{{"name", "newuname"}, {"gpa", hex(gpa("__x64_sys_newuname"))}}})}}});
+    kvmid.start(cfg);
+    REQUIRE(wait_until([&] { return connected(); }, "the guest's session with kvmid",
+                       std::chrono::seconds(60)));
+  }
+
+  uint64_t gpa(const std::string& sym) const { return syms.at(sym) - start_kernel_map; }
+  std::string console() const { return slurp(work / "serial.log"); }
+  std::string log() const { return slurp(kvmid.dir / "kvmi-qemu.err"); }
+
+  bool connected() {
+    auto r = kvmid.http("GET", "/v1/vms/qemu-guest");
+    return r.status == 200 && r.j().value("connected", false);
+  }
+  // The last progress count on the console.
+  long progress() const {
+    auto text = console();
+    auto at = text.rfind("progress ");
+    return at == std::string::npos ? -1 : std::atol(text.c_str() + at + 9);
+  }
+  // The hostname the last progress line shows (uname -n).
+  std::string hostname() const {
+    auto text = console();
+    auto at = text.rfind("progress ");
+    if (at == std::string::npos)
+      return {};
+    std::istringstream line(text.substr(at));
+    std::string word, n, name;
+    line >> word >> n >> name;
+    return name;
+  }
+  // A breakpoint kvmid plants on __x64_sys_reboot, which the workload never
+  // calls, so it stays planted; the byte under it.
+  uint8_t plant_idle_breakpoint() {
+    uint64_t at = gpa("__x64_sys_reboot");
+    auto original = byte_at(at);
+    REQUIRE(original);
+    auto r = kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
+    REQUIRE(r.status == 201);
+    CHECK(byte_at(at) == uint8_t(0xcc)); // as kvmid sees its INT3
+    return *original;
+  }
+  size_t count_in_log(const std::string& what) const {
+    auto text = log();
+    size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+      ++n;
+    return n;
+  }
+  uint64_t alerts() {
+    auto r = kvmid.http("GET", "/v1/vms/qemu-guest");
+    return r.status == 200 ? r.j()["counters"].value("alerts", uint64_t(0)) : 0;
+  }
+  json breakpoint(uint64_t gpa_) {
+    auto r = kvmid.http("GET", "/v1/vms/qemu-guest/breakpoints/" + hex(gpa_));
+    return r.status == 200 ? r.j() : json();
+  }
+  uint64_t hits(uint64_t gpa_) {
+    auto b = breakpoint(gpa_);
+    return b.is_object() ? b.value("hits", uint64_t(0)) : 0;
+  }
+  std::optional<uint8_t> byte_at(uint64_t gpa_) {
+    auto r = kvmid.http("GET", "/v1/vms/qemu-guest/memory?gpa=" + hex(gpa_) + "&len=1");
+    if (r.status != 200)
+      return std::nullopt;
+    return uint8_t(std::stoul(r.j()["data"].get<std::string>(), nullptr, 16));
+  }
+};
+
+real_guest& guest() {
+  static real_guest g;
+  return g;
+}
+
+TEST_CASE("a policy breakpoint on __x64_sys_newuname in a real guest is hit and counted while the guest runs on") {
+  auto& g = guest();
+  uint64_t at = g.gpa("__x64_sys_newuname");
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  // kvmid counts the hit, then restores the byte it read before planting.
+  REQUIRE(wait_until(
+    [&] {
+      auto b = g.breakpoint(at);
+      return b.is_object() && b.value("hits", 0) >= 1 && !b.value("planted", true);
+    },
+    "the policy breakpoint's first hit and its restore"));
+  auto bp = g.breakpoint(at);
+  auto original = g.byte_at(at);
+  REQUIRE(original);
+  CHECK(bp["original"] == hex(*original));
+  CHECK(*original != 0xcc);
+  // Planted again by the API, each time hit by the guest's next uname.
+  for (int i = 0; i < 3; ++i) {
+    uint64_t before = g.hits(at);
+    auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
+    REQUIRE(r.status == 201);
+    REQUIRE(wait_until([&] { return g.hits(at) == before + 1; }, "hit " + std::to_string(i + 2)));
+  }
+  CHECK(g.log().find("BREAKPOINT answered retry") != std::string::npos);
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() >= p + 5; }, "the guest's progress after the hits"));
+  CHECK(g.byte_at(at) == original);
+}
+
+TEST_CASE("pausing a real guest stops its progress and shows registers consistent with its kallsyms") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  long before = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > before; }, "the guest making progress"));
+  auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/pause");
+  REQUIRE(r.status == 200);
+  long held = g.progress();
+  auto regs = g.kvmid.http("GET", "/v1/vms/qemu-guest/vcpus/0/registers?msrs=0xc0000080");
+  REQUIRE(regs.status == 200);
+  auto j = regs.j();
+  uint64_t rip = std::stoull(j["regs"]["rip"].get<std::string>(), nullptr, 16);
+  bool in_text = rip >= g.syms.at("_stext") && rip < g.syms.at("_etext");
+  bool in_user = rip < 0x0000800000000000ull;
+  INFO("rip " << hex(rip));
+  CHECK((in_text || in_user));
+  CHECK(std::stoull(j["sregs"]["cr3"].get<std::string>(), nullptr, 16) != 0);
+  uint64_t efer = std::stoull(j["msrs"][0]["value"].get<std::string>(), nullptr, 16);
+  CHECK((efer & 0x400) != 0); // long mode active
+  // Stopped means no count for as long as we look; a second is ~20 counts.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK(g.progress() == held);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);
+  REQUIRE(wait_until([&] { return g.progress() > held + 2; }, "progress after the resume"));
+}
+
+TEST_CASE("an unhook and a reconnect leave no stray breakpoint in a real guest") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  uint64_t at = g.gpa("__x64_sys_reboot");
+  uint8_t original = g.plant_idle_breakpoint();
+  size_t clean_ends = g.count_in_log("0 breakpoints left planted");
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/unhook").status == 200);
+  REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
+                     "kvmi-qemu's session to end with no breakpoint left"));
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/admit").status == 200);
+  REQUIRE(wait_until([&] { return g.connected(); }, "the guest hooked again",
+                     std::chrono::seconds(60)));
+  CHECK(g.byte_at(at) == original);
+  // The new session's policy breakpoint works as the first one did.
+  uint64_t newuname = g.gpa("__x64_sys_newuname");
+  REQUIRE(wait_until([&] { return g.hits(newuname) >= 1; }, "the policy breakpoint hit again"));
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the reconnect"));
+}
+
+TEST_CASE("writes into a write-protected page of a real guest raise page-protection alerts") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  // The guest renames itself every 40 rounds: sethostname writes init_uts_ns.
+  uint64_t page = g.gpa("init_uts_ns") & ~uint64_t(0xfff);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
+  auto ev = g.kvmid.http("PUT", "/v1/vms/qemu-guest/vcpus/0/events",
+                         json{{"enable", json::array({"pf"})}}.dump());
+  INFO(ev.body);
+  REQUIRE(ev.status == 200);
+  auto set = [&](const char* access) {
+    return g.kvmid.http("PUT", "/v1/vms/qemu-guest/page-access",
+                        json{{"gpa", hex(page)}, {"access", access}}.dump()).status;
+  };
+  CHECK(set("r-x") == 200);
+  uint64_t before = g.alerts();
+  std::string name = g.hostname();
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);
+  REQUIRE(wait_until([&] { return g.alerts() > before; }, "a page-protection alert",
+                     std::chrono::seconds(60)));
+  CHECK(g.log().find("write-protected") != std::string::npos);
+  // An operator's protection is allow-once: CONTINUE, the write stands
+  // (kvmi-qemu keeps it) and the page stays protected.
+  REQUIRE(wait_until([&] { return g.hostname() != name; }, "the guest's next hostname",
+                     std::chrono::seconds(60)));
+  auto pages = g.kvmid.http("GET", "/v1/vms/qemu-guest/page-access").j();
+  CHECK(pages["pages"].size() == 1);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
+  CHECK(set("rwx") == 200);
+  REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);
+  CHECK(g.log().find("writable again") != std::string::npos);
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the unprotect"));
+}
+
+TEST_CASE("an unhook kvmi-qemu asks for leaves the real guest running without breakpoints until it hooks again") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log());
+  uint64_t at = g.gpa("__x64_sys_reboot");
+  uint8_t original = g.plant_idle_breakpoint();
+  size_t clean_ends = g.count_in_log("0 breakpoints left planted");
+  REQUIRE(::kill(g.kq, SIGUSR1) == 0); // as QEMU's unhook request
+  REQUIRE(wait_until([&] { return g.count_in_log("0 breakpoints left planted") > clean_ends; },
+                     "the UNHOOK to end the session with no breakpoint left"));
+  CHECK(g.log().find("UNHOOK sent") != std::string::npos);
+  CHECK_FALSE(g.connected());
+  long p = g.progress();
+  REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress while unhooked"));
+  REQUIRE(::kill(g.kq, SIGUSR2) == 0);
+  REQUIRE(wait_until([&] { return g.connected(); }, "the guest hooked again",
+                     std::chrono::seconds(60)));
+  CHECK(g.byte_at(at) == original);
+}
+
+// QEMU's pid, from kvmi-qemu's log; 0 until it says.
+pid_t qemu_pid(const std::string& log) {
+  auto at = log.find("QEMU pid ");
+  return at == std::string::npos ? 0 : pid_t(std::atoi(log.c_str() + at + 9));
+}
+
+// Gone, or a zombie its new parent has not reaped yet.
+bool process_gone(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');
+  return !f || close == std::string::npos || stat.compare(close + 2, 1, "Z") == 0;
+}
+
+TEST_CASE("QEMU ends with kvmi-qemu whether it is stopped or killed") {
+  for (int sig : {SIGTERM, SIGKILL}) {
+    CAPTURE(sig);
+    temp_dir tmp("qemu-exit");
+    std::filesystem::create_directories(tmp.path() / "vm");
+    tmp.write("cookie", std::string(32, 'c'));
+    pid_t kq = spawn({KVMI_QEMU_BIN, "--unix", (tmp.path() / "nobody.sock").string(),
+                      "--cookie-file", (tmp.path() / "cookie").string(), "--work-dir",
+                      (tmp.path() / "vm").string(), "--guest-dir", kvmi::qemu::default_guest_dir(), "--hook-when", ""},
+                     (tmp.path() / "out").string(), (tmp.path() / "err").string());
+    REQUIRE(kq > 0);
+    auto err = [&] { return slurp(tmp.path() / "err"); };
+    INFO("kvmi-qemu: " << err());
+    REQUIRE(wait_until([&] { return qemu_pid(err()) > 0; }, "kvmi-qemu to start QEMU"));
+    pid_t qemu = qemu_pid(err());
+    CHECK_FALSE(process_gone(qemu));
+    ::kill(kq, sig);
+    ::waitpid(kq, nullptr, 0);
+    CHECK(wait_until([&] { return process_gone(qemu); }, "QEMU to end"));
+  }
+}
+
+#else
+
+TEST_CASE("kvmi-qemu needs an x86-64 host") {
+  MESSAGE("skipped: kvmi-qemu boots an x86-64 guest kernel and maps x86-64 registers");
+}
+
+#endif
+
+} // namespace

@@ -7,6 +7,7 @@
 #include "actors/core.hpp"
 #include "kernel-patches/sim/sim.hpp"
 #include "server/kvmi_session.hpp"
+#include "tests/support/metric_sum.hpp"
 #include "server/reactor.hpp"
 
 #include <doctest/doctest.h>
@@ -118,17 +119,7 @@ struct inproc_fleet {
   // Sum of a metric's samples, or of those with label=value.
   double metric(const std::string& name, const std::string& label = {},
                 const std::string& value = {}) {
-    double total = 0;
-    for (auto& f : c->metrics().snapshot())
-      if (f.name == name)
-        for (auto& s : f.samples) {
-          bool ok = label.empty();
-          for (auto& [k, v] : s.lbls)
-            ok = ok || (k == label && v == value);
-          if (ok)
-            total += s.value;
-        }
-    return total;
+    return test::metric_sum(c->metrics(), name, label, value);
   }
 
   kvmi::sim::outcome get(std::future<kvmi::sim::outcome> f) {

@@ -96,15 +96,20 @@ public:
       std::lock_guard lk(mu_);
       p.plan = v7x::to_v7(m, vcpu_count_, inner_seq_);
     }
-    if (!p.plan.refused.empty() || p.plan.msgs.empty()) {
+    // Never send what a v7 kernel would refuse: such a command fails here
+    // as the kernel would fail it.
+    int32_t refuse = p.plan.refused.empty() ? 0 : -kvmi::kvm_eopnotsupp;
+    for (auto& msg : p.plan.msgs)
+      if (!refuse && v7::check(msg))
+        refuse = -kvmi::kvm_einval;
+    if (refuse || p.plan.msgs.empty()) {
       // Answered here: nothing goes to the host.
       kvmi::reply_msg r;
       r.id = p.v5_id;
       r.seq = m.seq;
-      if (p.plan.msgs.empty() && p.plan.refused.empty())
+      r.err = refuse;
+      if (!refuse) // a pause with no vCPU to stop
         r = v7x::to_v5(p.v5_id, p.plan, v7::reply_msg{{}, m.seq, 0, {}});
-      else
-        r.err = -kvmi::kvm_eopnotsupp;
       local.emplace();
       kvmi::encode(local->bytes, r);
       return;

@@ -159,7 +159,7 @@ TEST_CASE("every close of a VM socket logs one line and is counted by reason") {
     CHECK(err.lines_with(f.uuid(v)) == 1); // nothing else about the close
 }
 
-TEST_CASE("a failed handshake names the peer's pid in its log line and lifecycle record") {
+TEST_CASE("a failed handshake names the peer's pid and its reason in its log line and lifecycle record") {
   fleet f;
   auto sub = f.c->bus().subscribe(bus_filter{{}, {bus_kind::lifecycle}, {"handshake-failed"}});
   stderr_capture err(f.dir);
@@ -170,14 +170,22 @@ TEST_CASE("a failed handshake names the peer's pid in its log line and lifecycle
   ::close(fd);
   std::vector<bus_record> got;
   REQUIRE(f.h->wait_until([&] { return sub->poll(got) > 0 || !got.empty(); }, 10000ms));
-  std::string peer;
-  for (auto& [k, v] : got[0].fields)
+  std::string peer, reason;
+  for (auto& [k, v] : got[0].fields) {
     if (k == "peer")
       peer = v;
+    if (k == "reason")
+      reason = v;
+  }
   auto me = "pid=" + std::to_string(::getpid());
   CHECK(peer == "unix:" + f.sock() + " " + me + " uid=" + std::to_string(::getuid()));
+  // The metric label and the record's reason are the token; the record's
+  // message and the log line the sentence.
+  CHECK(reason == "bad_magic");
+  CHECK(got[0].message == "hello: bad magic");
+  CHECK(f.metric("kvmid_handshake_failures_total", "reason", "bad_magic") == 1);
   REQUIRE(f.wait_metric("kvmid_vm_disconnects_total", "reason", "handshake_failed", 1));
-  CHECK(err.lines_with("closed: handshake_failed", me) == 1);
+  CHECK(err.lines_with("closed: handshake_failed (hello: bad magic)", me) == 1);
 }
 
 namespace {

@@ -32,10 +32,12 @@ public:
       info_.id = h->uuid;
       info_.name = h->name;
       info_.start_time = h->start_time;
-      // The memory bound QEMU sent, as one RAM region; without it the
-      // guest has no map and every guest-memory rule is refused.
-      if (h->max_gpa && *h->max_gpa > 0)
-        info_.regions.push_back(kvmi::hs::region{0, *h->max_gpa,
+      // The memory bound QEMU sent, as one RAM region (everything below it
+      // counts as RAM), or the E820 RAM ranges; without either the dialect
+      // asks GET_MAX_GFN.
+      // max_gpa is the guest's highest address: the bound is one past it.
+      if (h->max_gpa && *h->max_gpa > 0 && *h->max_gpa < UINT64_MAX)
+        info_.regions.push_back(kvmi::hs::region{0, *h->max_gpa + 1,
                                                  uint32_t(kvmi::hs::region_type::ram),
                                                  kvmi::hs::region_online, 0});
       for (auto& e : h->e820)

@@ -3,6 +3,8 @@
 // ring thread hand an event straight to its vCPU actor (one hop).
 #pragma once
 
+#include "proto/codec.hpp"
+
 #include <caf/actor.hpp>
 
 #include <cstdint>
@@ -49,16 +51,14 @@ inline std::string_view name(disconnect_reason r) {
 class kvmi_link {
 public:
   virtual ~kvmi_link() = default;
-  // Thread-safe, never blocks: one message (header+payload) per call.
-  virtual void send(std::vector<uint8_t>&& bytes) = 0;
+  // Thread-safe, never blocks: one command or event reply per call, put in
+  // the session's dialect below the actors (server/dialect).
+  virtual void send(const kvmi::command_msg& m) = 0;
+  virtual void send(const kvmi::event_reply_msg& m) = 0;
   // Thread-safe: closes the socket after what is queued. The first reason
   // given is the one logged and counted.
   virtual void close(disconnect_reason why, std::string detail = {}) = 0;
   virtual std::string peer() const = 0;
-  // A recycled send buffer (capacity kept) so event replies allocate
-  // nothing; hand it back through send().
-  virtual std::vector<uint8_t> take_buffer() { return {}; }
-
   void set_vm(caf::actor a) {
     std::lock_guard lk(mu_);
     vm_ = std::move(a);

@@ -62,9 +62,7 @@ void send_reply(vcpu_actor* self, const decision& d) {
                  sh.uuid.c_str(), s.p.index, int(e.reason.size()), e.reason.data());
     msg = make_reply(s.seq, s.event, decision{});
   }
-  auto buf = sh.link->take_buffer();
-  kvmi::encode(buf, msg, sh.order);
-  sh.link->send(std::move(buf));
+  sh.link->send(msg);
   auto& m = sh.c->internals().m;
   int64_t now = now_ns();
   int64_t held = s.holding ? now - s.t_hold : 0;

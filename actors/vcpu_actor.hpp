@@ -22,7 +22,6 @@ struct vm_shared {
   core* c = nullptr;
   std::string uuid, name;
   link_ptr link;
-  kvmi::byte_order order = kvmi::byte_order::native;
   std::atomic<uint64_t> events{0}, alerts{0}; // this session's, all vCPUs
   // By vCPU index; grown by the VM actor only. A deque, so a vCPU actor's
   // element never moves while it writes to it.

@@ -212,13 +212,11 @@ void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)>
   if (s.next_seq == 0)
     s.next_seq = 1;
   auto shape = kvmi::expected_reply(cmd);
-  auto buf = s.p.link->take_buffer();
-  kvmi::encode(buf, kvmi::command_msg{seq, std::move(cmd)}, s.order);
   auto timeout = s.c->options().command_timeout;
   s.pending.emplace(
     seq, pending_cmd{shape, std::move(done),
                      now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count()});
-  s.p.link->send(std::move(buf));
+  s.p.link->send(kvmi::command_msg{seq, std::move(cmd)});
   if (!s.sweep_armed) {
     s.sweep_armed = true;
     self->delayed_send(self, timeout, cmd_sweep_atom::value);
@@ -1255,7 +1253,6 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   s.sh->uuid = s.uuid;
   s.sh->name = s.p.guest.name;
   s.sh->link = s.p.link;
-  s.sh->order = s.order;
   auto pols = c->internals().current_policies();
   s.policy = std::make_shared<const vm_policy>(pols->select(s.uuid, s.p.guest.name));
   s.hist.uuid = s.uuid;

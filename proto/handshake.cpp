@@ -82,7 +82,8 @@ nonce random_nonce() {
 tool_side::tool_side(std::vector<uint8_t> cookie, mode m, nonce tool_nonce)
   : cookie_(std::move(cookie)), mode_(m), tool_nonce_(tool_nonce) {}
 
-status tool_side::fail(std::string_view why) {
+status tool_side::fail(std::string_view token, std::string_view why) {
+  token_ = token;
   reason_ = why;
   return status_ = status::failed;
 }
@@ -102,7 +103,7 @@ status tool_side::feed(std::span<const uint8_t>& in) {
         break;
       uint32_t size = load<uint32_t>(buf_.data(), byte_order::native);
       if (size < sizeof(qemu2introspector) || size > qemu_max_struct)
-        return fail("qemu-v5 handshake: struct_size out of range");
+        return fail("bad_size", "qemu-v5 handshake: struct_size out of range");
       if (!fill(in, size))
         break;
       on_qemu();
@@ -115,7 +116,7 @@ status tool_side::feed(std::span<const uint8_t>& in) {
         break;
       uint32_t count = load<uint32_t>(buf_.data() + offsetof(guest, region_count), info_.order);
       if (count > max_regions)
-        return fail("guest message: more than 256 regions");
+        return fail("too_many_regions", "guest message: more than 256 regions");
       if (!fill(in, sizeof(guest) + count * sizeof(region)))
         break;
       on_guest();
@@ -129,18 +130,18 @@ void tool_side::on_hello() {
   std::memcpy(&h, buf_.data(), sizeof h);
   buf_.clear();
   if (std::memcmp(h.magic, "KVMI", 4) != 0)
-    return (void)fail("hello: bad magic");
+    return (void)fail("bad_magic", "hello: bad magic");
   if (h.endian == endian_marker)
     info_.order = byte_order::native;
   else if (h.endian == detail::bswap(endian_marker))
     info_.order = byte_order::swapped;
   else
-    return (void)fail("hello: bad endian marker");
+    return (void)fail("byte_order", "hello: bad endian marker");
   to_order(h, info_.order);
   if (h.version != hs_version)
-    return (void)fail("hello: unsupported handshake version");
+    return (void)fail("bad_version", "hello: unsupported handshake version");
   if (!padding_zero(h))
-    return (void)fail("hello: padding not zero");
+    return (void)fail("bad_padding", "hello: padding not zero");
   std::copy(std::begin(h.nonce), std::end(h.nonce), dm_nonce_.begin());
   challenge c;
   std::copy(tool_nonce_.begin(), tool_nonce_.end(), c.nonce);
@@ -156,9 +157,9 @@ void tool_side::on_guest() {
   to_order(g, info_.order);
   auto expect = compute_mac(cookie_, dm_label, tool_nonce_, dm_nonce_);
   if (!equal(expect, std::span<const uint8_t>(g.mac, sizeof g.mac)))
-    return (void)fail("guest: MAC mismatch (wrong cookie or replayed message)");
+    return (void)fail("bad_mac", "guest: MAC mismatch (wrong cookie or replayed message)");
   if (g.name[sizeof g.name - 1] != 0)
-    return (void)fail("guest: name not NUL-terminated");
+    return (void)fail("bad_name", "guest: name not NUL-terminated");
   std::copy(std::begin(g.uuid), std::end(g.uuid), info_.id.begin());
   info_.vcpu_count = g.vcpu_count;
   info_.start_time = g.start_time;
@@ -166,11 +167,11 @@ void tool_side::on_guest() {
   for (uint32_t i = 0; i < g.region_count; ++i) {
     auto r = load<region>(buf_.data() + sizeof(guest) + i * sizeof(region), info_.order);
     if (r.type > static_cast<uint32_t>(region_type::nvlink2_atsd))
-      return (void)fail("guest: unknown region type");
+      return (void)fail("bad_region", "guest: unknown region type");
     if (r.flags & ~region_online)
-      return (void)fail("guest: unknown region flags");
+      return (void)fail("bad_region", "guest: unknown region flags");
     if (r.size == 0 || r.gpa + r.size < r.gpa)
-      return (void)fail("guest: empty or wrapping region");
+      return (void)fail("bad_region", "guest: empty or wrapping region");
     info_.regions.push_back(r);
   }
   buf_.clear();
@@ -181,7 +182,7 @@ void tool_side::on_qemu() {
   auto q = load<qemu2introspector>(buf_.data(), byte_order::native);
   buf_.clear();
   if (!padding_zero(q))
-    return (void)fail("qemu-v5 handshake: padding not zero");
+    return (void)fail("bad_padding", "qemu-v5 handshake: padding not zero");
   std::copy(std::begin(q.uuid), std::end(q.uuid), info_.id.begin());
   info_.start_time = q.start_time;
   info_.name.assign(q.name, strnlen(q.name, sizeof q.name));
@@ -213,7 +214,8 @@ dm_side::dm_side(std::vector<uint8_t> cookie, guest_info info, mode m, nonce dm_
   append(out_, h, info_.order);
 }
 
-status dm_side::fail(std::string_view why) {
+status dm_side::fail(std::string_view token, std::string_view why) {
+  token_ = token;
   reason_ = why;
   return status_ = status::failed;
 }
@@ -231,7 +233,7 @@ status dm_side::feed(std::span<const uint8_t>& in) {
     auto r = load<introspector2qemu>(buf_.data(), byte_order::native);
     auto h = sha1(cookie_);
     if (r.struct_size < sizeof r || !equal(h, std::span<const uint8_t>(r.cookie_hash, 20)))
-      return fail("qemu-v5 handshake: cookie hash mismatch");
+      return fail("bad_mac", "qemu-v5 handshake: cookie hash mismatch");
     return status_ = status::done;
   }
   auto c = load<challenge>(buf_.data(), info_.order);
@@ -239,7 +241,7 @@ status dm_side::feed(std::span<const uint8_t>& in) {
   std::copy(std::begin(c.nonce), std::end(c.nonce), tool_nonce.begin());
   auto expect = compute_mac(cookie_, tool_label, dm_nonce_, tool_nonce);
   if (!equal(expect, std::span<const uint8_t>(c.mac, sizeof c.mac)))
-    return fail("challenge: MAC mismatch (wrong cookie or replayed message)");
+    return fail("bad_mac", "challenge: MAC mismatch (wrong cookie or replayed message)");
   guest g{};
   auto m = compute_mac(cookie_, dm_label, tool_nonce, dm_nonce_);
   std::copy(m.begin(), m.end(), g.mac);

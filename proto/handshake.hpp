@@ -115,10 +115,13 @@ public:
   std::vector<uint8_t>& out() { return out_; } // to send, then clear()
   status state() const { return status_; }
   std::string_view reason() const { return reason_; }
+  // The reason as a short stable token (bad_magic, bad_mac, ...): a metric
+  // label, where reason() is a sentence for people.
+  std::string_view token() const { return token_; }
   const guest_info& info() const { return info_; }
 
 private:
-  status fail(std::string_view why);
+  status fail(std::string_view token, std::string_view why);
   bool fill(std::span<const uint8_t>& in, size_t want);
   void on_hello();
   void on_guest();
@@ -132,7 +135,7 @@ private:
   std::vector<uint8_t> out_;
   int step_ = 0;
   status status_ = status::in_progress;
-  std::string_view reason_;
+  std::string_view reason_, token_;
   guest_info info_;
 };
 
@@ -147,9 +150,10 @@ public:
   std::vector<uint8_t>& out() { return out_; }
   status state() const { return status_; }
   std::string_view reason() const { return reason_; }
+  std::string_view token() const { return token_; }
 
 private:
-  status fail(std::string_view why);
+  status fail(std::string_view token, std::string_view why);
 
   std::vector<uint8_t> cookie_;
   guest_info info_;
@@ -158,7 +162,7 @@ private:
   std::vector<uint8_t> buf_;
   std::vector<uint8_t> out_;
   status status_ = status::in_progress;
-  std::string_view reason_;
+  std::string_view reason_, token_;
 };
 
 } // namespace kvmi::hs

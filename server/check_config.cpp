@@ -49,6 +49,7 @@ json listener_json(const kvmi_listener_config& l, const std::string& default_coo
       break;
   }
   j["cookie_file"] = l.cookie_file.empty() ? default_cookie : l.cookie_file;
+  j["protocol"] = name(l.proto);
   return j;
 }
 

@@ -196,6 +196,34 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
   return ps;
 }
 
+// A listener's KVMI dialect. The v7 handshake authenticates nobody: its
+// answer (SHA-1 of the cookie) is the same on every connection, so anyone
+// who sees it once can replay it to QEMU. On a socket others can reach
+// (tcp, vsock) that takes the operator's explicit consent.
+void parse_protocol(const ctx& c, const nlohmann::json& l, const std::string& la,
+                    kvmi_listener_config& lc) {
+  auto p = l.contains("protocol") ? c.str(l["protocol"], la + "/protocol") : std::string("v5");
+  if (p == "v7")
+    lc.proto = protocol::v7;
+  else if (p != "v5")
+    c.fail(la + "/protocol", "must be \"v5\" or \"v7\"");
+  if (l.contains("qemu_layout")) {
+    if (lc.proto != protocol::v7)
+      c.fail(la + "/qemu_layout", "only for a \"protocol\": \"v7\" listener");
+    auto q = c.str(l["qemu_layout"], la + "/qemu_layout");
+    if (q == "e820")
+      lc.v7_layout = kvmi::v7::hs::layout::e820;
+    else if (q != "max_gpa")
+      c.fail(la + "/qemu_layout", "must be \"max_gpa\" or \"e820\"");
+  }
+  bool replayable = l.contains("allow_replayable_handshake")
+                    && c.boolean(l["allow_replayable_handshake"], la + "/allow_replayable_handshake");
+  if (lc.proto == protocol::v7 && lc.spec.type != net::listen_spec::kind::unix_socket && !replayable)
+    c.fail(la + "/allow_replayable_handshake",
+           "must be true for a v7 listener on tcp or vsock: the v7 handshake answer (SHA-1 of the "
+           "cookie) can be replayed by anyone who sees it once (docs/security.md)");
+}
+
 config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
@@ -265,7 +293,8 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   for (size_t i = 0; i < ls.size(); ++i) {
     auto& l = ls[i];
     auto la = "/listeners/" + std::to_string(i);
-    c.only(l, la, {"type", "path", "mode", "owner", "group", "host", "port", "cid", "cookie_file"});
+    c.only(l, la, {"type", "path", "mode", "owner", "group", "host", "port", "cid", "cookie_file",
+                   "protocol", "qemu_layout", "allow_replayable_handshake"});
     kvmi_listener_config lc;
     auto type = l.contains("type") ? c.str(l["type"], la + "/type") : std::string("unix");
     if (type == "unix") {
@@ -327,6 +356,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     } else {
       c.fail(la + "/type", "must be unix, tcp or vsock");
     }
+    parse_protocol(c, l, la, lc);
     if (l.contains("cookie_file"))
       lc.cookie_file = c.str(l["cookie_file"], la + "/cookie_file");
     else if (cfg.cookie_file.empty())

@@ -5,6 +5,7 @@
 
 #include "actors/policy.hpp"
 #include "proto/handshake.hpp"
+#include "server/dialect/dialect.hpp"
 #include "server/reactor.hpp"
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,9 @@ struct config_error : std::runtime_error {
 struct kvmi_listener_config {
   net::listen_spec spec;
   std::string cookie_file; // empty: the default cookie
+  protocol proto = protocol::v5;
+  // v7: what QEMU appends to its handshake struct at byte 96.
+  kvmi::v7::hs::layout v7_layout = kvmi::v7::hs::layout::max_gpa;
 };
 
 enum class log_level : uint8_t { error, warn, info, debug };

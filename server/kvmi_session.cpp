@@ -32,9 +32,22 @@ disconnect_reason from_reactor(net::close_reason r) {
 
 class reactor_link final : public kvmi_link {
 public:
-  reactor_link(net::reactor& r, net::conn_id id, std::string peer)
-    : r_(r), id_(id), peer_(std::move(peer)) {}
-  void send(std::vector<uint8_t>&& bytes) override { r_.post_send(id_, std::move(bytes)); }
+  reactor_link(net::reactor& r, net::conn_id id, std::string peer, std::shared_ptr<dialect> d)
+    : r_(r), id_(id), peer_(std::move(peer)), d_(std::move(d)) {}
+  void send(const kvmi::command_msg& m) override {
+    auto buf = r_.take_buffer(); // capacity kept: sends allocate nothing
+    std::optional<raw_frame> local;
+    d_->encode(buf, m, local);
+    if (local)
+      caf::anon_send(vm(), reply_atom::value, std::move(*local));
+    else
+      r_.post_send(id_, std::move(buf));
+  }
+  void send(const kvmi::event_reply_msg& m) override {
+    auto buf = r_.take_buffer();
+    d_->encode(buf, m);
+    r_.post_send(id_, std::move(buf));
+  }
   void close(disconnect_reason why, std::string detail) override {
     {
       std::lock_guard lk(mu_);
@@ -44,7 +57,6 @@ public:
     r_.post_close(id_);
   }
   std::string peer() const override { return peer_; }
-  std::vector<uint8_t> take_buffer() override { return r_.take_buffer(); }
   std::optional<close_cause> cause() const {
     std::lock_guard lk(mu_);
     return cause_;
@@ -54,9 +66,18 @@ private:
   net::reactor& r_;
   net::conn_id id_;
   std::string peer_;
+  std::shared_ptr<dialect> d_;
   mutable std::mutex mu_;
   std::optional<close_cause> cause_;
 };
+
+dialect_options dialect_of(const kvmi_listener_options& o) {
+  dialect_options d;
+  d.proto = o.proto;
+  d.v5_handshake = o.mode;
+  d.v7_layout = o.v7_layout;
+  return d;
+}
 
 struct listener_state {
   kvmi_listener_options o;
@@ -73,13 +94,13 @@ public:
       // Counted, logged once per burst by the gate, never per connection.
       failed_ = dead_ = quiet_ = true;
       cause_ = close_cause{disconnect_reason::handshake_limit, {}};
-      c_.internals().m.handshake_failure("too many handshakes pending").inc();
+      c_.internals().m.handshake_failure("too_many_pending").inc();
       ctx.close(true);
       return;
     }
     gated_ = true;
     l_.pending->add(1);
-    hs_.emplace(o_.cookie, o_.mode);
+    hs_ = make_handshake(dialect_of(o_), o_.cookie);
     flush_handshake(ctx);
     ctx.set_timer(o_.handshake_timeout, handshake_timer); // the first step's deadline
   }
@@ -87,12 +108,11 @@ public:
   void on_data(net::conn_ctx& ctx, std::span<const uint8_t> bytes) override {
     if (dead_)
       return;
-    if (!link_) {
+    if (!dialect_) {
       auto st = hs_->feed(bytes);
       bool replied = flush_handshake(ctx);
       if (st == kvmi::hs::status::failed)
-        return handshake_failed(ctx, disconnect_reason::handshake_failed,
-                                std::string(hs_->reason()));
+        return handshake_failed(ctx, disconnect_reason::handshake_failed, hs_->failure());
       if (st == kvmi::hs::status::in_progress) {
         // kvmid answered a whole message: the next step starts now, with a
         // deadline of its own. Part of a message changes nothing.
@@ -100,15 +120,24 @@ public:
           ctx.set_timer(o_.handshake_timeout, handshake_timer);
         return;
       }
-      ctx.cancel_timer(handshake_timer);
       leave_gate();
       if (auto vm = kvmi::hs::to_string(hs_->info().id); !c_.admitted(vm)) {
+        ctx.cancel_timer(handshake_timer);
         vm_label_ = " (vm " + vm + " " + hs_->info().name + ")";
         // One label for all such VMs; the close line names this one.
         return handshake_failed(ctx, disconnect_reason::not_admitted,
-                                "unhooked by an operator: not admitted");
+                                {"not_admitted", "unhooked by an operator: not admitted"});
       }
-      start_session(ctx);
+      guest_ = hs_->info();
+      dialect_ = make_dialect(dialect_of(o_), guest_);
+      split_ = kvmi::frame_splitter(guest_.order, dialect_->max_payload());
+      if (auto pro = dialect_->prologue(guest_); !pro.empty()) {
+        // The prologue's reply gets the handshake step's deadline.
+        ctx.send(std::span<const uint8_t>(pro));
+        ctx.set_timer(o_.handshake_timeout, handshake_timer);
+      } else {
+        start_session(ctx);
+      }
     }
     auto err = split_.feed(bytes, [&](const kvmi::frame& f) { on_frame(ctx, f); });
     if (err && !dead_)
@@ -117,7 +146,8 @@ public:
 
   void on_timer(net::conn_ctx& ctx, uint64_t token) override {
     if (token == handshake_timer && !link_)
-      handshake_failed(ctx, disconnect_reason::handshake_timeout, "handshake timed out");
+      handshake_failed(ctx, disconnect_reason::handshake_timeout,
+                       {"timeout", "handshake timed out"});
   }
 
   void on_close(net::conn_ctx& ctx, net::close_reason why) override {
@@ -130,7 +160,7 @@ public:
       caf::anon_send(vm_, closed_atom::value);
     } else if (!failed_) {
       failed_ = true;
-      count_failure(ctx, "connection closed during the handshake");
+      count_failure(ctx, {"peer_closed", "connection closed during the handshake"});
     }
     c_.internals().m.disconnect(cause_->why).inc();
     if (!quiet_)
@@ -170,70 +200,80 @@ private:
                  cause_->detail.empty() ? "" : ")");
   }
 
-  void count_failure(net::conn_ctx& ctx, const std::string& why) {
-    c_.internals().m.handshake_failure(why).inc();
+  void count_failure(net::conn_ctx& ctx, const handshake_failure& why) {
+    c_.internals().m.handshake_failure(why.token).inc();
     bus_record r;
     r.kind = bus_kind::lifecycle;
     r.name = "handshake-failed";
-    r.message = why;
+    r.message = why.sentence;
     r.fields.emplace_back("peer", ctx.peer());
+    r.fields.emplace_back("reason", std::string(why.token));
+    r.fields.emplace_back("protocol", std::string(name(o_.proto)));
     c_.bus().publish(std::move(r));
   }
 
-  void handshake_failed(net::conn_ctx& ctx, disconnect_reason reason, const std::string& why) {
+  void handshake_failed(net::conn_ctx& ctx, disconnect_reason reason,
+                        const handshake_failure& why) {
     if (failed_)
       return;
     failed_ = true;
     dead_ = true;
-    cause_ = close_cause{reason, why};
+    cause_ = close_cause{reason, why.sentence};
     count_failure(ctx, why);
     ctx.close(true); // without a word: nothing for an unauthenticated peer to learn
   }
 
   void start_session(net::conn_ctx& ctx) {
-    auto& info = hs_->info();
+    ctx.cancel_timer(handshake_timer);
+    auto& info = guest_;
     order_ = info.order;
-    split_.set_order(order_);
-    link_ = std::make_shared<reactor_link>(r_, ctx.id(), ctx.peer());
+    link_ = std::make_shared<reactor_link>(r_, ctx.id(), ctx.peer(), dialect_);
     session_params p{info, link_, ctx.peer()};
     vm_ = spawn_vm(c_, std::move(p));
     vm_label_ = " (vm " + kvmi::hs::to_string(info.id) + " " + info.name + ")";
     if (log_on(log_info))
-      std::fprintf(stderr, "kvmid: vm %s (%s) connected from %s, %u vCPUs%s\n",
+      std::fprintf(stderr, "kvmid: vm %s (%s) connected from %s (KVMI %s), %u vCPUs%s\n",
                  kvmi::hs::to_string(info.id).c_str(), info.name.c_str(), ctx.peer().c_str(),
-                 info.vcpu_count, order_ == kvmi::byte_order::swapped ? ", swapped byte order" : "");
+                 name(o_.proto).data(), info.vcpu_count,
+                 order_ == kvmi::byte_order::swapped ? ", swapped byte order" : "");
   }
 
   void on_frame(net::conn_ctx& ctx, const kvmi::frame& f) {
     if (dead_)
       return;
-    if (f.hdr.id == static_cast<uint16_t>(kvmi::msg_id::event)) {
-      auto ev = kvmi::decode_event(f, order_);
-      if (!ev)
-        return protocol_error(ctx, std::string("bad event: ") + std::string(ev.err().reason));
+    if (!link_) {
+      auto why = dialect_->on_prologue(f, guest_);
+      if (!why.empty())
+        return protocol_error(ctx, why);
+      return start_session(ctx);
+    }
+    auto in = dialect_->decode(f);
+    if (!in.error.empty())
+      return protocol_error(ctx, in.error);
+    if (in.event) {
       caf::actor to;
-      if (ev->kind() != kvmi::event_id::unhook)
-        to = link_->vcpu(ev->common.vcpu);
+      if (in.event->kind() != kvmi::event_id::unhook)
+        to = link_->vcpu(in.event->common.vcpu);
       if (!to)
         to = vm_;
-      caf::anon_send(to, event_atom::value, std::move(*ev), now_ns());
+      caf::anon_send(to, event_atom::value, std::move(*in.event), now_ns());
       return;
     }
-    raw_frame rf;
-    rf.bytes.resize(sizeof(kvmi::msg_hdr) + f.payload.size());
-    kvmi::msg_hdr h = f.hdr;
-    kvmi::to_order(h, order_); // back to the wire's order
-    std::memcpy(rf.bytes.data(), &h, sizeof h);
-    std::memcpy(rf.bytes.data() + sizeof h, f.payload.data(), f.payload.size());
-    caf::anon_send(vm_, reply_atom::value, std::move(rf));
+    if (in.reply)
+      caf::anon_send(vm_, reply_atom::value, std::move(*in.reply));
   }
 
   void protocol_error(net::conn_ctx& ctx, const std::string& why) {
     dead_ = true;
     cause_ = close_cause{disconnect_reason::protocol_error, why};
-    // The VM actor counts and reports it; the socket closes now so no
-    // further byte of this stream is trusted.
-    caf::anon_send(vm_, proto_err_atom::value, why);
+    // The VM actor counts and reports it (before it exists: counted here);
+    // the socket closes now so no further byte of this stream is trusted.
+    if (vm_)
+      caf::anon_send(vm_, proto_err_atom::value, why);
+    else {
+      failed_ = true; // no handshake failure: it was done
+      c_.internals().m.protocol_error(why).inc();
+    }
     ctx.close(true);
   }
 
@@ -241,7 +281,9 @@ private:
   core& c_;
   const listener_state& l_;
   const kvmi_listener_options& o_;
-  std::optional<kvmi::hs::tool_side> hs_;
+  std::unique_ptr<tool_handshake> hs_;
+  std::shared_ptr<dialect> dialect_; // set once the handshake is done
+  kvmi::hs::guest_info guest_;       // the handshake's, completed by the prologue
   kvmi::frame_splitter split_;
   kvmi::byte_order order_ = kvmi::byte_order::native;
   std::shared_ptr<reactor_link> link_;

@@ -362,13 +362,16 @@ int main(int argc, char** argv) {
         kvmi_listener_options lo;
         lo.cookie = cookies[i];
         lo.mode = cfg.handshake;
+        lo.proto = cfg.listeners[i].proto;
+        lo.v7_layout = cfg.listeners[i].v7_layout;
         lo.handshake_timeout = cfg.handshake_timeout;
         lo.gate = gate;
         int li = r.add_listener(cfg.listeners[i].spec, kvmi_handler_factory(r, c, lo));
         auto sp = cfg.listeners[i].spec;
         if (sp.type == net::listen_spec::kind::tcp)
           sp.port = r.bound_port(li); // the port really bound when 0 was asked for
-        std::fprintf(stderr, "kvmid: KVMI listening on %s\n", sp.describe().c_str());
+        std::fprintf(stderr, "kvmid: KVMI %s listening on %s\n", name(lo.proto).data(),
+                     sp.describe().c_str());
         if (sim_target.empty() && sp.type == net::listen_spec::kind::unix_socket)
           sim_target = sp.path;
         else if (sim_target.empty() && sp.type == net::listen_spec::kind::tcp)

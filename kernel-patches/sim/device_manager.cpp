@@ -2,6 +2,8 @@
 
 #include "kernel-patches/sim/host_impl.hpp"
 
+#include <algorithm>
+
 namespace kvmi::sim::detail {
 
 namespace {
@@ -29,17 +31,41 @@ hs::guest_info device_manager::guest_info(const vm& v) const {
   return g;
 }
 
-void device_manager::on_connected(vm& v) {
-  v.connecting = false;
-  v.connected = true;
-  if (v.ever_hooked || v.c.handshake_failures)
-    ++v.c.reconnects;
+v7::hs::qemu_hello device_manager::qemu_hello(const vm& v) const {
+  auto g = guest_info(v);
+  v7::hs::qemu_hello h;
+  std::copy(g.id.begin(), g.id.end(), h.uuid.begin());
+  h.start_time = g.start_time;
+  h.name = g.name;
+  h.cpu_type = v7::hs::cpu_type_x86_64;
+  uint64_t top = 0;
+  for (auto& r : g.regions) {
+    top = std::max(top, r.gpa + r.size);
+    // E820: RAM is usable (1), the rest reserved (2), as QEMU reports them.
+    uint32_t type = r.type == uint32_t(hs::region_type::ram) ? 1 : 2;
+    h.e820.push_back(v7::hs::e820_entry{r.gpa, r.size, type, 0});
+  }
+  h.max_gpa = top ? top - 1 : 0;
+  return h;
+}
+
+std::unique_ptr<dm_handshake> device_manager::start_handshake(vm& v) {
   auto cookie = s_.o.cookie;
   if (s_.faults.strikes(v, v.faults->bad_mac)) {
     ++v.c.faults_injected;
     cookie.push_back(0x5a); // a device manager with the wrong secret
   }
-  v.dm = std::make_unique<hs::dm_side>(std::move(cookie), guest_info(v), s_.o.handshake);
+  if (s_.o.dialect == protocol::v7)
+    return make_dm_handshake_v7(std::move(cookie), qemu_hello(v), s_.o.v7_hello);
+  return make_dm_handshake_v5(std::move(cookie), guest_info(v), s_.o.handshake);
+}
+
+void device_manager::on_connected(vm& v) {
+  v.connecting = false;
+  v.connected = true;
+  if (v.ever_hooked || v.c.handshake_failures)
+    ++v.c.reconnects;
+  v.dm = start_handshake(v);
   put_bytes(v.out, std::span<const uint8_t>(v.dm->out()));
   v.dm->out().clear();
   s_.net.mark_dirty(v);

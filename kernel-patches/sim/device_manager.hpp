@@ -14,6 +14,7 @@ public:
   explicit device_manager(shard& s);
 
   hs::guest_info guest_info(const vm& v) const; // what the handshake announces
+  v7::hs::qemu_hello qemu_hello(const vm& v) const; // the same, as the v7 QEMU says it
   void on_connected(vm& v);
   void on_bytes(vm& v, std::span<const uint8_t> in);
   void on_handshake_timeout(vm& v, uint32_t gen);
@@ -25,6 +26,8 @@ public:
   void reconnect_later(vm& v, bool failed);
 
 private:
+  std::unique_ptr<dm_handshake> start_handshake(vm& v);
+
   shard& s_;
 };
 

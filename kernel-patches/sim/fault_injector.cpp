@@ -1,7 +1,6 @@
 #include "kernel-patches/sim/fault_injector.hpp"
 
 #include "kernel-patches/sim/host_impl.hpp"
-#include "kernel-patches/sim/kernel_v5.hpp"
 
 #include <cstring>
 
@@ -161,12 +160,8 @@ std::future<outcome> fault_injector::inject(vm& v, const std::string& fault) {
   auto& o = s_.o;
   auto w = std::make_shared<std::promise<outcome>>();
   auto f = w->get_future();
-  // Frames are built by hand here: these are what a broken kernel would send.
-  event_msg m;
-  m.seq = ++v.ev_seq;
-  m.common.event = static_cast<uint32_t>(event_id::pause_vcpu);
-  fill_event_common(v.vcpus[0], m.common);
-  encode(v.scratch, m, o.order);
+  // These are frames a broken kernel would send, in the host's dialect.
+  s_.kern->encode_stray_event(v, v.scratch);
   if (fault == "drop_mid_frame") {
     put_bytes(v.out, std::span<const uint8_t>(v.scratch).subspan(0, v.scratch.size() / 2));
     v.close_after_send = true;
@@ -175,11 +170,7 @@ std::future<outcome> fault_injector::inject(vm& v, const std::string& fault) {
     put_garbage(v, 1, o.order);
     await_sent(v, std::move(w));
   } else if (fault == "unknown_seq_reply") {
-    reply_msg r;
-    r.id = msg_id::get_version;
-    r.seq = 0xdead0000u | (v.rng() & 0xffff);
-    r.data = get_version_reply{kvmi::version, o.allowed_commands, o.allowed_events, 0};
-    encode(v.scratch, r, o.order);
+    s_.kern->encode_stray_reply(v, 0xdead0000u | (v.rng() & 0xffff), v.scratch);
     put_bytes(v.out, std::span<const uint8_t>(v.scratch));
     await_sent(v, std::move(w));
   } else if (fault == "torn") {

@@ -4,6 +4,8 @@
 #include "kernel-patches/sim/shard.hpp"
 #include "kernel-patches/sim/vcpu_registers.hpp"
 
+#include <utility>
+
 namespace kvmi::sim::detail {
 
 namespace {
@@ -70,6 +72,20 @@ bool guest::run(vm& v, vcpu& c) {
     case guest_action::access:
     case guest_action::execute: {
       uint8_t mode = a.k == guest_action::execute ? page_access_x : uint8_t(a.a);
+      if (a.phase == 0 && !a.walked && s_.o.workload.page_walks) {
+        // The MMU sets the accessed bit in the table at CR3: a write there.
+        uint64_t table = c.sregs.cr3 & ~uint64_t{page_size - 1};
+        if (v.hooked && !(access_of(v, table) & page_access_w)) {
+          if (k.event_on(v, c, event_id::pf)) {
+            a.in_walk = true;
+            uint64_t gva = 0xffff888000000000ull + table;
+            k.send_event(v, c, event_id::pf, event_pf{gva, table, page_access_w, 0}, true);
+            return true;
+          }
+          ++v.c.pf_unreported;
+        }
+        a.walked = true;
+      }
       if (a.phase == 0) {
         uint8_t allowed = access_of(v, a.x);
         if (v.hooked && (mode & ~allowed)) {
@@ -195,6 +211,16 @@ void guest::resume(vm& v, vcpu& c, action act, std::optional<uint64_t> new_val, 
       complete(v, c);
       break;
     case event_id::pf:
+      if (std::exchange(a.in_walk, false)) {
+        // RETRY walks again; otherwise the accessed bit is set (emulated)
+        // and the access itself goes on.
+        if (act == action::retry)
+          ++v.c.pf_retried;
+        else
+          ++v.c.pf_allowed;
+        a.walked = act != action::retry;
+        break;
+      }
       if (act == action::retry) {
         ++v.c.pf_retried;
         a.out.allowed = false;

@@ -51,6 +51,8 @@ host::host(options o) : p_(std::make_unique<impl>()) {
     throw std::invalid_argument("vcpus_per_vm must be 1..65535");
   if (op.handshake == hs::mode::qemu_v5 && op.order != byte_order::native)
     throw std::invalid_argument("the qemu-v5 handshake has no byte-order marker");
+  if (op.dialect == protocol::v7 && op.order != byte_order::native)
+    throw std::invalid_argument("the v7 QEMU handshake has no byte-order marker");
   if (!op.unix_path.empty()) {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
@@ -213,7 +215,7 @@ vm_view host::vm(uint32_t i) const {
   auto now = clock::now();
   for (auto& c : v_.vcpus)
     w.vcpus.push_back(view_of(c, now));
-  w.c = to_counters(v_.c);
+  w.c = to_counters(v_.c, p_->o.dialect);
   return w;
 }
 
@@ -255,7 +257,7 @@ std::vector<uint8_t> host::memory(uint32_t i, uint64_t gpa, size_t n) const {
 
 counters host::vm_counters(uint32_t i) const {
   KVMI_SIM_WITH_VM(i, counters{})
-  return to_counters(v_.c);
+  return to_counters(v_.c, p_->o.dialect);
 }
 
 bool host::hooked(uint32_t i) const {

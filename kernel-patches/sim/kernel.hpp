@@ -1,8 +1,9 @@
 // The seam between the simulated host kernel and the rest of kvmi-sim: what
 // the kernel does with a VM's session once the device manager handed it the
 // socket, and how its vCPUs meet introspection. One class per KVMI dialect
-// implements it (kernel_v5.hpp); the guest, the device manager and the
-// transport talk to the kernel only through this.
+// implements it (kernel_v5.hpp, kernel_v7.hpp, both on kernel_base.hpp); the
+// guest, the device manager and the transport talk to the kernel only
+// through this.
 #pragma once
 
 #include "kernel-patches/sim/model.hpp"
@@ -37,12 +38,20 @@ public:
   };
   virtual entry on_vcpu_entry(vm& v, vcpu& c) = 0;
   // The guest does something introspection may intercept: is the event on,
-  // and raise it (for_action: the current guest action waits in it).
+  // and raise it (for_action: the current guest action waits in it). The
+  // data is in v5's structs; a dialect converts it to its own.
   virtual bool event_on(vm& v, vcpu& c, event_id e) = 0;
   virtual void send_event(vm& v, vcpu& c, event_id kind, const event_data& data,
                           bool for_action) = 0;
+
+  // Frames for fault injection, in the dialect, with no effect on the
+  // session: a PAUSE_VCPU event of vCPU 0 nothing waits for, and a
+  // GET_VERSION reply with the given seq.
+  virtual void encode_stray_event(vm& v, std::vector<uint8_t>& out) = 0;
+  virtual void encode_stray_reply(vm& v, uint32_t seq, std::vector<uint8_t>& out) = 0;
 };
 
 std::unique_ptr<kernel> make_kernel_v5(shard& s);
+std::unique_ptr<kernel> make_kernel_v7(shard& s);
 
 } // namespace kvmi::sim::detail

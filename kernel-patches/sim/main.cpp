@@ -23,11 +23,15 @@ void usage() {
     "usage: kvmi-sim (--unix PATH | --tcp HOST:PORT) [options]\n"
     "  --vms N --vcpus N --seed N --threads N\n"
     "  --cookie HEX | --cookie-file PATH   the VM secret (HMAC key): 16..4096 bytes,\n"
-    "                                      a file's bytes exactly (docs/cookie.md)\n"
+    "                                      a file's bytes exactly (docs/cookie.md);\n"
+    "                                      v7: QEMU's secret, optional (none: any hash)\n"
+    "  --protocol v5|v7                    the kernel's KVMI dialect (v5)\n"
+    "  --qemu-hello plain|max-gpa|e820     v7: what QEMU appends to its 96-byte struct\n"
     "  --name PATTERN                      VM names, %d = the VM's index (sim-vm-%d)\n"
     "  --handshake kvmi|qemu-v5            --swapped (other byte order)\n"
     "  --ram MiB --gpu GiB[@online_ms|@never] (repeatable)\n"
     "  --rate N (guest actions/s per vCPU; 0 = scripted only) --duration S\n"
+    "  --page-walks (accesses write the accessed bit into the page table at CR3)\n"
     "  --scenario FILE (JSON steps; runs after all VMs are hooked)\n"
     "  --allow-commands MASK --allow-events MASK\n"
     "  --fault-drop P --fault-torn P --fault-garbage P --fault-dup-reply P\n"
@@ -51,7 +55,8 @@ std::string no_session_reason(const kvmi::sim::report& r, const kvmi::sim::optio
     return {};
   if (r.total.handshake_failures > 0)
     return std::to_string(r.total.handshake_failures) +
-           " handshake failures (MAC mismatch: wrong cookie?)";
+           (o.dialect == kvmi::sim::protocol::v7 ? " handshake failures (cookie hash mismatch: wrong cookie?)"
+                                      : " handshake failures (MAC mismatch: wrong cookie?)");
   std::string target = o.unix_path;
   if (target.empty())
     target.append(o.tcp_host).append(":").append(std::to_string(o.tcp_port));
@@ -106,6 +111,17 @@ int main(int argc, char** argv) {
         if (m == "kvmi") o.handshake = kvmi::hs::mode::kvmi;
         else if (m == "qemu-v5") o.handshake = kvmi::hs::mode::qemu_v5;
         else throw std::invalid_argument("--handshake kvmi|qemu-v5");
+      } else if (a == "--protocol") {
+        auto p = next();
+        if (p == "v5") o.dialect = protocol::v5;
+        else if (p == "v7") o.dialect = protocol::v7;
+        else throw std::invalid_argument("--protocol v5|v7");
+      } else if (a == "--qemu-hello") {
+        auto h = next();
+        if (h == "plain") o.v7_hello = qemu_v7_hello::plain;
+        else if (h == "max-gpa") o.v7_hello = qemu_v7_hello::max_gpa;
+        else if (h == "e820") o.v7_hello = qemu_v7_hello::e820;
+        else throw std::invalid_argument("--qemu-hello plain|max-gpa|e820");
       } else if (a == "--swapped") o.order = kvmi::byte_order::swapped;
       else if (a == "--ram") o.memory.ram_size = std::stoull(next()) << 20;
       else if (a == "--gpu") {
@@ -121,6 +137,7 @@ int main(int argc, char** argv) {
         o.memory.gpus.push_back(s);
       } else if (a == "--rate") o.workload.rate_per_vcpu = std::stod(next());
       else if (a == "--duration") duration = std::stod(next());
+      else if (a == "--page-walks") o.workload.page_walks = true;
       else if (a == "--scenario") scenario_file = next();
       else if (a == "--allow-commands") o.allowed_commands = static_cast<uint32_t>(std::stoul(next(), nullptr, 0));
       else if (a == "--allow-events") o.allowed_events = static_cast<uint32_t>(std::stoul(next(), nullptr, 0));
@@ -150,8 +167,10 @@ int main(int argc, char** argv) {
     }
     if (o.unix_path.empty() && o.tcp_port == 0)
       throw std::invalid_argument("need --unix PATH or --tcp HOST:PORT");
-    if (o.cookie.empty())
+    if (o.cookie.empty() && o.dialect == protocol::v5)
       throw std::invalid_argument("need --cookie HEX or --cookie-file PATH (the VM's secret)");
+    if (o.dialect == protocol::v7 && (o.handshake != kvmi::hs::mode::kvmi || o.order != kvmi::byte_order::native))
+      throw std::invalid_argument("--handshake and --swapped are v5's: v7 has QEMU's handshake, native order");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvmi-sim: %s\n", e.what());
     usage();

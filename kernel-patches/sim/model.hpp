@@ -3,6 +3,7 @@
 // only under its mutex.
 #pragma once
 
+#include "kernel-patches/sim/dm_handshake.hpp"
 #include "kernel-patches/sim/invariants.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
@@ -36,6 +37,8 @@ struct guest_action {
   uint64_t x = 0;      // value to write, or gpa
   uint64_t y = 0;      // descriptor: write flag; access: byte to write
   uint8_t phase = 0;   // execute: 0 = fetch permission, 1 = INT3 check
+  bool walked = false; // workload.page_walks: the page-table write is done
+  bool in_walk = false; // the PF event it waits in is the page walk's
   bool workload = false;
   std::shared_ptr<std::promise<outcome>> done; // scripted actions only
   outcome out;
@@ -65,6 +68,7 @@ struct vcpu {
   bool create_pending = false;
   std::optional<kvm_regs> set_regs; // SET_REGISTERS waiting for the event reply
   std::optional<injection> inject;
+  bool singlestep = false; // v7 VCPU_CONTROL_SINGLESTEP: one instruction per entry
 
   // The event this vCPU waits in.
   bool waiting = false;
@@ -87,9 +91,9 @@ struct page {
 
 // Per-VM counters as arrays, so the hot path never builds map keys.
 struct vm_counts {
-  std::array<uint64_t, num_events> events{};
+  std::array<uint64_t, event_slots> events{};
   std::array<uint64_t, 3> replies{};
-  std::array<uint64_t, 32> commands{};
+  std::array<uint64_t, 64> commands{}; // by the dialect's message id
   // Error replies by -err; the last slot holds every code >= 63 (ENOSYS).
   std::array<uint64_t, 64> errors{};
   static size_t error_slot(int32_t err) { return std::min<size_t>(size_t(-int64_t(err)), 63); }
@@ -153,7 +157,7 @@ struct vm {
   bool ever_hooked = false;
   uint32_t failures_in_row = 0; // connects and handshakes: the reconnect backoff
   int connect_errno = 0;        // of the last failed connect
-  std::unique_ptr<hs::dm_side> dm;
+  std::unique_ptr<dm_handshake> dm;
   std::unique_ptr<frame_splitter> splitter;
   std::vector<uint8_t> rbuf;
   std::vector<uint8_t> out, inflight, deferred, scratch;
@@ -175,6 +179,7 @@ struct vm {
   // Kernel session state.
   uint32_t ev_seq = 0;
   uint32_t vm_events = 0;   // CONTROL_VM_EVENTS mask
+  bool cmd_replies = true;  // v7 CONTROL_CMD_RESPONSE: commands get replies
   std::unordered_map<uint64_t, uint8_t> access; // restricted pages by gfn
   // Every gpa the tool wrote an INT3 to (WRITE_PHYSICAL), across sessions:
   // the kernel never restores guest memory, so these outlive the tool.

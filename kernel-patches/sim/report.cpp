@@ -1,9 +1,11 @@
 #include "kernel-patches/sim/report.hpp"
 
 #include "kernel-patches/sim/host_impl.hpp"
+#include "proto/v7/ids.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -11,13 +13,18 @@ namespace kvmi::sim {
 
 namespace detail {
 
-counters to_counters(const vm_counts& c) {
+counters to_counters(const vm_counts& c, protocol dialect) {
   counters r;
-  r.events = c.events;
+  std::copy_n(c.events.begin(), num_events, r.events.begin());
+  for (size_t i = num_events; i < c.events.size(); ++i)
+    if (c.events[i])
+      r.v7_events[std::string(v7::name(static_cast<v7::event_id>(i)))] = c.events[i];
   r.replies = c.replies;
   for (size_t i = 0; i < c.commands.size(); ++i)
     if (c.commands[i])
-      r.commands[std::string(name(static_cast<msg_id>(i)))] += c.commands[i];
+      r.commands[std::string(dialect == protocol::v7 ? v7::name(static_cast<v7::msg_id>(i))
+                                                     : name(static_cast<msg_id>(i)))] +=
+        c.commands[i];
   for (size_t i = 0; i < c.errors.size(); ++i)
     if (c.errors[i])
       r.errors[std::string(kvm_error_name(i == 63 ? -kvm_enosys : -static_cast<int32_t>(i)))] +=
@@ -71,6 +78,8 @@ std::string progress_line(const report& r) {
   uint64_t ev = 0;
   for (auto x : r.total.events)
     ev += x;
+  for (auto& [k, n] : r.total.v7_events)
+    ev += n;
   char line[512];
   std::snprintf(line, sizeof line,
                 "kvmi-sim: %.1fs sessions=%llu events=%llu replies=%llu p99=%.1fus "
@@ -118,7 +127,7 @@ report host::make_report() const {
       }
     }
   }
-  r.total = to_counters(sum);
+  r.total = to_counters(sum, p_->o.dialect);
   r.event_latency.count = lat.n;
   r.event_latency.p50_us = double(lat.quantile(0.5)) / 1e3;
   r.event_latency.p99_us = double(lat.quantile(0.99)) / 1e3;
@@ -134,6 +143,10 @@ nlohmann::json to_json(const report& r) {
   for (size_t i = 0; i < r.total.events.size(); ++i) {
     ev[std::string(name(static_cast<event_id>(i)))] = r.total.events[i];
     ev_total += r.total.events[i];
+  }
+  for (auto& [k, n] : r.total.v7_events) { // v7's own, once sent
+    ev[k] = n;
+    ev_total += n;
   }
   for (size_t i = 0; i < r.total.replies.size(); ++i)
     rep[std::string(name(static_cast<action>(i)))] = r.total.replies[i];

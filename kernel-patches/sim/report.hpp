@@ -5,7 +5,7 @@
 
 namespace kvmi::sim::detail {
 
-counters to_counters(const vm_counts& c);
+counters to_counters(const vm_counts& c, protocol dialect);
 vcpu_view view_of(const vcpu& c, time_point now);
 // The progress line kvmi-sim prints every options::progress_every.
 std::string progress_line(const report& r);

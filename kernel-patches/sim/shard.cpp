@@ -8,7 +8,7 @@ namespace kvmi::sim::detail {
 
 shard::shard(host::impl* hi, unsigned i)
     : h(hi), o(hi->o), id(i), net(*this), faults(*this), work(*this), guest(*this), dm(*this),
-      kern(make_kernel_v5(*this)) {}
+      kern(hi->o.dialect == protocol::v7 ? make_kernel_v7(*this) : make_kernel_v5(*this)) {}
 
 shard::~shard() {
   for (auto& v : vms)

@@ -1,7 +1,7 @@
-// kvmi-sim: a simulated KVMI v5 host (patched kernel + device manager) for
+// kvmi-sim: a simulated KVMI host (patched kernel + device manager) for
 // many VMs x many vCPUs in one process. Each VM connects to the introspector,
-// performs the handshake as its device manager, then behaves as the v5 kernel
-// (docs/protocol.md).
+// performs the handshake as its device manager, then behaves as the v5
+// kernel or the kvmi-v7 kernel branch (options::dialect, docs/protocol.md).
 //
 // Embedding: fill options, construct host, start(); drive scripted guest
 // actions (each returns a std::future<outcome>) and inspect guest state from
@@ -33,6 +33,22 @@ using us = std::chrono::microseconds;
 
 // --- configuration -----------------------------------------------------------
 
+// The KVMI dialect the host speaks (docs/protocol.md): the v5 kernel with
+// kvmid's or the v5-era QEMU handshake, or the kvmi-v7 kernel branch with
+// its QEMU's handshake, as libkvmi expects.
+enum class protocol : uint8_t { v5, v7 };
+
+// What the v7 QEMU appends to its 96-byte handshake struct, if anything.
+enum class qemu_v7_hello : uint8_t {
+  plain,   // 96 bytes: the struct of the kvmi-v7 QEMU branch
+  max_gpa, // + u64 max_gpa (104 bytes), as later QEMUs send
+  e820,    // cpu_type + the E820 map (104 + 24 n bytes), the other later form
+};
+
+// Event counter slots inside the host: v5's ids 0..10 and v7's SINGLESTEP 11
+// and CPUID 13.
+inline constexpr size_t event_slots = 14;
+
 // One NVLink2 GPU passed through to the VM: its RAM region (sparse, pages
 // faulted in lazily) and its 64 KiB ATSD register region.
 struct gpu_spec {
@@ -63,6 +79,11 @@ struct workload_spec {
   // and data of the simulated guest), so tools that protect them see events.
   uint64_t hot_gpa = 0x100000;
   uint32_t hot_pages = 64;
+  // Every access and fetch first walks the guest's page tables: the MMU
+  // writes the accessed bit into the top-level table at CR3, so a tool that
+  // write-protects page tables (libkvmi's hookguest does) sees PF events on
+  // them. Off: the walk is not modelled.
+  bool page_walks = false;
 };
 
 struct fault_spec {
@@ -89,8 +110,12 @@ struct options {
   uint32_t vms = 1;
   uint32_t vcpus_per_vm = 1;
   uint64_t seed = 1;
+  // v5: the handshake's HMAC key (required). v7: QEMU's secret; empty: any
+  // cookie hash passes, as QEMU without a secret does.
   std::vector<uint8_t> cookie;
-  hs::mode handshake = hs::mode::kvmi;
+  protocol dialect = protocol::v5;
+  hs::mode handshake = hs::mode::kvmi; // v5 only
+  qemu_v7_hello v7_hello = qemu_v7_hello::plain; // v7 only
   byte_order order = byte_order::native; // swapped: the host has the other byte order
   std::string name_prefix = "sim-vm-";
   // VM names as a pattern, "%d" standing for the VM's index (e.g. "web-%d");
@@ -98,8 +123,10 @@ struct options {
   std::string name_format;
 
   // The host's allow masks (GET_VERSION reports them; others get EACCES/EPERM).
+  // Commands by v5 id (v5 only); events by id in both dialects, v7's
+  // SINGLESTEP (11) and CPUID (13) included.
   uint32_t allowed_commands = known_commands | flag(msg_id::get_version);
-  uint32_t allowed_events = known_events;
+  uint32_t allowed_events = known_events | (1u << 11) | (1u << 13);
 
   memory_spec memory;
   std::map<uint32_t, memory_spec> memory_per_vm; // overrides `memory` for these VMs
@@ -157,7 +184,8 @@ struct vcpu_view {
 };
 
 struct counters {
-  std::array<uint64_t, num_events> events{};  // sent, by event id
+  std::array<uint64_t, num_events> events{};  // sent, by event id (v5's ids, v7's too)
+  std::map<std::string, uint64_t> v7_events; // sent, v7's own ids (singlestep, cpuid)
   std::array<uint64_t, 3> replies{};          // received, by action
   std::map<std::string, uint64_t> commands;   // received, by command name
   std::map<std::string, uint64_t> errors;     // error replies sent, by KVM_E* name

@@ -109,6 +109,12 @@ struct fleet : testing::inproc_fleet {
     o.sim.reconnect_delay = 20ms;
     o.sim.seed = 11;
     o.sim.memory = chaos_memory();
+    if (o.dialect == protocol::v7) {
+      // The chaos guests hold MMIO and GPU RAM: only QEMU's E820 map tells
+      // kvmid which ranges are RAM (a bound would call all of them RAM).
+      o.sim.v7_hello = sim::qemu_v7_hello::e820;
+      o.listener.v7_layout = kvmi::v7::hs::layout::e820;
+    }
     tweak(o.sim);
     // The guest's code under kvmid's breakpoint, before the first hook.
     o.before_start = [vms = o.sim.vms](sim::host& h) {

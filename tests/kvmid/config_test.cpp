@@ -343,3 +343,38 @@ TEST_CASE("shutdown_timeout_ms defaults to 5000 and must be 100..600000") {
     CHECK(field_of(j) == "/shutdown_timeout_ms");
   }
 }
+
+TEST_CASE("protocol: listeners are v5 unless they say v7") {
+  auto j = good();
+  j["listeners"][0]["protocol"] = "v7";
+  auto c = parse_config(j, "test.json");
+  CHECK(c.listeners[0].proto == protocol::v7);
+  CHECK(c.listeners[0].v7_layout == kvmi::v7::hs::layout::max_gpa);
+  CHECK(c.listeners[1].proto == protocol::v5);
+  j["listeners"][0]["qemu_layout"] = "e820";
+  CHECK(parse_config(j, "test.json").listeners[0].v7_layout == kvmi::v7::hs::layout::e820);
+  j["listeners"][0]["protocol"] = "v6";
+  CHECK(field_of(j) == "/listeners/0/protocol");
+  j["listeners"][0]["protocol"] = "v5";
+  CHECK(field_of(j) == "/listeners/0/qemu_layout"); // a v7 setting on a v5 listener
+}
+
+TEST_CASE("protocol: a v7 listener on tcp or vsock needs allow_replayable_handshake") {
+  for (int i : {1, 2}) {
+    CAPTURE(i);
+    auto j = good();
+    j["listeners"][i]["protocol"] = "v7";
+    auto at = "/listeners/" + std::to_string(i) + "/allow_replayable_handshake";
+    CHECK(field_of(j) == at);
+    try {
+      parse_config(j, "test.json");
+    } catch (const config_error& e) {
+      CHECK(e.file == "test.json");
+      CHECK(e.reason.find("replayed") != std::string::npos);
+    }
+    j["listeners"][i]["allow_replayable_handshake"] = false;
+    CHECK(field_of(j) == at);
+    j["listeners"][i]["allow_replayable_handshake"] = true;
+    CHECK(parse_config(j, "test.json").listeners[size_t(i)].proto == protocol::v7);
+  }
+}

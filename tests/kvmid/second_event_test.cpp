@@ -2,6 +2,7 @@
 // event from the same vCPU before the reply is a protocol error: kvmid
 // closes that session and counts it. The host here is kvmi-sim behind a
 // man-in-the-middle that sends one event frame twice.
+#include "proto/v7/ids.hpp"
 #include "tests/support/inproc_fleet.hpp"
 #include "tests/support/socket.hpp"
 #include "tests/support/wait.hpp"
@@ -21,6 +22,11 @@ using kvmid::test::wait_until;
 namespace sim = kvmi::sim;
 
 namespace {
+
+// The EVENT message's id in this binary's dialect.
+constexpr uint16_t event_msg_id = test::test_dialect == protocol::v7
+                                    ? uint16_t(kvmi::v7::msg_id::event)
+                                    : uint16_t(kvmi::msg_id::event);
 
 // Sits on the path the host connects to and forwards both ways to kvmid's
 // socket (moved aside). Once armed, it splits the host's stream into
@@ -88,7 +94,7 @@ private:
           if (pending.size() < len)
             break;
           forward(kvmid, pending.data(), len);
-          if (h.id == uint16_t(kvmi::msg_id::event)) {
+          if (h.id == event_msg_id) {
             forward(kvmid, pending.data(), len); // the same event again
             duplicated_ = true;
             armed_ = false;

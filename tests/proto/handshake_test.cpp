@@ -246,6 +246,7 @@ TEST_CASE("handshake: a wrong cookie fails on the side that checks it") {
     run(t, d);
     CHECK(d.state() == status::failed);
     CHECK(std::string(d.reason()).find("MAC mismatch") != std::string::npos);
+    CHECK(d.token() == "bad_mac");
     CHECK(t.state() == status::in_progress); // it never gets a guest message
   }
   SUBCASE("the device manager has the wrong cookie: the tool refuses the guest message") {
@@ -255,6 +256,7 @@ TEST_CASE("handshake: a wrong cookie fails on the side that checks it") {
     auto g = make_guest(bytes("wrong"), tool_nonce, dm_nonce, {}, 0);
     CHECK(feed_all(t, g) == status::failed);
     CHECK(std::string(t.reason()).find("MAC mismatch") != std::string::npos);
+    CHECK(t.token() == "bad_mac");
     // The same message with the right cookie passes: the MAC was the fault.
     tool_side t2(bytes("right"), mode::kvmi, tool_nonce);
     feed_all(t2, raw(make_hello(dm_nonce)));

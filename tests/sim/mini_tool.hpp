@@ -5,6 +5,7 @@
 
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
+#include "tests/sim/tool_socket.hpp"
 #include "tests/support/temp_dir.hpp"
 
 #include <chrono>
@@ -69,17 +70,12 @@ struct raw_frame {
 class conn {
 public:
   conn(int fd, std::vector<uint8_t> cookie = test_cookie(), hs::mode m = hs::mode::kvmi)
-    : fd_(fd), hs_(std::move(cookie), m) {}
-  ~conn() { close(); }
+    : sock_(fd), hs_(std::move(cookie), m) {}
   conn(const conn&) = delete;
 
-  void close() {
-    if (fd_ >= 0)
-      ::close(fd_);
-    fd_ = -1;
-  }
-  int fd() const { return fd_; }
-  bool closed() const { return eof_; }
+  void close() { sock_.close(); }
+  int fd() const { return sock_.fd(); }
+  bool closed() const { return sock_.eof(); }
   const hs::guest_info& info() const { return hs_.info(); }
   byte_order order() const { return hs_.info().order; }
 
@@ -104,14 +100,7 @@ public:
     return hs_.state() == hs::status::done;
   }
 
-  void send_all(std::span<const uint8_t> b) {
-    while (!b.empty() && fd_ >= 0) {
-      auto n = ::send(fd_, b.data(), b.size(), MSG_NOSIGNAL);
-      if (n <= 0)
-        return;
-      b = b.subspan(static_cast<size_t>(n));
-    }
-  }
+  void send_all(std::span<const uint8_t> b) { sock_.send_all(b); }
 
   uint32_t send(command c) {
     command_msg m{++seq_, std::move(c)};
@@ -194,9 +183,9 @@ public:
   // True once the host closed the socket (or until timeout: false).
   bool wait_closed(ms timeout = 30000ms) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!eof_)
+    while (!sock_.eof())
       if (!pump(deadline))
-        return eof_;
+        return sock_.eof();
     return true;
   }
 
@@ -229,16 +218,7 @@ public:
 
 private:
   ssize_t read_some(uint8_t* buf, size_t len, std::chrono::steady_clock::time_point deadline) {
-    if (fd_ < 0 || eof_)
-      return -1;
-    auto left = std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
-    pollfd p{fd_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, left.count()))) <= 0)
-      return -1;
-    auto n = ::recv(fd_, buf, len, 0);
-    if (n <= 0)
-      eof_ = true;
-    return n;
+    return sock_.read_some(buf, len, deadline);
   }
   void feed(std::span<const uint8_t> in) {
     auto err = splitter_.feed(in, [&](const frame& f) {
@@ -252,14 +232,13 @@ private:
       ++partial_reads_; // a read ended inside a frame
   }
 
-  int fd_;
+  tool_socket sock_;
   hs::tool_side hs_;
   frame_splitter splitter_;
   std::deque<raw_frame> frames_;
   std::vector<std::pair<uint32_t, reply_shape>> shapes_;
   std::vector<uint32_t> arrival_;
   uint32_t seq_ = 0;
-  bool eof_ = false;
   bool bad_stream_ = false;
   uint64_t partial_reads_ = 0;
 };

@@ -7,6 +7,8 @@
 #include "actors/core.hpp"
 #include "kernel-patches/sim/sim.hpp"
 #include "server/kvmi_session.hpp"
+#include "tests/support/metric_sum.hpp"
+#include "tests/support/test_dialect.hpp"
 #include "server/reactor.hpp"
 
 #include <doctest/doctest.h>
@@ -25,6 +27,8 @@
 namespace kvmid::testing {
 
 struct inproc_options {
+  // Both ends speak it: the listener's protocol and the simulator's dialect.
+  protocol dialect = test::test_dialect;
   core_options core;
   // Every simulated VM connects at start-up at once: no cap on pending
   // handshakes unless a test sets one (kvmid's default is 64).
@@ -65,6 +69,8 @@ struct inproc_fleet {
     r = std::make_unique<net::reactor>(o.reactor);
     net::listen_spec s;
     s.path = (dir / "kvmi.sock").string();
+    o.listener.proto = o.dialect;
+    o.sim.dialect = o.dialect == protocol::v7 ? kvmi::sim::protocol::v7 : kvmi::sim::protocol::v5;
     r->add_listener(s, kvmi_handler_factory(*r, *c, o.listener));
     r->start();
     so = std::move(o.sim);
@@ -118,17 +124,7 @@ struct inproc_fleet {
   // Sum of a metric's samples, or of those with label=value.
   double metric(const std::string& name, const std::string& label = {},
                 const std::string& value = {}) {
-    double total = 0;
-    for (auto& f : c->metrics().snapshot())
-      if (f.name == name)
-        for (auto& s : f.samples) {
-          bool ok = label.empty();
-          for (auto& [k, v] : s.lbls)
-            ok = ok || (k == label && v == value);
-          if (ok)
-            total += s.value;
-        }
-    return total;
+    return test::metric_sum(c->metrics(), name, label, value);
   }
 
   kvmi::sim::outcome get(std::future<kvmi::sim::outcome> f) {

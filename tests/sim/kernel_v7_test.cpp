@@ -432,5 +432,9 @@ TEST_CASE("sim v7: vCPU queries on a paused vCPU and guest memory - as libkvmi a
   CHECK(tok->err == 0);
   for (auto& e : p)
     f.c->reply(e, action::continue_);
+  // On a running vCPU: queued to it, served from its thread, counted.
+  auto before = f.counts().commands_on_running_vcpus;
+  CHECK(f.err_of(v7::get_vcpu_info{}, 1) == 0);
+  CHECK(f.counts().commands_on_running_vcpus == before + 1);
   CHECK(f.violations() == 0);
 }

@@ -1,6 +1,7 @@
 // The kvmi-sim command: runs, reports JSON on stdout, and its exit code
 // says whether the introspector broke a rule.
 #include "tests/sim/mini_tool.hpp"
+#include "tests/sim/mini_tool_v7.hpp"
 #include "tests/support/child_process.hpp"
 
 #include <doctest/doctest.h>
@@ -123,26 +124,39 @@ TEST_CASE("sim: kvmi-sim exits non-zero when it cannot connect - and backs off b
 }
 
 TEST_CASE("sim: kvmi-sim with the wrong cookie reports its handshake failures and exits non-zero") {
-  listener l;
-  child p({KVMI_SIM_BIN, "--unix", l.path(), "--vms", "1", "--vcpus", "1", "--cookie",
-           "00112233445566778899aabbccddeeff", "--duration", "600"});
-  // The second connection comes once the first one failed and was counted.
-  for (int i = 0; i < 2; ++i) {
-    int fd = l.accept(30000ms);
-    REQUIRE(fd >= 0);
-    conn c(fd);
-    CHECK_FALSE(c.handshake());
+  // v5: the tool refuses the device manager's MAC; v7: QEMU, which has the
+  // secret, refuses the tool's hash of another cookie.
+  for (std::string dialect : {"v5", "v7"}) {
+    CAPTURE(dialect);
+    listener l;
+    child p({KVMI_SIM_BIN, "--unix", l.path(), "--protocol", dialect, "--vms", "1", "--vcpus",
+             "1", "--cookie", "00112233445566778899aabbccddeeff", "--duration", "600"});
+    // The second connection comes once the first one failed and was counted.
+    for (int i = 0; i < 2; ++i) {
+      int fd = l.accept(30000ms);
+      REQUIRE(fd >= 0);
+      if (dialect == "v5") {
+        conn c(fd);
+        CHECK_FALSE(c.handshake());
+      } else {
+        v7tool::conn c(fd);
+        REQUIRE(c.handshake(test_cookie()));
+        CHECK(c.wait_closed());
+      }
+    }
+    p.terminate();
+    auto run = p.finish(60000ms);
+    INFO(run.err);
+    CHECK(run.status == 1);
+    CHECK(run.err.find(dialect == "v5" ? "handshake failures (MAC mismatch: wrong cookie?)"
+                                       : "handshake failures (cookie hash mismatch: wrong cookie?)")
+          != std::string::npos);
+    auto j = nlohmann::json::parse(run.out);
+    CHECK(j["ok"] == false);
+    CHECK(j["sessions"] == 0);
+    CHECK(j["handshake_failures"].get<uint64_t>() >= 1);
+    CHECK(j["error"].get<std::string>().find("wrong cookie?") != std::string::npos);
   }
-  p.terminate();
-  auto run = p.finish(60000ms);
-  INFO(run.err);
-  CHECK(run.status == 1);
-  CHECK(run.err.find("handshake failures (MAC mismatch: wrong cookie?)") != std::string::npos);
-  auto j = nlohmann::json::parse(run.out);
-  CHECK(j["ok"] == false);
-  CHECK(j["sessions"] == 0);
-  CHECK(j["handshake_failures"].get<uint64_t>() >= 1);
-  CHECK(j["error"].get<std::string>().find("wrong cookie?") != std::string::npos);
 }
 
 TEST_CASE("sim: kvmi-sim refuses a bad or missing cookie and a bad name pattern as usage errors") {
@@ -158,6 +172,9 @@ TEST_CASE("sim: kvmi-sim refuses a bad or missing cookie and a bad name pattern 
          {{}, "need --cookie HEX or --cookie-file PATH"},
          {{"--cookie", test_cookie_hex, "--name", "web"}, "--name wants one %d"},
          {{"--cookie", test_cookie_hex, "--name", "web-%d-%s"}, "--name wants one %d"},
+         {{"--protocol", "v6"}, "--protocol v5|v7"},
+         {{"--protocol", "v7", "--qemu-hello", "big"}, "--qemu-hello plain|max-gpa|e820"},
+         {{"--protocol", "v7", "--swapped"}, "--handshake and --swapped are v5's"},
        }) {
     std::vector<std::string> args{KVMI_SIM_BIN, "--unix", sock, "--duration", "600"};
     args.insert(args.end(), b.args.begin(), b.args.end());
@@ -188,4 +205,35 @@ TEST_CASE("sim: kvmi-sim names its VMs after --name") {
   INFO(run.err);
   CHECK(run.status == 0);
   CHECK(nlohmann::json::parse(run.out)["sessions"] == 2);
+}
+
+TEST_CASE("sim: kvmi-sim --protocol v7 without a secret hooks a tool with any cookie hash and reports v7 names") {
+  listener l;
+  child p({KVMI_SIM_BIN, "--unix", l.path(), "--protocol", "v7", "--vms", "1", "--vcpus", "2",
+           "--duration", "600"});
+  int fd = l.accept(30000ms);
+  REQUIRE(fd >= 0);
+  v7tool::conn c(fd);
+  REQUIRE(c.handshake(std::vector<uint8_t>{'a', 'n', 'y'}));
+  auto seqs = c.send_batch({{v7::pause_vcpu{1, 0, 0, 0}, 0}, {v7::pause_vcpu{1, 0, 0, 0}, 1}});
+  auto r = c.wait_reply(seqs.back());
+  REQUIRE(r);
+  CHECK(r->err == 0);
+  for (int i = 0; i < 2; ++i) {
+    auto e = c.next_event();
+    REQUIRE(e);
+    CHECK(e->kind() == v7::event_id::pause_vcpu);
+    c.reply(*e, action::continue_);
+  }
+  REQUIRE(c.call(v7::get_version{}));
+  p.terminate();
+  auto run = p.finish(60000ms);
+  INFO(run.err);
+  CHECK(run.status == 0);
+  auto j = nlohmann::json::parse(run.out);
+  CHECK(j["ok"] == true);
+  CHECK(j["sessions"] == 1);
+  CHECK(j["events"]["pause_vcpu"] == 2);
+  CHECK(j["commands"]["control_cmd_response"] == 2);
+  CHECK(j["commands"]["pause_vcpu"] == 2);
 }

@@ -374,3 +374,67 @@ TEST_CASE("sim v7: fault injection speaks v7 - a stray GET_VERSION reply and a t
     f.c->reply(e, action::continue_);
   CHECK(f.violations() == 0);
 }
+
+TEST_CASE("sim v7: the E820 layout carries the CPU type and the memory map") {
+  fixture f;
+  f.o.v7_hello = kvmi::sim::qemu_v7_hello::e820;
+  f.o.unix_path = f.l.path();
+  f.o.dialect = kvmi::sim::protocol::v7;
+  f.h = std::make_unique<kvmi::sim::host>(f.o);
+  f.h->start();
+  int fd = f.l.accept(30000ms);
+  REQUIRE(fd >= 0);
+  f.c = std::make_unique<v7tool::conn>(fd);
+  REQUIRE(f.c->handshake(test_cookie(), v7::hs::layout::e820));
+  auto& h = f.c->hello();
+  auto regions = f.h->vm(0).regions;
+  CHECK(h.struct_size == 104 + 24 * regions.size());
+  CHECK(h.cpu_type == v7::hs::cpu_type_x86_64);
+  REQUIRE(h.e820.size() == regions.size());
+  CHECK(h.e820[0].address == 0);
+  CHECK(h.e820[0].type == 1); // RAM: usable
+  CHECK_FALSE(static_cast<bool>(v7::hs::check(h, v7::hs::layout::e820)));
+  REQUIRE(f.h->wait_until([&] { return f.h->hooked(0); }, 30000ms));
+}
+
+TEST_CASE("sim v7: vCPU queries on a paused vCPU and guest memory - as libkvmi asks for them") {
+  fixture f;
+  f.start();
+  auto p = f.pause_all();
+  auto regs = f.c->call(v7::get_registers_cmd{{2, 0, 0}, {0xc0000082, 0xc0000080}}, 1);
+  REQUIRE(regs);
+  REQUIRE(regs->err == 0);
+  auto& rr = std::get<v7::registers_reply>(regs->data);
+  CHECK(rr.fixed.mode == 8);
+  CHECK(rr.fixed.regs.rip == p[1].common.arch.regs.rip);
+  REQUIRE(rr.msrs.size() == 2);
+  CHECK(rr.msrs[0].data == *f.h->msr(0, 1, 0xc0000082));
+  auto unknown_msr = f.c->call(v7::get_registers_cmd{{1, 0, 0}, {0x12345}}, 1);
+  REQUIRE(unknown_msr);
+  CHECK(unknown_msr->err == -kvmi::kvm_einval);
+  auto id = f.c->call(v7::get_cpuid{0, 0}, 0);
+  REQUIRE(id);
+  CHECK(std::get<kvmi::get_cpuid_reply>(id->data).ebx == 0x756e6547); // "Genu"
+  CHECK(f.err_of(v7::get_cpuid{0x4711, 0}, 0) == -kvmi::kvm_enoent);
+  auto xs = f.c->call(v7::get_xsave{}, 0);
+  REQUIRE(xs);
+  CHECK(std::get<v7::xsave_reply>(xs->data).region.size() == kvmi::xsave_size);
+  auto tsc = f.c->call(v7::get_vcpu_info{}, 0);
+  REQUIRE(tsc);
+  CHECK(std::get<v7::get_vcpu_info_reply>(tsc->data).tsc_speed > 0);
+  CHECK(f.err_of(v7::get_vcpu_info{}, 7) == -kvmi::kvm_einval); // no vCPU 7
+  CHECK(f.err_of(v7::write_physical_cmd{{0x2000, 3}, {1, 2, 3}}) == 0);
+  auto rd = f.c->call(v7::read_physical{0x2000, 3});
+  REQUIRE(rd);
+  CHECK(std::get<v7::physical_data>(rd->data).data == std::vector<uint8_t>{1, 2, 3});
+  auto tok = f.c->call(v7::get_map_token{});
+  REQUIRE(tok);
+  CHECK(tok->err == 0);
+  for (auto& e : p)
+    f.c->reply(e, action::continue_);
+  // On a running vCPU: queued to it, served from its thread, counted.
+  auto before = f.counts().commands_on_running_vcpus;
+  CHECK(f.err_of(v7::get_vcpu_info{}, 1) == 0);
+  CHECK(f.counts().commands_on_running_vcpus == before + 1);
+  CHECK(f.violations() == 0);
+}

@@ -94,6 +94,7 @@ struct vm_info {
   int64_t connected_since = 0; // unix seconds of the current session's handshake
   int64_t start_time = 0;   // from the handshake
   std::string byte_order;   // "native" | "swapped"
+  std::string protocol;     // "v5" | "v7": the session's KVMI dialect
   uint32_t vcpu_count = 0;
   bool paused = false;      // operator pause in force
   uint32_t commands_mask = 0, events_mask = 0; // GET_VERSION

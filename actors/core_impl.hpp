@@ -69,6 +69,7 @@ struct session_params {
   kvmi::hs::guest_info guest;
   link_ptr link;
   std::string peer;
+  std::string protocol = "v5"; // the listener's KVMI dialect, for the API
 };
 
 // Spawns the VM actor for one KVMI session and installs it in the link's

@@ -591,6 +591,7 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   v.sessions = s.hist.sessions;
   v.start_time = s.p.guest.start_time;
   v.byte_order = s.order == kvmi::byte_order::native ? "native" : "swapped";
+  v.protocol = s.p.protocol;
   v.vcpu_count = 0;
   for (auto& x : s.vcpus)
     v.vcpu_count += x ? 1 : 0;

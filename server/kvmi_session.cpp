@@ -228,7 +228,7 @@ private:
     auto& info = guest_;
     order_ = info.order;
     link_ = std::make_shared<reactor_link>(r_, ctx.id(), ctx.peer(), dialect_);
-    session_params p{info, link_, ctx.peer()};
+    session_params p{info, link_, ctx.peer(), std::string(name(o_.proto))};
     vm_ = spawn_vm(c_, std::move(p));
     vm_label_ = " (vm " + kvmi::hs::to_string(info.id) + " " + info.name + ")";
     if (log_on(log_info))

@@ -374,7 +374,10 @@ json version_body() {
   return {{"version", build_version},
           {"build_type", build_type},
           {"api", "v1"},
-          {"protocol", {{"kvmi_version", kvmi::version}, {"dialects", std::move(dialects)}}}};
+          {"protocol",
+           {{"kvmi_version", kvmi::version},
+            {"dialects", std::move(dialects)},
+            {"versions", json::array({"v5", "v7"})}}}};
 }
 
 void check_range(uint64_t gpa, uint64_t len) {

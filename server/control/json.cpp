@@ -61,6 +61,7 @@ json to_json(const vm_info& v, bool detail) {
             {"connected_since", v.connected_since},
             {"start_time", v.start_time},
             {"byte_order", v.byte_order},
+            {"protocol", v.protocol},
             {"vcpus", v.vcpu_count},
             {"paused", v.paused},
             {"policy", v.policy},

@@ -1020,6 +1020,7 @@ TEST_CASE("api: GET /v1/version names the build and the protocol dialects") {
   CHECK(j["api"] == "v1");
   CHECK(j["protocol"]["kvmi_version"] == kvmi::version);
   CHECK(j["protocol"]["dialects"] == json::array({"kvmi", "qemu-v5"}));
+  CHECK(j["protocol"]["versions"] == json::array({"v5", "v7"}));
 }
 
 TEST_CASE("api: an unknown query parameter is 400 naming it on every route") {

@@ -1,6 +1,7 @@
 // kvmid (core + reactor + KVMI listener) against kvmi-sim over real UNIX
 // sockets, in one process. Every policy outcome is checked on the guest
 // side, through the simulator's state.
+#include "tests/support/test_dialect.hpp"
 #include "tests/support/constants.hpp"
 #include "tests/support/drain.hpp"
 #include "tests/support/inproc_fleet.hpp"
@@ -233,6 +234,7 @@ TEST_CASE("pause holds every vCPU until resume - paused and running vCPUs answer
   auto vinfo = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
   REQUIRE(vinfo.ok());
   CHECK(vinfo.value().paused);
+  CHECK(vinfo.value().protocol == name(test::test_dialect)); // the API names the dialect
   for (auto& c : vinfo.value().vcpus)
     CHECK(c.state == vcpu_state::paused);
   REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(0), cb); }).ok());

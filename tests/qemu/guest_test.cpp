@@ -241,7 +241,9 @@ TEST_CASE("writes into a write-protected page of a real guest raise page-protect
   REQUIRE(wait_until([&] { return g.hostname() != name; }, "the guest's next hostname",
                      std::chrono::seconds(60)));
   auto pages = g.kvmid.http("GET", "/v1/vms/qemu-guest/page-access").j();
-  CHECK(pages["pages"].size() == 1);
+  REQUIRE(pages["ranges"].size() == 1);
+  CHECK(pages["ranges"][0]["pages"] == 1);
+  CHECK(pages["ranges"][0]["access"] == "r-x");
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
   CHECK(set("rwx") == 200);
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/resume").status == 200);

@@ -118,6 +118,7 @@ void device_manager::end_session(vm& v, bool by_tool) {
   v.deferred.clear();
   v.split_at = 0;
   v.held = false;
+  v.draining = false;
   v.close_after_send = false;
   v.dm.reset();
   if (was_hooked)

@@ -191,11 +191,40 @@ std::future<outcome> fault_injector::inject(vm& v, const std::string& fault) {
 }
 
 void fault_injector::reconnect_storm() {
+  auto drain = s_.o.faults.reconnect_drain;
   for (auto& v : s_.vms)
-    if (v->hooked) {
+    if (v->hooked && !v->draining) {
       ++v->c.faults_injected;
-      s_.dm.end_session(*v);
+      if (drain.count() <= 0) {
+        s_.dm.end_session(*v);
+        continue;
+      }
+      v->draining = true;
+      v->drain_deadline = clock::now() + drain;
+      drain_check(*v);
     }
+}
+
+namespace {
+// Events an operator's pause or a vCPU's creation may hold on purpose: a
+// drain does not wait for them.
+bool drains(const vcpu& c) {
+  return c.waiting && c.ev != event_id::pause_vcpu && c.ev != event_id::create_vcpu;
+}
+} // namespace
+
+void fault_injector::drain_check(vm& v) {
+  if (!v.draining)
+    return;
+  auto waiting = std::count_if(v.vcpus.begin(), v.vcpus.end(), drains);
+  auto now = clock::now();
+  if (waiting > 0 && now < v.drain_deadline) {
+    s_.net.add_timer(now + std::chrono::milliseconds(2), timer_kind::drain_check, v.local, 0,
+                     v.gen);
+    return;
+  }
+  v.c.violations[static_cast<size_t>(violation::reply_lost)] += static_cast<uint64_t>(waiting);
+  s_.dm.end_session(v);
 }
 
 void fault_injector::hotplug_storm() {

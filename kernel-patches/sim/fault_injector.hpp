@@ -29,6 +29,7 @@ public:
   std::future<outcome> inject(vm& v, const std::string& fault); // host::inject_fault
   void send_slow_reply(vm& v);  // a slow reply's delay passed
   void reconnect_storm();       // every hooked VM drops its session
+  void drain_check(vm& v);      // a drained close: replies all in, or time up
   void hotplug_storm();         // every hooked VM below the bound gets a vCPU
 
 private:

@@ -168,7 +168,7 @@ void guest::step(vm& v, vcpu& c) {
       c.has_current = true;
       continue;
     }
-    if (c.workload_due) {
+    if (c.workload_due && !v.draining) {
       c.workload_due = false;
       c.current = s_.work.draw(v, c);
       c.has_current = true;

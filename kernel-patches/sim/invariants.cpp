@@ -20,6 +20,7 @@ std::string_view name(violation v) {
     case violation::invalid_command: return "invalid_command";
     case violation::unhook_timeout: return "unhook_timeout";
     case violation::event_not_enabled: return "event_not_enabled";
+    case violation::reply_lost: return "reply_lost";
     case violation::count_: break;
   }
   return "unknown";

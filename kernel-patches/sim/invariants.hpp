@@ -28,6 +28,9 @@ enum class violation : uint8_t {
   // CONTROL_EVENTS / CONTROL_VM_EVENTS per id; PAUSE_VCPU answers a command).
   // Counted so a simulator bug fails the run like a tool's would.
   event_not_enabled,
+  // An event still waiting for its reply when a drained close gave up
+  // (faults.reconnect_drain): the tool lost a reply.
+  reply_lost,
   count_
 };
 std::string_view name(violation v);

@@ -36,7 +36,7 @@ void usage() {
     "  --allow-commands MASK --allow-events MASK\n"
     "  --fault-drop P --fault-torn P --fault-garbage P --fault-dup-reply P\n"
     "  --fault-unknown-seq P --fault-slow P[@ms] --fault-bad-mac P\n"
-    "  --reconnect-storm MS --hotplug-storm MS --no-reconnect\n"
+    "  --reconnect-storm MS --reconnect-drain MS --hotplug-storm MS --no-reconnect\n"
     "  --reconnect-max MS (failed connects back off up to this; 2000)\n"
     "  --progress MS --report FILE\n",
     stderr);
@@ -154,6 +154,7 @@ int main(int argc, char** argv) {
           o.faults.slow_reply_delay = ms{std::stoll(s.substr(at + 1))};
       } else if (a == "--fault-bad-mac") o.faults.bad_mac = prob();
       else if (a == "--reconnect-storm") o.faults.reconnect_storm_every = ms{std::stoll(next())};
+      else if (a == "--reconnect-drain") o.faults.reconnect_drain = ms{std::stoll(next())};
       else if (a == "--hotplug-storm") o.faults.hotplug_storm_every = ms{std::stoll(next())};
       else if (a == "--no-reconnect") o.reconnect = false;
       else if (a == "--reconnect-max") o.reconnect_delay_max = ms{std::stoll(next())};

@@ -191,6 +191,11 @@ struct vm {
   std::vector<std::shared_ptr<std::promise<outcome>>> unhook_waiters;
   uint32_t unhook_gen = 0;
 
+  // A drained close (faults.reconnect_drain): no new guest work until the
+  // pending replies are in or the deadline passed, then the session ends.
+  bool draining = false;
+  time_point drain_deadline{};
+
   vm_counts c;
 };
 

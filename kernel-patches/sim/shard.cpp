@@ -53,6 +53,10 @@ void shard::on_timer(const timer& t) {
       return;
     case timer_kind::handshake_timeout: return dm.on_handshake_timeout(v, t.gen);
     case timer_kind::vcpu_start: return guest.start_vcpu(v, t.vcpu);
+    case timer_kind::drain_check:
+      if (t.gen == v.gen)
+        faults.drain_check(v);
+      return;
     case timer_kind::gpu_online:
       if (t.vcpu < v.gpu_online.size())
         v.gpu_online[t.vcpu] = true;

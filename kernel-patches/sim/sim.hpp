@@ -96,6 +96,11 @@ struct fault_spec {
   ms slow_reply_delay{20};
   ms torn_pause{2};
   ms reconnect_storm_every{0}; // >0: every period, every VM drops its session
+  // >0: a storm first drains each VM: its workload stops, the host waits up
+  // to this long for every event reply, then closes. An event still waiting
+  // then is a lost reply (violation reply_lost), which a plain close would
+  // have counted as aborted. 0: the storm closes at once.
+  ms reconnect_drain{0};
   ms hotplug_storm_every{0};   // >0: every period, every hooked VM hot-plugs a vCPU
   uint32_t hotplug_max_vcpus = 0; // bound for the storm (0: vcpus_per_vm * 2)
   double bad_mac = 0;           // per handshake: the device manager uses a wrong cookie

@@ -16,7 +16,7 @@ struct shard;
 
 enum class timer_kind : uint8_t { connect, workload, unhook_timeout, torn_resume, slow_send,
                                   gpu_online, reconnect_storm, hotplug_storm, handshake_timeout,
-                                  vcpu_start };
+                                  vcpu_start, drain_check };
 
 struct timer {
   time_point at;

@@ -130,6 +130,9 @@ void storm_options(sim::options& o) {
   o.vcpus_per_vm = 8;
   o.workload.rate_per_vcpu = 500;
   o.faults.reconnect_storm_every = 300ms;
+  // Each reconnect waits for kvmid's pending replies first: a reply kvmid
+  // lost is then a violation, not an event the close cut off.
+  o.faults.reconnect_drain = 5000ms;
   o.reconnect_delay = 10ms;
 }
 
@@ -380,6 +383,7 @@ TEST_CASE("chaos: reconnect storm with duplicate - unknown-seq and slow replies 
     o.vcpus_per_vm = 8;
     o.workload.rate_per_vcpu = 500;
     o.faults.reconnect_storm_every = 400ms;
+    o.faults.reconnect_drain = 5000ms;
     o.reconnect_delay = 10ms;
     for (auto v : dup)
       o.faults_per_vm[v].duplicate_reply = 0.05;

@@ -925,3 +925,26 @@ TEST_CASE("sim: an action the event does not accept is a violation and taken as 
   CHECK(f.h->hooked(0)); // the session stays
   CHECK(f.err_of(get_version{}) == 0);
 }
+
+// A reconnect storm that drains first turns an event the tool never answered
+// into a counted lost reply, where a plain close would have hidden it among
+// the events a close cuts off. (The storm's first strike comes a second after
+// start: the set-up below is done long before.)
+TEST_CASE("sim: a drained reconnect storm counts a never-answered event as reply_lost") {
+  fixture f;
+  f.start([](sim::options& o) {
+    o.faults.reconnect_storm_every = sim::ms{1000};
+    o.faults.reconnect_drain = sim::ms{200};
+  });
+  f.enable(flag(event_id::msr), {control_msr{0, 1, 0, msr_lstar}});
+  auto w = f.h->write_msr(0, 0, msr_lstar, 0xdeadbeef000ull);
+  auto e = f.c->next_event();
+  REQUIRE(e);
+  REQUIRE(e->kind() == event_id::msr);
+  CHECK(f.violations("reply_lost") == 0);
+  // No reply: the storm drains, gives up after 200 ms and closes.
+  REQUIRE(f.h->wait_until([&] { return f.violations("reply_lost") == 1; }, 30000ms));
+  CHECK(get(w).aborted);
+  CHECK(f.counts().unanswered_at_close == 1);
+  CHECK(f.counts().faults_injected >= 1);
+}

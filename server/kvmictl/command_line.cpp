@@ -9,7 +9,7 @@ namespace kvmictl {
 
 namespace {
 
-constexpr command table[] = {
+constexpr command command_table[] = {
   {"vms", "", "list VMs", "One line per VM kvmid knows: uuid, name, vCPUs, state, policy."},
   {"vm", "VM", "one VM with its memory map and vCPUs",
    "VM is a uuid or a name. Shows the policy's rules, the memory map and each vCPU."},
@@ -85,10 +85,10 @@ constexpr number_arg numbers[] = {
 
 } // namespace
 
-std::span<const command> commands() { return table; }
+std::span<const command> commands() { return command_table; }
 
 const command* find_command(std::string_view name) {
-  for (auto& c : table)
+  for (auto& c : command_table)
     if (c.name == name)
       return &c;
   return nullptr;
@@ -100,7 +100,7 @@ std::string usage() {
     "               [--timeout SECONDS] COMMAND [ARGS]\n"
     "       kvmictl --version | help [COMMAND] | COMMAND --help\n"
     "commands:\n";
-  for (auto& c : table) {
+  for (auto& c : command_table) {
     std::string head = "  ";
     head += c.name;
     if (!c.args.empty()) {
@@ -188,7 +188,7 @@ std::string check_option(const command& c, std::string_view option) {
 
 std::string bash_completion() {
   std::string cmds, cases, vm_cmds;
-  for (auto& c : table) {
+  for (auto& c : command_table) {
     if (c.args.starts_with("VM")) {
       if (!vm_cmds.empty())
         vm_cmds += ' ';

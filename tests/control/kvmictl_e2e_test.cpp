@@ -99,7 +99,7 @@ TEST_CASE("e2e: a stream resumed with Last-Event-ID gets the alerts raised while
     auto a = t.curl_base(t.token);
     REQUIRE(a[2] == "--max-time");
     a[3] = "2"; // the stream never ends by itself
-    a.insert(a.end(), {"-N", "-H", "Last-Event-ID: " + last,
+    a.insert(a.end(), {"-N", "-H", std::string("Last-Event-ID: ").append(last),
                        "http://localhost/v1/events?kind=alert"});
     return run(a).out;
   };

@@ -26,8 +26,8 @@ namespace {
 
 const std::vector<uint8_t> cookie(32, 0x42);
 
-struct fleet : testing::inproc_fleet {
-  explicit fleet(const std::function<void(testing::inproc_options&)>& tweak = {})
+struct lifecycle_fleet : testing::inproc_fleet {
+  explicit lifecycle_fleet(const std::function<void(testing::inproc_options&)>& tweak = {})
       : inproc_fleet(options(tweak)) {}
   static testing::inproc_options options(const std::function<void(testing::inproc_options&)>& tweak) {
     testing::inproc_options o;
@@ -82,7 +82,7 @@ struct stderr_capture {
 
 TEST_CASE("a peer trickling its handshake is closed at the step's deadline although it keeps sending"
           * doctest::skip(test::only_in(protocol::v5))) {
-  fleet f([](testing::inproc_options& o) { o.listener.handshake_timeout = 200ms; });
+  lifecycle_fleet f([](testing::inproc_options& o) { o.listener.handshake_timeout = 200ms; });
   int fd = test::connect_unix(f.sock());
   // A genuine hello, one byte each 50 ms: 48 bytes would take 2.4 s.
   kvmi::hs::dm_side dm(cookie, {});
@@ -110,7 +110,7 @@ TEST_CASE("a peer trickling its handshake is closed at the step's deadline altho
 }
 
 TEST_CASE("max_handshakes refuses connection N+1 while N are pending and admits again after") {
-  fleet f([](testing::inproc_options& o) {
+  lifecycle_fleet f([](testing::inproc_options& o) {
     o.listener.max_handshakes = 3;
     o.listener.handshake_timeout = 30000ms;
   });
@@ -140,7 +140,7 @@ TEST_CASE("max_handshakes refuses connection N+1 while N are pending and admits 
 }
 
 TEST_CASE("every close of a VM socket logs one line and is counted by reason") {
-  fleet f([](testing::inproc_options& o) { o.sim.vms = 3; });
+  lifecycle_fleet f([](testing::inproc_options& o) { o.sim.vms = 3; });
   for (uint32_t v = 0; v < 3; ++v)
     REQUIRE(f.ready(v));
   stderr_capture err(f.dir);
@@ -161,7 +161,7 @@ TEST_CASE("every close of a VM socket logs one line and is counted by reason") {
 }
 
 TEST_CASE("a failed handshake names the peer's pid and its reason in its log line and lifecycle record") {
-  fleet f;
+  lifecycle_fleet f;
   auto sub = f.c->bus().subscribe(bus_filter{{}, {bus_kind::lifecycle}, {"handshake-failed"}});
   stderr_capture err(f.dir);
   int fd = test::connect_unix(f.sock());
@@ -262,7 +262,7 @@ TEST_CASE("a VM that stops reading is closed for send_queue_full with one line")
   REQUIRE(mkdtemp(t.data()));
   std::filesystem::path rdir = t;
   std::optional<stalling_relay> relay(std::in_place, rdir);
-  fleet f([&](testing::inproc_options& o) {
+  lifecycle_fleet f([&](testing::inproc_options& o) {
     o.reactor.send_queue_limit = 16;
     o.core.command_timeout = 2000ms;
     o.sim_unix_path = relay->path;
@@ -292,7 +292,7 @@ TEST_CASE("a VM that stops reading is closed for send_queue_full with one line")
 // reconnect storm over a slow host met this in about 1 of 30 runs.
 TEST_CASE("a host that closes while GET_VERSION waits for its reply is a peer close - not a protocol error"
           * doctest::skip(test::only_in(protocol::v5))) {
-  fleet f;
+  lifecycle_fleet f;
   REQUIRE(f.ready(0));
   double errors = f.metric("kvmid_protocol_errors_total");
   double peer_closed = f.metric("kvmid_vm_disconnects_total", "reason", "peer_closed");
@@ -341,7 +341,7 @@ TEST_CASE("a host that closes while GET_VERSION waits for its reply is a peer cl
 // once, and kvmid refuses that VM's handshakes until it is admitted again.
 // The kernel's own UNHOOK event holds nothing off.
 TEST_CASE("an operator's unhook lasts - the VM's handshakes are refused until it is admitted") {
-  fleet f([](testing::inproc_options& o) {
+  lifecycle_fleet f([](testing::inproc_options& o) {
     o.sim.reconnect = true;
     o.sim.reconnect_delay = 20ms;
   });

@@ -55,6 +55,10 @@ public:
   // the session's dialect below the actors (server/dialect).
   virtual void send(const kvmi::command_msg& m) = 0;
   virtual void send(const kvmi::event_reply_msg& m) = 0;
+  // The dialect's single-stepping (dialect::encode_singlestep): whether the
+  // host can single-step a vCPU, and turning it on or off, unanswered.
+  virtual bool can_singlestep() const { return false; }
+  virtual void singlestep(uint16_t /*vcpu*/, bool /*enable*/) {}
   // Thread-safe: closes the socket after what is queued. The first reason
   // given is the one logged and counted.
   virtual void close(disconnect_reason why, std::string detail = {}) = 0;

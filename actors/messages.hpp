@@ -37,6 +37,7 @@ using cmd_sweep_atom = caf::atom_constant<caf::atom("cmdsweep")>;
 using configure_atom = caf::atom_constant<caf::atom("configure")>;
 using unprotect_atom = caf::atom_constant<caf::atom("unprotect")>;
 using restore_bp_atom = caf::atom_constant<caf::atom("restorebp")>;
+using rearm_bp_atom = caf::atom_constant<caf::atom("rearmbp")>;
 using held_atom = caf::atom_constant<caf::atom("held")>;
 // registry -> VM actor: a new policy
 using policy_atom = caf::atom_constant<caf::atom("policy")>;

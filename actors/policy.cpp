@@ -145,6 +145,10 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
       d.then = follow_up::restore_breakpoint;
       break;
     }
+    case event_id::singlestep:
+      // Only kvmid turns single-stepping on, to put a breakpoint back.
+      d.then = follow_up::rearm_breakpoint;
+      break;
     case event_id::hypercall: d.report = true; break;
     case event_id::pause_vcpu:
     case event_id::create_vcpu:

@@ -79,6 +79,10 @@ struct breakpoint_state {
   uint8_t original = 0;
   bool planted = false;
   uint64_t hits = 0;
+  // Hit in this session and left out: the session's dialect cannot plant
+  // it again behind its instruction (no single-stepping). The next session
+  // plants it again.
+  bool spent = false;
 };
 
 struct protected_page {
@@ -100,7 +104,9 @@ struct vm_state {
 enum class follow_up : uint8_t {
   none,
   unprotect_page,     // SET_PAGE_ACCESS rwx for `gpa`, then send the reply
-  restore_breakpoint, // WRITE_PHYSICAL the original byte at `gpa`, then send the reply
+  restore_breakpoint, // WRITE_PHYSICAL the original byte at `gpa` (and single-step this
+                      // vCPU past it where the dialect can), then send the reply
+  rearm_breakpoint,   // the single-stepped instruction ran: the INT3 goes back, then the reply
   hold,               // do not reply: the VM is paused; reply CONTINUE on resume
 };
 

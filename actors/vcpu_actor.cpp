@@ -167,8 +167,12 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
                 send_reply(self, d2);
               });
       return;
+    case follow_up::rearm_breakpoint:
+      self->request(s.p.vm, request_timeout, rearm_bp_atom::value, s.p.index)
+        .then([=](bool) { send_reply(self, d); }, [=](caf::error&) { send_reply(self, d); });
+      return;
     case follow_up::restore_breakpoint:
-      self->request(s.p.vm, request_timeout, restore_bp_atom::value, d.gpa)
+      self->request(s.p.vm, request_timeout, restore_bp_atom::value, d.gpa, s.p.index)
         .then([=](bool ok) {
           auto d2 = d;
           if (!ok) // INT3 still there: RETRY would loop, hand #BP to the guest

@@ -73,6 +73,9 @@ struct vm_st {
   // gpa -> original byte of INT3s kvmid planted in an earlier session (or
   // before a restart) and never restored: adopted when still 0xCC.
   std::map<uint64_t, uint8_t> inherited;
+  // vCPU -> gpa of the breakpoint it is single-stepped past: its byte is
+  // the original until the last such vCPU's SINGLESTEP puts the INT3 back.
+  std::map<uint16_t, uint64_t> stepping;
   // UNHOOK (the kernel's event, an operator, shutdown), one at a time: how
   // far it got, who waits for the socket to close, what it could not undo.
   enum class unhook_phase : uint8_t { none, asked, stopping, undoing, releasing, closing };
@@ -337,6 +340,11 @@ void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
                   self->state.uuid, gpa, original, true)
       .then(
         [=](bool) {
+          if (self->state.unhook != unhook_phase::none) { // undo_hooks may have passed it
+            caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
+                           original, false);
+            return done(false, "the VM is being unhooked");
+          }
           kvmi::write_physical_cmd w{};
           w.req = {gpa, 1};
           w.data = {0xCC};
@@ -384,6 +392,14 @@ void adopt_breakpoint(vm_actor* self, uint64_t gpa, uint8_t original, done_fn do
     }
     done();
   });
+}
+
+// Some vCPU is single-stepped past the breakpoint at gpa.
+bool stepped(const vm_st& s, uint64_t gpa) {
+  for (auto& [v, g] : s.stepping)
+    if (g == gpa)
+      return true;
+  return false;
 }
 
 void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> done) {
@@ -456,8 +472,10 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
   }
   for (auto& b : pol.breakpoints) {
     auto it = s.st.breakpoints.find(b.gpa);
-    if (it != s.st.breakpoints.end() && (it->second.planted || it->second.hits > 0))
-      continue; // planted, or already hit in this session (one-shot)
+    if (it != s.st.breakpoints.end() && (it->second.planted || it->second.spent))
+      continue; // planted, or hit in a session that cannot plant it again
+    if (stepped(s, b.gpa))
+      continue; // its SINGLESTEP plants it again
     q->push_back([=](done_fn next) {
       auto now = self->state.st.breakpoints.find(b.gpa);
       if (now != self->state.st.breakpoints.end() && now->second.planted) {
@@ -744,6 +762,9 @@ void undo_hooks(vm_actor* self) {
     log(self, "unhook: %s", std::to_string(live - s.held.size()) + " of "
                               + std::to_string(live) + " vCPUs did not stop in time");
   auto q = std::make_shared<std::deque<std::function<void(done_fn)>>>();
+  // Their bytes are the original already; the INT3 is not put back.
+  for (auto& [vcpu, gpa] : std::exchange(s.stepping, {}))
+    s.p.link->singlestep(vcpu, false);
   for (auto& [gpa, bp] : s.st.breakpoints)
     if (bp.planted) {
       uint64_t g = gpa;
@@ -1293,6 +1314,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
           if (!s2.st.breakpoints.count(gpa)) {
             auto b = bp;
             b.planted = false; // planted afresh, or adopted in the set-up
+            b.spent = false;
             s2.st.breakpoints[gpa] = b;
             s2.snap.reset();
             if (bp.planted && bp.original != 0xCC)
@@ -1359,7 +1381,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
                  });
       return rp;
     },
-    [=](restore_bp_atom, uint64_t gpa) -> caf::result<bool> {
+    [=](restore_bp_atom, uint64_t gpa, uint16_t vcpu) -> caf::result<bool> {
       auto& s2 = self->state;
       auto it = s2.st.breakpoints.find(gpa);
       if (it == s2.st.breakpoints.end())
@@ -1375,6 +1397,40 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       s2.c->bus().publish(std::move(r));
       auto rp = self->make_response_promise<bool>();
       restore_breakpoint(self, gpa, [=](bool ok) mutable {
+        auto& s3 = self->state;
+        auto bp = s3.st.breakpoints.find(gpa);
+        if (ok && bp != s3.st.breakpoints.end() && !bp->second.planted) {
+          // Also when another vCPU restored it first: this one runs the
+          // original instruction too before the INT3 may go back.
+          if (s3.p.link->can_singlestep() && s3.unhook == unhook_phase::none && !s3.closing) {
+            s3.stepping[vcpu] = gpa;
+            s3.p.link->singlestep(vcpu, true);
+          } else {
+            bp->second.spent = true;
+          }
+        }
+        publish_snapshot(self);
+        rp.deliver(ok);
+      });
+      return rp;
+    },
+    [=](rearm_bp_atom, uint16_t vcpu) -> caf::result<bool> {
+      auto& s2 = self->state;
+      s2.p.link->singlestep(vcpu, false);
+      auto it = s2.stepping.find(vcpu);
+      if (it == s2.stepping.end())
+        return true; // an unhook stopped it, or a stray SINGLESTEP
+      uint64_t gpa = it->second;
+      s2.stepping.erase(it);
+      auto bp = s2.st.breakpoints.find(gpa);
+      if (stepped(s2, gpa) || bp == s2.st.breakpoints.end() || bp->second.planted
+          || s2.unhook != unhook_phase::none || s2.closing)
+        return true; // another vCPU still runs the original, or nothing to put back
+      auto rp = self->make_response_promise<bool>();
+      // Read, recorded and written afresh: the byte under it may have changed.
+      plant_breakpoint(self, gpa, bp->second.name, [=](bool ok, std::string err) mutable {
+        if (!ok)
+          log(self, "breakpoint: %s", err);
         publish_snapshot(self);
         rp.deliver(ok);
       });

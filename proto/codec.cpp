@@ -105,6 +105,7 @@ std::string_view name(event_id e) {
     case event_id::descriptor: return "descriptor";
     case event_id::create_vcpu: return "create_vcpu";
     case event_id::pause_vcpu: return "pause_vcpu";
+    case event_id::singlestep: return "singlestep";
   }
   return "unknown";
 }
@@ -388,7 +389,7 @@ uint16_t event_reply_size(event_id e) {
 }
 
 error check(const event_reply_msg& m) {
-  if (m.common.event >= num_events)
+  if (m.common.event >= num_events && m.common.event != uint32_t(event_id::singlestep))
     return {errc::unknown_event, "reply names an unknown event"};
   auto e = static_cast<event_id>(m.common.event);
   if (e == event_id::unhook)

@@ -48,6 +48,12 @@ public:
     d_->encode(buf, m);
     r_.post_send(id_, std::move(buf));
   }
+  bool can_singlestep() const override { return d_->can_singlestep(); }
+  void singlestep(uint16_t vcpu, bool enable) override {
+    auto buf = r_.take_buffer();
+    if (d_->encode_singlestep(buf, vcpu, enable))
+      r_.post_send(id_, std::move(buf));
+  }
   void close(disconnect_reason why, std::string detail) override {
     {
       std::lock_guard lk(mu_);

@@ -178,6 +178,15 @@ void guest::step(vm& v, vcpu& c) {
   }
 }
 
+bool guest::run_one(vm& v, vcpu& c) {
+  if (!c.has_current)
+    return false;
+  if (run(v, c))
+    return true;
+  complete(v, c);
+  return false;
+}
+
 void guest::step_all(vm& v) {
   for (auto& c : v.vcpus)
     step(v, c);

@@ -19,6 +19,9 @@ public:
   // The event the vCPU waited in is over (aborted: the session ended):
   // the current action takes the reply's action and new value.
   void resume(vm& v, vcpu& c, action act, std::optional<uint64_t> new_val, bool aborted);
+  // Single-stepping: the current action, if any, runs as the one
+  // instruction. True: it stopped in an event of its own first.
+  bool run_one(vm& v, vcpu& c);
   void on_workload_due(vm& v, uint32_t vcpu);
   void start_vcpu(vm& v, uint32_t vcpu); // the guest starts a hot-plugged vCPU
   outcome hotplug(vm& v);

@@ -48,7 +48,11 @@ kernel::entry kernel_v7::on_vcpu_entry(vm& v, vcpu& c) {
   auto e = kernel_base::on_vcpu_entry(v, c);
   if (e != entry::enter || !c.singlestep || !event_on(v, c, singlestep_event))
     return e;
-  // One instruction, then the exit the tool asked for.
+  // One instruction (the current action, else an idle one), then the exit
+  // the tool asked for; an instruction that raises an event of its own
+  // (an INT3 put back too early) stops there, not executed.
+  if (s_.guest.run_one(v, c))
+    return entry::stopped;
   c.regs.rip += 1;
   send_event(v, c, singlestep_event, std::monostate{}, false);
   return entry::stopped;

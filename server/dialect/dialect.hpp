@@ -59,6 +59,13 @@ public:
   virtual void encode(std::vector<uint8_t>& out, const kvmi::command_msg& m,
                       std::optional<raw_frame>& local) = 0;
   virtual void encode(std::vector<uint8_t>& out, const kvmi::event_reply_msg& m) = 0;
+  // Single-stepping one vCPU, with its SINGLESTEP event delivered as
+  // kvmi::event_id::singlestep; unanswered. False: the dialect has none
+  // (v5: a breakpoint cannot be planted again behind its instruction).
+  virtual bool encode_singlestep(std::vector<uint8_t>&, uint16_t /*vcpu*/, bool /*enable*/) {
+    return false;
+  }
+  virtual bool can_singlestep() const { return false; }
 
   // What the VM actor needs from its start and the handshake did not say
   // (v7: the memory bound, GET_MAX_GFN, when QEMU sent no map): the bytes

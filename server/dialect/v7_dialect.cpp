@@ -22,6 +22,15 @@ namespace v7 = kvmi::v7;
 constexpr size_t max_pending = 16384;
 constexpr size_t max_events = 65536;
 
+// The messages of one write, one after another.
+void append(std::vector<uint8_t>& out, const std::vector<v7::command_msg>& msgs) {
+  std::vector<uint8_t> one;
+  for (auto& msg : msgs) {
+    v7::encode(one, msg);
+    out.insert(out.end(), one.begin(), one.end());
+  }
+}
+
 struct pending {
   kvmi::msg_id v5_id{};
   v7x::plan plan;
@@ -114,11 +123,7 @@ public:
       kvmi::encode(local->bytes, r);
       return;
     }
-    std::vector<uint8_t> one;
-    for (auto& msg : p.plan.msgs) {
-      v7::encode(one, msg);
-      out.insert(out.end(), one.begin(), one.end());
-    }
+    append(out, p.plan.msgs);
     std::lock_guard lk(mu_);
     if (pending_.size() >= max_pending)
       pending_.erase(pending_.begin());
@@ -136,6 +141,18 @@ public:
       }
     }
     v7::encode(out, v7x::to_v7(m, vcpu));
+  }
+
+  bool can_singlestep() const override { return true; }
+  bool encode_singlestep(std::vector<uint8_t>& out, uint16_t vcpu, bool enable) override {
+    std::vector<v7::command_msg> msgs;
+    {
+      std::lock_guard lk(mu_);
+      msgs = v7x::singlestep(vcpu, enable, inner_seq_);
+    }
+    out.clear();
+    append(out, msgs);
+    return true;
   }
 
   std::vector<uint8_t> prologue(const kvmi::hs::guest_info& g) override {

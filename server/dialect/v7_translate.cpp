@@ -146,6 +146,22 @@ plan to_v7(const v5::command_msg& m, uint32_t vcpu_count, uint32_t& inner) {
     m.body);
 }
 
+std::vector<v7::command_msg> singlestep(uint16_t vcpu, bool enable, uint32_t& inner) {
+  std::vector<v7::command_msg> body;
+  if (enable)
+    body.push_back(vcpu_cmd(0, vcpu, v7::control_events{uint16_t(v7::event_id::singlestep), 1, 0, 0}));
+  body.push_back(vcpu_cmd(0, vcpu, v7::vcpu_control_singlestep{uint8_t(enable), {}}));
+  // Replies off for the batch; the last message turns them on after itself.
+  std::vector<v7::command_msg> out;
+  out.push_back(vm_cmd(inner++, v7::control_cmd_response{0, 1, 0, 0}));
+  for (auto& m : body) {
+    m.seq = inner++;
+    out.push_back(std::move(m));
+  }
+  out.push_back(vm_cmd(inner++, v7::control_cmd_response{1, 0, 0, 0}));
+  return out;
+}
+
 v5::reply_msg to_v5(v5::msg_id id, const plan& p, v7::reply_msg&& r) {
   v5::reply_msg out;
   out.id = id;
@@ -208,11 +224,13 @@ kvmi::result<v5::event_msg> to_v5(const v7::event_msg& e) {
                  d.write = x.write;
                  out.data = d;
                },
+               [&](const v7::event_singlestep&) {}, // no data kvmid reads
                [&](const auto&) { known = false; },
              },
              e.data);
-  if (!known || e.common.event >= v5::num_events)
-    return kvmi::error{kvmi::errc::unknown_event, "an event kvmid never enables (SINGLESTEP or CPUID)"};
+  bool singlestep = e.kind() == v7::event_id::singlestep;
+  if (!known || (e.common.event >= v5::num_events && !singlestep))
+    return kvmi::error{kvmi::errc::unknown_event, "an event kvmid never enables (CPUID)"};
   return out;
 }
 

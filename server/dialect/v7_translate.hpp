@@ -38,6 +38,11 @@ uint32_t translated_commands();
 // of a batch takes the next inner_seq. vcpu_count: the vCPUs a pause stops.
 plan to_v7(const kvmi::command_msg& m, uint32_t vcpu_count, uint32_t& inner_seq);
 
+// VCPU_CONTROL_SINGLESTEP for one vCPU, unanswered (inner seqs): on, with
+// its SINGLESTEP event enabled first; off leaves the event enabled (no
+// SINGLESTEP comes without single-stepping).
+std::vector<kvmi::v7::command_msg> singlestep(uint16_t vcpu, bool enable, uint32_t& inner_seq);
+
 // The v5 reply to a v5 command from the v7 reply to its plan.
 kvmi::reply_msg to_v5(kvmi::msg_id v5_id, const plan& p, kvmi::v7::reply_msg&& r);
 

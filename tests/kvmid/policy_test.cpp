@@ -51,7 +51,7 @@ TEST_CASE("msr protection denies a write by replying the old value") {
   auto r = make_reply(ev, d);
   CHECK(std::get<kvmi::event_msr_reply>(r.extra).new_val == 0x1111);
   CHECK(r.seq == 42);
-  CHECK_FALSE(kvmi::check(r));
+  CHECK(kvmi::check(r).ok());
 
   // An unprotected MSR passes unchanged, without an alert.
   auto ev2 = make_event(event_id::msr, kvmi::event_msr{0x174, 0, 1, 2});
@@ -127,6 +127,18 @@ TEST_CASE("breakpoints: kvmid's own are restored and retried - the guest's conti
   CHECK_FALSE(guest.breakpoint_hit);
   CHECK(guest.act == kvmi::action::continue_);
   CHECK(guest.then == follow_up::none);
+}
+
+TEST_CASE("a SINGLESTEP puts the breakpoint back and continues - its reply is a valid one") {
+  vm_policy p;
+  vm_state st;
+  auto d = decide(make_event(event_id::singlestep), p, st);
+  CHECK(d.act == kvmi::action::continue_);
+  CHECK(d.then == follow_up::rearm_breakpoint);
+  CHECK_FALSE(d.alert);
+  auto r = make_reply(make_event(event_id::singlestep), d);
+  CHECK(r.common.event == uint32_t(event_id::singlestep));
+  CHECK(kvmi::check(r).ok());
 }
 
 TEST_CASE("pause events are held while the VM is paused - otherwise continued") {

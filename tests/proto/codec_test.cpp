@@ -686,8 +686,14 @@ TEST_CASE("check: event replies name a known event, an allowed action and the ri
   std::get<event_pf_reply>(r.extra).padding = 1;
   CHECK(check(r).code == errc::bad_padding);
   r = sample_event_reply(event_id::pf);
-  r.common.event = num_events;
+  r.common.event = num_events + 1;
   CHECK(check(r).code == errc::unknown_event);
+  // num_events is kvmid's id for a dialect's SINGLESTEP: answered without data.
+  r = sample_event_reply(event_id::xsetbv);
+  r.common.event = static_cast<uint32_t>(event_id::singlestep);
+  CHECK(check(r).ok());
+  r.extra = event_pf_reply{};
+  CHECK(check(r).code == errc::bad_size);
   r = sample_event_reply(event_id::xsetbv);
   r.common.event = static_cast<uint32_t>(event_id::unhook);
   CHECK(check(r).code == errc::unknown_event);

@@ -340,6 +340,50 @@ TEST_CASE("sim v7: SINGLESTEP events only while both the event and singlestep ar
   CHECK(f.violations() == 1);
 }
 
+// How a tool puts a breakpoint back behind its instruction: restore the
+// byte, single-step, RETRY; the SINGLESTEP comes after the original
+// instruction ran, and the INT3 written then fires on the next execution.
+TEST_CASE("sim v7: a single-stepped vCPU runs the instruction under a restored INT3 before its SINGLESTEP - the INT3 put back fires again") {
+  fixture f;
+  f.start();
+  constexpr uint64_t at = hot + 0x40;
+  constexpr uint8_t original = 0x55;
+  f.h->guest_write(0, at, {original});
+  f.enable({v7::event_id::breakpoint});
+  constexpr int n = 3;
+  for (int i = 0; i < n; ++i) {
+    INFO("execution " << i);
+    CHECK(f.err_of(v7::write_physical_cmd{{at, 1}, {0xcc}}) == 0);
+    auto x = f.h->execute(0, 0, at);
+    auto bp = f.c->next_event();
+    REQUIRE(bp);
+    REQUIRE(bp->kind() == v7::event_id::breakpoint);
+    CHECK(std::get<v7::event_breakpoint>(bp->data).gpa == at);
+    CHECK(f.err_of(v7::write_physical_cmd{{at, 1}, {original}}) == 0);
+    CHECK(f.err_of(v7::control_events{uint16_t(v7::event_id::singlestep), 1, 0, 0}, 0) == 0);
+    CHECK(f.err_of(v7::vcpu_control_singlestep{1, {}}, 0) == 0);
+    f.c->reply(*bp, action::retry);
+    auto ss = f.c->next_event();
+    REQUIRE(ss);
+    REQUIRE(ss->kind() == v7::event_id::singlestep);
+    // The instruction ran: the execution is over, without a #BP.
+    auto o = get(x);
+    CHECK(o.events == 1);
+    CHECK(o.reply == action::retry);
+    CHECK_FALSE(o.guest_exception);
+    CHECK(f.err_of(v7::write_physical_cmd{{at, 1}, {0xcc}}) == 0);
+    CHECK(f.err_of(v7::vcpu_control_singlestep{0, {}}, 0) == 0);
+    f.c->reply(*ss, action::continue_);
+    f.sync();
+    CHECK(f.c->queued_events() == 0); // single-stepping is off again
+    CHECK(f.err_of(v7::write_physical_cmd{{at, 1}, {original}}) == 0);
+  }
+  CHECK(f.counts().breakpoint_hits == uint64_t(n));
+  CHECK(f.counts().v7_events["singlestep"] == uint64_t(n));
+  CHECK(f.h->memory(0, at, 1)[0] == original);
+  CHECK(f.violations() == 0);
+}
+
 TEST_CASE("sim v7: unknown ids ENOSYS - absent features EOPNOTSUPP - messages up to 8184 bytes") {
   fixture f;
   f.start();

@@ -11,12 +11,14 @@ std::string_view name(pf_action a) {
     case pf_action::allow_once: return "allow-once";
     case pf_action::allow_and_unprotect: return "allow-and-unprotect";
     case pf_action::crash: return "crash";
+    case pf_action::deny: return "deny";
   }
   return "unknown";
 }
 
 std::optional<pf_action> parse_pf_action(std::string_view s) {
-  for (auto a : {pf_action::allow_once, pf_action::allow_and_unprotect, pf_action::crash})
+  for (auto a : {pf_action::allow_once, pf_action::allow_and_unprotect, pf_action::crash,
+                 pf_action::deny})
     if (s == name(a))
       return a;
   return std::nullopt;
@@ -117,6 +119,10 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
       auto it = st.pages.find(page);
       if (it == st.pages.end() || (e.mode & ~it->second.access) == 0)
         break; // not ours, or allowed: the kernel emulates it
+      auto& pg = it->second;
+      if (pg.on_violation == pf_action::deny && pg.deny_size
+          && (e.gpa < pg.deny_gpa || e.gpa - pg.deny_gpa >= pg.deny_size))
+        break; // the rest of a page a deny range is scoped to: let through
       d.alert = true;
       d.rule = "page-protection";
       d.rule_name = it->second.rule_name;
@@ -128,6 +134,10 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
           d.then = follow_up::unprotect_page;
           break;
         case pf_action::crash: d.act = kvmi::action::crash; break;
+        case pf_action::deny:
+          d.act = kvmi::action::retry;
+          d.then = follow_up::skip_instruction;
+          break;
       }
       break;
     }

@@ -21,6 +21,7 @@ enum class pf_action : uint8_t {
   allow_once,          // CONTINUE: the kernel emulates this access, the page stays protected
   allow_and_unprotect, // SET_PAGE_ACCESS rwx, then RETRY
   crash,               // CRASH the VM
+  deny,                // RIP past the instruction (SET_REGISTERS), then RETRY: the write never lands
 };
 std::string_view name(pf_action a);
 std::optional<pf_action> parse_pf_action(std::string_view s);
@@ -31,6 +32,9 @@ struct page_rule {
   uint64_t size = 0;      // multiple of 4096
   uint8_t access = kvmi::page_access_r | kvmi::page_access_x; // what stays allowed
   pf_action on_violation = pf_action::allow_once;
+  // deny only: the bytes denied, inside [gpa, gpa+size); a write elsewhere
+  // on the pages is let through (CONTINUE, no alert). Size 0: all of it.
+  uint64_t deny_gpa = 0, deny_size = 0;
 };
 
 struct msr_rule {
@@ -90,6 +94,7 @@ struct protected_page {
   int rule = -1;                          // index into vm_policy::pages, -1: operator
   pf_action on_violation = pf_action::allow_once;
   std::string rule_name;
+  uint64_t deny_gpa = 0, deny_size = 0; // from the rule
 };
 
 // The VM actor owns it; vCPU actors read immutable snapshots of it.
@@ -108,6 +113,7 @@ enum class follow_up : uint8_t {
                       // vCPU past it where the dialect can), then send the reply
   rearm_breakpoint,   // the single-stepped instruction ran: the INT3 goes back, then the reply
   hold,               // do not reply: the VM is paused; reply CONTINUE on resume
+  skip_instruction,   // SET_REGISTERS with RIP past the faulting instruction, then the reply
 };
 
 struct decision {

@@ -4,6 +4,8 @@
 #include "actors/vcpu_actor.hpp"
 
 #include "actors/event_fields.hpp"
+#include "actors/log.hpp"
+#include "actors/skip_instruction.hpp"
 
 #include <cstdio>
 
@@ -11,12 +13,12 @@ namespace kvmid {
 
 namespace {
 
-// What decide() and the alerts and reports read of an event (its data and
-// three registers), kept while the vCPU is configured: not the 576-byte
-// event with its register file.
+// What decide(), the alerts, the reports and a denied write read of an
+// event (its data and registers), kept while the vCPU is configured.
 struct waiting_event {
   kvmi::event_data data;
-  uint64_t rdi = 0, rsi = 0, rdx = 0;
+  kvm_regs regs{};
+  kvm_sregs sregs{};
 };
 
 // Kept small: an idle vCPU costs its CAF actor plus this (one actor per
@@ -171,6 +173,33 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
       self->request(s.p.vm, request_timeout, rearm_bp_atom::value, s.p.index)
         .then([=](bool) { send_reply(self, d); }, [=](caf::error&) { send_reply(self, d); });
       return;
+    case follow_up::skip_instruction: {
+      auto vm = s.p.vm;
+      command_fn send = [self, vm](kvmi::command c, std::function<void(cmd_result)> k) {
+        self->request(vm, request_timeout, command_atom::value, std::move(c))
+          .then([k](cmd_result& r) { k(std::move(r)); },
+                [k](caf::error& e) {
+                  cmd_result r;
+                  r.failure = "the VM actor did not answer: " + caf::to_string(e);
+                  k(std::move(r));
+                });
+      };
+      skip_request req{s.p.index, ev.common.regs, ev.common.sregs, sh.regions};
+      uint64_t at = std::get<kvmi::event_pf>(ev.data).gpa;
+      skip_instruction(std::move(send), std::move(req), [=](const std::string& err) {
+        auto d2 = d;
+        if (!err.empty()) {
+          // Not denied: RETRY at the same RIP would fault there for good.
+          d2.act = kvmi::action::continue_;
+          if (log_on(log_warn))
+            std::fprintf(stderr, "kvmid: vm %s vcpu %u: write to gpa 0x%llx let through: %s\n",
+                         self->state.p.shared->uuid.c_str(), self->state.p.index,
+                         (unsigned long long)at, err.c_str());
+        }
+        send_reply(self, d2);
+      });
+      return;
+    }
     case follow_up::restore_breakpoint:
       self->request(s.p.vm, request_timeout, restore_bp_atom::value, d.gpa, s.p.index)
         .then([=](bool ok) {
@@ -193,8 +222,7 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
 // by; then the decision on the event that gave us the chance.
 void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
   auto& s = self->state;
-  auto& regs = ev.common.regs;
-  s.unconfigured.reset(new waiting_event{ev.data, regs.rdi, regs.rsi, regs.rdx});
+  s.unconfigured.reset(new waiting_event{ev.data, ev.common.regs, ev.common.sregs});
   uint8_t gen = s.config_gen;
   auto done = [=] {
     auto& s2 = self->state;
@@ -207,9 +235,8 @@ void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
     again.seq = s2.seq;
     again.common.event = s2.event;
     again.common.vcpu = s2.p.index;
-    again.common.regs.rdi = w->rdi;
-    again.common.regs.rsi = w->rsi;
-    again.common.regs.rdx = w->rdx;
+    again.common.regs = w->regs;
+    again.common.sregs = w->sregs;
     again.data = std::move(w->data);
     decide_and_reply(self, again);
   };

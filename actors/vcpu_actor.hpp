@@ -22,6 +22,7 @@ struct vm_shared {
   core* c = nullptr;
   std::string uuid, name;
   link_ptr link;
+  std::vector<kvmi::hs::region> regions; // the memory map: what a page walk may read
   std::atomic<uint64_t> events{0}, alerts{0}; // this session's, all vCPUs
   // By vCPU index; grown by the VM actor only. A deque, so a vCPU actor's
   // element never moves while it writes to it.

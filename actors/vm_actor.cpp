@@ -441,7 +441,7 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
         log(self, "page rule %s", r.name + ": skipping gpa " + std::to_string(a) + ": " + why);
         continue;
       }
-      want[a] = protected_page{r.access, int(i), r.on_violation, r.name};
+      want[a] = protected_page{r.access, int(i), r.on_violation, r.name, r.deny_gpa, r.deny_size};
     }
   }
   std::vector<kvmi::page_access_entry> entries;
@@ -1275,6 +1275,7 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
   s.sh->uuid = s.uuid;
   s.sh->name = s.p.guest.name;
   s.sh->link = s.p.link;
+  s.sh->regions = s.p.guest.regions;
   auto pols = c->internals().current_policies();
   s.policy = std::make_shared<const vm_policy>(pols->select(s.uuid, s.p.guest.name));
   s.hist.uuid = s.uuid;

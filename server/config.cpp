@@ -129,7 +129,7 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
       for (size_t k = 0; k < c.array(p["page_protection"], pa + "/page_protection").size(); ++k) {
         auto& r = p["page_protection"][k];
         auto ra = pa + "/page_protection/" + std::to_string(k);
-        c.only(r, ra, {"name", "gpa", "size", "access", "on_violation"});
+        c.only(r, ra, {"name", "gpa", "size", "access", "on_violation", "deny_range"});
         page_rule pr;
         pr.name = r.contains("name") ? c.str(r["name"], ra + "/name") : "page-rule-" + std::to_string(k);
         if (!r.contains("gpa") || !r.contains("size"))
@@ -149,8 +149,26 @@ policy_set parse_policies(const nlohmann::json& j, const std::string& file, cons
         if (r.contains("on_violation")) {
           auto a = parse_pf_action(c.str(r["on_violation"], ra + "/on_violation"));
           if (!a)
-            c.fail(ra + "/on_violation", "must be allow-once, allow-and-unprotect or crash");
+            c.fail(ra + "/on_violation", "must be allow-once, allow-and-unprotect, crash or deny");
           pr.on_violation = *a;
+        }
+        if (r.contains("deny_range")) {
+          auto& d = r["deny_range"];
+          auto da = ra + "/deny_range";
+          if (pr.on_violation != pf_action::deny)
+            c.fail(da, "only with \"on_violation\": \"deny\"");
+          if (!d.is_object())
+            c.fail(da, "must be an object {\"gpa\", \"size\"}");
+          c.only(d, da, {"gpa", "size"});
+          if (!d.contains("gpa") || !d.contains("size"))
+            c.fail(da, "gpa and size are required");
+          pr.deny_gpa = c.hex_or_integer(d["gpa"], da + "/gpa");
+          pr.deny_size = c.hex_or_integer(d["size"], da + "/size");
+          if (pr.deny_size == 0)
+            c.fail(da + "/size", "must not be 0");
+          if (pr.deny_gpa < pr.gpa || pr.deny_gpa - pr.gpa >= pr.size
+              || pr.deny_size > pr.size - (pr.deny_gpa - pr.gpa))
+            c.fail(da, "must lie inside the rule's gpa and size");
         }
         v.pages.push_back(pr);
       }

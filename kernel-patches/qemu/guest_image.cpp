@@ -52,8 +52,10 @@ std::string init_script(const std::vector<std::string>& symbols) {
        "  i=$((i+1))\n"
        "  echo \"progress $i $(uname -n)\"\n"
        "  uname -a >/dev/null\n"
-       // A write into init_uts_ns every ~2 s, for page protection to meet.
-       "  [ $((i % 40)) -eq 0 ] && hostname kvmi-guest-$((i / 40))\n"
+       // A write into init_uts_ns every ~2 s, for page protection to meet;
+       // every other one a rename to "evil", each a change of name.
+       "  if [ $((i % 80)) -eq 40 ]; then hostname evil\n"
+       "  elif [ $((i % 80)) -eq 0 ]; then hostname kvmi-guest-$((i / 40)); fi\n"
        "  usleep 50000\n"
        "done\n";
   return s;

@@ -1,5 +1,7 @@
 #include "kernel-patches/qemu/kvmi_host.hpp"
 
+#include "proto/x86_insn.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
@@ -350,7 +352,8 @@ void kvmi_host::on_event_reply(const event_reply_msg& r) {
 
 // ---- events ----------------------------------------------------------------
 
-void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data) {
+void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data,
+                           std::optional<uint64_t> rip) {
   auto s = read_state(vcpu);
   if (!s)
     return fatal(join({"cannot read vcpu ", std::to_string(vcpu), "'s registers: ", gdb_.error()}));
@@ -360,6 +363,8 @@ void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data) {
   m.common.vcpu = vcpu;
   m.common.mode = 8;
   m.common.regs = s->regs;
+  if (rip)
+    m.common.regs.rip = *rip;
   m.common.sregs = s->sregs;
   m.common.msrs = s->msrs;
   m.data = std::move(data);
@@ -613,7 +618,9 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
       auto& c = vcpus_[vcpu];
       if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
         c.pf_page = page;
-        send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0});
+        auto st = read_state(vcpu);
+        send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0},
+                   st ? std::optional(writer_rip(*st)) : std::nullopt);
       } else {
         p.bytes = std::move(*now); // nobody to ask: the write stands
       }
@@ -621,6 +628,30 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
     }
   }
   return false;
+}
+
+// The watchpoint stopped the vCPU after the write; a PF stops it at the
+// writing instruction, which a tool may skip (RIP + its length). Found by
+// decoding backwards from RIP: the longest instruction with a memory
+// operand that ends at RIP, or RIP itself when a REP MOVS/STOS there has
+// elements left. Either way RIP + its length is where the guest stopped.
+// RIP as it is when neither fits (outside the kernel image, say).
+uint64_t kvmi_host::writer_rip(const x86_state& s) {
+  constexpr size_t max_insn = 15;
+  uint64_t rip = s.regs.rip;
+  if (rip < start_kernel_map + max_insn || !text_gva(rip - start_kernel_map - max_insn)
+      || !text_gva(rip - start_kernel_map + max_insn))
+    return rip;
+  auto bytes = read_physical_raw(rip - start_kernel_map - max_insn, 2 * max_insn);
+  if (!bytes)
+    return rip;
+  std::span<const uint8_t> b(*bytes);
+  if (auto here = decode_x86_64(b.subspan(max_insn)); here && here->rep_string && s.regs.rcx)
+    return rip;
+  for (size_t k = max_insn; k >= 1; --k)
+    if (auto i = decode_x86_64(b.subspan(max_insn - k, k)); i && i->length == k && i->memory)
+      return rip - k;
+  return rip;
 }
 
 // The write already happened (a watchpoint stops after the access): what

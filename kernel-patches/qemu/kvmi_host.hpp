@@ -94,7 +94,8 @@ private:
   void on_event_reply(const event_reply_msg& r);
   void reply(msg_id id, uint32_t seq, reply_data d = std::monostate{});
   void reply_err(msg_id id, uint32_t seq, int32_t kvm_e);
-  void send_event(uint16_t vcpu, event_id kind, event_data data);
+  void send_event(uint16_t vcpu, event_id kind, event_data data,
+                  std::optional<uint64_t> rip = std::nullopt);
   void send_due_events();
   void request_unhook();
 
@@ -114,6 +115,7 @@ private:
   int32_t set_access(uint64_t page, uint8_t access);
   void unprotect_all();
   bool on_watch(uint16_t vcpu, uint64_t addr);
+  uint64_t writer_rip(const x86_state& s);
   void finish_pf(uint16_t vcpu, action act);
   void fatal(const std::string& why);
 

@@ -31,12 +31,16 @@ json to_json(const vcpu_info& v) {
 
 json to_json(const vm_policy& p) {
   json pages = json::array(), msrs = json::array(), crs = json::array(), bps = json::array();
-  for (auto& r : p.pages)
-    pages.push_back({{"name", r.name},
-                     {"gpa", hex_u64(r.gpa)},
-                     {"size", hex_u64(r.size)},
-                     {"access", access_string(r.access)},
-                     {"on_violation", std::string(name(r.on_violation))}});
+  for (auto& r : p.pages) {
+    json rule = {{"name", r.name},
+                 {"gpa", hex_u64(r.gpa)},
+                 {"size", hex_u64(r.size)},
+                 {"access", access_string(r.access)},
+                 {"on_violation", std::string(name(r.on_violation))}};
+    if (r.deny_size)
+      rule["deny_range"] = {{"gpa", hex_u64(r.deny_gpa)}, {"size", hex_u64(r.deny_size)}};
+    pages.push_back(std::move(rule));
+  }
   for (auto& r : p.msrs)
     msrs.push_back({{"name", r.name}, {"msr", hex_u64(r.msr)}});
   for (auto& c : p.crs)

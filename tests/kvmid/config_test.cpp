@@ -81,6 +81,25 @@ TEST_CASE("bad fields are named") {
   j["policies"][0]["cr_pins"][1] = "cr4.pae";
   CHECK(field_of(j) == "/policies/0/cr_pins/1");
   j = good();
+  auto& rule = j["policies"][0]["page_protection"][0];
+  rule["deny_range"] = {{"gpa", "0x100010"}, {"size", 65}};
+  CHECK(field_of(j) == "/policies/0/page_protection/0/deny_range"); // not a deny rule
+  rule["on_violation"] = "deny";
+  rule["deny_range"] = {{"gpa", "0x2ffff0"}, {"size", 65}}; // runs past the rule's end
+  CHECK(field_of(j) == "/policies/0/page_protection/0/deny_range");
+  rule["deny_range"] = {{"gpa", "0x100010"}, {"size", 0}};
+  CHECK(field_of(j) == "/policies/0/page_protection/0/deny_range/size");
+  rule["deny_range"] = {{"gpa", "0x100010"}};
+  CHECK(field_of(j) == "/policies/0/page_protection/0/deny_range");
+  rule["deny_range"] = {{"gpa", "0x100010"}, {"size", 65}, {"offset", 1}};
+  CHECK(field_of(j) == "/policies/0/page_protection/0/deny_range/offset");
+  rule["deny_range"] = {{"gpa", "0x100010"}, {"size", 65}};
+  REQUIRE(field_of(j) == "(accepted)");
+  auto denied = parse_config(j, "test.json").policies.policies[0].pages[0];
+  CHECK(denied.on_violation == pf_action::deny);
+  CHECK(denied.deny_gpa == 0x100010);
+  CHECK(denied.deny_size == 65);
+  j = good();
   j["listeners"][1]["type"] = "udp";
   CHECK(field_of(j) == "/listeners/1/type");
   j = good();
@@ -324,11 +343,14 @@ TEST_CASE("strict types: the schema and the parser agree on integers") {
   CHECK(rule["page_protection"]["items"]["properties"]["size"]["$ref"] == u64);
   CHECK(rule["msr_protection"]["items"]["properties"]["msr"]["$ref"] == u64);
   CHECK(rule["breakpoints"]["items"]["properties"]["gpa"]["$ref"] == u64);
+  auto& deny = rule["page_protection"]["items"]["properties"]["deny_range"]["properties"];
+  CHECK(deny["gpa"]["$ref"] == u64);
+  CHECK(deny["size"]["$ref"] == u64);
   auto text = schema.dump();
   size_t refs = 0;
   for (size_t at = 0; (at = text.find(u64, at)) != std::string::npos; ++at)
     ++refs;
-  CHECK(refs == 4); // no other field takes strings for numbers
+  CHECK(refs == 6); // no other field takes strings for numbers
 }
 
 TEST_CASE("shutdown_timeout_ms defaults to 5000 and must be 100..600000") {

@@ -216,3 +216,35 @@ TEST_CASE("memory map safety refuses mmio - atsd - offline GPU RAM and unmapped 
   CHECK_FALSE(unsafe_reason({}, 0, 1).empty());
   CHECK(unsafe_reason({}, 0, 1, true).empty());
 }
+
+TEST_CASE("page protection deny skips the instruction inside its range and lets the rest of the page through") {
+  auto p = strict();
+  auto st = protected_state(pf_action::deny);
+  st.pages[0x100000].deny_gpa = 0x100100;
+  st.pages[0x100000].deny_size = 65;
+  auto at = [](uint64_t gpa) {
+    return make_event(event_id::pf, kvmi::event_pf{0xffff0000, gpa, kvmi::page_access_w, 0});
+  };
+  for (uint64_t gpa : {0x100100ull, 0x100140ull}) {
+    CAPTURE(gpa);
+    auto d = decide(at(gpa), p, st);
+    CHECK(d.alert);
+    CHECK(d.rule == "page-protection");
+    CHECK(d.act == kvmi::action::retry);
+    CHECK(d.then == follow_up::skip_instruction);
+    CHECK_FALSE(kvmi::check(make_reply(at(gpa), d)));
+  }
+  for (uint64_t gpa : {0x1000ffull, 0x100141ull, 0x100fffull}) {
+    CAPTURE(gpa);
+    auto d = decide(at(gpa), p, st);
+    CHECK_FALSE(d.alert);
+    CHECK(d.act == kvmi::action::continue_);
+    CHECK(d.then == follow_up::none);
+  }
+  // No range: the whole page is denied.
+  auto whole = decide(at(0x100fff), p, protected_state(pf_action::deny));
+  CHECK(whole.alert);
+  CHECK(whole.then == follow_up::skip_instruction);
+  CHECK(parse_pf_action("deny") == pf_action::deny);
+  CHECK(name(pf_action::deny) == "deny");
+}

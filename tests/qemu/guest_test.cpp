@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <sstream>
 
 namespace {
@@ -51,7 +52,7 @@ struct real_guest {
     REQUIRE(!kvmi::qemu::find_kernel(kvmi::qemu::default_guest_dir()).empty());
     kq = spawn({KVMI_QEMU_BIN, "--unix", kvmid.kvmi_sock, "--cookie-file",
                 (kvmid.dir / "cookie").string(), "--work-dir", work.string(), "--guest-dir",
-                kvmi::qemu::default_guest_dir(), "--name", "qemu-guest", "--symbols",
+                kvmi::qemu::default_guest_dir(), "--name", "qemu-guest", "--vcpus", "2", "--symbols",
                 "_stext,_etext,__x64_sys_newuname,__x64_sys_reboot,init_uts_ns"},
                (kvmid.dir / "kvmi-qemu.out").string(), (kvmid.dir / "kvmi-qemu.err").string());
     REQUIRE(kq > 0);
@@ -177,17 +178,29 @@ TEST_CASE("pausing a real guest stops its progress and shows registers consisten
   auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/pause");
   REQUIRE(r.status == 200);
   long held = g.progress();
-  auto regs = g.kvmid.http("GET", "/v1/vms/qemu-guest/vcpus/0/registers?msrs=0xc0000080");
-  REQUIRE(regs.status == 200);
-  auto j = regs.j();
-  uint64_t rip = std::stoull(j["regs"]["rip"].get<std::string>(), nullptr, 16);
-  bool in_text = rip >= g.syms.at("_stext") && rip < g.syms.at("_etext");
-  bool in_user = rip < 0x0000800000000000ull;
-  INFO("rip " << hex(rip));
-  CHECK((in_text || in_user));
-  CHECK(std::stoull(j["sregs"]["cr3"].get<std::string>(), nullptr, 16) != 0);
-  uint64_t efer = std::stoull(j["msrs"][0]["value"].get<std::string>(), nullptr, 16);
-  CHECK((efer & 0x400) != 0); // long mode active
+  // Two vCPUs (-smp 2, gdbstub threads 1 and 2), each held in its own
+  // PAUSE_VCPU event, each with its own registers.
+  auto vcpus = g.kvmid.http("GET", "/v1/vms/qemu-guest/vcpus").j()["vcpus"];
+  REQUIRE(vcpus.size() == 2);
+  std::set<uint64_t> rsps;
+  for (int n = 0; n < 2; ++n) {
+    CAPTURE(n);
+    CHECK(vcpus[n]["state"] == "paused");
+    auto regs = g.kvmid.http("GET", "/v1/vms/qemu-guest/vcpus/" + std::to_string(n)
+                                      + "/registers?msrs=0xc0000080");
+    REQUIRE(regs.status == 200);
+    auto j = regs.j();
+    uint64_t rip = std::stoull(j["regs"]["rip"].get<std::string>(), nullptr, 16);
+    bool in_text = rip >= g.syms.at("_stext") && rip < g.syms.at("_etext");
+    bool in_user = rip < 0x0000800000000000ull;
+    INFO("rip " << hex(rip));
+    CHECK((in_text || in_user));
+    CHECK(std::stoull(j["sregs"]["cr3"].get<std::string>(), nullptr, 16) != 0);
+    uint64_t efer = std::stoull(j["msrs"][0]["value"].get<std::string>(), nullptr, 16);
+    CHECK((efer & 0x400) != 0); // long mode active
+    rsps.insert(std::stoull(j["regs"]["rsp"].get<std::string>(), nullptr, 16));
+  }
+  CHECK(rsps.size() == 2); // two CPUs, two stacks
   // Stopped means no count for as long as we look; a second is ~20 counts.
   std::this_thread::sleep_for(std::chrono::seconds(1));
   CHECK(g.progress() == held);
@@ -221,10 +234,12 @@ TEST_CASE("writes into a write-protected page of a real guest raise page-protect
   // The guest renames itself every 40 rounds: sethostname writes init_uts_ns.
   uint64_t page = g.gpa("init_uts_ns") & ~uint64_t(0xfff);
   REQUIRE(g.kvmid.http("POST", "/v1/vms/qemu-guest/pause").status == 200);
-  auto ev = g.kvmid.http("PUT", "/v1/vms/qemu-guest/vcpus/0/events",
-                         json{{"enable", json::array({"pf"})}}.dump());
-  INFO(ev.body);
-  REQUIRE(ev.status == 200);
+  for (const char* n : {"0", "1"}) { // the rename may run on either vCPU
+    auto ev = g.kvmid.http("PUT", std::string("/v1/vms/qemu-guest/vcpus/") + n + "/events",
+                           json{{"enable", json::array({"pf"})}}.dump());
+    INFO(ev.body);
+    REQUIRE(ev.status == 200);
+  }
   auto set = [&](const char* access) {
     return g.kvmid.http("PUT", "/v1/vms/qemu-guest/page-access",
                         json{{"gpa", hex(page)}, {"access", access}}.dump()).status;
@@ -250,6 +265,72 @@ TEST_CASE("writes into a write-protected page of a real guest raise page-protect
   CHECK(g.log().find("writable again") != std::string::npos);
   long p = g.progress();
   REQUIRE(wait_until([&] { return g.progress() > p + 2; }, "progress after the unprotect"));
+}
+
+TEST_CASE("kvmid denies the guest's hostname evil with a page rule scoped to nodename and lets it through with the rule off") {
+  auto& g = guest();
+  INFO("kvmi-qemu: " << g.log() << "\nkvmid: " << g.kvmid.log() << "\nconsole tail: "
+                     << g.console().substr(g.console().size() - std::min<size_t>(g.console().size(), 400)));
+  // struct uts_namespace starts with struct new_utsname: sysname[65], nodename[65].
+  uint64_t nodename = g.gpa("init_uts_ns") + 65;
+  uint64_t page = nodename & ~uint64_t(0xfff);
+  // Not "evil" yet: the guest turning evil later is the rule off at work.
+  REQUIRE(wait_until([&] { auto n = g.hostname(); return !n.empty() && n != "evil"; },
+                     "a hostname other than evil", std::chrono::seconds(120)));
+  auto watch_out = g.kvmid.dir / "watch.out";
+  pid_t watch = spawn({KVMICTL_BIN, "--unix", g.kvmid.api_sock, "--token", g.kvmid.token, "--json",
+                       "watch", "--kind", "page-protection", "--count", "1"},
+                      watch_out.string(), (g.kvmid.dir / "watch.err").string());
+  struct reaper {
+    pid_t pid;
+    ~reaper() { kvmid::test::stop(pid); }
+  } reap{watch};
+  REQUIRE(wait_until(
+    [&] {
+      return g.kvmid.http("GET", "/metrics").body.find("kvmid_event_streams 1\n") != std::string::npos;
+    },
+    "kvmictl watch's event stream"));
+  auto reload = [&](json pages) {
+    g.kvmid.config["policies"][0]["page_protection"] = std::move(pages);
+    g.kvmid.write_config(g.kvmid.config);
+    return g.kvmid.http("POST", "/v1/policies/reload").status;
+  };
+  auto ranges = [&] { return g.kvmid.http("GET", "/v1/vms/qemu-guest/page-access").j()["ranges"]; };
+  REQUIRE(reload(json::array({{{"name", "hostname"},
+                               {"gpa", hex(page)},
+                               {"size", "0x1000"},
+                               {"access", "r-x"},
+                               {"on_violation", "deny"},
+                               {"deny_range", {{"gpa", hex(nodename)}, {"size", 65}}}}}))
+          == 200);
+  REQUIRE(wait_until([&] { return ranges().size() == 1; }, "the policy's page restriction"));
+  std::string name = g.hostname();
+  long at = g.progress();
+  REQUIRE(wait_until([&] { return slurp(watch_out).find("page-protection") != std::string::npos; },
+                     "a page-protection alert on kvmictl watch", std::chrono::seconds(120)));
+  auto alert = json::parse(slurp(watch_out).substr(0, slurp(watch_out).find('\n')))["data"];
+  CHECK(alert["vm_name"] == "qemu-guest");
+  CHECK(alert["fields"]["rule"] == "hostname");
+  CHECK(alert["fields"]["action"] == "retry");
+  // A whole round of renames (evil and kvmi-guest-N) after the protection.
+  REQUIRE(wait_until([&] { return g.progress() > at + 81; }, "both renames of the guest",
+                     std::chrono::seconds(180)));
+  CHECK(g.hostname() == name);
+  auto mem = g.kvmid.http("GET", "/v1/vms/qemu-guest/memory?gpa=" + hex(nodename) + "&len=65");
+  REQUIRE(mem.status == 200);
+  std::string hexed = mem.j()["data"], in_memory;
+  for (size_t i = 0; i + 1 < hexed.size() && hexed.compare(i, 2, "00") != 0; i += 2)
+    in_memory += char(std::stoi(hexed.substr(i, 2), nullptr, 16));
+  CHECK(in_memory == name);
+  // Denied by moving RIP, not let through for want of a decoded instruction.
+  CHECK(g.kvmid.log().find("let through") == std::string::npos);
+  CHECK(g.log().find("the write was undone (retry)") != std::string::npos);
+
+  // The policy off: the same rename lands.
+  REQUIRE(reload(json::array()) == 200);
+  REQUIRE(wait_until([&] { return ranges().empty(); }, "the page writable again"));
+  REQUIRE(wait_until([&] { return g.hostname() == "evil"; }, "the guest renamed evil",
+                     std::chrono::seconds(180)));
 }
 
 TEST_CASE("an unhook kvmi-qemu asks for leaves the real guest running without breakpoints until it hooks again") {

@@ -119,7 +119,8 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
   std::unique_ptr<kvmid::core> c;
   std::unique_ptr<kvmid::net::reactor> r;
   std::unique_ptr<raw_responder> raw;
-  if (t == target::kvmid) {
+  bool v7 = t == target::kvmid_v7;
+  if (t != target::raw) {
     kvmid::core_options co;
     co.policies.policies.push_back(bench_policy());
     c = std::make_unique<kvmid::core>(co);
@@ -129,6 +130,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     kvmid::kvmi_listener_options lo;
     lo.cookie = cookie;
     lo.max_handshakes = SIZE_MAX; // every VM connects at once; the cap is not measured here
+    lo.proto = v7 ? kvmid::protocol::v7 : kvmid::protocol::v5;
     r->add_listener(s, kvmid::kvmi_handler_factory(*r, *c, lo));
     r->start();
   } else {
@@ -142,6 +144,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
   so.workload.rate_per_vcpu = rate;
   so.threads = sim_threads;
   so.seed = 3;
+  so.dialect = v7 ? sim::protocol::v7 : sim::protocol::v5;
   fleet_run out;
   {
     sim::host h(so);

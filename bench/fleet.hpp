@@ -11,7 +11,9 @@
 
 namespace bench {
 
-enum class target { kvmid, raw }; // kvmid in this process, or the raw C++ responder
+// kvmid in this process (a v5 listener, or a v7 one against kvmi-sim
+// speaking v7), or the raw C++ responder.
+enum class target { kvmid, kvmid_v7, raw };
 
 struct fleet_run {
   kvmi::sim::latency lat;   // event sent -> reply received, whole run

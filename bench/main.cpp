@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
 
   bench::samples blocking, uring;
   bench::summary fb, fu;
-  bench::fleet_run k1, r1, k64, r64, kt, rt;
+  bench::fleet_run k1, k1v7, r1, k64, r64, kt, rt;
   bench::memory_run mem;
   double share = 0;
   if (want("latency")) {
@@ -127,6 +127,8 @@ int main(int argc, char** argv) {
     const double flat_out = 1e6;
     k1 = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs);
     row("kvmid, 1 vCPU", k1.lat, fu);
+    k1v7 = bench::drive(bench::target::kvmid_v7, 1, 1, flat_out, secs);
+    row("kvmid v7 (kvmi-sim v7), 1 vCPU", k1v7.lat, fu);
     r1 = bench::drive(bench::target::raw, 1, 1, flat_out, secs);
     row("raw responder, 1 vCPU", r1.lat, fu);
     std::fflush(stdout);
@@ -141,6 +143,9 @@ int main(int argc, char** argv) {
     report["raw_64vcpu"] = to_json(r64.lat);
     report["kvmid_1vcpu"]["ratio_p50_to_floor"] = k1.lat.p50_us * 1e3 / double(fu.p50);
     report["kvmid_1vcpu"]["ratio_p99_to_floor"] = k1.lat.p99_us * 1e3 / double(fu.p99);
+    report["kvmid_v7_1vcpu"] = to_json(k1v7.lat);
+    report["kvmid_v7_1vcpu"]["ratio_p50_to_floor"] = k1v7.lat.p50_us * 1e3 / double(fu.p50);
+    report["kvmid_v7_1vcpu"]["ratio_p99_to_floor"] = k1v7.lat.p99_us * 1e3 / double(fu.p99);
     report["kvmid_64vcpu"]["ratio_p50_to_floor"] = k64.lat.p50_us * 1e3 / double(fu.p50);
     report["kvmid_64vcpu"]["ratio_p99_to_floor"] = k64.lat.p99_us * 1e3 / double(fu.p99);
   }
@@ -185,7 +190,8 @@ int main(int argc, char** argv) {
                         {"attach_10000_vcpus_s", mem.attach_s}};
   }
 
-  uint64_t bad = k1.violations + k64.violations + kt.violations + k1.hmis + k64.hmis + kt.hmis;
+  uint64_t bad = k1.violations + k1v7.violations + k64.violations + kt.violations + k1.hmis
+                 + k1v7.hmis + k64.hmis + kt.hmis;
   std::printf("\ntargets (this machine)\n");
   bool t1 = k1.lat.p50_us * 1e3 <= 1.5 * double(fu.p50);
   bool t2 = k1.lat.p99_us * 1e3 <= 3.0 * double(fu.p99);

@@ -89,20 +89,4 @@ void kernel_v5::reply(vm& v, const reply_msg& r, bool from_vcpu) {
   send_reply(v, r.err, v.scratch, from_vcpu);
 }
 
-void kernel_v5::reply_err(vm& v, msg_id id, uint32_t seq, int32_t kvm_e, bool from_vcpu) {
-  reply_msg r;
-  r.id = id;
-  r.seq = seq;
-  r.err = -kvm_e;
-  reply(v, r, from_vcpu);
-}
-
-void kernel_v5::ok(vm& v, msg_id id, uint32_t seq, reply_data d, bool from_vcpu) {
-  reply_msg r;
-  r.id = id;
-  r.seq = seq;
-  r.data = std::move(d);
-  reply(v, r, from_vcpu);
-}
-
 } // namespace kvmi::sim::detail

@@ -11,7 +11,7 @@ namespace kvmi::sim::detail {
 // The registers and MSRs every v5 event carries.
 void fill_event_common(vcpu& c, event& e);
 
-class kernel_v5 final : public kernel_base {
+class kernel_v5 final : public kernel_base, public command_replies<kernel_v5, reply_msg> {
 public:
   explicit kernel_v5(shard& s);
 
@@ -21,8 +21,6 @@ public:
   // Command replies; a vCPU's go out after the batch, as the kernel sends
   // them from the vCPU thread after the receive thread's.
   void reply(vm& v, const reply_msg& r, bool from_vcpu);
-  void reply_err(vm& v, msg_id id, uint32_t seq, int32_t kvm_e, bool from_vcpu);
-  void ok(vm& v, msg_id id, uint32_t seq, reply_data d, bool from_vcpu);
 
 protected:
   uint32_t max_payload() const override { return kvmi::max_payload; }

@@ -6,16 +6,6 @@
 
 namespace kvmi::sim::detail {
 
-v5_commands::v5_commands(shard& s, kernel_v5& k) : s_(s), k_(k) {}
-
-template <class F>
-void v5_commands::with_vcpu(vm& v, msg_id id, uint32_t seq, uint16_t idx, F&& f) {
-  int32_t e = 0;
-  if (auto* c = serving_vcpu(v, idx, e))
-    return f(*c);
-  k_.reply_err(v, id, seq, e, false);
-}
-
 void v5_commands::on_command(vm& v, command_msg& cm, msg_id id) {
   ++v.c.commands[static_cast<size_t>(id)];
   uint32_t seq = cm.seq;

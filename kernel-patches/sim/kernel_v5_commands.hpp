@@ -3,6 +3,7 @@
 // error codes.
 #pragma once
 
+#include "kernel-patches/sim/command_replies.hpp"
 #include "kernel-patches/sim/model.hpp"
 
 namespace kvmi::sim::detail {
@@ -10,16 +11,12 @@ namespace kvmi::sim::detail {
 struct shard;
 class kernel_v5;
 
-class v5_commands {
+class v5_commands : command_table<kernel_v5> {
 public:
-  v5_commands(shard& s, kernel_v5& k);
+  using command_table::command_table;
   void on_command(vm& v, command_msg& cm, msg_id id);
 
 private:
-  // Runs f on the addressed vCPU, or answers the error the kernel gives.
-  template <class F>
-  void with_vcpu(vm& v, msg_id id, uint32_t seq, uint16_t idx, F&& f);
-
   void exec(vm& v, uint32_t seq, get_version&);
   void exec(vm& v, uint32_t seq, pause_all_vcpus&);
   void exec(vm& v, uint32_t seq, get_map_token&);
@@ -38,9 +35,6 @@ private:
   void exec(vm& v, uint32_t seq, control_vm_events& x);
   void exec(vm& v, uint32_t seq, get_xsave& x);
   void exec(vm& v, uint32_t seq, control_ve_cmd&);
-
-  shard& s_;
-  kernel_v5& k_;
 };
 
 } // namespace kvmi::sim::detail

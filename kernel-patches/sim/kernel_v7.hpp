@@ -11,7 +11,7 @@
 
 namespace kvmi::sim::detail {
 
-class kernel_v7 final : public kernel_base {
+class kernel_v7 final : public kernel_base, public command_replies<kernel_v7, v7::reply_msg> {
 public:
   explicit kernel_v7(shard& s);
 
@@ -22,8 +22,6 @@ public:
   // Command replies, unless CONTROL_CMD_RESPONSE switched them off for the
   // command being served; a vCPU's go out after the batch.
   void reply(vm& v, const v7::reply_msg& r, bool from_vcpu);
-  void reply_err(vm& v, v7::msg_id id, uint32_t seq, int32_t kvm_e, bool from_vcpu);
-  void ok(vm& v, v7::msg_id id, uint32_t seq, v7::reply_data d, bool from_vcpu);
   // Whether the command being served gets its reply.
   void set_replying(bool on) { replying_ = on; }
 

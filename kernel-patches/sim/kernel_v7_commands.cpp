@@ -8,16 +8,6 @@ namespace kvmi::sim::detail {
 
 using v7::msg_id;
 
-v7_commands::v7_commands(shard& s, kernel_v7& k) : s_(s), k_(k) {}
-
-template <class F>
-void v7_commands::with_vcpu(vm& v, msg_id id, uint32_t seq, uint16_t idx, F&& f) {
-  int32_t e = 0;
-  if (auto* c = serving_vcpu(v, idx, e))
-    return f(*c);
-  k_.reply_err(v, id, seq, e, false);
-}
-
 bool v7_commands::event_allowed(uint16_t id) const {
   return id < 32 && v7::is_known(static_cast<v7::event_id>(id)) &&
          (s_.o.allowed_events & (1u << id));

@@ -5,6 +5,7 @@
 // reports absent.
 #pragma once
 
+#include "kernel-patches/sim/command_replies.hpp"
 #include "kernel-patches/sim/model.hpp"
 #include "proto/v7/codec.hpp"
 
@@ -13,18 +14,15 @@ namespace kvmi::sim::detail {
 struct shard;
 class kernel_v7;
 
-class v7_commands {
+class v7_commands : command_table<kernel_v7> {
 public:
   static constexpr uint32_t version = 1; // KVMI_VERSION of the branch and libkvmi
   static constexpr uint64_t tsc_speed = 2'500'000'000; // Hz
 
-  v7_commands(shard& s, kernel_v7& k);
+  using command_table::command_table;
   void on_command(vm& v, v7::command_msg& cm);
 
 private:
-  // Runs f on the addressed vCPU, or answers the error the kernel gives.
-  template <class F>
-  void with_vcpu(vm& v, v7::msg_id id, uint32_t seq, uint16_t idx, F&& f);
   bool event_allowed(uint16_t id) const;
 
   void exec(vm& v, const v7::command_msg& m, const v7::get_version&);
@@ -50,9 +48,6 @@ private:
   void exec(vm& v, const v7::command_msg& m, const v7::control_cmd_response& x);
   void exec(vm& v, const v7::command_msg& m, const v7::get_max_gfn&);
   void exec(vm& v, const v7::command_msg& m, const v7::vcpu_control_singlestep& x);
-
-  shard& s_;
-  kernel_v7& k_;
 };
 
 } // namespace kvmi::sim::detail

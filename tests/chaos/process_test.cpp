@@ -4,6 +4,7 @@
 #include "kernel-patches/sim/sim.hpp"
 #include "tests/support/drain.hpp"
 #include "tests/chaos/guest.hpp"
+#include "tests/support/host_dialect.hpp"
 #include "tests/support/kvmid_daemon.hpp"
 
 #include <doctest/doctest.h>
@@ -83,6 +84,7 @@ struct kvmid_proc : kvmid::test::kvmid_daemon {
                        {"access", "r-x"},
                        {"on_violation", "allow-once"}});
     json cfg = base_config(command_timeout, "warn");
+    kvmid::test::speak_test_dialect(cfg["listeners"][0]);
     cfg["policies"] =
       json::array({{{"name", "chaos"},
                     {"match", json::array({"*"})},
@@ -98,6 +100,7 @@ struct kvmid_proc : kvmid::test::kvmid_daemon {
     so.reconnect = true;
     so.reconnect_delay = 20ms;
     so.seed = 5;
+    kvmid::test::speak_test_dialect(so);
     so.memory = chaos_memory();
     tweak(so);
     h = std::make_unique<sim::host>(so);

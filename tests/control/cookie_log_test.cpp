@@ -27,6 +27,7 @@ TEST_CASE("cookies never appear in kvmid's logs") {
   { // A device manager with the wrong secret, which keeps trying.
     kvmi::sim::options so;
     so.unix_path = t.kvmi_sock;
+    speak_test_dialect(so);
     so.cookie = cookie;
     so.faults.bad_mac = 1.0;
     so.name_prefix = "bad-mac-";

@@ -298,7 +298,7 @@ TEST_CASE("pause holds every vCPU until resume - paused and running vCPUs answer
   auto vinfo = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
   REQUIRE(vinfo.ok());
   CHECK(vinfo.value().paused);
-  CHECK(vinfo.value().protocol == name(test::test_dialect)); // the API names the dialect
+  CHECK(vinfo.value().protocol == test::dialect_name()); // the API names the dialect
   for (auto& c : vinfo.value().vcpus)
     CHECK(c.state == vcpu_state::paused);
   REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(0), cb); }).ok());
@@ -476,7 +476,7 @@ TEST_CASE("handshake failures: a wrong cookie costs only the socket - counted - 
 }
 
 TEST_CASE("a host with the other byte order gets the same policy outcomes"
-          * doctest::skip(test::only_in(protocol::v5))) {
+          * doctest::skip(test::only_in(test::dialect::v5, "v7 frames have one byte order: the host's"))) {
   fleet f(one(guard()), [](sim::options& o) { o.order = kvmi::byte_order::swapped; });
   REQUIRE(f.ready(0, guard_mask()));
   check_msr_denied(f, 0);
@@ -507,7 +507,7 @@ TEST_CASE("a malformed frame closes only that VM's session") {
 }
 
 TEST_CASE("unsafe regions are refused with a clear error and never touched"
-          * doctest::skip(test::only_in(protocol::v5))) {
+          * doctest::skip(test::only_in(test::dialect::v5, "v7 hosts send no MMIO or GPU regions in their memory map"))) {
   fleet f(one(guard()), [](sim::options& o) {
     o.memory.gpus.push_back(sim::gpu_spec{16ull << 30, std::nullopt}); // never online
   });
@@ -636,7 +636,7 @@ TEST_CASE("a silent peer times out in the handshake and is counted") {
 }
 
 TEST_CASE("the qemu-v5 compatibility handshake - when configured - gives a working session without a memory map"
-          * doctest::skip(test::only_in(protocol::v5))) {
+          * doctest::skip(test::only_in(test::dialect::v5, "the qemu-v5 handshake is a v5 listener mode"))) {
   fleet f(one(guard()), [](sim::options& o) { o.handshake = kvmi::hs::mode::qemu_v5; }, {}, {},
           [](core_options&, kvmi_listener_options& lo) { lo.mode = kvmi::hs::mode::qemu_v5; });
   REQUIRE(f.ready(0, guard_mask()));

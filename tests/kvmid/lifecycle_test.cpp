@@ -81,7 +81,7 @@ struct stderr_capture {
 } // namespace
 
 TEST_CASE("a peer trickling its handshake is closed at the step's deadline although it keeps sending"
-          * doctest::skip(test::only_in(protocol::v5))) {
+          * doctest::skip(test::only_in(test::dialect::v5, "the case trickles a v5 hello"))) {
   lifecycle_fleet f([](testing::inproc_options& o) { o.listener.handshake_timeout = 200ms; });
   int fd = test::connect_unix(f.sock());
   // A genuine hello, one byte each 50 ms: 48 bytes would take 2.4 s.
@@ -182,7 +182,7 @@ TEST_CASE("a failed handshake names the peer's pid and its reason in its log lin
   CHECK(peer == "unix:" + f.sock() + " " + me + " uid=" + std::to_string(::getuid()));
   // The metric label and the record's reason are the token; the record's
   // message and the log line the sentence.
-  bool v5 = test::test_dialect == protocol::v5;
+  bool v5 = test::test_dialect() == test::dialect::v5;
   std::string token = v5 ? "bad_magic" : "bad_size";
   std::string sentence = v5 ? "hello: bad magic" : "v7 handshake: struct_size beyond 64 KiB";
   CHECK(reason == token);
@@ -291,7 +291,7 @@ TEST_CASE("a VM that stops reading is closed for send_queue_full with one line")
 // reply: the host closed, so the failed command is no protocol error. A
 // reconnect storm over a slow host met this in about 1 of 30 runs.
 TEST_CASE("a host that closes while GET_VERSION waits for its reply is a peer close - not a protocol error"
-          * doctest::skip(test::only_in(protocol::v5))) {
+          * doctest::skip(test::only_in(test::dialect::v5, "the case plays a v5 host by hand"))) {
   lifecycle_fleet f;
   REQUIRE(f.ready(0));
   double errors = f.metric("kvmid_protocol_errors_total");

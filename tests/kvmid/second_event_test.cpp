@@ -23,8 +23,8 @@ namespace sim = kvmi::sim;
 
 namespace {
 
-// The EVENT message's id in this binary's dialect.
-constexpr uint16_t event_msg_id = test::test_dialect == protocol::v7
+// The EVENT message's id in this run's dialect.
+const uint16_t event_msg_id = test::test_dialect() == test::dialect::v7
                                     ? uint16_t(kvmi::v7::msg_id::event)
                                     : uint16_t(kvmi::msg_id::event);
 

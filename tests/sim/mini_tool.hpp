@@ -5,12 +5,11 @@
 
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
-#include "tests/sim/tool_socket.hpp"
+#include "tests/sim/frame_inbox.hpp"
 #include "tests/support/temp_dir.hpp"
 
 #include <chrono>
 #include <cstdlib>
-#include <deque>
 #include <filesystem>
 #include <optional>
 #include <string_view>
@@ -60,22 +59,12 @@ private:
   int fd_ = -1;
 };
 
-struct raw_frame {
-  msg_hdr hdr{};
-  std::vector<uint8_t> payload;
-  frame view() const { return frame{hdr, payload}; }
-};
-
 // One KVMI connection, driven synchronously by a test.
-class conn {
+class conn : public frame_inbox<reply_shape> {
 public:
   conn(int fd, std::vector<uint8_t> cookie = test_cookie(), hs::mode m = hs::mode::kvmi)
-    : sock_(fd), hs_(std::move(cookie), m) {}
-  conn(const conn&) = delete;
+    : frame_inbox(fd, frame_splitter{}, uint16_t(msg_id::event)), hs_(std::move(cookie), m) {}
 
-  void close() { sock_.close(); }
-  int fd() const { return sock_.fd(); }
-  bool closed() const { return sock_.eof(); }
   const hs::guest_info& info() const { return hs_.info(); }
   byte_order order() const { return hs_.info().order; }
 
@@ -83,7 +72,7 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (hs_.state() == hs::status::in_progress) {
       uint8_t buf[4096];
-      auto n = read_some(buf, sizeof buf, deadline);
+      auto n = sock_.read_some(buf, sizeof buf, deadline);
       if (n <= 0)
         return false;
       std::span<const uint8_t> in(buf, static_cast<size_t>(n));
@@ -100,49 +89,30 @@ public:
     return hs_.state() == hs::status::done;
   }
 
-  void send_all(std::span<const uint8_t> b) { sock_.send_all(b); }
-
   uint32_t send(command c) {
-    command_msg m{++seq_, std::move(c)};
-    shapes_.emplace_back(m.seq, expected_reply(m.body));
     std::vector<uint8_t> out;
-    encode(out, m, order());
+    uint32_t seq = put(out, std::move(c));
     send_all(out);
-    return m.seq;
+    return seq;
   }
   // Several commands in one send(), so the host reads them in one go.
   std::vector<uint32_t> send_batch(std::vector<command> cs) {
-    std::vector<uint8_t> all, one;
+    std::vector<uint8_t> all;
     std::vector<uint32_t> seqs;
-    for (auto& c : cs) {
-      command_msg m{++seq_, std::move(c)};
-      shapes_.emplace_back(m.seq, expected_reply(m.body));
-      encode(one, m, order());
-      all.insert(all.end(), one.begin(), one.end());
-      seqs.push_back(m.seq);
-    }
+    for (auto& c : cs)
+      seqs.push_back(put(all, std::move(c)));
     send_all(all);
     return seqs;
   }
 
   std::optional<reply_msg> wait_reply(uint32_t seq, ms timeout = 30000ms) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      for (auto it = frames_.begin(); it != frames_.end(); ++it)
-        if (it->hdr.id != uint16_t(msg_id::event) && it->hdr.seq == seq) {
-          reply_shape shape{};
-          for (auto& [s, sh] : shapes_)
-            if (s == seq)
-              shape = sh;
-          auto r = decode_reply(it->view(), shape, order());
-          frames_.erase(it);
-          if (!r)
-            return std::nullopt;
-          return std::move(*r);
-        }
-      if (!pump(deadline))
-        return std::nullopt;
-    }
+    auto f = take_reply(seq, timeout);
+    if (!f)
+      return std::nullopt;
+    auto r = decode_reply(f->view(), shape_of(seq), order());
+    if (!r)
+      return std::nullopt;
+    return std::move(*r);
   }
 
   std::optional<reply_msg> call(command c, ms timeout = 30000ms) {
@@ -150,19 +120,13 @@ public:
   }
 
   std::optional<event_msg> next_event(ms timeout = 30000ms) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      for (auto it = frames_.begin(); it != frames_.end(); ++it)
-        if (it->hdr.id == uint16_t(msg_id::event)) {
-          auto e = decode_event(it->view(), order());
-          frames_.erase(it);
-          if (!e)
-            return std::nullopt;
-          return std::move(*e);
-        }
-      if (!pump(deadline))
-        return std::nullopt;
-    }
+    auto f = take_event(timeout);
+    if (!f)
+      return std::nullopt;
+    auto e = decode_event(f->view(), order());
+    if (!e)
+      return std::nullopt;
+    return std::move(*e);
   }
 
   void reply(const event_msg& e, action a, std::optional<uint64_t> new_val = std::nullopt) {
@@ -180,67 +144,18 @@ public:
     send_all(out);
   }
 
-  // True once the host closed the socket (or until timeout: false).
-  bool wait_closed(ms timeout = 30000ms) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!sock_.eof())
-      if (!pump(deadline))
-        return sock_.eof();
-    return true;
-  }
-
-  // The next frame of any kind, as it came.
-  std::optional<raw_frame> next_raw(ms timeout = 30000ms) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (frames_.empty())
-      if (!pump(deadline))
-        return std::nullopt;
-    auto f = std::move(frames_.front());
-    frames_.pop_front();
-    return f;
-  }
-
-  // Seqs of non-event frames in the order they arrived on the socket.
-  const std::vector<uint32_t>& arrival() const { return arrival_; }
-  size_t queued_frames() const { return frames_.size(); }
-  bool stream_error() const { return bad_stream_; }
-  uint64_t partial_reads() const { return partial_reads_; }
-
-  // Reads whatever is there within the deadline; false on timeout/EOF.
-  bool pump(std::chrono::steady_clock::time_point deadline) {
-    uint8_t buf[65536];
-    auto n = read_some(buf, sizeof buf, deadline);
-    if (n <= 0)
-      return false;
-    feed(std::span<const uint8_t>(buf, static_cast<size_t>(n)));
-    return true;
-  }
-
 private:
-  ssize_t read_some(uint8_t* buf, size_t len, std::chrono::steady_clock::time_point deadline) {
-    return sock_.read_some(buf, len, deadline);
-  }
-  void feed(std::span<const uint8_t> in) {
-    auto err = splitter_.feed(in, [&](const frame& f) {
-      frames_.push_back(raw_frame{f.hdr, {f.payload.begin(), f.payload.end()}});
-      if (f.hdr.id != uint16_t(msg_id::event))
-        arrival_.push_back(f.hdr.seq);
-    });
-    if (err)
-      bad_stream_ = true;
-    if (splitter_.buffered() > 0)
-      ++partial_reads_; // a read ended inside a frame
+  // Appends the command's frame to `all`; its seq.
+  uint32_t put(std::vector<uint8_t>& all, command c) {
+    command_msg m{next_seq(), std::move(c)};
+    expect(m.seq, expected_reply(m.body));
+    std::vector<uint8_t> one;
+    encode(one, m, order());
+    all.insert(all.end(), one.begin(), one.end());
+    return m.seq;
   }
 
-  tool_socket sock_;
   hs::tool_side hs_;
-  frame_splitter splitter_;
-  std::deque<raw_frame> frames_;
-  std::vector<std::pair<uint32_t, reply_shape>> shapes_;
-  std::vector<uint32_t> arrival_;
-  uint32_t seq_ = 0;
-  bool bad_stream_ = false;
-  uint64_t partial_reads_ = 0;
 };
 
 } // namespace kvmi::test

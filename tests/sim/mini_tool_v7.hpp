@@ -7,15 +7,13 @@
 
 #include "proto/v7/codec.hpp"
 #include "proto/v7/handshake.hpp"
+#include "tests/sim/frame_inbox.hpp"
 #include "tests/sim/mini_tool.hpp"
-#include "tests/sim/tool_socket.hpp"
 
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <optional>
 #include <vector>
-
 
 namespace kvmi::test::v7tool {
 
@@ -23,11 +21,11 @@ namespace v7 = kvmi::v7;
 using ms = std::chrono::milliseconds;
 using steady = std::chrono::steady_clock;
 
-class conn {
+class conn : public frame_inbox<v7::reply_shape> {
 public:
-  explicit conn(int fd) : sock_(fd) {}
-  conn(const conn&) = delete;
-  bool closed() const { return sock_.eof(); }
+  explicit conn(int fd)
+      : frame_inbox(fd, frame_splitter{byte_order::native, v7::max_payload},
+                    uint16_t(v7::msg_id::event)) {}
   const v7::hs::qemu_hello& hello() const { return hello_; }
 
   // Reads QEMU's struct and answers with SHA-1(cookie). False if the
@@ -54,8 +52,6 @@ public:
     return true;
   }
 
-  void send_all(std::span<const uint8_t> b) { sock_.send_all(b); }
-
   uint32_t send(v7::command c, uint16_t vcpu = 0) {
     std::vector<uint8_t> out;
     uint32_t seq = put(out, std::move(c), vcpu);
@@ -80,49 +76,29 @@ public:
   }
 
   std::optional<v7::reply_msg> wait_reply(uint32_t seq, ms timeout = ms{30000}) {
-    auto deadline = steady::now() + timeout;
-    while (true) {
-      for (auto it = frames_.begin(); it != frames_.end(); ++it)
-        if (it->hdr.id != uint16_t(v7::msg_id::event) && it->hdr.seq == seq) {
-          v7::reply_shape shape{};
-          for (auto& [s, sh] : shapes_)
-            if (s == seq)
-              shape = sh;
-          auto r = v7::decode_reply(it->view(), shape);
-          frames_.erase(it);
-          if (!r)
-            return std::nullopt;
-          return std::move(*r);
-        }
-      if (!pump(deadline))
-        return std::nullopt;
-    }
+    auto f = take_reply(seq, timeout);
+    if (!f)
+      return std::nullopt;
+    auto r = v7::decode_reply(f->view(), shape_of(seq));
+    if (!r)
+      return std::nullopt;
+    return std::move(*r);
   }
 
   std::optional<v7::event_msg> next_event(ms timeout = ms{30000}) {
-    auto deadline = steady::now() + timeout;
-    while (true) {
-      for (auto it = frames_.begin(); it != frames_.end(); ++it)
-        if (it->hdr.id == uint16_t(v7::msg_id::event)) {
-          auto e = v7::decode_event(it->view());
-          frames_.erase(it);
-          if (!e)
-            return std::nullopt;
-          return std::move(*e);
-        }
-      if (!pump(deadline))
-        return std::nullopt;
-    }
+    auto f = take_event(timeout);
+    if (!f)
+      return std::nullopt;
+    auto e = v7::decode_event(f->view());
+    if (!e)
+      return std::nullopt;
+    return std::move(*e);
   }
-
-  // Frames read so far and not taken: replies, events.
-  size_t queued_replies() const { return queued(false); }
-  size_t queued_events() const { return queued(true); }
 
   // A frame with any id and payload; its reply is decoded as error code only.
   uint32_t send_raw(uint16_t id, std::span<const uint8_t> payload) {
-    msg_hdr h{id, static_cast<uint16_t>(payload.size()), ++seq_};
-    shapes_.emplace_back(h.seq, v7::reply_shape{static_cast<v7::msg_id>(id), 0, false});
+    msg_hdr h{id, static_cast<uint16_t>(payload.size()), next_seq()};
+    expect(h.seq, v7::reply_shape{static_cast<v7::msg_id>(id), 0, false});
     std::vector<uint8_t> out(sizeof h);
     std::memcpy(out.data(), &h, sizeof h);
     out.insert(out.end(), payload.begin(), payload.end());
@@ -157,24 +133,10 @@ public:
     send_all(out);
   }
 
-  bool wait_closed(ms timeout = ms{30000}) {
-    auto deadline = steady::now() + timeout;
-    while (!sock_.eof())
-      if (!pump(deadline))
-        return sock_.eof();
-    return true;
-  }
-
 private:
-  size_t queued(bool events) const {
-    size_t n = 0;
-    for (auto& f : frames_)
-      n += (f.hdr.id == uint16_t(v7::msg_id::event)) == events;
-    return n;
-  }
   uint32_t put(std::vector<uint8_t>& all, v7::command c, uint16_t vcpu) {
-    v7::command_msg m{++seq_, vcpu, std::move(c)};
-    shapes_.emplace_back(m.seq, v7::expected_reply(m.body));
+    v7::command_msg m{next_seq(), vcpu, std::move(c)};
+    expect(m.seq, v7::expected_reply(m.body));
     std::vector<uint8_t> one;
     v7::encode(one, m);
     all.insert(all.end(), one.begin(), one.end());
@@ -190,25 +152,8 @@ private:
     }
     return true;
   }
-  bool pump(steady::time_point deadline) {
-    uint8_t buf[65536];
-    auto n = sock_.read_some(buf, sizeof buf, deadline);
-    if (n <= 0)
-      return false;
-    auto err = splitter_.feed(std::span<const uint8_t>(buf, static_cast<size_t>(n)),
-                              [&](const frame& f) {
-                                frames_.push_back(
-                                  raw_frame{f.hdr, {f.payload.begin(), f.payload.end()}});
-                              });
-    return !err;
-  }
 
-  tool_socket sock_;
   v7::hs::qemu_hello hello_;
-  frame_splitter splitter_{byte_order::native, v7::max_payload};
-  std::deque<raw_frame> frames_;
-  std::vector<std::pair<uint32_t, v7::reply_shape>> shapes_;
-  uint32_t seq_ = 0;
 };
 
 } // namespace kvmi::test::v7tool

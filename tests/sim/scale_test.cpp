@@ -1,12 +1,14 @@
 // Many VMs x many vCPUs against a minimal poll()-based introspector that
 // sets every vCPU up at CREATE_VCPU and answers every event: the invariant
 // checker must see zero violations, and every event is answered once. Each
-// case runs in both dialects (v7: the tool batches as libkvmi does).
+// case runs in the run's dialect (tests/support/test_dialect.hpp; v7: the
+// tool batches as libkvmi does).
 #include "kernel-patches/sim/sim.hpp"
 #include "proto/v7/codec.hpp"
 #include "proto/v7/handshake.hpp"
 #include "tests/sim/mini_tool.hpp"
 #include "tests/support/constants.hpp"
+#include "tests/support/test_dialect.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -244,14 +246,20 @@ private:
 
 class fleet_tool : public fleet_counts {
 public:
-  fleet_tool(listener& l, sim::protocol dialect) : l_(l), dialect_(dialect) {
-    th_ = std::thread([this] { run(); });
-  }
+  fleet_tool() { th_ = std::thread([this] { run(); }); }
   ~fleet_tool() { stop(); }
   void stop() {
     stop_ = true;
     if (th_.joinable())
       th_.join();
+  }
+  // A host aimed at this tool, in its dialect.
+  sim::options host_options() const {
+    sim::options o;
+    o.unix_path = l_.path();
+    o.cookie = test_cookie();
+    o.dialect = dialect_;
+    return o;
   }
 
 private:
@@ -325,15 +333,16 @@ private:
       ::close(s->fd);
   }
 
-  listener& l_;
-  sim::protocol dialect_;
+  listener l_;
+  sim::protocol dialect_ = kvmid::test::test_dialect();
   std::atomic<bool> stop_{false};
   std::thread th_;
 };
 
-// The fleet cases hold in both dialects; each runs once per dialect.
-constexpr sim::protocol dialects[] = {sim::protocol::v5, sim::protocol::v7};
-const char* name_of(sim::protocol d) { return d == sim::protocol::v7 ? "v7" : "v5"; }
+// Event replies received, whatever their action.
+uint64_t replies(const sim::report& r) {
+  return r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
+}
 
 uint64_t total(const std::array<uint64_t, num_events>& a) {
   uint64_t n = 0;
@@ -342,191 +351,155 @@ uint64_t total(const std::array<uint64_t, num_events>& a) {
   return n;
 }
 
+struct host_run {
+  sim::report report; // at the end
+  bool reached = false;
+};
+
+// Runs a host with `o` against the tool until `done` holds for the host's
+// report or the deadline passes, then stops both.
+template <class Done>
+host_run run_until(fleet_tool& tool, const sim::options& o, sim::ms deadline, Done done) {
+  sim::host h(o);
+  h.start();
+  bool reached = h.wait_until([&] { return done(h.make_report()); }, deadline);
+  h.stop();
+  tool.stop();
+  return {h.make_report(), reached};
+}
+
 } // namespace
 
 TEST_CASE("sim: 2,000 vCPUs over 40 VMs against a minimal introspector: zero violations") {
-  for (auto dialect : dialects) {
-    CAPTURE(name_of(dialect));
-    listener l;
-    fleet_tool tool(l, dialect);
-    sim::options o;
-    o.unix_path = l.path();
-    o.cookie = test_cookie();
-    o.dialect = dialect;
-    o.vms = 40;
-    o.vcpus_per_vm = 50;
-    o.seed = 7;
-    o.workload.rate_per_vcpu = 20;
-    sim::host h(o);
-    h.start();
-    bool reached = h.wait_until(
-      [&] {
-        auto r = h.make_report();
-        return r.total.events[size_t(event_id::create_vcpu)] == 2000 && total(r.total.events) >= 20000;
-      },
-      sim::ms{90000});
-    h.stop();
-    tool.stop();
-    auto r = h.make_report();
-    INFO(to_json(r).dump(2));
-    CHECK(reached);
-    CHECK(r.ok());
-    CHECK(r.vcpus == 2000);
-    CHECK(r.total.sessions == 40);
-    CHECK(r.total.events[size_t(event_id::create_vcpu)] == 2000);
-    CHECK(r.total.events[size_t(event_id::pf)] > 0);
-    CHECK(r.total.events[size_t(event_id::msr)] > 0);
-    CHECK(r.total.events[size_t(event_id::cr)] > 0);
-    // Every event was answered exactly once, or was still waiting when the host stopped.
-    uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
-    CHECK(replies + r.total.unanswered_at_close == total(r.total.events));
-    CHECK(r.event_latency.count == replies);
-    CHECK(tool.cmd_errors == 0);
-    CHECK(tool.stream_errors == 0);
-    CHECK(tool.events >= total(r.total.events) - r.total.unanswered_at_close);
-  }
+  fleet_tool tool;
+  auto o = tool.host_options();
+  o.vms = 40;
+  o.vcpus_per_vm = 50;
+  o.seed = 7;
+  o.workload.rate_per_vcpu = 20;
+  auto run = run_until(tool, o, sim::ms{90000}, [](const sim::report& r) {
+    return r.total.events[size_t(event_id::create_vcpu)] == 2000 && total(r.total.events) >= 20000;
+  });
+  auto& r = run.report;
+  INFO(to_json(r).dump(2));
+  CHECK(run.reached);
+  CHECK(r.ok());
+  CHECK(r.vcpus == 2000);
+  CHECK(r.total.sessions == 40);
+  CHECK(r.total.events[size_t(event_id::create_vcpu)] == 2000);
+  CHECK(r.total.events[size_t(event_id::pf)] > 0);
+  CHECK(r.total.events[size_t(event_id::msr)] > 0);
+  CHECK(r.total.events[size_t(event_id::cr)] > 0);
+  // Every event was answered exactly once, or was still waiting when the host stopped.
+  CHECK(replies(r) + r.total.unanswered_at_close == total(r.total.events));
+  CHECK(r.event_latency.count == replies(r));
+  CHECK(tool.cmd_errors == 0);
+  CHECK(tool.stream_errors == 0);
+  CHECK(tool.events >= total(r.total.events) - r.total.unanswered_at_close);
 }
 
 TEST_CASE("sim: chaos: torn frames, slow replies, hot-plug and reconnect storms stay violation-free") {
-  for (auto dialect : dialects) {
-    CAPTURE(name_of(dialect));
-    listener l;
-    fleet_tool tool(l, dialect);
-    sim::options o;
-    o.unix_path = l.path();
-    o.cookie = test_cookie();
-    o.dialect = dialect;
-    o.vms = 6;
-    o.vcpus_per_vm = 8;
-    o.seed = 11;
-    o.workload.rate_per_vcpu = 50;
-    o.faults.torn_frames = 0.05;
-    o.faults.torn_pause = sim::ms{1};
-    o.faults.slow_reply_fraction = 0.05;
-    o.faults.slow_reply_delay = sim::ms{3};
-    o.faults.hotplug_storm_every = sim::ms{40};
-    o.faults.hotplug_max_vcpus = 12;
-    o.faults.reconnect_storm_every = sim::ms{150};
-    o.reconnect_delay = sim::ms{5};
-    sim::host h(o);
-    h.start();
-    bool reached = h.wait_until(
-      [&] {
-        auto r = h.make_report();
-        return r.total.reconnects >= 12 && total(r.total.events) >= 4000 && r.vcpus == 6 * 12;
-      },
-      sim::ms{60000});
-    h.stop();
-    tool.stop();
-    auto r = h.make_report();
-    INFO(to_json(r).dump(2));
-    CHECK(reached);
-    CHECK(r.ok());
-    CHECK(r.total.faults_injected > 0);
-    uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
-    CHECK(replies + r.total.unanswered_at_close == total(r.total.events));
-    CHECK(tool.stream_errors == 0);
-    CHECK(tool.cmd_errors == 0);
-    auto j = to_json(r);
-    CHECK(j["violations_total"] == 0);
-    CHECK(j["reconnects"].get<uint64_t>() >= 12);
-  }
+  fleet_tool tool;
+  auto o = tool.host_options();
+  o.vms = 6;
+  o.vcpus_per_vm = 8;
+  o.seed = 11;
+  o.workload.rate_per_vcpu = 50;
+  o.faults.torn_frames = 0.05;
+  o.faults.torn_pause = sim::ms{1};
+  o.faults.slow_reply_fraction = 0.05;
+  o.faults.slow_reply_delay = sim::ms{3};
+  o.faults.hotplug_storm_every = sim::ms{40};
+  o.faults.hotplug_max_vcpus = 12;
+  o.faults.reconnect_storm_every = sim::ms{150};
+  o.reconnect_delay = sim::ms{5};
+  auto run = run_until(tool, o, sim::ms{60000}, [](const sim::report& r) {
+    return r.total.reconnects >= 12 && total(r.total.events) >= 4000 && r.vcpus == 6 * 12;
+  });
+  auto& r = run.report;
+  INFO(to_json(r).dump(2));
+  CHECK(run.reached);
+  CHECK(r.ok());
+  CHECK(r.total.faults_injected > 0);
+  CHECK(replies(r) + r.total.unanswered_at_close == total(r.total.events));
+  CHECK(tool.stream_errors == 0);
+  CHECK(tool.cmd_errors == 0);
+  auto j = to_json(r);
+  CHECK(j["violations_total"] == 0);
+  CHECK(j["reconnects"].get<uint64_t>() >= 12);
 }
 
 TEST_CASE("sim: UNHOOK in the middle of an event storm: every VM ends cleanly, none reconnects") {
-  for (auto dialect : dialects) {
-    CAPTURE(name_of(dialect));
-    listener l;
-    fleet_tool tool(l, dialect);
-    sim::options o;
-    o.unix_path = l.path();
-    o.cookie = test_cookie();
-    o.dialect = dialect;
-    o.vms = 8;
-    o.vcpus_per_vm = 16;
-    o.seed = 5;
-    o.threads = 2;
-    o.workload.rate_per_vcpu = 200;
-    o.reconnect_delay = sim::ms{5};
-    sim::host h(o);
-    h.start();
-    REQUIRE(h.wait_until(
-      [&] {
-        auto r = h.make_report();
-        return r.total.events[size_t(event_id::create_vcpu)] == 128 && total(r.total.events) >= 3000;
-      },
-      sim::ms{60000}));
-    std::vector<std::future<sim::outcome>> fs;
-    for (uint32_t v = 0; v < o.vms; ++v)
-      fs.push_back(h.request_unhook(v));
-    for (auto& f : fs) {
-      REQUIRE(f.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-      CHECK(f.get().ok);
-    }
-    for (uint32_t v = 0; v < o.vms; ++v) {
-      auto view = h.vm(v);
-      CHECK(view.unhooked);
-      CHECK_FALSE(view.hooked);
-      CHECK_FALSE(view.connected);
-    }
-    // The guests keep running without introspection: no events, no reconnects.
-    auto before = h.make_report();
-    auto w = h.write_msr(3, 2, msr_lstar, 0x4242000);
-    REQUIRE(w.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-    CHECK(w.get().events == 0);
-    h.stop();
-    tool.stop();
-    auto r = h.make_report();
-    INFO(to_json(r).dump(2));
-    CHECK(r.ok());
-    CHECK(r.total.events[size_t(event_id::unhook)] == 8);
-    CHECK(tool.unhooks == 8);
-    CHECK(r.total.sessions == 8);
-    CHECK(r.total.reconnects == 0);
-    CHECK(total(r.total.events) == total(before.total.events));
-    uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
-    CHECK(replies + r.total.unanswered_at_close + 8 == total(r.total.events));
+  fleet_tool tool;
+  auto o = tool.host_options();
+  o.vms = 8;
+  o.vcpus_per_vm = 16;
+  o.seed = 5;
+  o.threads = 2;
+  o.workload.rate_per_vcpu = 200;
+  o.reconnect_delay = sim::ms{5};
+  sim::host h(o);
+  h.start();
+  REQUIRE(h.wait_until(
+    [&] {
+      auto r = h.make_report();
+      return r.total.events[size_t(event_id::create_vcpu)] == 128 && total(r.total.events) >= 3000;
+    },
+    sim::ms{60000}));
+  std::vector<std::future<sim::outcome>> fs;
+  for (uint32_t v = 0; v < o.vms; ++v)
+    fs.push_back(h.request_unhook(v));
+  for (auto& f : fs) {
+    REQUIRE(f.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+    CHECK(f.get().ok);
   }
+  for (uint32_t v = 0; v < o.vms; ++v) {
+    auto view = h.vm(v);
+    CHECK(view.unhooked);
+    CHECK_FALSE(view.hooked);
+    CHECK_FALSE(view.connected);
+  }
+  // The guests keep running without introspection: no events, no reconnects.
+  auto before = h.make_report();
+  auto w = h.write_msr(3, 2, msr_lstar, 0x4242000);
+  REQUIRE(w.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  CHECK(w.get().events == 0);
+  h.stop();
+  tool.stop();
+  auto r = h.make_report();
+  INFO(to_json(r).dump(2));
+  CHECK(r.ok());
+  CHECK(r.total.events[size_t(event_id::unhook)] == 8);
+  CHECK(tool.unhooks == 8);
+  CHECK(r.total.sessions == 8);
+  CHECK(r.total.reconnects == 0);
+  CHECK(total(r.total.events) == total(before.total.events));
+  CHECK(replies(r) + r.total.unanswered_at_close + 8 == total(r.total.events));
 }
 
 TEST_CASE("sim: chaos: frames cut mid-way, garbage, duplicated and unknown-seq replies - the tool closes, the host reconnects") {
-  for (auto dialect : dialects) {
-    CAPTURE(name_of(dialect));
-    listener l;
-    fleet_tool tool(l, dialect);
-    sim::options o;
-    o.unix_path = l.path();
-    o.cookie = test_cookie();
-    o.dialect = dialect;
-    o.vms = 6;
-    o.vcpus_per_vm = 6;
-    o.seed = 13;
-    o.workload.rate_per_vcpu = 100;
-    o.faults.drop_mid_frame = 0.002;
-    o.faults.garbage = 0.002;
-    o.faults.duplicate_reply = 0.01;
-    o.faults.unknown_seq_reply = 0.01;
-    o.faults.bad_mac = 0.1;
-    o.reconnect_delay = sim::ms{5};
-    sim::host h(o);
-    h.start();
-    bool reached = h.wait_until(
-      [&] {
-        auto r = h.make_report();
-        return r.total.reconnects >= 20 && r.total.handshake_failures >= 1 &&
-               total(r.total.events) >= 3000;
-      },
-      sim::ms{60000});
-    h.stop();
-    tool.stop();
-    auto r = h.make_report();
-    INFO(to_json(r).dump(2));
-    CHECK(reached);
-    CHECK(r.ok()); // faults are the host's doing, not the tool's
-    CHECK(r.total.faults_injected >= 20);
-    CHECK(tool.stream_errors > 0);
-    CHECK(tool.cmd_errors == 0);
-    uint64_t replies = r.total.replies[0] + r.total.replies[1] + r.total.replies[2];
-    CHECK(replies + r.total.unanswered_at_close == total(r.total.events));
-  }
+  fleet_tool tool;
+  auto o = tool.host_options();
+  o.vms = 6;
+  o.vcpus_per_vm = 6;
+  o.seed = 13;
+  o.workload.rate_per_vcpu = 100;
+  o.faults.drop_mid_frame = 0.002;
+  o.faults.garbage = 0.002;
+  o.faults.duplicate_reply = 0.01;
+  o.faults.unknown_seq_reply = 0.01;
+  o.faults.bad_mac = 0.1;
+  o.reconnect_delay = sim::ms{5};
+  auto run = run_until(tool, o, sim::ms{60000}, [](const sim::report& r) {
+    return r.total.reconnects >= 20 && r.total.handshake_failures >= 1 &&
+           total(r.total.events) >= 3000;
+  });
+  auto& r = run.report;
+  INFO(to_json(r).dump(2));
+  CHECK(run.reached);
+  CHECK(r.ok()); // faults are the host's doing, not the tool's
+  CHECK(r.total.faults_injected >= 20);
+  CHECK(tool.stream_errors > 0);
+  CHECK(tool.cmd_errors == 0);
+  CHECK(replies(r) + r.total.unanswered_at_close == total(r.total.events));
 }

@@ -28,7 +28,7 @@ namespace kvmid::testing {
 
 struct inproc_options {
   // Both ends speak it: the listener's protocol and the simulator's dialect.
-  protocol dialect = test::test_dialect;
+  protocol dialect = test::test_dialect() == test::dialect::v7 ? protocol::v7 : protocol::v5;
   core_options core;
   // Every simulated VM connects at start-up at once: no cap on pending
   // handshakes unless a test sets one (kvmid's default is 64).

@@ -1,11 +1,13 @@
 // A real kvmid process (config, cookie and token in a fresh temp dir, API
 // on a UNIX socket), an embedded kvmi-sim fleet connected to it, and real
-// clients (curl, kvmictl) run as processes. Needs KVMID_BIN, KVMICTL_BIN
+// clients (curl, kvmictl) run as processes. Both ends speak the run's KVMI
+// dialect (tests/support/host_dialect.hpp). Needs KVMID_BIN, KVMICTL_BIN
 // and CURL_BIN from the build.
 #pragma once
 
 #include "kernel-patches/sim/sim.hpp"
 #include "tests/support/constants.hpp"
+#include "tests/support/host_dialect.hpp"
 #include "tests/support/kvmid_daemon.hpp"
 
 #include <doctest/doctest.h>
@@ -74,6 +76,7 @@ struct kvmid_process : kvmid_daemon {
     so.vcpus_per_vm = o.vcpus;
     so.cookie = cookie;
     so.seed = 42;
+    speak_test_dialect(so);
     so.reconnect = o.reconnect;
     so.memory = sim_memory();
     sim = std::make_unique<kvmi::sim::host>(so);
@@ -129,7 +132,9 @@ struct kvmid_process : kvmid_daemon {
       api["read_token_file"] = dir + "/read.token";
     for (auto& [k, v] : o.api_extra.items())
       api[k] = v;
-    json listeners = json::array({{{"type", "unix"}, {"path", dir + "/kvmi.sock"}}});
+    json kvmi = {{"type", "unix"}, {"path", dir + "/kvmi.sock"}};
+    speak_test_dialect(kvmi);
+    json listeners = json::array({kvmi});
     for (auto& l : o.extra_listeners)
       listeners.push_back(l);
     return {{"log_level", o.log_level},

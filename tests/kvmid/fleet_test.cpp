@@ -204,7 +204,7 @@ TEST_CASE("breakpoints: kvmid's INT3 is planted - a hit counted and the byte res
   REQUIRE(bps.value().size() == 1);
   CHECK(bps.value()[0].hits == 1);
   CHECK(bps.value()[0].original == 0x55);
-  if (test::test_dialect == protocol::v5) { // no single-stepping: left out for the session
+  if (test::test_dialect() == test::dialect::v5) { // no single-stepping: left out for the session
     CHECK(f.h->memory(0, text + 0x40, 1)[0] == 0x55);
     CHECK_FALSE(bps.value()[0].planted);
   }
@@ -240,7 +240,7 @@ TEST_CASE("breakpoints: a policy breakpoint hit N times is counted N times - onc
   fleet f(one(p), [](sim::options& o) { o.vcpus_per_vm = 2; }, {},
           [](sim::host& h) { h.guest_write(0, at, {original}); });
   REQUIRE(f.ready(0, kvmi::flag(event_id::breakpoint)));
-  bool rearms = test::test_dialect == protocol::v7;
+  bool rearms = test::test_dialect() == test::dialect::v7;
   auto planted = [&] { return f.h->memory(0, at, 1)[0] == 0xcc; };
   constexpr int n = 6;
   uint64_t fired = 0;

@@ -311,9 +311,10 @@ TEST_CASE("e2e: /metrics has every family and passes promtool") {
       m = t.curl("GET", "/metrics");
       return m.body.find("kvmid_protocol_errors_total{") != std::string::npos
              && m.body.find("kvmid_handshake_failures_total{") != std::string::npos
-             && m.body.find("kvmid_vms 2\n") != std::string::npos;
+             && m.body.find("kvmid_vms 2\n") != std::string::npos
+             && m.body.find("kvmid_vcpus 4\n") != std::string::npos;
     },
-    "the protocol error - the handshake failure and both VMs back in /metrics");
+    "the protocol error - the handshake failure and both VMs with their vCPUs back in /metrics");
   REQUIRE(m.status == 200);
   INFO(m.body);
   for (const char* fam :

@@ -1,5 +1,6 @@
 #include "kernel-patches/qemu/kvmi_host.hpp"
 
+#include "kernel-patches/qemu/served.hpp"
 #include "proto/x86_insn.hpp"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <poll.h>
+#include <utility>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -26,18 +28,6 @@ constexpr uint64_t start_kernel_map = 0xffffffff80000000ull;
 // and all of RAM at the direct map's base (page_offset_base, fixed then).
 constexpr uint64_t direct_map = 0xffff888000000000ull;
 constexpr uint32_t chunk = 1024; // bytes per m/M packet (PacketSize 0x1000, hex doubles)
-
-// What this host serves; the rest is refused with -KVM_EACCES, as a kernel
-// whose host allows less does.
-constexpr uint32_t commands =
-  flag(msg_id::get_version) | flag(msg_id::get_guest_info) | flag(msg_id::get_registers)
-  | flag(msg_id::set_registers) | flag(msg_id::read_physical) | flag(msg_id::write_physical)
-  | flag(msg_id::control_events) | flag(msg_id::event) | flag(msg_id::event_reply)
-  | flag(msg_id::pause_all_vcpus) | flag(msg_id::control_vm_events)
-  | flag(msg_id::get_page_access) | flag(msg_id::set_page_access);
-constexpr uint32_t vcpu_events =
-  flag(event_id::breakpoint) | flag(event_id::pause_vcpu) | flag(event_id::pf);
-constexpr uint32_t vm_events = flag(event_id::create_vcpu) | flag(event_id::unhook);
 
 void log(const char* fmt, auto... args) {
   std::fprintf(stderr, "kvmi-qemu: ");
@@ -85,18 +75,7 @@ void kvmi_host::try_connect() {
     return;
   }
   fd_ = fd;
-  hs::guest_info g;
-  g.id = o_.uuid;
-  g.vcpu_count = o_.vcpus;
-  g.start_time = ::time(nullptr);
-  g.name = o_.name;
-  // The PC's legacy hole is no RAM: VGA and BIOS ROMs.
-  g.regions = {{0, 0xa0000, uint32_t(hs::region_type::ram), 0, 0},
-               {0xa0000, 0x60000, uint32_t(hs::region_type::mmio), 0, 0},
-               {0x100000, o_.ram_bytes - 0x100000, uint32_t(hs::region_type::ram), 0, 0}};
-  dm_ = std::make_unique<hs::dm_side>(o_.cookie, g);
-  send_frame(dm_->out());
-  dm_->out().clear();
+  start_handshake();
   log("connected to %s", o_.socket.c_str());
 }
 
@@ -125,7 +104,9 @@ void kvmi_host::on_kvmid_bytes(std::span<const uint8_t> in) {
       return;
     hooked_ = true;
     backoff_ = 100ms;
-    splitter_ = std::make_unique<frame_splitter>();
+    cmd_replies_ = replying_ = true;
+    splitter_ = std::make_unique<frame_splitter>(
+      byte_order::native, o_.protocol == dialect::v7 ? v7::max_payload : max_payload);
     for (auto& c : vcpus_)
       c.create_pending = true; // sent once kvmid enables CREATE_VCPU
     log("hooked as %s", o_.name.c_str());
@@ -149,7 +130,8 @@ void kvmi_host::end_session(const std::string& why) {
   vm_events_ = 0;
   pending_.clear();
   for (auto& c : vcpus_)
-    c = vcpu{}; // waits end as if answered CONTINUE
+    c = vcpu{}; // waits end as if answered CONTINUE; no vCPU single-steps
+  stepping_.reset();
   unprotect_all(); // the kernel gives every page rwx back when a session ends
   if (unhook_sent_)
     unhooked_ = true;
@@ -175,8 +157,7 @@ void kvmi_host::request_unhook() {
   event_msg m;
   m.seq = ++ev_seq_;
   m.common.event = uint32_t(event_id::unhook);
-  encode(scratch_, m);
-  send_frame(scratch_);
+  send_event_msg(m);
   unhook_sent_ = true;
   unhook_deadline_ = clock::now() + 30s;
   log("UNHOOK sent");
@@ -189,8 +170,7 @@ void kvmi_host::reply(msg_id id, uint32_t seq, reply_data d) {
   r.id = id;
   r.seq = seq;
   r.data = std::move(d);
-  encode(scratch_, r);
-  send_frame(scratch_);
+  send_reply(r);
 }
 
 void kvmi_host::reply_err(msg_id id, uint32_t seq, int32_t kvm_e) {
@@ -198,11 +178,19 @@ void kvmi_host::reply_err(msg_id id, uint32_t seq, int32_t kvm_e) {
   r.id = id;
   r.seq = seq;
   r.err = -kvm_e;
+  send_reply(r);
+}
+
+void kvmi_host::send_reply(const reply_msg& r) {
+  if (o_.protocol == dialect::v7)
+    return encode_reply_v7(r);
   encode(scratch_, r);
   send_frame(scratch_);
 }
 
 void kvmi_host::on_frame(const frame& f) {
+  if (o_.protocol == dialect::v7)
+    return on_frame_v7(f);
   if (f.hdr.id >= num_v5_messages)
     return end_session(join({"message id ", std::to_string(f.hdr.id), " (v5 closes on >= 29)"}));
   auto m = decode_from_tool(f);
@@ -211,8 +199,10 @@ void kvmi_host::on_frame(const frame& f) {
       return reply_err(msg_id(f.hdr.id), f.hdr.seq, kvm_einval);
     return end_session(join({"undecodable message: ", m.err().reason}));
   }
-  if (auto* r = std::get_if<event_reply_msg>(&*m))
-    return on_event_reply(*r);
+  if (auto* r = std::get_if<event_reply_msg>(&*m)) {
+    auto act = static_cast<action>(r->common.action);
+    return on_event_reply(r->seq, r->common.event, check(*r) ? action::continue_ : act);
+  }
   on_command(std::get<command_msg>(*m));
 }
 
@@ -221,7 +211,7 @@ void kvmi_host::on_command(command_msg& m) {
   uint32_t seq = m.seq;
   if (std::getenv("KVMI_QEMU_TRACE"))
     log("command %s seq %u", std::string(name(id)).c_str(), seq);
-  if (!allowed_command(id, commands))
+  if (!allowed_command(id, served_commands))
     return reply_err(id, seq, kvm_eacces);
   if (auto e = check(m.body)) {
     if (e.code == errc::bad_range)
@@ -234,7 +224,8 @@ void kvmi_host::on_command(command_msg& m) {
     [&](auto& x) {
       using T = std::decay_t<decltype(x)>;
       if constexpr (std::is_same_v<T, get_version>) {
-        reply(id, seq, get_version_reply{kvmi::version, commands, vcpu_events | vm_events, 0});
+        reply(id, seq, get_version_reply{kvmi::version, served_commands,
+                                         served_vcpu_events | served_vm_events, 0});
       } else if constexpr (std::is_same_v<T, get_guest_info>) {
         reply(id, seq, get_guest_info_reply{o_.vcpus, 0, 0});
       } else if constexpr (std::is_same_v<T, pause_all_vcpus>) {
@@ -242,12 +233,12 @@ void kvmi_host::on_command(command_msg& m) {
         for (auto& c : vcpus_)
           ++c.pauses;
       } else if constexpr (std::is_same_v<T, control_vm_events>) {
-        if (x.events & ~vm_events)
+        if (x.events & ~served_vm_events)
           return reply_err(id, seq, kvm_eperm);
         vm_events_ = x.events;
         reply(id, seq);
       } else if constexpr (std::is_same_v<T, control_events>) {
-        if (x.events & ~vcpu_events)
+        if (x.events & ~served_vcpu_events)
           return reply_err(id, seq, kvm_eperm);
         vcpus_[x.vcpu].events = x.events;
         reply(id, seq);
@@ -311,10 +302,11 @@ void kvmi_host::on_command(command_msg& m) {
     m.body);
 }
 
-void kvmi_host::on_event_reply(const event_reply_msg& r) {
-  auto it = pending_.find(r.seq);
+// An event's reply, in either dialect; an ill-formed one counts as CONTINUE.
+void kvmi_host::on_event_reply(uint32_t seq, uint32_t event, action act) {
+  auto it = pending_.find(seq);
   if (it == pending_.end())
-    return end_session(join({"reply to no event (seq ", std::to_string(r.seq), ")"}));
+    return end_session(join({"reply to no event (seq ", std::to_string(seq), ")"}));
   uint16_t i = it->second;
   pending_.erase(it);
   auto& c = vcpus_[i];
@@ -323,12 +315,12 @@ void kvmi_host::on_event_reply(const event_reply_msg& r) {
   if (c.set_regs && !write_regs(i, *c.set_regs))
     log("vcpu %u: SET_REGISTERS not applied: %s", unsigned(i), gdb_.error().c_str());
   c.set_regs.reset();
-  auto act = static_cast<action>(r.common.action);
-  if (r.common.event != uint32_t(c.ev) || check(r))
+  if (event != uint32_t(c.ev))
     act = action::continue_;
-  if (c.ev == event_id::breakpoint)
-    log("vcpu %u: BREAKPOINT answered %s in %lld us", unsigned(i),
-        std::string(name(act)).c_str(), (long long)us.count());
+  if (c.ev == event_id::breakpoint || c.ev == singlestep_event)
+    log("vcpu %u: %s answered %s in %lld us", unsigned(i),
+        c.ev == singlestep_event ? "SINGLESTEP" : "BREAKPOINT", std::string(name(act)).c_str(),
+        (long long)us.count());
   if (act == action::crash) {
     if (c.ev == event_id::pf)
       finish_pf(i, act);
@@ -368,13 +360,20 @@ void kvmi_host::send_event(uint16_t vcpu, event_id kind, event_data data,
   m.common.sregs = s->sregs;
   m.common.msrs = s->msrs;
   m.data = std::move(data);
-  encode(scratch_, m);
   auto& c = vcpus_[vcpu];
   c.waiting = true;
   c.ev = kind;
   c.ev_seq = m.seq;
   c.ev_sent = clock::now();
   pending_[m.seq] = vcpu;
+  send_event_msg(m);
+}
+
+void kvmi_host::send_event_msg(const event_msg& m) {
+  if (o_.protocol == dialect::v7)
+    encode_event_v7(m);
+  else
+    encode(scratch_, m);
   send_frame(scratch_);
 }
 
@@ -418,6 +417,7 @@ bool kvmi_host::ensure_stopped() {
 
 void kvmi_host::on_stop(const stop_reply& s) {
   running_ = false;
+  auto stepped = std::exchange(stepping_, std::nullopt); // else stepped again
   if (s.exited)
     return fatal("the guest is gone (" + s.raw + ")");
   if (s.signal != 5)
@@ -427,6 +427,15 @@ void kvmi_host::on_stop(const stop_reply& s) {
     return;
   if (s.watch && on_watch(i, *s.watch))
     return;
+  if (stepped == i) {
+    // The instruction ran: v7's SINGLESTEP, before any breakpoint at the
+    // next one (that one stops the vCPU when it runs on).
+    auto& c = vcpus_[i];
+    if (hooked_ && !unhook_sent_ && !c.waiting && c.singlestep
+        && (c.events & flag(singlestep_event)))
+      send_event(i, singlestep_event, std::monostate{});
+    return;
+  }
   auto st = read_state(i);
   if (!st)
     return fatal("cannot read registers after a stop: " + gdb_.error());
@@ -453,9 +462,28 @@ void kvmi_host::maybe_resume() {
   for (auto& c : vcpus_)
     if (c.waiting)
       return; // all-stop: one vCPU waiting holds them all
+  for (uint16_t i = 0; i < vcpus_.size(); ++i) {
+    auto& c = vcpus_[i];
+    if (hooked_ && c.singlestep && (c.events & flag(singlestep_event))) {
+      if (!step(i))
+        fatal(gdb_.error());
+      return;
+    }
+  }
   if (!gdb_.send("c"))
     return fatal(gdb_.error());
   running_ = true;
+}
+
+// One instruction of vCPU `vcpu` (QEMU runs the others meanwhile, with
+// interrupts and timers off on the stepped one); its stop is on_stop's.
+bool kvmi_host::step(uint16_t vcpu) {
+  auto r = gdb_.request(join({"Hc", hex_addr(vcpu + 1u)}));
+  if (!r || *r != "OK" || !gdb_.send("s"))
+    return false;
+  running_ = true;
+  stepping_ = vcpu;
+  return true;
 }
 
 bool kvmi_host::select_thread(uint16_t vcpu) {

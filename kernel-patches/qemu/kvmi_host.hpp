@@ -1,6 +1,7 @@
-// The KVMI v5 host end kvmi-qemu plays: the device manager's handshake
-// (proto/handshake, as kvmi-sim's), then the kernel's side of the session,
-// with the guest behind QEMU's gdbstub instead of KVM:
+// The KVMI host end kvmi-qemu plays, in v5 or in the v7 dialect: the
+// device manager's handshake (kvmi-sim's, kernel-patches/sim/dm_handshake),
+// then the kernel's side of the session, with the guest behind QEMU's
+// gdbstub instead of KVM:
 //   a vCPU event        = the gdbstub stopped (all-stop: every vCPU stops);
 //                         the guest runs on once no vCPU waits for a reply
 //   PAUSE_VCPU          = ^C, one PAUSE_VCPU per vCPU
@@ -11,13 +12,18 @@
 //                         memory keeps its byte; a hit is a BREAKPOINT event
 //   a page without w    = write watchpoints (Z2) over the page's kernel
 //                         mappings; a hit (after the write) is a PF event
+//   v7 SINGLESTEP       = `s` on the vCPU's thread instead of `c`
+// The commands are served in v5's terms; v7_wire.cpp turns v7 frames into
+// them and v5 replies and events into v7 ones.
 // Single-threaded: one poll() loop over kvmid's socket and the gdbstub.
 #pragma once
 
 #include "kernel-patches/qemu/gdb_registers.hpp"
 #include "kernel-patches/qemu/gdb_remote.hpp"
+#include "kernel-patches/sim/dm_handshake.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
+#include "proto/v7/codec.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -29,8 +35,11 @@
 
 namespace kvmi::qemu {
 
+enum class dialect : uint8_t { v5, v7 };
+
 struct host_options {
   std::string socket; // kvmid's KVMI UNIX socket
+  dialect protocol = dialect::v5; // v7: QEMU's handshake (E820 layout), v7 messages
   std::vector<uint8_t> cookie;
   std::string name = "qemu-guest";
   hs::uuid uuid{};
@@ -68,6 +77,7 @@ private:
     uint32_t events = 0; // CONTROL_EVENTS
     uint32_t pauses = 0; // PAUSE_VCPU events owed
     bool create_pending = false;
+    bool singlestep = false; // v7 VCPU_CONTROL_SINGLESTEP
     std::optional<kvm_regs> set_regs;
     std::chrono::steady_clock::time_point ev_sent;
     uint64_t pf_page = 0; // the protected page of the PF event waiting
@@ -91,11 +101,23 @@ private:
   void send_frame(const std::vector<uint8_t>& bytes);
   void on_frame(const frame& f);
   void on_command(command_msg& m);
-  void on_event_reply(const event_reply_msg& r);
+  void on_event_reply(uint32_t seq, uint32_t event, action act);
   void reply(msg_id id, uint32_t seq, reply_data d = std::monostate{});
   void reply_err(msg_id id, uint32_t seq, int32_t kvm_e);
+  void send_reply(const reply_msg& r);
   void send_event(uint16_t vcpu, event_id kind, event_data data,
                   std::optional<uint64_t> rip = std::nullopt);
+  void send_event_msg(const event_msg& m);
+
+  // The v7 dialect (v7_wire.cpp).
+  void start_handshake();
+  void on_frame_v7(const frame& f);
+  void on_command_v7(v7::command_msg& m);
+  void reply_v7(v7::msg_id id, uint32_t seq, v7::reply_data d = std::monostate{});
+  void reply_err_v7(v7::msg_id id, uint32_t seq, int32_t kvm_e);
+  void encode_reply_v7(const reply_msg& r);
+  void encode_event_v7(const event_msg& m);
+  bool step(uint16_t vcpu);
   void send_due_events();
   void request_unhook();
 
@@ -128,7 +150,7 @@ private:
   std::map<uint64_t, protected_page> pages_;
   bool running_ = false;
   int fd_ = -1;
-  std::unique_ptr<hs::dm_side> dm_;
+  std::unique_ptr<sim::detail::dm_handshake> dm_;
   std::unique_ptr<frame_splitter> splitter_;
   bool hooked_ = false, unhooked_ = false, unhook_sent_ = false;
   uint32_t vm_events_ = 0;
@@ -138,6 +160,11 @@ private:
   std::chrono::steady_clock::time_point next_connect_{};
   std::chrono::milliseconds backoff_{100};
   std::chrono::steady_clock::time_point unhook_deadline_{};
+  // v7: CONTROL_CMD_RESPONSE's switch, whether the command being served is
+  // answered, and the v7 id of a command served in v5's terms.
+  bool cmd_replies_ = true, replying_ = true;
+  v7::msg_id v7_id_{};
+  std::optional<uint16_t> stepping_; // the vCPU an `s` was sent for
   int exit_code_ = -1; // set: the loop ends
 };
 

@@ -1,6 +1,6 @@
-// kvmi-qemu: a KVMI v5 host end backed by a real Linux guest under QEMU
+// kvmi-qemu: a KVMI host end backed by a real Linux guest under QEMU
 // (TCG): boots Debian's cloud kernel with a busybox initramfs, attaches to
-// QEMU's gdbstub and serves kvmid over the v5 wire (README.md).
+// QEMU's gdbstub and serves kvmid over the v5 or the v7 wire (README.md).
 #include "kvmid_version.hpp"
 #include "kernel-patches/qemu/guest_image.hpp"
 #include "kernel-patches/qemu/kvmi_host.hpp"
@@ -47,6 +47,7 @@ void usage() {
     "  --hook-when TEXT     connect to kvmid once the console shows TEXT (workload-start,\n"
     "                       the line /init prints after boot); \"\" connects at once\n"
     "  --name NAME          the VM's name in the handshake (qemu-guest)\n"
+    "  --protocol v5|v7     the KVMI dialect (v5); v7: QEMU's handshake with an E820 map\n"
     "  --vcpus N --memory MiB (1, 256)  --no-reconnect  --version\n"
     "SIGUSR1 asks for an unhook (UNHOOK event), SIGUSR2 for a new session after one;\n"
     "SIGTERM/SIGINT stop QEMU and exit.\n",
@@ -107,6 +108,12 @@ int main(int argc, char** argv) {
     else if (a == "--vcpus") vm.vcpus = unsigned(std::atoi(value().c_str()));
     else if (a == "--memory") vm.memory_mib = unsigned(std::atoi(value().c_str()));
     else if (a == "--no-reconnect") host.reconnect = false;
+    else if (a == "--protocol") {
+      auto p = value();
+      if (p != "v5" && p != "v7")
+        return fail("--protocol: v5 or v7, not " + p);
+      host.protocol = p == "v7" ? q::dialect::v7 : q::dialect::v5;
+    }
     else return usage(), 2;
   }
   if (host.socket.empty() || cookie_file.empty())

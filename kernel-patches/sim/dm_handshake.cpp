@@ -13,6 +13,7 @@ public:
   hs::status feed(std::span<const uint8_t>& in) override { return side_.feed(in); }
   std::vector<uint8_t>& out() override { return side_.out(); }
   hs::status state() const override { return side_.state(); }
+  std::string reason() const override { return std::string(side_.reason()); }
 
 private:
   hs::dm_side side_;
@@ -39,8 +40,10 @@ public:
       size_t want = sizeof(uint32_t);
       if (buf_.size() >= want) {
         auto size = v7::hs::tool_answer_size(buf_);
-        if (!size)
+        if (!size) {
+          reason_ = std::string("the tool's answer: ").append(size.err().reason);
           return status_ = hs::status::failed;
+        }
         want = *size;
       }
       size_t n = std::min(want - buf_.size(), in.size());
@@ -53,6 +56,7 @@ public:
   }
   std::vector<uint8_t>& out() override { return out_; }
   hs::status state() const override { return status_; }
+  std::string reason() const override { return reason_; }
 
 private:
   void finish() {
@@ -60,11 +64,16 @@ private:
     // QEMU compares the hash only when it has a secret of its own.
     bool ok = answer && (secret_.empty() || v7::hs::cookie_matches(*answer, secret_));
     status_ = ok ? hs::status::done : hs::status::failed;
+    if (!answer)
+      reason_ = std::string("the tool's answer: ").append(answer.err().reason);
+    else if (!ok)
+      reason_ = "the tool's answer carries another cookie's hash";
   }
 
   std::vector<uint8_t> secret_;
   std::vector<uint8_t> buf_, out_;
   hs::status status_ = hs::status::in_progress;
+  std::string reason_;
 };
 
 } // namespace

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace kvmi::sim::detail {
@@ -21,6 +22,7 @@ public:
   virtual hs::status feed(std::span<const uint8_t>& in) = 0;
   virtual std::vector<uint8_t>& out() = 0; // to send, then clear()
   virtual hs::status state() const = 0;
+  virtual std::string reason() const = 0; // why it failed
 };
 
 // v5: kvmid's handshake or the v5-era QEMU one (proto/handshake.hpp).

@@ -1,12 +1,14 @@
 // What the gdbstub has no equivalent for, as a minimal tool sees it on the
 // wire: CR and MSR interception, CPUID, XSAVE, exception injection and map
-// tokens are not in GET_VERSION's masks and are refused with the kernel's
-// error codes (-KVM_EACCES for a command the host does not allow,
-// -KVM_EPERM for a disallowed event in CONTROL_EVENTS), and no event comes
-// for them. kvmi-qemu hooks at once (--hook-when ""), while the firmware
-// runs: no guest boot needed.
+// tokens are refused with the kernel's error codes, and no event comes for
+// them. v5: absent from GET_VERSION's masks, -KVM_EACCES for a command the
+// host does not allow, -KVM_EPERM for a disallowed event in
+// CONTROL_EVENTS. v7: CHECK_COMMAND and CHECK_EVENT say no, and the
+// commands get -KVM_EPERM. kvmi-qemu hooks at once (--hook-when ""), while
+// the firmware runs: no guest boot needed.
 #include "kernel-patches/qemu/guest_image.hpp"
 #include "tests/sim/mini_tool.hpp"
+#include "tests/sim/mini_tool_v7.hpp"
 #include "tests/support/child_process.hpp"
 
 #include <doctest/doctest.h>
@@ -25,22 +27,33 @@ std::string slurp(const std::filesystem::path& p) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
-TEST_CASE("kvmi-qemu refuses the commands and events the gdbstub cannot serve with the kernel's errors") {
+// kvmi-qemu hooking at once into `l`, in `protocol`; stopped by the test.
+struct refused_host {
   test::listener l;
-  kvmid::test::temp_dir tmp("qemu-refused");
-  std::filesystem::create_directories(tmp.path() / "vm");
-  tmp.write("cookie", std::string(test::test_cookie_text));
-  pid_t kq = kvmid::test::spawn(
-    {KVMI_QEMU_BIN, "--unix", l.path(), "--cookie-file", (tmp.path() / "cookie").string(),
-     "--work-dir", (tmp.path() / "vm").string(), "--guest-dir", qemu::default_guest_dir(), "--name",
-     "qemu-refused", "--hook-when", ""},
-    (tmp.path() / "out").string(), (tmp.path() / "err").string());
-  REQUIRE(kq > 0);
+  kvmid::test::temp_dir tmp{"qemu-refused"};
+  pid_t kq = -1;
   struct reaper {
-    pid_t pid;
-    ~reaper() { kvmid::test::stop(pid); }
-  } reap{kq};
-  INFO("kvmi-qemu: " << slurp(tmp.path() / "err"));
+    pid_t* pid;
+    ~reaper() { kvmid::test::stop(*pid); }
+  } reap{&kq};
+
+  explicit refused_host(const char* protocol) {
+    std::filesystem::create_directories(tmp.path() / "vm");
+    tmp.write("cookie", std::string(test::test_cookie_text));
+    kq = kvmid::test::spawn(
+      {KVMI_QEMU_BIN, "--unix", l.path(), "--cookie-file", (tmp.path() / "cookie").string(),
+       "--work-dir", (tmp.path() / "vm").string(), "--guest-dir", qemu::default_guest_dir(),
+       "--name", "qemu-refused", "--hook-when", "", "--protocol", protocol},
+      (tmp.path() / "out").string(), (tmp.path() / "err").string());
+    REQUIRE(kq > 0);
+  }
+  std::string log() const { return slurp(tmp.path() / "err"); }
+};
+
+TEST_CASE("kvmi-qemu refuses the commands and events the gdbstub cannot serve with the kernel's errors") {
+  refused_host h("v5");
+  auto& l = h.l;
+  INFO("kvmi-qemu: " << h.log());
   int fd = l.accept(std::chrono::seconds(60));
   REQUIRE(fd >= 0);
   test::conn c(fd);
@@ -99,6 +112,111 @@ TEST_CASE("kvmi-qemu refuses the commands and events the gdbstub cannot serve wi
   auto mem = c.call(read_physical{0x1000, 16});
   REQUIRE(mem);
   CHECK(mem->err == 0);
+}
+
+
+TEST_CASE("kvmi-qemu in v7 refuses what the gdbstub cannot serve with -KVM_EPERM and single-steps a vCPU") {
+  namespace v7 = kvmi::v7;
+  refused_host h("v7");
+  INFO("kvmi-qemu: " << h.log());
+  int fd = h.l.accept(std::chrono::seconds(60));
+  REQUIRE(fd >= 0);
+  test::v7tool::conn c(fd);
+  auto cookie = test::test_cookie();
+  REQUIRE(c.handshake(cookie, v7::hs::layout::e820));
+  // QEMU's struct: the name, x86-64, the E820 map with the legacy hole
+  // reserved and 256 MiB of RAM.
+  CHECK(c.hello().name == "qemu-refused");
+  CHECK(c.hello().cpu_type == v7::hs::cpu_type_x86_64);
+  REQUIRE(c.hello().e820.size() == 3);
+  CHECK(c.hello().e820[0].type == 1);
+  CHECK(c.hello().e820[1].address == 0xa0000);
+  CHECK(c.hello().e820[1].type == 2);
+  CHECK(c.hello().e820[2].address + c.hello().e820[2].length == 256ull << 20);
+
+  auto v = c.call(v7::get_version{});
+  REQUIRE(v);
+  CHECK(v->err == 0);
+  auto gfn = c.call(v7::get_max_gfn{});
+  REQUIRE(gfn);
+  CHECK(std::get<v7::get_max_gfn_reply>(gfn->data).gfn == ((256ull << 20) - 1) >> 12);
+  auto check_command = [&](v7::msg_id id) {
+    auto r = c.call(v7::check_command{uint16_t(id), 0, 0});
+    REQUIRE(r);
+    return r->err;
+  };
+  auto check_event = [&](v7::event_id e) {
+    auto r = c.call(v7::check_event{uint16_t(e), 0, 0});
+    REQUIRE(r);
+    return r->err;
+  };
+  for (auto id : {v7::msg_id::control_cr, v7::msg_id::control_msr, v7::msg_id::get_cpuid,
+                  v7::msg_id::get_xsave, v7::msg_id::inject_exception, v7::msg_id::get_map_token}) {
+    CAPTURE(v7::name(id));
+    CHECK(check_command(id) == -kvm_eperm);
+  }
+  for (auto id : {v7::msg_id::read_physical, v7::msg_id::set_page_access,
+                  v7::msg_id::vcpu_control_singlestep, v7::msg_id::pause_vcpu}) {
+    CAPTURE(v7::name(id));
+    CHECK(check_command(id) == 0);
+  }
+  for (auto e : {v7::event_id::cr, v7::event_id::msr, v7::event_id::xsetbv,
+                 v7::event_id::hypercall, v7::event_id::trap, v7::event_id::descriptor,
+                 v7::event_id::cpuid}) {
+    CAPTURE(v7::name(e));
+    CHECK(check_event(e) == -kvm_eperm);
+    auto r = c.call(v7::control_events{uint16_t(e), 1, 0, 0}, 0);
+    REQUIRE(r);
+    CHECK(r->err == -kvm_eperm);
+  }
+  CHECK(check_event(v7::event_id::singlestep) == 0);
+  auto cr = c.call(v7::control_cr{1, 0, 0, 4}, 0);
+  REQUIRE(cr);
+  CHECK(cr->err == -kvm_eperm);
+
+  // PAUSE_VCPU, then one instruction single-stepped: a SINGLESTEP event
+  // with RIP moved on, and nothing else made up meanwhile.
+  for (auto e : {v7::event_id::pause_vcpu, v7::event_id::singlestep}) {
+    auto r = c.call(v7::control_events{uint16_t(e), 1, 0, 0}, 0);
+    REQUIRE(r);
+    CHECK(r->err == 0);
+  }
+  auto p = c.call(v7::pause_vcpu{0, 0, 0, 0}, 0);
+  REQUIRE(p);
+  CHECK(p->err == 0);
+  auto paused = c.next_event();
+  REQUIRE(paused);
+  CHECK(paused->kind() == v7::event_id::pause_vcpu);
+  CHECK(paused->common.vcpu == 0);
+  uint64_t rip = paused->common.arch.regs.rip;
+  auto on = c.call(v7::vcpu_control_singlestep{1, {}}, 0);
+  REQUIRE(on);
+  CHECK(on->err == 0);
+  c.reply(*paused, action::continue_);
+  // One SINGLESTEP per instruction for as long as stepping stays on; a REP
+  // string instruction's iteration leaves RIP where it is.
+  std::optional<v7::event_msg> step;
+  bool moved = false;
+  for (int n = 0; n < 200 && !moved; ++n) {
+    if (step)
+      c.reply(*step, action::continue_);
+    step = c.next_event();
+    REQUIRE(step);
+    REQUIRE(step->kind() == v7::event_id::singlestep);
+    CHECK(step->common.vcpu == 0);
+    CHECK(std::get<v7::event_singlestep>(step->data).failed == 0);
+    moved = step->common.arch.regs.rip != rip;
+  }
+  CHECK(moved);
+  auto off = c.call(v7::vcpu_control_singlestep{0, {}}, 0);
+  REQUIRE(off);
+  CHECK(off->err == 0);
+  c.reply(*step, action::continue_);
+  // The session still serves what maps: a read of low RAM.
+  auto mem = c.call(v7::read_physical{0x1000, 16});
+  REQUIRE(mem);
+  CHECK(mem->err == 0);
+  CHECK(std::get<v7::physical_data>(mem->data).data.size() == 16);
 }
 
 #else

@@ -322,50 +322,68 @@ void set_access(vm_actor* self, uint16_t vcpu, std::vector<kvmi::page_access_ent
   }
 }
 
+// The registry's record of an INT3 kept through a re-arm that ends without
+// one (restore_breakpoint's keep_record).
+void drop_record(vm_actor* self, uint64_t gpa) {
+  caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa, uint8_t(0),
+                 false);
+}
+
+// `recorded`: the byte the registry already holds for gpa (a re-arm after a
+// single step); the same byte under it needs no new record.
 void plant_breakpoint(vm_actor* self, uint64_t gpa, std::string name,
-                      std::function<void(bool, std::string)> done) {
+                      std::function<void(bool, std::string)> done,
+                      std::optional<uint8_t> recorded = std::nullopt) {
   auto& s = self->state;
+  // No INT3 of kvmid's goes in: a record kept for it goes too.
+  auto refuse = [=](std::string why) {
+    if (recorded)
+      drop_record(self, gpa);
+    done(false, std::move(why));
+  };
   if (auto why = unsafe_reason(s.p.guest.regions, gpa, 1); !why.empty())
-    return done(false, "breakpoint at " + std::to_string(gpa) + ": " + why);
+    return refuse("breakpoint at " + std::to_string(gpa) + ": " + why);
   send_cmd(self, kvmi::read_physical{gpa, 1}, [=](cmd_result r) {
     if (!r.ok())
-      return done(false, what(r));
+      return refuse(what(r));
     auto& data = std::get<kvmi::physical_data>(r.reply.data).data;
     uint8_t original = data.empty() ? 0 : data[0];
     if (original == 0xCC) // the guest's own INT3 (kvmid's were adopted in the set-up)
-      return done(false, "gpa already holds an INT3");
+      return refuse("gpa already holds an INT3");
+    auto write_int3 = [=] {
+      if (self->state.unhook != unhook_phase::none) { // undo_hooks may have passed it
+        caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
+                       original, false);
+        return done(false, "the VM is being unhooked");
+      }
+      kvmi::write_physical_cmd w{};
+      w.req = {gpa, 1};
+      w.data = {0xCC};
+      send_cmd(self, std::move(w), [=](cmd_result r2) {
+        if (!r2.ok()) {
+          if (r2.failure.empty()) // the kernel refused it: no INT3 went in
+            caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
+                           original, false);
+          else // unanswered, perhaps written: kept, and checked like an earlier session's
+            self->state.inherited[gpa] = original;
+          return done(false, what(r2));
+        }
+        self->state.snap.reset(); // st changed: new vCPUs get a fresh snapshot
+        auto& bp = self->state.st.breakpoints[gpa];
+        bp.name = name;
+        bp.original = original;
+        bp.planted = true;
+        done(true, {});
+      });
+    };
+    if (recorded == original)
+      return write_int3();
     // Recorded (durably, with a state_dir) before the INT3 goes in, so a
     // restarted kvmid knows the byte under it.
     self->request(self->state.registry, std::chrono::seconds(30), persist_bp_atom::value,
                   self->state.uuid, gpa, original, true)
-      .then(
-        [=](bool) {
-          if (self->state.unhook != unhook_phase::none) { // undo_hooks may have passed it
-            caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
-                           original, false);
-            return done(false, "the VM is being unhooked");
-          }
-          kvmi::write_physical_cmd w{};
-          w.req = {gpa, 1};
-          w.data = {0xCC};
-          send_cmd(self, std::move(w), [=](cmd_result r2) {
-            if (!r2.ok()) {
-              if (r2.failure.empty()) // the kernel refused it: no INT3 went in
-                caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid,
-                               gpa, original, false);
-              else // unanswered, perhaps written: kept, and checked like an earlier session's
-                self->state.inherited[gpa] = original;
-              return done(false, what(r2));
-            }
-            self->state.snap.reset(); // st changed: new vCPUs get a fresh snapshot
-            auto& bp = self->state.st.breakpoints[gpa];
-            bp.name = name;
-            bp.original = original;
-            bp.planted = true;
-            done(true, {});
-          });
-        },
-        [=](caf::error&) { done(false, "the registry did not record the breakpoint"); });
+      .then([=](bool) { write_int3(); },
+            [=](caf::error&) { done(false, "the registry did not record the breakpoint"); });
   });
 }
 
@@ -402,7 +420,11 @@ bool stepped(const vm_st& s, uint64_t gpa) {
   return false;
 }
 
-void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> done) {
+// keep_record: the INT3 goes back after a single step, and the registry
+// keeps its record meanwhile (a restarted kvmid finds the original byte
+// there and drops the record).
+void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> done,
+                        bool keep_record = false) {
   auto it = self->state.st.breakpoints.find(gpa);
   if (it == self->state.st.breakpoints.end() || !it->second.planted)
     return done(true);
@@ -416,8 +438,9 @@ void restore_breakpoint(vm_actor* self, uint64_t gpa, std::function<void(bool)> 
       if (it2 != self->state.st.breakpoints.end())
         it2->second.planted = false;
       self->state.snap.reset();
-      caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
-                 original, false);
+      if (!keep_record)
+        caf::anon_send(self->state.registry, persist_bp_atom::value, self->state.uuid, gpa,
+                       original, false);
     }
     done(r.ok());
   });
@@ -763,8 +786,11 @@ void undo_hooks(vm_actor* self) {
                               + std::to_string(live) + " vCPUs did not stop in time");
   auto q = std::make_shared<std::deque<std::function<void(done_fn)>>>();
   // Their bytes are the original already; the INT3 is not put back.
-  for (auto& [vcpu, gpa] : std::exchange(s.stepping, {}))
+  for (auto& [vcpu, gpa] : std::exchange(s.stepping, {})) {
     s.p.link->singlestep(vcpu, false);
+    if (auto bp = s.st.breakpoints.find(gpa); bp == s.st.breakpoints.end() || !bp->second.planted)
+      drop_record(self, gpa);
+  }
   for (auto& [gpa, bp] : s.st.breakpoints)
     if (bp.planted) {
       uint64_t g = gpa;
@@ -1397,22 +1423,32 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       r.fields.emplace_back("gpa", hex_value(gpa));
       s2.c->bus().publish(std::move(r));
       auto rp = self->make_response_promise<bool>();
-      restore_breakpoint(self, gpa, [=](bool ok) mutable {
+      auto can_rearm = [self] {
         auto& s3 = self->state;
-        auto bp = s3.st.breakpoints.find(gpa);
-        if (ok && bp != s3.st.breakpoints.end() && !bp->second.planted) {
-          // Also when another vCPU restored it first: this one runs the
-          // original instruction too before the INT3 may go back.
-          if (s3.p.link->can_singlestep() && s3.unhook == unhook_phase::none && !s3.closing) {
-            s3.stepping[vcpu] = gpa;
-            s3.p.link->singlestep(vcpu, true);
-          } else {
-            bp->second.spent = true;
+        return s3.p.link->can_singlestep() && s3.unhook == unhook_phase::none && !s3.closing;
+      };
+      bool rearm = can_rearm();
+      restore_breakpoint(
+        self, gpa,
+        [=](bool ok) mutable {
+          auto& s3 = self->state;
+          auto bp = s3.st.breakpoints.find(gpa);
+          if (ok && bp != s3.st.breakpoints.end() && !bp->second.planted) {
+            // Also when another vCPU restored it first: this one runs the
+            // original instruction too before the INT3 may go back.
+            if (can_rearm()) {
+              s3.stepping[vcpu] = gpa;
+              s3.p.link->singlestep(vcpu, true);
+            } else {
+              bp->second.spent = true;
+              if (rearm)
+                drop_record(self, gpa);
+            }
           }
-        }
-        publish_snapshot(self);
-        rp.deliver(ok);
-      });
+          publish_snapshot(self);
+          rp.deliver(ok);
+        },
+        rearm);
       return rp;
     },
     [=](rearm_bp_atom, uint16_t vcpu) -> caf::result<bool> {
@@ -1424,17 +1460,26 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       uint64_t gpa = it->second;
       s2.stepping.erase(it);
       auto bp = s2.st.breakpoints.find(gpa);
-      if (stepped(s2, gpa) || bp == s2.st.breakpoints.end() || bp->second.planted
-          || s2.unhook != unhook_phase::none || s2.closing)
-        return true; // another vCPU still runs the original, or nothing to put back
+      if (stepped(s2, gpa))
+        return true; // another vCPU still runs the original
+      bool gone = bp == s2.st.breakpoints.end();
+      if (gone || bp->second.planted || s2.unhook != unhook_phase::none || s2.closing) {
+        if (gone || !bp->second.planted)
+          drop_record(self, gpa); // nothing to put back
+        return true;
+      }
       auto rp = self->make_response_promise<bool>();
-      // Read, recorded and written afresh: the byte under it may have changed.
-      plant_breakpoint(self, gpa, bp->second.name, [=](bool ok, std::string err) mutable {
-        if (!ok)
-          log(self, "breakpoint: %s", err);
-        publish_snapshot(self);
-        rp.deliver(ok);
-      });
+      // Read and written afresh (the byte under it may have changed); the
+      // registry kept its record since the hit, a new byte is recorded anew.
+      plant_breakpoint(
+        self, gpa, bp->second.name,
+        [=](bool ok, std::string err) mutable {
+          if (!ok)
+            log(self, "breakpoint: %s", err);
+          publish_snapshot(self);
+          rp.deliver(ok);
+        },
+        bp->second.original);
       return rp;
     },
     [=](held_atom, uint16_t vcpu) {

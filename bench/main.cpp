@@ -2,9 +2,11 @@
 // CDF plot when gnuplot is present). Every figure names the floor it is
 // compared to, measured in the same run.
 //   kvmid-bench [ROUNDS [OUT_DIR [SECONDS [SECTIONS]]]]
-// SECTIONS is a comma list of latency, throughput and memory (default all),
+// SECTIONS is a comma list of latency, throughput, memory and guest (a real
+// Linux guest under QEMU; default all),
 // so one figure can be re-measured while working on it.
 #include "bench/fleet.hpp"
+#include "bench/guest.hpp"
 #include "bench/floor.hpp"
 #include "proto/codec.hpp"
 
@@ -73,7 +75,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   double secs = argc > 3 ? std::strtod(argv[3], nullptr) : 3.0;
-  std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory";
+  std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory,guest";
   sections = "," + sections + ",";
   auto want = [&](const char* name) {
     // Appended, not "," + std::string(name): GCC 12 at -O3 reports a false
@@ -85,8 +87,9 @@ int main(int argc, char** argv) {
   for (size_t i = 1; i + 1 < sections.size();) {
     size_t j = sections.find(',', i);
     auto w = sections.substr(i, j - i);
-    if (w != "latency" && w != "throughput" && w != "memory") {
-      std::fprintf(stderr, "kvmid-bench: unknown section '%s' (latency, throughput, memory)\n",
+    if (w != "latency" && w != "throughput" && w != "memory" && w != "guest") {
+      std::fprintf(stderr,
+                   "kvmid-bench: unknown section '%s' (latency, throughput, memory, guest)\n",
                    w.c_str());
       return 2;
     }
@@ -188,6 +191,36 @@ int main(int argc, char** argv) {
                         {"fleet_kib", mem.fleet_kib}, {"per_vm_kib", mem.per_vm_kib()},
                         {"per_idle_vcpu_kib", mem.per_vcpu_kib()},
                         {"attach_10000_vcpus_s", mem.attach_s}};
+  }
+
+  if (want("guest")) {
+    std::printf("\nreal Linux guest (QEMU TCG, 1 vCPU), kvmid v7 through kvmi-qemu: the guest\n"
+                "held from its stop to its resume (us)\n");
+    std::printf("%-40s %9s %9s %9s %9s   %s\n", "", "p50", "p99", "p99.9", "max",
+                "ratio to the gdbstub alone (p50 p99)");
+    auto g = bench::measure_guest(KVMID_BIN, KVMI_QEMU_BIN, 200);
+    if (g.ok) {
+      auto bb = bench::summarize(g.bare_bp), kb = bench::summarize(g.kvmid_bp);
+      auto bp = bench::summarize(g.bare_pf), kp = bench::summarize(g.kvmid_pf);
+      auto beside = [](const char* name, const bench::summary& s, const bench::summary& f,
+                       size_t n) {
+        std::printf("%-40s %9.1f %9.1f %9.1f %9.1f   x%.2f x%.2f   (%zu hits)\n", name,
+                    s.p50 / 1e3, s.p99 / 1e3, s.p999 / 1e3, s.max / 1e3,
+                    double(s.p50) / double(f.p50), double(s.p99) / double(f.p99), n);
+      };
+      row("gdbstub alone: breakpoint stepped over", bb);
+      beside("kvmid: breakpoint hit, re-armed", kb, bb, g.kvmid_bp.size());
+      row("gdbstub alone: watched write put back", bp);
+      beside("kvmid: write denied (skipped)", kp, bp, g.kvmid_pf.size());
+      report["guest"] = {{"bare_breakpoint", to_json(bb)},  {"kvmid_breakpoint", to_json(kb)},
+                         {"bare_watchpoint", to_json(bp)},  {"kvmid_denial", to_json(kp)},
+                         {"kvmid_breakpoint_hits", g.kvmid_bp.size()},
+                         {"kvmid_denials", g.kvmid_pf.size()}};
+    } else {
+      std::printf("guest run skipped or failed: %s\n", g.error.c_str());
+      report["guest"] = {{"error", g.error}};
+    }
+    std::fflush(stdout);
   }
 
   uint64_t bad = k1.violations + k1v7.violations + k64.violations + kt.violations + k1.hmis

@@ -32,7 +32,7 @@ std::string find_kernel(const std::string& dir) {
   return found.empty() ? std::string() : found.back();
 }
 
-std::string init_script(const std::vector<std::string>& symbols) {
+std::string init_script(const std::vector<std::string>& symbols, const std::string& loop) {
   std::string s = "#!/bin/busybox sh\n"
                   "/bin/busybox --install -s /bin\n"
                   "mount -t proc proc /proc\n"
@@ -49,8 +49,10 @@ std::string init_script(const std::vector<std::string>& symbols) {
   s += "echo workload-start\n"
        "i=0\n"
        "while true; do\n"
-       "  i=$((i+1))\n"
-       "  echo \"progress $i $(uname -n)\"\n"
+       "  i=$((i+1))\n";
+  if (!loop.empty())
+    return s + loop + "\ndone\n";
+  s += "  echo \"progress $i $(uname -n)\"\n"
        "  uname -a >/dev/null\n"
        // A write into init_uts_ns every ~2 s, for page protection to meet;
        // every other one a rename to "evil", each a change of name.

@@ -23,8 +23,10 @@ std::string default_guest_dir();
 // empty if none.
 std::string find_kernel(const std::string& dir);
 
-// The /init script: kallsyms lines for `symbols`, then the workload.
-std::string init_script(const std::vector<std::string>& symbols);
+// The /init script: kallsyms lines for `symbols`, then the workload; `loop`
+// replaces the progress workload's loop body (a shell command list run
+// forever, the round counter in $i).
+std::string init_script(const std::vector<std::string>& symbols, const std::string& loop = {});
 
 // Writes the initramfs to `path`; empty on success, else why not.
 std::string write_initramfs(const std::string& path, const std::string& busybox,

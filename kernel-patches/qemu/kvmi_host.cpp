@@ -317,6 +317,8 @@ void kvmi_host::on_event_reply(uint32_t seq, uint32_t event, action act) {
   c.set_regs.reset();
   if (event != uint32_t(c.ev))
     act = action::continue_;
+  if (c.held_since && c.ev == c.held_by)
+    c.held_reply = act;
   if (c.ev == event_id::breakpoint || c.ev == singlestep_event)
     log("vcpu %u: %s answered %s in %lld us", unsigned(i),
         c.ev == singlestep_event ? "SINGLESTEP" : "BREAKPOINT", std::string(name(act)).c_str(),
@@ -417,6 +419,7 @@ bool kvmi_host::ensure_stopped() {
 
 void kvmi_host::on_stop(const stop_reply& s) {
   running_ = false;
+  stopped_at_ = clock::now();
   auto stepped = std::exchange(stepping_, std::nullopt); // else stepped again
   if (s.exited)
     return fatal("the guest is gone (" + s.raw + ")");
@@ -445,6 +448,8 @@ void kvmi_host::on_stop(const stop_reply& s) {
     auto& c = vcpus_[i];
     if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::breakpoint))) {
       send_event(i, event_id::breakpoint, event_breakpoint{gpa});
+      c.held_since = stopped_at_;
+      c.held_by = event_id::breakpoint;
     } else {
       // No introspector to hand the hit to: a real INT3 would reach the
       // guest's #BP handler; this one is passed over.
@@ -473,6 +478,13 @@ void kvmi_host::maybe_resume() {
   if (!gdb_.send("c"))
     return fatal(gdb_.error());
   running_ = true;
+  auto now = clock::now();
+  for (uint16_t i = 0; i < vcpus_.size(); ++i)
+    if (auto since = std::exchange(vcpus_[i].held_since, std::nullopt))
+      log("vcpu %u: held %lld us by %s (%s), from its stop to the guest's resume", unsigned(i),
+          (long long)std::chrono::duration_cast<std::chrono::microseconds>(now - *since).count(),
+          std::string(name(vcpus_[i].held_by)).c_str(),
+          std::string(name(vcpus_[i].held_reply)).c_str());
 }
 
 // One instruction of vCPU `vcpu` (QEMU runs the others meanwhile, with
@@ -649,6 +661,8 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
         auto st = read_state(vcpu);
         send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0},
                    st ? std::optional(writer_rip(*st)) : std::nullopt);
+        c.held_since = stopped_at_;
+        c.held_by = event_id::pf;
       } else {
         p.bytes = std::move(*now); // nobody to ask: the write stands
       }

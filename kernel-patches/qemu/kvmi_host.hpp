@@ -81,6 +81,11 @@ private:
     std::optional<kvm_regs> set_regs;
     std::chrono::steady_clock::time_point ev_sent;
     uint64_t pf_page = 0; // the protected page of the PF event waiting
+    // A BREAKPOINT or PF stop, until the guest resumes (`c`; a v7 re-arm's
+    // step in between included): the time an introspector costs the guest.
+    std::optional<std::chrono::steady_clock::time_point> held_since;
+    event_id held_by{};
+    action held_reply{}; // its event's reply
   };
   // A page kvmid made non-writable: its bytes as the guest last had them
   // with kvmid's consent, and the watchpoints standing for the restriction.
@@ -165,6 +170,7 @@ private:
   bool cmd_replies_ = true, replying_ = true;
   v7::msg_id v7_id_{};
   std::optional<uint16_t> stepping_; // the vCPU an `s` was sent for
+  std::chrono::steady_clock::time_point stopped_at_{}; // the stop on_stop handles
   int exit_code_ = -1; // set: the loop ends
 };
 

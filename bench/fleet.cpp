@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <thread>
@@ -96,6 +97,38 @@ uint64_t rss_kib(pid_t pid) {
   return 0;
 }
 
+// CPU seconds (user + system) of this process's threads, but the
+// simulator's (named kvmi-sim) and the calling one.
+double introspector_cpu_s() {
+  static const long ticks = ::sysconf(_SC_CLK_TCK);
+  std::string self = std::to_string(::gettid());
+  double s = 0;
+  std::error_code ec;
+  for (auto& t : fs::directory_iterator("/proc/self/task", ec)) {
+    auto tid = t.path().filename().string();
+    std::string comm;
+    std::getline(std::ifstream(t.path() / "comm"), comm);
+    if (tid == self || comm.rfind("kvmi-sim", 0) == 0)
+      continue;
+    std::string stat;
+    std::getline(std::ifstream(t.path() / "stat"), stat);
+    auto close = stat.rfind(')');
+    if (close == std::string::npos)
+      continue;
+    std::istringstream rest(stat.substr(close + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) { // fields 14 and 15: utime, stime
+      if (i == 14)
+        utime = std::stoull(field);
+      else if (i == 15)
+        stime = std::stoull(field);
+    }
+    s += double(utime + stime) / double(ticks);
+  }
+  return s;
+}
+
 void stop_pid(pid_t pid) {
   if (pid <= 0)
     return;
@@ -154,13 +187,16 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
       throw std::runtime_error("bench: the fleet was not configured within 120 s");
     out.attach_s = double(now_ns() - t0) / 1e9;
     auto r0 = h.make_report();
+    double cpu0 = introspector_cpu_s();
     uint64_t w0 = now_ns();
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     auto r1 = h.make_report();
+    double cpu1 = introspector_cpu_s();
     uint64_t w1 = now_ns();
     h.stop();
     out.events = replies(r1) - replies(r0);
     out.events_per_s = double(out.events) / (double(w1 - w0) / 1e9);
+    out.cpu_us_per_event = out.events ? (cpu1 - cpu0) * 1e6 / double(out.events) : 0;
     out.lat = r1.event_latency;
     out.violations = r1.total.violation_count();
     out.hmis = r1.total.hmis;

@@ -20,6 +20,9 @@ struct fleet_run {
   double events_per_s = 0;  // replies received per second in the measured window
   uint64_t events = 0;      // replies in the window
   double attach_s = 0;      // sim start -> every vCPU configured
+  // CPU time of the introspector's threads (every thread of this process
+  // but the simulator's and the bench's own) over the window, per reply.
+  double cpu_us_per_event = 0;
   uint64_t violations = 0, hmis = 0;
 };
 

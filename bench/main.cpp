@@ -7,6 +7,7 @@
 // so one figure can be re-measured while working on it.
 #include "bench/fleet.hpp"
 #include "bench/guest.hpp"
+#include "actors/log.hpp"
 #include "bench/floor.hpp"
 #include "proto/codec.hpp"
 
@@ -52,12 +53,11 @@ void write_cdf(const std::string& path, bench::samples s) {
     out << s[i] / 1e3 << ' ' << double(i) / double(s.size()) << '\n';
 }
 
-// The simulator reports percentiles, not samples: a step CDF through them.
+// The simulator's histogram, bucket by bucket.
 void write_cdf(const std::string& path, const kvmi::sim::latency& l) {
   std::ofstream out(path);
-  out << l.p50_us << " 0\n" << l.p50_us << " 0.5\n" << l.p99_us << " 0.5\n" << l.p99_us
-      << " 0.99\n" << l.p999_us << " 0.99\n" << l.p999_us << " 0.999\n" << l.max_us << " 0.999\n"
-      << l.max_us << " 1\n";
+  for (auto& [us, fraction] : l.cdf)
+    out << us << ' ' << fraction << '\n';
 }
 
 const char* verdict(bool met) { return met ? "met" : "MISSED"; }
@@ -65,6 +65,8 @@ const char* verdict(bool met) { return met ? "met" : "MISSED"; }
 } // namespace
 
 int main(int argc, char** argv) {
+  // No line per VM (connected, closed when the run ends): the output is the table.
+  kvmid::log_verbosity = kvmid::log_error;
   size_t rounds = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 50000;
   std::string out_dir = argc > 2 ? argv[2] : ".";
   std::error_code ec;
@@ -163,9 +165,13 @@ int main(int argc, char** argv) {
     std::printf("%-40s %12.0f events/s\n", "raw responder (floor)", rt.events_per_s);
     std::printf("%-40s %12.0f events/s   %.0f %% of the floor\n", "kvmid", kt.events_per_s,
                 share * 100);
+    std::printf("%-40s %12.2f us   (raw responder %.2f us)\n", "kvmid CPU time per event",
+                kt.cpu_us_per_event, rt.cpu_us_per_event);
     report["throughput"] = {{"kvmid_events_per_s", kt.events_per_s},
                             {"raw_events_per_s", rt.events_per_s},
                             {"ratio", share},
+                            {"kvmid_cpu_us_per_event", kt.cpu_us_per_event},
+                            {"raw_cpu_us_per_event", rt.cpu_us_per_event},
                             {"kvmid_latency", to_json(kt.lat)},
                             {"raw_latency", to_json(rt.lat)}};
     std::fflush(stdout);
@@ -226,28 +232,39 @@ int main(int argc, char** argv) {
   uint64_t bad = k1.violations + k1v7.violations + k64.violations + kt.violations + k1.hmis
                  + k1v7.hmis + k64.hmis + kt.hmis;
   std::printf("\ntargets (this machine)\n");
-  bool t1 = k1.lat.p50_us * 1e3 <= 1.5 * double(fu.p50);
-  bool t2 = k1.lat.p99_us * 1e3 <= 3.0 * double(fu.p99);
-  bool t3 = share >= 0.6;
-  bool t4 = mem.ok && mem.per_vcpu_kib() <= 2.0;
+  // The goals of the performance work, each against its floor of this run.
+  bool t1 = k1.lat.p50_us * 1e3 <= 1.3 * double(fu.p50);
+  bool t2 = k1.lat.p99_us * 1e3 <= 2.0 * double(fu.p99);
+  bool t64 = r64.lat.p50_us > 0 && k64.lat.p50_us <= 2.0 * r64.lat.p50_us;
+  bool t3 = share >= 1.0;
+  bool tcpu = kt.events > 0 && kt.cpu_us_per_event <= 2.0;
+  bool t4 = mem.ok && mem.per_vcpu_kib() <= 1.5;
   bool t5 = mem.ok && mem.attach_s < 2.0;
   if (want("latency")) {
-    std::printf("  p50 <= 1.5x floor at 1 vCPU:     x%.2f  %s\n",
+    std::printf("  p50 <= 1.3x floor at 1 vCPU:           x%.2f  %s\n",
                 k1.lat.p50_us * 1e3 / double(fu.p50), verdict(t1));
-    std::printf("  p99 <= 3x floor at 1 vCPU:       x%.2f  %s\n",
+    std::printf("  p99 <= 2x floor at 1 vCPU:             x%.2f  %s\n",
                 k1.lat.p99_us * 1e3 / double(fu.p99), verdict(t2));
+    std::printf("  p50 <= 2x raw responder at 64 vCPUs:   x%.2f  %s\n",
+                r64.lat.p50_us > 0 ? k64.lat.p50_us / r64.lat.p50_us : 0, verdict(t64));
   }
-  if (want("throughput"))
-    std::printf("  >= 60 %% of the raw responder:    %.0f %%  %s\n", share * 100, verdict(t3));
+  if (want("throughput")) {
+    std::printf("  >= 100 %% of the raw responder:         %.0f %%  %s\n", share * 100,
+                verdict(t3));
+    std::printf("  <= 2 us of kvmid CPU per event:        %.2f us  %s\n", kt.cpu_us_per_event,
+                verdict(tcpu));
+  }
   if (want("memory")) {
-    std::printf("  <= 2 KiB per idle vCPU:          %.2f KiB  %s\n", mem.per_vcpu_kib(),
+    std::printf("  <= 1.5 KiB per idle vCPU:              %.2f KiB  %s\n", mem.per_vcpu_kib(),
                 verdict(t4));
-    std::printf("  10,000 vCPUs attached in < 2 s:  %.3f s  %s\n", mem.attach_s, verdict(t5));
+    std::printf("  10,000 vCPUs attached in < 2 s:        %.3f s  %s\n", mem.attach_s,
+                verdict(t5));
   }
   std::printf("  invariant violations + HMIs seen by the simulator in kvmid runs: %llu\n",
               (unsigned long long)bad);
-  report["targets"] = {{"p50_1vcpu", t1}, {"p99_1vcpu", t2}, {"throughput", t3},
-                       {"memory_per_vcpu", t4}, {"attach_10000", t5}};
+  report["targets"] = {{"p50_1vcpu", t1},     {"p99_1vcpu", t2},      {"p50_64vcpu", t64},
+                       {"throughput", t3},     {"cpu_per_event", tcpu}, {"memory_per_vcpu", t4},
+                       {"attach_10000", t5}};
   report["kvmid_violations_and_hmis"] = bad;
 
   if (want("latency")) {
@@ -256,6 +273,7 @@ int main(int argc, char** argv) {
     write_cdf(out_dir + "/kvmid_1vcpu.dat", k1.lat);
     write_cdf(out_dir + "/raw_1vcpu.dat", r1.lat);
     write_cdf(out_dir + "/kvmid_64vcpu.dat", k64.lat);
+    write_cdf(out_dir + "/raw_64vcpu.dat", r64.lat);
   }
   if (!(std::ofstream(out_dir + "/bench-results.json") << report.dump(2) << '\n')) {
     std::fprintf(stderr, "kvmid-bench: cannot write %s/bench-results.json\n", out_dir.c_str());
@@ -270,10 +288,11 @@ int main(int argc, char** argv) {
                  "set key bottom right\nset yrange [0:1.02]\nset termoption noenhanced\n"
                  "plot '%s/floor_blocking.dat' w l t 'floor blocking', "
                  "'%s/floor_uring.dat' w l t 'floor io_uring', "
-                 "'%s/raw_1vcpu.dat' w lp t 'raw responder via sim, 1 vCPU (p50/p99/p99.9/max)', "
-                 "'%s/kvmid_1vcpu.dat' w lp t 'kvmid via sim, 1 vCPU (p50/p99/p99.9/max)', "
-                 "'%s/kvmid_64vcpu.dat' w lp t 'kvmid via sim, 64 vCPUs (p50/p99/p99.9/max)'\n",
-                 d, d, d, d, d, d);
+                 "'%s/raw_1vcpu.dat' w l t 'raw responder via sim, 1 vCPU', "
+                 "'%s/kvmid_1vcpu.dat' w l t 'kvmid via sim, 1 vCPU', "
+                 "'%s/raw_64vcpu.dat' w l t 'raw responder via sim, 64 vCPUs', "
+                 "'%s/kvmid_64vcpu.dat' w l t 'kvmid via sim, 64 vCPUs'\n",
+                 d, d, d, d, d, d, d);
     pclose(gp);
   }
   std::printf("wrote %s/bench-results.json and %s/latency-cdf.png\n", out_dir.c_str(),

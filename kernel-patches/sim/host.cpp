@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include <netdb.h>
+#include <pthread.h>
 #include <sys/un.h>
 
 namespace kvmi::sim {
@@ -131,7 +132,12 @@ void host::start() {
       s->net.add_timer(p_->t0 + o.faults.hotplug_storm_every, timer_kind::hotplug_storm, 0);
   }
   for (auto& s : p_->shards)
-    s->th = std::thread([sp = s.get()] { sp->net.loop(); });
+    s->th = std::thread([sp = s.get()] {
+      // Named, so a process hosting the simulator beside kvmid (the bench)
+      // can tell their CPU time apart.
+      pthread_setname_np(pthread_self(), "kvmi-sim");
+      sp->net.loop();
+    });
   if (o.progress_every.count() > 0)
     p_->progress = std::thread([this] {
       std::unique_lock<std::mutex> l(p_->progress_mu);

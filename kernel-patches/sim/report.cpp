@@ -133,6 +133,13 @@ report host::make_report() const {
   r.event_latency.p99_us = double(lat.quantile(0.99)) / 1e3;
   r.event_latency.p999_us = double(lat.quantile(0.999)) / 1e3;
   r.event_latency.max_us = double(lat.max) / 1e3;
+  uint64_t seen = 0;
+  for (size_t i = 0; i < lat.b.size() && lat.n; ++i)
+    if (lat.b[i]) {
+      seen += lat.b[i];
+      double upper = double(std::min(lat.max, detail::histogram::lower(i + 1))) / 1e3;
+      r.event_latency.cdf.emplace_back(upper, double(seen) / double(lat.n));
+    }
   return r;
 }
 

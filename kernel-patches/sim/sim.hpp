@@ -233,6 +233,9 @@ struct vm_view {
 struct latency {
   uint64_t count = 0;
   double p50_us = 0, p99_us = 0, p999_us = 0, max_us = 0;
+  // The whole distribution: (upper bound in us, fraction of events at or
+  // below it), one point per non-empty bucket of the log-linear histogram.
+  std::vector<std::pair<double, double>> cdf;
 };
 
 struct report {

@@ -37,6 +37,10 @@ struct memory_run {
   uint64_t fleet_kib = 0;         // with fleet_vms x fleet_vcpus (idle: no workload)
   uint32_t vms = 0, fleet_vms = 0, fleet_vcpus = 0;
   double attach_s = 0;            // the fleet: sim start -> every vCPU configured
+  // At scale: scale_vms x scale_vcpus (0: not run), attach time and RSS.
+  uint32_t scale_vms = 0, scale_vcpus = 0;
+  uint64_t scale_kib = 0;
+  double scale_attach_s = 0;
   double per_vm_kib() const;      // (vms_kib - base) / vms
   double per_vcpu_kib() const;    // (fleet - vms-run) / extra vCPUs
   bool ok = false;
@@ -45,6 +49,6 @@ struct memory_run {
 
 // kvmid as a process (the kvmid binary at kvmid_bin), RSS from /proc.
 memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t fleet_vms,
-                          uint32_t fleet_vcpus);
+                          uint32_t fleet_vcpus, uint32_t scale_vms = 0, uint32_t scale_vcpus = 0);
 
 } // namespace bench

@@ -1,0 +1,27 @@
+#!/bin/bash
+# systemd-analyze verify on config/kvmid.service, with ExecStart pointing at
+# the kvmid just built (verify insists that the binary exists). Needs no
+# running systemd: verify loads the unit offline (--root would need a whole
+# system in the root: sysinit.target, /bin/kill). Any output fails too:
+# verify only warns, exit 0, about an unknown key or a bad value.
+# With MANPATH (an installed tree's share/man), the man page the unit's
+# Documentation= names must be there too.
+# usage: unit_verify.sh UNIT KVMID_BIN [MANPATH]
+set -euo pipefail
+unit=$1 kvmid=$2 manpath=${3:-}
+dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmid-unit-XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+sed "s#^ExecStart=/usr/sbin/kvmid #ExecStart=$kvmid #" "$unit" > "$dir/kvmid.service"
+grep -q "^ExecStart=$kvmid " "$dir/kvmid.service" || {
+  echo "unit_verify: no 'ExecStart=/usr/sbin/kvmid ' line in $unit" >&2; exit 1; }
+if [ -n "$manpath" ]; then
+  man=(env MANPATH="$manpath" systemd-analyze verify --man=yes)
+else
+  man=(systemd-analyze verify --man=no) # checked in the package (package_test.sh)
+fi
+out=$("${man[@]}" "$dir/kvmid.service" 2>&1) || {
+  echo "$out"; echo "unit_verify: systemd-analyze verify failed" >&2; exit 1; }
+if [ -n "$out" ]; then
+  echo "$out"; echo "unit_verify: systemd-analyze verify warned" >&2; exit 1
+fi
+echo "unit_verify: $unit verified"

@@ -68,6 +68,9 @@ echo "package_test: installed: $out"
 # (It warns that the cookie and token are not there yet: the operator makes them.)
 out=$("$root/usr/sbin/kvmid" --check-config "$root/etc/kvmid/kvmid.json" 2>&1) \
   || { echo "$out"; fail "the installed config does not pass kvmid --check-config"; }
+# The installed schema accepts the installed config, as the parser does.
+python3 "$(dirname "$0")/../support/json_schema_check.py" "$root/usr/share/kvmid/kvmid.schema.json" \
+  "$root/etc/kvmid/kvmid.json" || fail "the installed schema refuses the installed config"
 for page in man8/kvmid.8.gz man1/kvmictl.1.gz man1/kvmi-sim.1.gz; do
   warn=$(MANWIDTH=80 man --warnings -l "$root/usr/share/man/$page" 2>&1 > /dev/null) \
     || fail "man $page failed"

@@ -5,7 +5,7 @@
 # against the installed tree, the kvmid user created by the postinst, a
 # clean purge, and lintian without errors.
 #
-# dpkg --root: dpkg unpacks into the root as into a system; the maintainer
+# dpkg --root (under fakeroot when not root): dpkg unpacks into the root as into a system; the maintainer
 # scripts run with --force-script-chrootless on this host with $DPKG_ROOT
 # set (a chroot would need a shell and systemd-sysusers inside the empty
 # root), and they honour it. --force-depends: the root holds no libc;
@@ -13,11 +13,15 @@
 # usage: package_test.sh BUILD_DIR
 set -euo pipefail
 build=$1
+for tool in cpack dpkg dpkg-deb fakeroot dpkg-shlibdeps systemd-sysusers lintian python3 man; do
+  command -v "$tool" > /dev/null || { echo "$0: $tool is missing (scripts/deps.sh installs it)" >&2; exit 1; }
+done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmid-package-XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 fail() { echo "package_test: $*" >&2; exit 1; }
 
-# Packing: each run in its own directory, so parallel runs do not collide.
+# Packing: each run in its own directory, so parallel runs do not collide
+# (the install step also rewrites BUILD_DIR/install_manifest.txt).
 cpack -G DEB --config "$build/CPackConfig.cmake" -B "$dir/out" > "$dir/cpack.log" 2>&1 \
   || { cat "$dir/cpack.log"; fail "cpack failed"; }
 debs=("$dir"/out/kvmid_*.deb)
@@ -35,11 +39,21 @@ for lib in libc6 liburing2 libsystemd0 libcurl4 libssl3; do
 done
 
 root=$dir/root
+# dpkg gives the files to root: not being root, it runs under fakeroot, one
+# saved fakeroot session across the install and the purge.
+dpkg_in_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    dpkg --root="$root" "$@"
+  else
+    touch "$dir/fakeroot.state"
+    fakeroot -i "$dir/fakeroot.state" -s "$dir/fakeroot.state" -- dpkg --root="$root" "$@"
+  fi
+}
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/dpkg/triggers"
 touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
-dpkg --root="$root" --force-script-chrootless --force-depends --log=/dev/null \
+dpkg_in_root --force-script-chrootless --force-depends --log=/dev/null \
   -i "$deb" > "$dir/dpkg.log" 2>&1 || { cat "$dir/dpkg.log"; fail "dpkg -i failed"; }
-status=$(dpkg --root="$root" -s kvmid)
+status=$(dpkg_in_root -s kvmid)
 grep -q '^Status: install ok installed$' <<<"$status" || { echo "$status"; fail "not installed"; }
 
 for f in usr/sbin/kvmid usr/bin/kvmictl usr/bin/kvmi-sim \
@@ -86,7 +100,7 @@ grep -q '^kvmid:' "$root/etc/group" || fail "the postinst created no kvmid group
   "$root/usr/sbin/kvmid" "$root/usr/share/man" || fail "the installed unit does not verify"
 
 # Purge: every file of the package goes, the config included.
-dpkg --root="$root" --force-script-chrootless --force-depends --log=/dev/null \
+dpkg_in_root --force-script-chrootless --force-depends --log=/dev/null \
   --purge kvmid > "$dir/purge.log" 2>&1 || { cat "$dir/purge.log"; fail "dpkg --purge failed"; }
 for f in usr/sbin/kvmid lib/systemd/system/kvmid.service etc/kvmid/kvmid.json; do
   [ ! -e "$root/$f" ] || fail "/$f is still there after the purge"

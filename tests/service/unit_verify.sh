@@ -9,6 +9,9 @@
 # usage: unit_verify.sh UNIT KVMID_BIN [MANPATH]
 set -euo pipefail
 unit=$1 kvmid=$2 manpath=${3:-}
+for tool in systemd-analyze; do
+  command -v "$tool" > /dev/null || { echo "$0: $tool is missing (scripts/deps.sh installs it)" >&2; exit 1; }
+done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmid-unit-XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 sed "s#^ExecStart=/usr/sbin/kvmid #ExecStart=$kvmid #" "$unit" > "$dir/kvmid.service"

@@ -8,6 +8,7 @@
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
 #include "server/shutdown.hpp"
+#include "server/systemd_notify.hpp"
 
 #include "kvmid_version.hpp"
 
@@ -113,6 +114,10 @@ struct summary {
 // SIGHUP re-reads the policies, as POST /v1/policies/reload does; a bad
 // file keeps the policies in force.
 void reload_on_hup(core& c) {
+  systemd::reloading();
+  struct ready_again {
+    ~ready_again() { systemd::ready(); } // the old policies or the new: serving either way
+  } serving_after;
   auto answer = std::make_shared<std::promise<api_result<done>>>();
   auto f = answer->get_future();
   c.api().reload_policies([answer](api_result<done> r) { answer->set_value(std::move(r)); });
@@ -345,6 +350,8 @@ int main(int argc, char** argv) {
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;
     ro.spin = cfg.poll;
+    ro.heartbeat = systemd::watchdog_period();
+    ro.on_heartbeat = systemd::watchdog;
     c.metrics().declare("kvmid_accept_errors_total", "Failed accepts on any listener, by errno",
                         metric_type::counter);
     ro.on_accept_error = [&c](int err) {
@@ -423,6 +430,7 @@ int main(int argc, char** argv) {
     r.start();
     if (!r.multishot())
       std::fprintf(stderr, "kvmid: multishot recv unavailable, using plain recv\n");
+    systemd::ready(); // every KVMI and API listener is bound and listening
 
 #ifdef KVMID_HAVE_SIM
     std::unique_ptr<kvmi::sim::host> sim;
@@ -484,6 +492,7 @@ int main(int argc, char** argv) {
                >= duration)
         break;
     }
+    systemd::stopping();
     // Nothing of kvmid's stays in a guest once it is gone.
     if (!unhook_for_shutdown(c, cfg.shutdown_timeout))
       rc = 4;

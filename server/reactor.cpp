@@ -285,8 +285,18 @@ struct reactor::impl {
   }
 
   // Listener retries share the connection timers under conn id 0 (never a
-  // connection's), the listener's index as the token.
+  // connection's), the listener's index as the token; the heartbeat too,
+  // under a token no listener index reaches.
   static constexpr conn_id listener_timer = 0;
+  static constexpr uint64_t heartbeat_token = ~uint64_t(0);
+
+  void arm_heartbeat() {
+    if (opts.heartbeat.count() <= 0 || !opts.on_heartbeat)
+      return;
+    auto it = timers.emplace(clock::now() + opts.heartbeat,
+                             std::make_pair(listener_timer, heartbeat_token));
+    timer_index[{listener_timer, heartbeat_token}] = it;
+  }
 
   void retry_accept_later(size_t li, int err) {
     auto& l = listeners[li];
@@ -556,6 +566,11 @@ struct reactor::impl {
       auto [cid, token] = timers.begin()->second;
       timer_index.erase({cid, token});
       timers.erase(timers.begin());
+      if (cid == listener_timer && token == heartbeat_token) {
+        opts.on_heartbeat();
+        arm_heartbeat();
+        continue;
+      }
       if (cid == listener_timer) {
         if (!stop_req.load() && token < listeners.size())
           arm_accept(size_t(token));
@@ -603,6 +618,7 @@ struct reactor::impl {
 
   void loop() {
     arm_wake();
+    arm_heartbeat();
     bool active = false; // the last round handed work on or received some
     while (true) {
       {

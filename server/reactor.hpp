@@ -112,6 +112,11 @@ struct reactor_options {
   std::chrono::milliseconds accept_backoff_max{1000};
   // Called on the ring thread for every failed accept, with its errno.
   std::function<void(int err)> on_accept_error;
+  // Called on the ring thread every `heartbeat` (0: never), from the loop
+  // that serves the sockets: a ring thread stuck anywhere stops calling it
+  // (a service manager's watchdog takes that as a hung kvmid).
+  std::chrono::milliseconds heartbeat{0};
+  std::function<void()> on_heartbeat;
 };
 
 class reactor {

@@ -635,3 +635,43 @@ TEST_CASE("a UNIX peer is named with its pid and uid") {
              + " uid=" + std::to_string(::getuid()));
   ::close(fd);
 }
+
+// A watchdog fed by the heartbeat must starve when the ring is stuck: the
+// heartbeat runs on the thread that runs posted work, so a task that never
+// returns stops it; it resumes once the task returns.
+TEST_CASE("the heartbeat repeats on the ring thread and pauses while the ring is busy") {
+  std::mutex mu;
+  std::vector<std::thread::id> beats;
+  reactor_options o;
+  o.heartbeat = 10ms;
+  o.on_heartbeat = [&] {
+    std::lock_guard lk(mu);
+    beats.push_back(std::this_thread::get_id());
+  };
+  reactor r(o);
+  auto count = [&] {
+    std::lock_guard lk(mu);
+    return beats.size();
+  };
+  r.start();
+  REQUIRE(wait_until([&] { return count() >= 3; }, "three heartbeats"));
+
+  std::promise<void> release;
+  std::promise<std::pair<std::thread::id, size_t>> entered;
+  auto released = release.get_future().share();
+  r.post([&, released] {
+    entered.set_value({std::this_thread::get_id(), count()});
+    released.wait();
+  });
+  auto [ring, at_entry] = kvmid::test::get_within(entered.get_future(), "the posted task to run");
+  {
+    std::lock_guard lk(mu);
+    for (auto id : beats)
+      CHECK(id == ring);
+  }
+  // The ring is held: the one thread that could beat is inside the task.
+  CHECK(count() == at_entry);
+  release.set_value();
+  CHECK(wait_until([&] { return count() >= at_entry + 2; }, "heartbeats after the task returned"));
+  r.stop();
+}

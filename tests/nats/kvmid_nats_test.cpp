@@ -222,3 +222,25 @@ TEST_CASE("kvmictl --nats lists the fleet's VMs and pauses and resumes one by uu
   CHECK(j["hosts"][0]["host"] == "ctl-host");
   CHECK(j["hosts"][0]["vms"].size() == 2);
 }
+
+TEST_CASE("kvmictl --nats watch follows the fleet's alerts through a JetStream consumer") {
+  kvmid_process k(on_nats(2, 2, "watch-host", "wt"));
+  jetstream_reader js(shared_nats_server().url());
+  REQUIRE(wait_until([&] { return js.count("E2E_wt") >= 2; }, "the stream with kvmid's first records"));
+  child watch({KVMICTL_BIN, "--nats", shared_nats_server().url(), "--nats-prefix", "wt", "watch",
+               "--count", "3"});
+  // It follows from now on: the alerts come once its consumer is there.
+  REQUIRE(wait_until([&] { return js.consumers("E2E_wt") == 1; }, "kvmictl's consumer"));
+  make_alerts(k, 3);
+  auto r = watch.finish(std::chrono::seconds(30));
+  INFO(r.err);
+  CHECK(r.status == 0);
+  std::istringstream lines(r.out);
+  int n = 0;
+  for (std::string l; std::getline(lines, l);) {
+    CHECK(l.rfind("watch-host ", 0) == 0);
+    CHECK(l.find("msr-protection") != std::string::npos);
+    ++n;
+  }
+  CHECK(n == 3);
+}

@@ -37,6 +37,16 @@ public:
     return n;
   }
 
+  // Consumers of the stream (a follower has subscribed); -1 without it.
+  int64_t consumers(const std::string& stream) {
+    jsStreamInfo* si = nullptr;
+    if (js_GetStreamInfo(&si, js_, stream.c_str(), nullptr, nullptr) != NATS_OK)
+      return -1;
+    int64_t n = int64_t(si->State.Consumers);
+    jsStreamInfo_Destroy(si);
+    return n;
+  }
+
   // Every message of the stream, in order.
   std::vector<stream_message> all(const std::string& stream) {
     std::vector<stream_message> out;

@@ -30,8 +30,19 @@ struct nats_api::state {
 
   void respond(const std::string& reply_to, const std::string& text) {
     std::lock_guard lk(mu);
-    if (nc)
-      natsConnection_Publish(nc, reply_to.c_str(), text.data(), int(text.size()));
+    if (!nc)
+      return;
+    // An answer over the server's max_payload would never arrive: say so.
+    if (int64_t(text.size()) > natsConnection_GetMaxPayload(nc)) {
+      auto e = reply_json(control::error_response({413, "too_large",
+                                                   "the answer (" + std::to_string(text.size())
+                                                     + " bytes) exceeds NATS max_payload; ask "
+                                                       "for less or use the HTTP API"}),
+                          host);
+      natsConnection_Publish(nc, reply_to.c_str(), e.data(), int(e.size()));
+      return;
+    }
+    natsConnection_Publish(nc, reply_to.c_str(), text.data(), int(text.size()));
   }
 };
 

@@ -175,6 +175,12 @@ TEST_CASE("the API over NATS answers as the HTTP API does") {
   CHECK(bad["body"]["error"]["code"] == "bad_request");
   auto stream = nats_request(nc, "rr.api.rr-host", {{"method", "GET"}, {"path", "/v1/events"}});
   CHECK(stream["status"] == 400);
+  // An answer NATS could not carry is refused by name, not lost.
+  std::string big = "/v1/vms/" + uuid + "/memory?gpa=0x0&len=65536&encoding=hex";
+  CHECK(k.http("GET", big).status == 200);
+  auto too_large = nats_request(nc, "rr.api.rr-host", {{"method", "GET"}, {"path", big}});
+  CHECK(too_large["status"] == 413);
+  CHECK(too_large["body"]["error"]["code"] == "too_large");
 }
 
 TEST_CASE("a read-role NATS request is refused a change as the read token is") {

@@ -22,6 +22,8 @@ namespace kvmid::test {
 
 class nats_server {
 public:
+  static constexpr size_t max_payload = 64 * 1024;
+
   nats_server() : dir_("nats"), port_(free_loopback_port()) { start(); }
   ~nats_server() { stop(); }
   nats_server(const nats_server&) = delete;
@@ -29,8 +31,10 @@ public:
 
   void start() {
     REQUIRE(pid_ <= 0);
-    pid_ = spawn({NATS_SERVER_BIN, "-js", "-sd", (dir_ / "store").string(), "-a", "127.0.0.1",
-                  "-p", std::to_string(port_)},
+    // A small max_payload, so a test can reach it with one API answer.
+    auto conf = dir_.write("nats.conf", "max_payload: " + std::to_string(max_payload) + "\n");
+    pid_ = spawn({NATS_SERVER_BIN, "-c", conf.string(), "-js", "-sd", (dir_ / "store").string(),
+                  "-a", "127.0.0.1", "-p", std::to_string(port_)},
                  (dir_ / "out.log").string(), (dir_ / "err.log").string());
     REQUIRE(pid_ > 0);
     REQUIRE_MESSAGE(wait_until([&] { return accepts() || try_reap(pid_) != -2; },

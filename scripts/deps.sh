@@ -10,6 +10,8 @@ pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libsystemd-dev
       # the service and package tests: systemd-analyze verify, lintian, dpkg-shlibdeps
       systemd lintian dpkg-dev
+      # NATS: the C client kvmid publishes and serves its API with; the server its tests run
+      libnats-dev nats-server
 )
 missing=()
 for p in "${pkgs[@]}"; do

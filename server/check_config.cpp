@@ -85,6 +85,39 @@ json api_json(const control::api_options& o, bool allow_remote) {
   return j;
 }
 
+json nats_json(const nats_options& o) {
+  json j = {{"enabled", o.enabled},
+            {"urls", o.urls},
+            {"host", o.host},
+            {"subject_prefix", o.subject_prefix},
+            {"stream", o.stream},
+            {"create_stream", o.create_stream},
+            {"duplicate_window_s", o.duplicate_window.count()},
+            {"raw_events", o.raw_events},
+            {"spool_records", o.spool_records},
+            {"ack_timeout_ms", o.ack_timeout.count()},
+            {"api", o.api},
+            {"api_role", o.api_role}};
+  if (!o.user.empty()) {
+    j["user"] = o.user;
+    j["password_file"] = o.password_file;
+  }
+  if (!o.nkey_seed_file.empty())
+    j["nkey_seed_file"] = o.nkey_seed_file;
+  if (!o.creds_file.empty())
+    j["creds_file"] = o.creds_file;
+  if (o.tls) {
+    j["tls"] = json::object();
+    if (!o.tls_files.ca_file.empty())
+      j["tls"]["ca_file"] = o.tls_files.ca_file;
+    if (!o.tls_files.cert_file.empty()) {
+      j["tls"]["cert_file"] = o.tls_files.cert_file;
+      j["tls"]["key_file"] = o.tls_files.key_file;
+    }
+  }
+  return j;
+}
+
 // The files the config names, as start-up reads them; each problem is one
 // warning line.
 void check_files(const config& cfg, const control::api_options* api, FILE* err) {
@@ -149,6 +182,8 @@ json effective_config(const config& cfg, const json& api) {
     j["cookie_file"] = cfg.cookie_file;
   if (!api.is_null())
     j["api"] = api;
+  if (cfg.nats.enabled)
+    j["nats"] = nats_json(cfg.nats);
   return j;
 }
 

@@ -246,7 +246,8 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
-                 "policies", "api", "state_dir", "max_handshakes", "shutdown_timeout_ms"});
+                 "policies", "api", "state_dir", "max_handshakes", "shutdown_timeout_ms",
+                 "nats"});
   config cfg;
   cfg.file = file;
   if (j.contains("log_level")) {
@@ -386,6 +387,8 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   }
   if (j.contains("api"))
     cfg.api = j["api"];
+  if (j.contains("nats"))
+    cfg.nats = parse_nats_options(j["nats"], file);
   return cfg;
 }
 

@@ -6,6 +6,7 @@
 #include "actors/policy.hpp"
 #include "proto/handshake.hpp"
 #include "server/dialect/dialect.hpp"
+#include "server/nats/nats_options.hpp"
 #include "server/reactor.hpp"
 
 #include <nlohmann/json.hpp>
@@ -58,6 +59,7 @@ struct config {
   std::string state_dir;
   policy_set policies;
   std::optional<nlohmann::json> api; // the control plane's section, validated there
+  nats_options nats; // the "nats" section; off unless it says "enabled": true
 };
 
 // Where kvmid keeps its state when the config sets no state_dir:

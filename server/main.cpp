@@ -15,6 +15,9 @@
 #ifdef KVMID_HAVE_CONTROL
 #include "server/check_config.hpp"
 #include "server/control/api.hpp"
+#include "server/nats/jetstream_publisher.hpp"
+#include "server/nats/nats_api.hpp"
+#include "server/nats/nats_link.hpp"
 #endif
 #ifdef KVMID_HAVE_SIM
 #include "kernel-patches/sim/sim.hpp"
@@ -292,6 +295,7 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
 
   instance_lock state_lock; // one kvmid per state directory
+  std::string state_dir;    // where the state is kept; empty: nowhere
   core_options co;
   co.worker_threads = cfg.workers;
   co.policies = cfg.policies;
@@ -322,6 +326,7 @@ int main(int argc, char** argv) {
       try {
         co.planted = load_planted(dir);
         co.state_dir = dir;
+        state_dir = dir;
       } catch (const state_error& e) {
         std::fprintf(stderr, "kvmid: bad state file %s\n", e.what());
         return 1;
@@ -426,6 +431,49 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
+    // NATS: the publisher spools in the state directory; the API needs the
+    // HTTP API's handlers.
+    std::unique_ptr<nats_link> nats;
+    std::unique_ptr<jetstream_publisher> publisher;
+    std::unique_ptr<nats_api> nats_control;
+    if (cfg.nats.enabled) {
+      if (state_dir.empty()) {
+        std::fprintf(stderr, "kvmid: bad config %s: /nats: the spool needs a usable state_dir\n",
+                     cfg.file.c_str());
+        return 1;
+      }
+      auto sp = spool::open(std::filesystem::path(state_dir) / "nats-spool", cfg.nats.spool_records);
+      if (auto* err = std::get_if<std::string>(&sp)) {
+        std::fprintf(stderr, "kvmid: nats: %s\n", err->c_str());
+        return 1;
+      }
+      auto l = nats_link::connect(cfg.nats);
+      if (auto* err = std::get_if<std::string>(&l)) {
+        std::fprintf(stderr, "kvmid: bad config %s: %s\n", cfg.file.c_str(), err->c_str());
+        return 1;
+      }
+      nats = std::move(std::get<std::unique_ptr<nats_link>>(l));
+      try {
+        publisher = std::make_unique<jetstream_publisher>(*nats, c.bus(), c.metrics(), cfg.nats,
+                                                          std::move(std::get<spool>(sp)));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "kvmid: nats: %s\n", e.what());
+        return 1;
+      }
+      std::fprintf(stderr, "kvmid: nats: publishing to stream %s as %s.%s.*\n",
+                   cfg.nats.stream.c_str(), cfg.nats.record_subject_root().c_str(),
+                   cfg.nats.host.c_str());
+      if (cfg.nats.api && !api) {
+        std::fprintf(stderr, "kvmid: nats: no API over NATS without an \"api\" section\n");
+      } else if (cfg.nats.api) {
+        auto na = nats_api::start(*nats, *api, cfg.nats);
+        if (auto* err = std::get_if<std::string>(&na)) {
+          std::fprintf(stderr, "kvmid: nats: %s\n", err->c_str());
+          return 1;
+        }
+        nats_control = std::move(std::get<std::unique_ptr<nats_api>>(na));
+      }
+    }
 #endif
     r.start();
     if (!r.multishot())
@@ -514,6 +562,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     r.stop();
 #ifdef KVMID_HAVE_CONTROL
+    // The last records (the unhooks above) reach NATS or the spool.
+    nats_control.reset();
+    publisher.reset();
+    nats.reset();
     api.reset();
     backend.reset();
 #endif

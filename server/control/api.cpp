@@ -420,6 +420,27 @@ std::string mask_names(uint32_t mask) {
   return s;
 }
 
+// Why a request is refused for this caller (401, 404/405, 403 in that
+// order), or nullopt: the same answer over HTTP and NATS.
+std::optional<response> refuse(const request& req, const route_result& rt, role who) {
+  if (who == role::none && !(rt.match && open_to_all(rt.match->id)))
+    return error_response(unauthorized(req.header("authorization")
+                                         ? "wrong bearer token"
+                                         : "missing Authorization: Bearer token"));
+  if (!rt.match) {
+    if (rt.status != 405)
+      return error_response(not_found("no_route", "no such endpoint: " + excerpt(req.path)));
+    auto r = error_response({405, "method_not_allowed",
+                             excerpt(req.method) + " not allowed on " + excerpt(req.path)});
+    r.headers.emplace_back("Allow", rt.allow);
+    return r;
+  }
+  if (!allowed(who, rt.match->id))
+    return error_response(forbidden("the read-only token may not " + excerpt(req.method) + " "
+                                     + std::string(name(rt.match->id))));
+  return std::nullopt;
+}
+
 } // namespace
 
 void http_api::dispatch(const route_match& m, const request& r,
@@ -751,6 +772,26 @@ void http_api::dispatch(const route_match& m, const request& r,
   reply(error_response({500, "internal", "unhandled route"}));
 }
 
+void http_api::serve(const request& r, api_caller from, std::function<void(response)> reply) {
+  auto rt = route(r.method, r.path);
+  if (auto no = refuse(r, rt, from.who)) {
+    if (no->status == 403 && rt.match) {
+      audit_entry e{from.who, from.peer, r.method, std::string(name(rt.match->id)),
+                    std::string(rt.match->param("vm"))};
+      e.status = no->status;
+      st_->audit(e);
+    }
+    reply(std::move(*no));
+    return;
+  }
+  if (rt.match->id == route_id::events) {
+    reply(error_response(bad_request("the event stream is served by HTTP (GET /v1/events); over "
+                                     "NATS, read the JetStream stream")));
+    return;
+  }
+  dispatch(*rt.match, r, std::move(reply), std::move(from));
+}
+
 std::string http_api::render_metrics() {
   auto fams = st_->be.metrics().snapshot();
   return render_prometheus(fams);
@@ -944,24 +985,7 @@ private:
 
   // Why the request in hand is refused (401, 404/405, 403 in that order), or
   // nullopt. Reads rt_ and who_ as vet_head() set them.
-  std::optional<response> refusal(const request& req) const {
-    if (who_ == role::none && !(rt_.match && open_to_all(rt_.match->id)))
-      return error_response(unauthorized(req.header("authorization")
-                                           ? "wrong bearer token"
-                                           : "missing Authorization: Bearer token"));
-    if (!rt_.match) {
-      if (rt_.status != 405)
-        return error_response(not_found("no_route", "no such endpoint: " + excerpt(req.path)));
-      auto r = error_response({405, "method_not_allowed",
-                               excerpt(req.method) + " not allowed on " + excerpt(req.path)});
-      r.headers.emplace_back("Allow", rt_.allow);
-      return r;
-    }
-    if (!allowed(who_, rt_.match->id))
-      return error_response(forbidden("the read-only token may not " + excerpt(req.method) + " "
-                                       + std::string(name(rt_.match->id))));
-    return std::nullopt;
-  }
+  std::optional<response> refusal(const request& req) const { return refuse(req, rt_, who_); }
 
   // The headers are complete and no body byte has been read: decide whether
   // the body is worth reading. A request without the token is answered now

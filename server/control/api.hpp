@@ -174,6 +174,12 @@ public:
   void dispatch(const route_match& m, const request& r, std::function<void(response)> reply,
                 api_caller from = {});
 
+  // A request that came by another transport (NATS request-reply), from a
+  // caller whose role that transport decided: routed, refused (404, 405,
+  // 403) and answered exactly as an HTTP connection would. The event stream
+  // is not served this way (400). `reply` runs once, on any thread.
+  void serve(const request& r, api_caller from, std::function<void(response)> reply);
+
   // Prometheus text of the backend's registry plus the API's own series.
   std::string render_metrics();
 

@@ -108,7 +108,7 @@ std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vect
   return std::nullopt;
 }
 
-std::string format_sse(const bus_record& r, std::string_view boot) {
+std::string format_record_json(const bus_record& r) {
   nlohmann::json j = {{"seq", r.seq},       {"time_ns", r.time_ns}, {"kind", name(r.kind)},
                       {"name", r.name},     {"vm", r.vm},           {"vm_name", r.vm_name},
                       {"message", r.message}};
@@ -118,6 +118,10 @@ std::string format_sse(const bus_record& r, std::string_view boot) {
   for (auto& [k, v] : r.fields)
     fields[k] = v;
   j["fields"] = std::move(fields);
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string format_sse(const bus_record& r, std::string_view boot) {
   std::string ev = r.name;
   if (ev.empty() || !std::all_of(ev.begin(), ev.end(), safe_name_char))
     ev = std::string(name(r.kind));
@@ -128,7 +132,7 @@ std::string format_sse(const bus_record& r, std::string_view boot) {
   out += "\nevent: ";
   out += ev;
   out += "\ndata: ";
-  out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  out += format_record_json(r);
   out += "\n\n";
   return out;
 }

@@ -22,6 +22,11 @@ std::variant<bus_filter, http_error> parse_stream_filter(const request& r);
 // a VM in `known`, or nullopt.
 std::optional<http_error> unknown_stream_vm(const bus_filter& f, const std::vector<vm_info>& known);
 
+// One record as JSON: seq, time_ns, kind, name, vm, vm_name, message,
+// vcpu (when about one), fields. The SSE data line and the JetStream
+// message body.
+std::string format_record_json(const bus_record& r);
+
 // "id: <boot>-<seq>\nevent: <kind>\ndata: <json>\n\n"; the JSON carries
 // every field of the record. Names and messages cannot break the framing:
 // JSON escapes newlines, and the event name is restricted to [a-z0-9_-].

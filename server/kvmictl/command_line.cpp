@@ -98,6 +98,8 @@ std::string usage() {
   std::string out =
     "usage: kvmictl [--server URL|unix:PATH | --unix PATH] [--token-file F | --token T] [--json]\n"
     "               [--timeout SECONDS] COMMAND [ARGS]\n"
+    "       kvmictl --nats URL[,URL] [--nats-prefix P] [--nats-creds F] [--gather-ms N]\n"
+    "               vms | watch [--kind K] [--count N] | pause|resume|unhook UUID   (the fleet)\n"
     "       kvmictl --version | help [COMMAND] | COMMAND --help\n"
     "commands:\n";
   for (auto& c : command_table) {

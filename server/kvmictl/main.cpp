@@ -1,6 +1,8 @@
 // kvmictl: a small CLI over kvmid's HTTP API.
 //
 //   kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json] CMD ...
+//   kvmictl --nats URL [--nats-prefix P] [--nats-creds F] [--gather-ms N] vms|watch|pause|resume|unhook
+//     the whole fleet over NATS (fleet.hpp)
 //   env: KVMID_API (http://127.0.0.1:8181 or unix:/run/kvmid/api.sock),
 //        KVMID_TOKEN, KVMID_TOKEN_FILE
 //
@@ -8,6 +10,7 @@
 #include "actors/bounded_json.hpp"
 #include "server/control/encoding.hpp"
 #include "server/kvmictl/command_line.hpp"
+#include "server/kvmictl/fleet.hpp"
 #include "server/kvmictl/format.hpp"
 
 #include "kvmid_version.hpp"
@@ -377,6 +380,7 @@ int main(int argc, char** argv) {
   std::string watch_vm, watch_kind, msrs, enable, disable;
   long watch_count = -1;
   bool help = false, force = false;
+  kvmictl::fleet_options fleet;
   std::vector<std::string> command_options; // checked once the command is known
   // A usage error: one line naming what is wrong, exit 2.
   auto usage_error = [](const std::string& why) {
@@ -420,6 +424,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       o.token = *t;
+    } else if (a == "--nats") {
+      fleet.url = next();
+    } else if (a == "--nats-prefix") {
+      fleet.prefix = next();
+    } else if (a == "--nats-creds") {
+      fleet.creds_file = next();
+    } else if (a == "--gather-ms") {
+      fleet.gather_ms = count(60000);
     } else if (a == "--json") {
       o.json_out = true;
     } else if (a == "--timeout") {
@@ -483,6 +495,18 @@ int main(int argc, char** argv) {
   if (args[0] == "completion") {
     std::cout << kvmictl::bash_completion();
     return 0;
+  }
+  if (!fleet.url.empty()) {
+    if (!kvmictl::fleet_command(args[0]))
+      return usage_error(args[0] + " is not served over --nats (vms, watch, pause, resume, unhook are)");
+    if (!watch_vm.empty())
+      return usage_error("watch --vm is not served over --nats (the fleet's stream is by kind)");
+    fleet.json_out = o.json_out;
+    fleet.timeout_s = o.timeout;
+    fleet.count = watch_count;
+    if (!watch_kind.empty())
+      fleet.kind = watch_kind;
+    return kvmictl::run_fleet(fleet, args);
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string& cmd = args[0];

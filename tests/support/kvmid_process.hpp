@@ -46,6 +46,7 @@ struct kvmid_process_options {
   bool tcp = false;      // an API listener on 127.0.0.1 as well
   bool reconnect = true; // the simulated device manager reconnects after a close
   std::string read_token;  // non-empty: also an api.read_token_file holding it
+  json extra = json::object(); // more top-level config sections ("nats": {...})
 };
 
 // One VM with one vCPU: enough for a test about kvmid rather than a fleet.
@@ -137,13 +138,16 @@ struct kvmid_process : kvmid_daemon {
     json listeners = json::array({kvmi});
     for (auto& l : o.extra_listeners)
       listeners.push_back(l);
-    return {{"log_level", o.log_level},
-            {"cookie_file", dir + "/cookie"},
-            {"command_timeout_ms", 3000},
-            {"state_dir", dir + "/state"},
-            {"listeners", listeners},
-            {"policies", o.policies},
-            {"api", api}};
+    json cfg = {{"log_level", o.log_level},
+                {"cookie_file", dir + "/cookie"},
+                {"command_timeout_ms", 3000},
+                {"state_dir", dir + "/state"},
+                {"listeners", listeners},
+                {"policies", o.policies},
+                {"api", api}};
+    for (auto& [k, v] : o.extra.items())
+      cfg[k] = v;
+    return cfg;
   }
 
   // 64 MiB of RAM, the MMIO hole, and a GPU whose links are never trained:

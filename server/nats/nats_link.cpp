@@ -1,0 +1,122 @@
+#include "server/nats/nats_link.hpp"
+
+#include "actors/log.hpp"
+#include "server/secret_file.hpp"
+
+#include <nats/nats.h>
+
+#include <cstdio>
+#include <vector>
+
+namespace kvmid {
+
+namespace {
+
+void on_disconnected(natsConnection* nc, void*) {
+  if (!natsConnection_IsClosed(nc) && log_on(log_warn)) // not kvmid closing it
+    std::fprintf(stderr, "kvmid: nats: disconnected; records go to the spool until it is back\n");
+}
+void on_reconnected(natsConnection* nc, void*) {
+  char url[256] = {};
+  natsConnection_GetConnectedUrl(nc, url, sizeof url);
+  if (log_on(log_info))
+    std::fprintf(stderr, "kvmid: nats: connected to %s\n", url);
+}
+void on_error(natsConnection*, natsSubscription*, natsStatus s, void*) {
+  if (log_on(log_warn))
+    std::fprintf(stderr, "kvmid: nats: error: %s\n", natsStatus_GetText(s));
+}
+
+struct options_guard {
+  natsOptions* o = nullptr;
+  ~options_guard() { natsOptions_Destroy(o); }
+};
+
+std::string failed(const char* what, natsStatus s) {
+  return std::string(what) + ": " + natsStatus_GetText(s) + " (" + nats_GetLastError(nullptr) + ")";
+}
+
+} // namespace
+
+std::variant<std::unique_ptr<nats_link>, std::string> nats_link::connect(const nats_options& o) {
+  std::unique_ptr<nats_link> l(new nats_link());
+  options_guard g;
+  if (natsOptions_Create(&g.o) != NATS_OK)
+    return std::string("cannot create NATS options");
+  std::vector<const char*> urls;
+  for (auto& u : o.urls)
+    urls.push_back(u.c_str());
+  natsStatus s = natsOptions_SetServers(g.o, urls.data(), int(urls.size()));
+  if (s != NATS_OK)
+    return "/nats/urls: " + failed("not usable", s);
+  std::string name = "kvmid " + o.host;
+  natsOptions_SetName(g.o, name.c_str());
+  natsOptions_SetMaxReconnect(g.o, -1);
+  natsOptions_SetReconnectWait(g.o, 250);
+  natsOptions_SetReconnectJitter(g.o, 100, 500);
+  natsOptions_SetTimeout(g.o, 2000);
+  natsOptions_SetPingInterval(g.o, 5000);
+  natsOptions_SetMaxPingsOut(g.o, 2);
+  natsOptions_SetDisconnectedCB(g.o, on_disconnected, nullptr);
+  natsOptions_SetReconnectedCB(g.o, on_reconnected, nullptr);
+  natsOptions_SetErrorHandler(g.o, on_error, nullptr);
+  // Retry in the background when no server answers now: kvmid serves its
+  // VMs whether or not NATS is up.
+  natsOptions_SetRetryOnFailedConnect(g.o, true, on_reconnected, nullptr);
+  if (!o.user.empty()) {
+    auto pw = read_secret_file(o.password_file, 4096);
+    if (!pw.error.empty())
+      return "/nats/password_file: " + pw.error;
+    std::string p(pw.bytes.begin(), pw.bytes.end());
+    while (!p.empty() && (p.back() == '\n' || p.back() == '\r'))
+      p.pop_back();
+    if ((s = natsOptions_SetUserInfo(g.o, o.user.c_str(), p.c_str())) != NATS_OK)
+      return "/nats/user: " + failed("not usable", s);
+  }
+  if (!o.nkey_seed_file.empty()) {
+    auto seed = read_secret_file(o.nkey_seed_file, 4096);
+    if (!seed.error.empty())
+      return "/nats/nkey_seed_file: " + seed.error;
+    // The client derives the public key from the seed and signs the
+    // server's nonce with it; it reads the file itself.
+    if ((s = natsOptions_SetNKeyFromSeed(g.o, nullptr, o.nkey_seed_file.c_str())) != NATS_OK)
+      return "/nats/nkey_seed_file: " + failed("not usable", s);
+  }
+  if (!o.creds_file.empty()) {
+    auto creds = read_secret_file(o.creds_file, 64 * 1024);
+    if (!creds.error.empty())
+      return "/nats/creds_file: " + creds.error;
+    if ((s = natsOptions_SetUserCredentialsFromFiles(g.o, o.creds_file.c_str(), nullptr)) != NATS_OK)
+      return "/nats/creds_file: " + failed("not usable", s);
+  }
+  if (o.tls) {
+    natsOptions_SetSecure(g.o, true);
+    if (!o.tls_files.ca_file.empty()
+        && (s = natsOptions_LoadCATrustedCertificates(g.o, o.tls_files.ca_file.c_str())) != NATS_OK)
+      return "/nats/tls/ca_file: " + failed(o.tls_files.ca_file.c_str(), s);
+    if (!o.tls_files.cert_file.empty()
+        && (s = natsOptions_LoadCertificatesChain(g.o, o.tls_files.cert_file.c_str(),
+                                                  o.tls_files.key_file.c_str()))
+             != NATS_OK)
+      return "/nats/tls/cert_file: " + failed(o.tls_files.cert_file.c_str(), s);
+  }
+  s = natsConnection_Connect(&l->nc_, g.o);
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED)
+    return failed("cannot connect to NATS", s);
+  if (s == NATS_NOT_YET_CONNECTED && log_on(log_warn))
+    std::fprintf(stderr, "kvmid: nats: no server answers yet; retrying in the background\n");
+  return l;
+}
+
+bool nats_link::connected() const {
+  return nc_ && natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+nats_link::~nats_link() {
+  if (nc_) {
+    natsConnection_Close(nc_);
+    natsConnection_Destroy(nc_);
+  }
+}
+
+} // namespace kvmid

@@ -1,12 +1,12 @@
 #include "server/control/process_metrics.hpp"
 #include "server/control/prometheus.hpp"
+#include "tests/support/exposition.hpp"
 
 #include <doctest/doctest.h>
 
 #include <chrono>
 #include <fcntl.h>
 #include <map>
-#include <sstream>
 #include <unistd.h>
 
 using namespace kvmid;
@@ -22,24 +22,9 @@ double wall_now() {
 // started, before any test ran.
 const double binary_loaded_at = wall_now();
 
-// Unlabelled samples of an exposition, by name, as a scraper reads them.
-std::map<std::string, double> scrape(const std::string& text) {
-  std::map<std::string, double> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#')
-      continue;
-    auto sp = line.find(' ');
-    REQUIRE(sp != std::string::npos);
-    out[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
-  }
-  return out;
-}
-
 std::map<std::string, double> scrape_process() {
   auto fams = process_metrics();
-  return scrape(render_prometheus(fams));
+  return test::exposition_samples(render_prometheus(fams));
 }
 
 } // namespace

@@ -12,6 +12,7 @@
 #include "proto/v7/handshake.hpp"
 
 #include <memory>
+#include <array>
 #include <optional>
 #include <span>
 #include <string>
@@ -21,6 +22,7 @@
 namespace kvmid {
 
 enum class protocol : uint8_t { v5, v7 };
+inline constexpr std::array all_protocols{protocol::v5, protocol::v7};
 std::string_view name(protocol p);
 
 // kvmid's end of a handshake: feed what arrived, send what out() holds.

@@ -46,8 +46,8 @@ core::core(core_options opts)
     "kvmid_bus_dropped_total", "Event-bus records dropped because a subscriber was slow");
   bus_ = std::make_unique<event_bus>(m.bus_dropped);
   // Always exposed, so dashboards and alerts see them before the first one.
-  metrics_->declare("kvmid_protocol_errors_total",
-                    "KVMI sessions closed for a protocol error, by reason", metric_type::counter);
+  for (auto r : all_protocol_error_reasons)
+    m.protocol_error(r);
   metrics_->declare("kvmid_handshake_failures_total", "Failed or timed-out handshakes, by reason",
                     metric_type::counter);
   metrics_->declare("kvmid_vm_disconnects_total",

@@ -4,6 +4,7 @@
 #include "actors/core.hpp"
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
+#include "actors/protocol_fault.hpp"
 
 #include <caf/all.hpp>
 
@@ -32,10 +33,10 @@ struct core_metrics {
                             {{"command", std::string(kvmi::name(id))},
                              {"result", std::string(result)}});
   }
-  counter& protocol_error(std::string_view reason) {
+  counter& protocol_error(protocol_error_reason reason) {
     return reg->get_counter("kvmid_protocol_errors_total",
                             "KVMI sessions closed for a protocol error, by reason",
-                            {{"reason", std::string(reason)}});
+                            {{"reason", std::string(name(reason))}});
   }
   counter& disconnect(disconnect_reason why) {
     return reg->get_counter("kvmid_vm_disconnects_total",

@@ -5,6 +5,7 @@
 #include "actors/control_api.hpp"
 #include "actors/core.hpp"
 #include "actors/policy.hpp"
+#include "actors/protocol_fault.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
 
@@ -171,6 +172,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::event_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmi::command)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vcpu_update)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::raw_frame)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::protocol_fault)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::cmd_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_history)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::api_request)

@@ -11,8 +11,8 @@
 //   kvmid_events_total              counter {kind}
 //   kvmid_alerts_total              counter {rule}
 //   kvmid_commands_total            counter {command, result}   result: ok | E<code> | timeout
-//   kvmid_protocol_errors_total     counter {reason}
-//   kvmid_handshake_failures_total  counter {reason}
+//   kvmid_protocol_errors_total     counter {reason}   (protocol_fault.hpp, all at 0 from start)
+//   kvmid_handshake_failures_total  counter {reason}   (server/dialect/handshake_failure.hpp)
 //   kvmid_vm_disconnects_total      counter {reason}   (link.hpp disconnect_reason)
 //   kvmid_handshakes_pending        gauge (KVMI connections still in their handshake)
 //   kvmid_accept_errors_total       counter {errno}    (kvmid's main: failed accepts)

@@ -287,7 +287,8 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
       auto& sh = *s.p.shared;
       if (s.in_event) {
         self->send(s.p.vm, proto_err_atom::value,
-                   std::string("second event from a vCPU before its reply"));
+                   protocol_fault{protocol_error_reason::second_event,
+                                  "second event from a vCPU before its reply"});
         return;
       }
       auto& m = sh.c->internals().m;

@@ -141,7 +141,7 @@ void publish(vm_actor* self, bus_kind k, std::string name, std::string msg) {
   self->state.c->bus().publish(std::move(r));
 }
 
-void protocol_error(vm_actor* self, const std::string& reason) {
+void protocol_error(vm_actor* self, protocol_error_reason reason, const std::string& detail) {
   auto& s = self->state;
   // A command failed because the session closed is no error of the host's.
   if (s.closing || s.closed)
@@ -150,8 +150,8 @@ void protocol_error(vm_actor* self, const std::string& reason) {
   s.c->internals().m.protocol_error(reason).inc();
   s.protocol_errors++;
   // The session's close line (kvmi_session) logs the reason.
-  publish(self, bus_kind::lifecycle, "protocol-error", reason);
-  s.p.link->close(disconnect_reason::protocol_error, reason);
+  publish(self, bus_kind::lifecycle, "protocol-error", detail);
+  s.p.link->close(disconnect_reason::protocol_error, detail);
 }
 
 // --- commands -------------------------------------------------------------
@@ -1160,12 +1160,13 @@ void on_reply_frame(vm_actor* self, raw_frame& rf) {
   auto& s = self->state;
   auto f = kvmi::parse_frame(rf.bytes, s.order);
   if (!f)
-    return protocol_error(self, std::string(kvmi::name(f.err().code)));
+    return protocol_error(self, protocol_error_reason::bad_frame,
+                          std::string(kvmi::name(f.err().code)));
   auto it = s.pending.find(f->hdr.seq);
   if (it == s.pending.end()) {
     if (s.timed_out.erase(f->hdr.seq))
       return; // the answer to a command we gave up on
-    return protocol_error(self, "reply with an unknown seq");
+    return protocol_error(self, protocol_error_reason::unknown_seq, "reply with an unknown seq");
   }
   auto pc = std::move(it->second);
   s.pending.erase(it);
@@ -1176,10 +1177,12 @@ void on_reply_frame(vm_actor* self, raw_frame& rf) {
     self->send(s.registry, heap_settle_atom::value);
   }
   if (f->hdr.id != static_cast<uint16_t>(pc.shape.id))
-    return protocol_error(self, "reply id does not match its command");
+    return protocol_error(self, protocol_error_reason::reply_mismatch,
+                          "reply id does not match its command");
   auto r = kvmi::decode_reply(*f, pc.shape, s.order);
   if (!r)
-    return protocol_error(self, std::string("bad reply: ") + std::string(r.err().reason));
+    return protocol_error(self, protocol_error_reason::bad_reply,
+                          std::string("bad reply: ") + std::string(r.err().reason));
   s.c->internals().m.command(pc.shape.id, r->err == 0 ? "ok" : kvmi::kvm_error_name(r->err)).inc();
   cmd_result cr;
   cr.reply = std::move(*r);
@@ -1251,7 +1254,8 @@ void bootstrap(vm_actor* self) {
   send_cmd(self, kvmi::get_version{}, [=](cmd_result r) {
     auto& s2 = self->state;
     if (!r.ok())
-      return protocol_error(self, "GET_VERSION failed");
+      return protocol_error(self, protocol_error_reason::get_version_failed,
+                            "GET_VERSION failed");
     s2.version = std::get<kvmi::get_version_reply>(r.reply.data);
     if (s2.version.version < kvmi::version)
       log(self, "%s", "host reports an older KVMI version");
@@ -1359,14 +1363,17 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
         return request_unhook(self, 0, [](std::vector<std::string>) {});
       uint16_t v = ev.common.vcpu;
       if (v >= max_vcpus)
-        return protocol_error(self, "event from a vCPU index beyond any VM");
+        return protocol_error(self, protocol_error_reason::vcpu_out_of_range,
+                              "event from a vCPU index beyond any VM");
       ensure_vcpu(self, v);
       self->send(s2.vcpus[v], event_atom::value, std::move(ev), t);
     },
     [=](reply_atom, raw_frame& rf) { on_reply_frame(self, rf); },
     [=](cmd_sweep_atom) { sweep_commands(self); },
     [=](closed_atom) { on_closed(self); },
-    [=](proto_err_atom, const std::string& why) { protocol_error(self, why); },
+    [=](proto_err_atom, const protocol_fault& why) {
+      protocol_error(self, why.reason, why.detail);
+    },
     [=](command_atom, kvmi::command& cmd) {
       auto rp = self->make_response_promise<cmd_result>();
       send_cmd(self, std::move(cmd), [rp](cmd_result r) mutable { rp.deliver(std::move(r)); });

@@ -12,7 +12,8 @@ pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       systemd lintian dpkg-dev
       # NATS: the C client kvmid publishes and serves its API with; the server its tests run
       libnats-dev nats-server
-)
+      # amtool checks the shipped config/alertmanager.yml
+      prometheus-alertmanager)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -147,7 +147,7 @@ public:
     }
     auto err = split_.feed(bytes, [&](const kvmi::frame& f) { on_frame(ctx, f); });
     if (err && !dead_)
-      protocol_error(ctx, std::string(kvmi::name(err.code)));
+      protocol_error(ctx, {protocol_error_reason::bad_frame, std::string(kvmi::name(err.code))});
   }
 
   void on_timer(net::conn_ctx& ctx, uint64_t token) override {
@@ -248,14 +248,13 @@ private:
     if (dead_)
       return;
     if (!link_) {
-      auto why = dialect_->on_prologue(f, guest_);
-      if (!why.empty())
-        return protocol_error(ctx, why);
+      if (auto why = dialect_->on_prologue(f, guest_))
+        return protocol_error(ctx, std::move(*why));
       return start_session(ctx);
     }
     auto in = dialect_->decode(f);
-    if (!in.error.empty())
-      return protocol_error(ctx, in.error);
+    if (in.error)
+      return protocol_error(ctx, std::move(*in.error));
     if (in.event) {
       caf::actor to;
       if (in.event->kind() != kvmi::event_id::unhook)
@@ -269,16 +268,16 @@ private:
       caf::anon_send(vm_, reply_atom::value, std::move(*in.reply));
   }
 
-  void protocol_error(net::conn_ctx& ctx, const std::string& why) {
+  void protocol_error(net::conn_ctx& ctx, protocol_fault why) {
     dead_ = true;
-    cause_ = close_cause{disconnect_reason::protocol_error, why};
+    cause_ = close_cause{disconnect_reason::protocol_error, why.detail};
     // The VM actor counts and reports it (before it exists: counted here);
     // the socket closes now so no further byte of this stream is trusted.
     if (vm_)
       caf::anon_send(vm_, proto_err_atom::value, why);
     else {
       failed_ = true; // no handshake failure: it was done
-      c_.internals().m.protocol_error(why).inc();
+      c_.internals().m.protocol_error(why.reason).inc();
     }
     ctx.close(true);
   }
@@ -308,6 +307,8 @@ net::handler_factory kvmi_handler_factory(net::reactor& r, core& c, kvmi_listene
     l->o.gate = std::make_shared<handshake_gate>(l->o.max_handshakes);
   l->pending = &c.metrics().get_gauge("kvmid_handshakes_pending",
                                       "KVMI connections still in their handshake");
+  for (auto reason : handshake_failure_reasons)
+    c.internals().m.handshake_failure(reason);
   return [&r, &c, l]() -> std::unique_ptr<net::connection_handler> {
     return std::make_unique<kvmi_handler>(r, c, *l);
   };

@@ -4,6 +4,7 @@
 #include "actors/core.hpp"
 #include "actors/log.hpp"
 #include "server/config.hpp"
+#include "server/dialect/dialect.hpp"
 #include "server/instance_lock.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
@@ -348,9 +349,16 @@ int main(int argc, char** argv) {
     // shutdown bound may take a send buffer from the reactor or post to it.
     auto the_core = std::make_unique<core>(co);
     core& c = *the_core;
+    std::string protocols; // the KVMI dialects this build speaks, "v5,v7"
+    for (auto p : all_protocols) {
+      if (!protocols.empty())
+        protocols += ',';
+      protocols += name(p);
+    }
     c.metrics()
-      .get_gauge("kvmid_build_info", "The running kvmid's version (always 1)",
-                 {{"version", std::string(build_version)}})
+      .get_gauge("kvmid_build_info",
+                 "The running kvmid's version and the KVMI dialects it speaks (always 1)",
+                 {{"version", std::string(build_version)}, {"protocols", protocols}})
       .set(1);
     net::reactor_options ro;
     ro.send_queue_limit = cfg.send_queue_limit;

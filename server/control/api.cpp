@@ -10,6 +10,7 @@
 #include "server/control/encoding.hpp"
 #include "server/control/json.hpp"
 #include "server/control/page_ranges.hpp"
+#include "server/control/process_metrics.hpp"
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
 #include "server/control/tls_conn.hpp"
@@ -794,6 +795,8 @@ void http_api::serve(const request& r, api_caller from, std::function<void(respo
 
 std::string http_api::render_metrics() {
   auto fams = st_->be.metrics().snapshot();
+  for (auto& f : process_metrics())
+    fams.push_back(std::move(f));
   return render_prometheus(fams);
 }
 

@@ -5,11 +5,14 @@
 #pragma once
 
 #include "actors/messages.hpp"
+#include "actors/protocol_fault.hpp"
+#include "server/dialect/handshake_failure.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
 #include "proto/v7/handshake.hpp"
 
 #include <memory>
+#include <array>
 #include <optional>
 #include <span>
 #include <string>
@@ -19,15 +22,8 @@
 namespace kvmid {
 
 enum class protocol : uint8_t { v5, v7 };
+inline constexpr std::array all_protocols{protocol::v5, protocol::v7};
 std::string_view name(protocol p);
-
-// Why a handshake failed: a short stable token (the label of
-// kvmid_handshake_failures_total) and a sentence for the log line and the
-// lifecycle record.
-struct handshake_failure {
-  std::string_view token;
-  std::string sentence;
-};
 
 // kvmid's end of a handshake: feed what arrived, send what out() holds.
 class tool_handshake {
@@ -44,7 +40,7 @@ public:
 struct from_host {
   std::optional<kvmi::event_msg> event;
   std::optional<raw_frame> reply; // a v5 reply frame in the session's byte order
-  std::string error;              // non-empty: nothing more of this stream is trusted
+  std::optional<protocol_fault> error; // set: nothing more of this stream is trusted
 };
 
 class dialect {
@@ -72,8 +68,9 @@ public:
   // the session sends before any actor exists; empty for nothing.
   virtual std::vector<uint8_t> prologue(const kvmi::hs::guest_info&) { return {}; }
   // A frame while the prologue waits: completes g, or says why not.
-  virtual std::string on_prologue(const kvmi::frame&, kvmi::hs::guest_info&) {
-    return "a frame before the session started";
+  virtual std::optional<protocol_fault> on_prologue(const kvmi::frame&, kvmi::hs::guest_info&) {
+    return protocol_fault{protocol_error_reason::bad_prologue,
+                          "a frame before the session started"};
   }
 };
 

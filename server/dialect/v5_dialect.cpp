@@ -18,7 +18,8 @@ public:
     if (f.hdr.id == static_cast<uint16_t>(kvmi::msg_id::event)) {
       auto ev = kvmi::decode_event(f, order_);
       if (!ev)
-        out.error = std::string("bad event: ") + std::string(ev.err().reason);
+        out.error = protocol_fault{protocol_error_reason::bad_event,
+                                   std::string("bad event: ") + std::string(ev.err().reason)};
       else
         out.event = std::move(*ev);
       return out;

@@ -45,12 +45,14 @@ public:
     if (f.hdr.id == static_cast<uint16_t>(v7::msg_id::event)) {
       auto ev = v7::decode_event(f);
       if (!ev) {
-        out.error = std::string("bad event: ") + std::string(ev.err().reason);
+        out.error = protocol_fault{protocol_error_reason::bad_event,
+                                   std::string("bad event: ") + std::string(ev.err().reason)};
         return out;
       }
       auto v5 = v7x::to_v5(*ev);
       if (!v5) {
-        out.error = std::string("bad event: ") + std::string(v5.err().reason);
+        out.error = protocol_fault{protocol_error_reason::bad_event,
+                                   std::string("bad event: ") + std::string(v5.err().reason)};
         return out;
       }
       std::lock_guard lk(mu_);
@@ -58,7 +60,8 @@ public:
         vcpu_count_ = std::max<uint32_t>(vcpu_count_, uint32_t(ev->common.vcpu) + 1);
       if (ev->kind() != v7::event_id::unhook) { // UNHOOK takes no reply
         if (events_.size() >= max_events && !events_.count(ev->seq)) {
-          out.error = "more events waiting for replies than kvmid keeps";
+          out.error = protocol_fault{protocol_error_reason::too_many_events,
+                                     "more events waiting for replies than kvmid keeps"};
           return out;
         }
         events_[ev->seq] = ev->common.vcpu;
@@ -71,19 +74,21 @@ public:
       std::lock_guard lk(mu_);
       auto it = pending_.find(f.hdr.seq);
       if (it == pending_.end()) {
-        out.error = "reply with an unknown seq";
+        out.error = protocol_fault{protocol_error_reason::unknown_seq, "reply with an unknown seq"};
         return out;
       }
       p = std::move(it->second);
       pending_.erase(it);
     }
     if (f.hdr.id != static_cast<uint16_t>(p.plan.shape.id)) {
-      out.error = "reply id does not match its command";
+      out.error = protocol_fault{protocol_error_reason::reply_mismatch,
+                                 "reply id does not match its command"};
       return out;
     }
     auto r = v7::decode_reply(f, p.plan.shape);
     if (!r) {
-      out.error = std::string("bad reply: ") + std::string(r.err().reason);
+      out.error = protocol_fault{protocol_error_reason::bad_reply,
+                                 std::string("bad reply: ") + std::string(r.err().reason)};
       return out;
     }
     if (auto* g = std::get_if<v7::get_guest_info_reply>(&r->data)) {
@@ -164,13 +169,16 @@ public:
     return out;
   }
 
-  std::string on_prologue(const kvmi::frame& f, kvmi::hs::guest_info& g) override {
+  std::optional<protocol_fault> on_prologue(const kvmi::frame& f,
+                                            kvmi::hs::guest_info& g) override {
     v7::command c = v7::get_max_gfn{};
     if (f.hdr.id != uint16_t(v7::msg_id::get_max_gfn) || f.hdr.seq != max_gfn_seq_)
-      return "a frame other than the GET_MAX_GFN reply before the session started";
+      return protocol_fault{protocol_error_reason::bad_prologue,
+                            "a frame other than the GET_MAX_GFN reply before the session started"};
     auto r = v7::decode_reply(f, v7::expected_reply(c));
     if (!r)
-      return std::string("bad GET_MAX_GFN reply: ") + std::string(r.err().reason);
+      return protocol_fault{protocol_error_reason::bad_prologue,
+                            std::string("bad GET_MAX_GFN reply: ") + std::string(r.err().reason)};
     // A host without GET_MAX_GFN leaves the VM without a map: memory
     // rules are refused, the rest works.
     if (r->err != 0)

@@ -56,11 +56,17 @@ public:
 
 private:
   // Sizes out of 32..64 KiB are bad_size, as are the E820 counts that
-  // do not fit; the other codec errors keep their names.
+  // do not fit; padding and E820 ranges keep their names; any other field
+  // out of its domain is bad_value (a token of handshake_failure_reasons).
   static std::string_view token(const kvmi::error& e) {
-    if (e.code == kvmi::errc::oversize)
-      return "bad_size";
-    return kvmi::name(e.code);
+    switch (e.code) {
+      case kvmi::errc::oversize:
+      case kvmi::errc::truncated:
+      case kvmi::errc::bad_size: return "bad_size";
+      case kvmi::errc::bad_padding: return "bad_padding";
+      case kvmi::errc::bad_range: return "bad_range";
+      default: return "bad_value";
+    }
   }
   kvmi::hs::status fail(std::string_view token, std::string_view why) {
     token_ = token;

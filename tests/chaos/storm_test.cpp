@@ -312,7 +312,7 @@ TEST_CASE("chaos: duplicate and unknown-seq command replies close only that VM a
       20000ms));
     REQUIRE(f.configured(30s));
   }
-  CHECK(f.metric("kvmid_protocol_errors_total", "reason", "reply with an unknown seq")
+  CHECK(f.metric("kvmid_protocol_errors_total", "reason", "unknown_seq")
         == double(2 * rounds));
   auto d = check_invariants(f); // the simulator closed nothing: every cut-off event was kvmid's choice
   for (auto& v : d.vms)

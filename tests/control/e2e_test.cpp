@@ -1,8 +1,11 @@
 // kvmid + kvmi-sim + curl/kvmictl over real sockets.
 #include "promtool.hpp"
+#include "tests/support/exposition.hpp"
 #include "tests/support/kvmid_process.hpp"
 
+#include "actors/protocol_fault.hpp"
 #include "server/control/encoding.hpp"
+#include "server/dialect/handshake_failure.hpp"
 
 #include <set>
 
@@ -293,6 +296,23 @@ TEST_CASE("e2e: the event stream carries each alert the simulator provokes") {
   CHECK(t.sim->make_report().ok());
 }
 
+TEST_CASE("e2e: a fresh kvmid exports every error reason at 0") {
+  e2e t;
+  auto m = t.curl("GET", "/metrics");
+  REQUIRE(m.status == 200);
+  auto samples = exposition_samples(m.body);
+  auto at_zero = [&](const std::string& family, std::string_view reason) {
+    auto series = family + "{reason=\"" + std::string(reason) + "\"}";
+    CAPTURE(series);
+    REQUIRE(samples.count(series) == 1);
+    CHECK(samples[series] == 0);
+  };
+  for (auto r : all_protocol_error_reasons)
+    at_zero("kvmid_protocol_errors_total", name(r));
+  for (auto r : handshake_failure_reasons)
+    at_zero("kvmid_handshake_failures_total", r);
+}
+
 TEST_CASE("e2e: /metrics has every family and passes promtool") {
   e2e t;
   get_within(t.sim->write_msr(0, 0, msr_lstar, 1), "an LSTAR write");
@@ -309,8 +329,8 @@ TEST_CASE("e2e: /metrics has every family and passes promtool") {
   wait_until(
     [&] {
       m = t.curl("GET", "/metrics");
-      return m.body.find("kvmid_protocol_errors_total{") != std::string::npos
-             && m.body.find("kvmid_handshake_failures_total{") != std::string::npos
+      return exposition_sum(m.body, "kvmid_protocol_errors_total") >= 1
+             && exposition_sum(m.body, "kvmid_handshake_failures_total") >= 1
              && m.body.find("kvmid_vms 2\n") != std::string::npos
              && m.body.find("kvmid_vcpus 4\n") != std::string::npos;
     },

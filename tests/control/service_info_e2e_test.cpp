@@ -19,7 +19,8 @@ TEST_CASE("e2e: kvmid logs its version at start and exports kvmid_build_info") {
   CHECK(t.log().starts_with("kvmid: version " + version + " ("));
   auto m = t.curl("GET", "/metrics");
   REQUIRE(m.status == 200);
-  CHECK(m.body.find("\nkvmid_build_info{version=\"" + version + "\"} 1\n") != std::string::npos);
+  CHECK(m.body.find("\nkvmid_build_info{protocols=\"v5,v7\",version=\"" + version + "\"} 1\n")
+        != std::string::npos);
   CHECK(m.body.find("# TYPE kvmid_build_info gauge\n") != std::string::npos);
 }
 

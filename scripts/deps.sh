@@ -5,7 +5,9 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libcaf-dev liburing-dev nlohmann-json3-dev doctest-dev libhttp-parser-dev
       libssl-dev openssl libcurl4-openssl-dev curl prometheus gnuplot-nox python3
-      python3-jsonschema qemu-system-x86 busybox-static)
+      python3-jsonschema qemu-system-x86 busybox-static
+      # the dashboard's tests drive a headless browser over DevTools (tests/ui)
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -65,9 +65,12 @@ public:
   }
 
   // Clicks from a timer, so a confirm() it opens does not block this call.
+  // The element is looked up again when the timer fires: the page may have
+  // redrawn it meanwhile, and a detached copy would take the click.
   void click(const std::string& selector) {
-    auto found = eval("(() => { const e = document.querySelector(" + json(selector).dump()
-                      + "); if (!e) return false; setTimeout(() => e.click()); return true; })()");
+    std::string sel = json(selector).dump();
+    auto found = eval("!!document.querySelector(" + sel + ") && (setTimeout(() => "
+                      "document.querySelector(" + sel + ")?.click()), true)");
     REQUIRE_MESSAGE(found == true, "nothing to click at " << selector);
   }
 

@@ -153,7 +153,13 @@ async function refresh() {
 
 function stateBadge(s) { return el('span', { class: 'state', 'data-state': s }, s); }
 function num(v) { return el('td', { class: 'num' }, v); }
-function fill(tbody, rows) { tbody.replaceChildren(...rows); }
+// Replaces the children only when they changed: a button the operator is
+// pressing is not swapped for a copy between mouse down and up.
+function fill(parent, rows) {
+  const next = document.createElement(parent.tagName);
+  next.append(...rows);
+  if (next.innerHTML !== parent.innerHTML) parent.replaceChildren(...next.childNodes);
+}
 
 async function renderVmList() {
   const { vms } = await api('GET', '/v1/vms');

@@ -100,9 +100,10 @@ async function openDashboard() {
   try {
     await api('GET', '/v1/vms'); // proves the token before anything is shown
   } catch (e) {
-    if (e.status !== 401) {
+    if (e.status !== 401) { // kvmid down or busy: say so and try again
       showOnly('main');
       banner(e);
+      setTimeout(openDashboard, 2000);
     }
     return;
   }

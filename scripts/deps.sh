@@ -13,7 +13,9 @@ pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       # NATS: the C client kvmid publishes and serves its API with; the server its tests run
       libnats-dev nats-server
       # amtool checks the shipped config/alertmanager.yml
-      prometheus-alertmanager)
+      prometheus-alertmanager
+      # the dashboard's tests drive a headless browser over DevTools (tests/ui)
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,7 @@
 #include "server/control/prometheus.hpp"
 #include "server/control/sse.hpp"
 #include "server/control/tls_conn.hpp"
+#include "server/control/ui/ui_response.hpp"
 
 #include "kvmid_version.hpp"
 
@@ -764,6 +765,12 @@ void http_api::dispatch(const route_match& m, const request& r,
           reply(r.ok() ? json_response(200, json{{"status", "ok"}})
                        : error_response({503, "unavailable", "core: " + r.error().message}));
         });
+        return;
+      case route_id::ui_page:
+        reply(ui_response("index.html"));
+        return;
+      case route_id::ui_asset:
+        reply(ui_response(m.param("asset")));
         return;
     }
   } catch (const body_error& e) {

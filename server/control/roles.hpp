@@ -2,7 +2,8 @@
 // (api.read_token_file) only GET routes, the event stream and /metrics, so a
 // monitoring service never holds a secret that can write guest memory.
 // GET /healthz needs no token: a load balancer or systemd probe holds none,
-// and the answer tells nothing about the guests.
+// and the answer tells nothing about the guests. Nor do the dashboard's
+// static files (GET /ui...).
 #pragma once
 
 #include "server/control/auth.hpp"

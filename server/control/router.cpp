@@ -31,6 +31,8 @@ constexpr route_entry table[] = {
   {"GET", "/metrics", route_id::metrics},
   {"GET", "/v1/version", route_id::version},
   {"GET", "/healthz", route_id::healthz},
+  {"GET", "/ui", route_id::ui_page},
+  {"GET", "/ui/{asset}", route_id::ui_asset},
 };
 
 std::vector<std::string_view> split(std::string_view path) {

@@ -36,6 +36,8 @@ enum class route_id : uint8_t {
   metrics,           // GET    /metrics
   version,           // GET    /v1/version
   healthz,           // GET    /healthz (no token)
+  ui_page,           // GET    /ui (no token): the dashboard
+  ui_asset,          // GET    /ui/{asset} (no token): its scripts and styles
 };
 
 struct route_entry {

@@ -725,6 +725,7 @@ std::vector<route_call> every_route() {
     put("{vm}", "web1");
     put("{vcpu}", "1");
     put("{gpa}", "0x4000");
+    put("{asset}", "app.js");
     route_call c{e.id, std::string(e.method), path, ""};
     switch (e.id) {
       case route_id::read_memory: c.target += "?gpa=0x1000&len=4"; break;

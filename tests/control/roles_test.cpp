@@ -25,9 +25,10 @@ TEST_CASE("roles: the read role may use exactly the GET routes") {
     CHECK(mutating(e.id) == (e.method != "GET"));
     CHECK(allowed(role::full, e.id));
     CHECK(allowed(role::read, e.id) == (e.method == "GET"));
-    // Without a token: GET /healthz only.
-    CHECK(allowed(role::none, e.id) == (e.pattern == "/healthz"));
-    CHECK(open_to_all(e.id) == (e.pattern == "/healthz"));
+    // Without a token: GET /healthz and the dashboard's static files only.
+    bool open = e.pattern == "/healthz" || e.pattern == "/ui" || e.pattern == "/ui/{asset}";
+    CHECK(allowed(role::none, e.id) == open);
+    CHECK(open_to_all(e.id) == open);
   }
 }
 

@@ -47,6 +47,8 @@ const std::vector<expected_route> documented = {
   {"GET", "/metrics", route_id::metrics, {}},
   {"GET", "/v1/version", route_id::version, {}},
   {"GET", "/healthz", route_id::healthz, {}},
+  {"GET", "/ui", route_id::ui_page, {}},
+  {"GET", "/ui/app.js", route_id::ui_asset, {{"asset", "app.js"}}},
 };
 
 } // namespace

@@ -430,6 +430,10 @@ void kvmi_host::on_stop(const stop_reply& s) {
     return;
   if (s.watch && on_watch(i, *s.watch))
     return;
+  if (stepped == i && passing_.count(i)) {
+    passed(i);
+    return;
+  }
   if (stepped == i) {
     // The instruction ran: v7's SINGLESTEP, before any breakpoint at the
     // next one (that one stops the vCPU when it runs on).
@@ -467,6 +471,11 @@ void kvmi_host::maybe_resume() {
   for (auto& c : vcpus_)
     if (c.waiting)
       return; // all-stop: one vCPU waiting holds them all
+  if (!passing_.empty()) {
+    if (!step(passing_.begin()->first))
+      fatal(gdb_.error());
+    return;
+  }
   for (uint16_t i = 0; i < vcpus_.size(); ++i) {
     auto& c = vcpus_[i];
     if (hooked_ && c.singlestep && (c.events & flag(singlestep_event))) {
@@ -528,21 +537,31 @@ bool kvmi_host::write_regs(uint16_t vcpu, const kvm_regs& r) {
   return true;
 }
 
+// The breakpoint at `gva` is lifted and `vcpu` steps past it on the next
+// resume; on_stop puts it back once that step's stop comes. Not a step and
+// a wait for "the" next stop: QEMU runs the other vCPUs during an `s`, and
+// their stops (a watched write, another breakpoint) are events of their own.
 void kvmi_host::step_over(uint16_t vcpu, uint64_t gva) {
-  auto addr = hex_addr(gva);
-  gdb_.request(join({"z0,", addr, ",1"}));
-  gdb_.request(join({"Hc", hex_addr(vcpu + 1u)}));
-  if (!gdb_.send("s"))
-    return fatal(gdb_.error());
-  auto s = gdb_.stop(10s);
-  if (!s)
-    return fatal("single step did not stop: " + gdb_.error());
-  running_ = false;
+  gdb_.request(join({"z0,", hex_addr(gva), ",1"}));
+  passing_[vcpu] = gva;
+}
+
+// `vcpu`'s step past a lifted breakpoint is done: back it goes, unless
+// kvmid took the breakpoint out meanwhile.
+void kvmi_host::passed(uint16_t vcpu) {
+  auto it = passing_.find(vcpu);
+  if (it == passing_.end())
+    return;
+  uint64_t gva = it->second;
+  passing_.erase(it);
+  bool lifted_elsewhere = false;
+  for (auto& [v, g] : passing_)
+    lifted_elsewhere = lifted_elsewhere || g == gva;
   bool still = false;
   for (auto& [gpa, bp] : bps_)
     still = still || bp.gva == gva;
-  if (still)
-    gdb_.request(join({"Z0,", addr, ",1"}));
+  if (still && !lifted_elsewhere)
+    gdb_.request(join({"Z0,", hex_addr(gva), ",1"}));
 }
 
 std::optional<std::vector<uint8_t>> kvmi_host::read_physical_raw(uint64_t gpa, uint64_t size) {

@@ -134,6 +134,7 @@ private:
   std::optional<x86_state> read_state(uint16_t vcpu);
   bool write_regs(uint16_t vcpu, const kvm_regs& r);
   void step_over(uint16_t vcpu, uint64_t gva);
+  void passed(uint16_t vcpu);
   std::optional<std::vector<uint8_t>> read_physical_raw(uint64_t gpa, uint64_t size);
   bool write_physical_raw(uint64_t gpa, std::span<const uint8_t> data);
   std::optional<uint64_t> text_gva(uint64_t gpa);
@@ -170,6 +171,9 @@ private:
   bool cmd_replies_ = true, replying_ = true;
   v7::msg_id v7_id_{};
   std::optional<uint16_t> stepping_; // the vCPU an `s` was sent for
+  // vCPU -> the gva of the breakpoint lifted while it steps past it; kept
+  // across sessions (the step must finish before the breakpoint goes back).
+  std::map<uint16_t, uint64_t> passing_;
   std::chrono::steady_clock::time_point stopped_at_{}; // the stop on_stop handles
   int exit_code_ = -1; // set: the loop ends
 };

@@ -1,12 +1,8 @@
 // kvmid and a real Linux guest: kvmi-qemu boots Debian's cloud kernel with a
 // busybox initramfs under QEMU TCG and serves kvmid the run's KVMI dialect
-// (v5, or v7 under KVMID_TEST_DIALECT=v7) through QEMU's gdbstub. One guest
-// and one kvmid per process, started by the first case that needs them;
-// ctest runs each case alone. Run as one process, the hostname-deny case once
-// saw a rename land half-written after the cases before it (operator page
-// restrictions, PF events switched on by hand, a reconnect): a
-// cross-case interaction not understood yet. The guest prints "progress N" a
-// few times a second and runs uname (the newuname syscall) each time.
+// (v5, or v7 under KVMID_TEST_DIALECT=v7) through QEMU's gdbstub. One guest and one kvmid per test binary, started by the
+// first case that needs them. The guest prints "progress N" a few times a
+// second and runs uname (the newuname syscall) each time.
 #include "kernel-patches/qemu/guest_image.hpp"
 #include "tests/support/host_dialect.hpp"
 #include "tests/support/kvmid_daemon.hpp"

@@ -181,7 +181,14 @@ TEST_CASE("a policy breakpoint on __x64_sys_newuname in a real guest is hit and 
     uint64_t before = g.hits(at);
     auto r = g.kvmid.http("POST", "/v1/vms/qemu-guest/breakpoints", json{{"gpa", hex(at)}}.dump());
     REQUIRE(r.status == 201);
-    REQUIRE(wait_until([&] { return g.hits(at) == before + 1; }, "hit " + std::to_string(i + 2)));
+    // Counted first, then restored: planting again before the restore is a 409.
+    REQUIRE(wait_until(
+      [&] {
+        auto b = g.breakpoint(at);
+        return b.is_object() && b.value("hits", uint64_t(0)) == before + 1
+               && !b.value("planted", true);
+      },
+      "hit " + std::to_string(i + 2) + " and its restore"));
   }
   CHECK(g.log().find("BREAKPOINT answered retry") != std::string::npos);
   long p = g.progress();

@@ -146,12 +146,13 @@ void stop_pid(pid_t pid) {
 } // namespace
 
 fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seconds,
-                unsigned sim_threads) {
+                unsigned sim_threads, const kvmid::nats_options* nats) {
   tmpdir dir;
   std::string sock = (dir.p / "kvmi.sock").string();
   std::unique_ptr<kvmid::core> c;
   std::unique_ptr<kvmid::net::reactor> r;
   std::unique_ptr<raw_responder> raw;
+  std::unique_ptr<publishing> pub;
   bool v7 = t == target::kvmid_v7;
   if (t != target::raw) {
     kvmid::core_options co;
@@ -165,6 +166,8 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     lo.max_handshakes = SIZE_MAX; // every VM connects at once; the cap is not measured here
     lo.proto = v7 ? kvmid::protocol::v7 : kvmid::protocol::v5;
     r->add_listener(s, kvmid::kvmi_handler_factory(*r, *c, lo));
+    if (nats)
+      pub = std::make_unique<publishing>(*c, *nats, dir.p / "nats-spool");
     r->start();
   } else {
     raw = std::make_unique<raw_responder>(sock, cookie);
@@ -188,12 +191,24 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     out.attach_s = double(now_ns() - t0) / 1e9;
     auto r0 = h.make_report();
     double cpu0 = introspector_cpu_s();
+    uint64_t p0 = pub ? pub->published() : 0;
     uint64_t w0 = now_ns();
-    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    if (pub) {
+      auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+      while (std::chrono::steady_clock::now() < end) {
+        std::this_thread::sleep_for(50ms);
+        pub->sample();
+      }
+    } else {
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    }
     auto r1 = h.make_report();
     double cpu1 = introspector_cpu_s();
+    uint64_t p1 = pub ? pub->published() : 0;
     uint64_t w1 = now_ns();
     h.stop();
+    if (pub)
+      out.nats = pub->finish(p1 - p0, double(w1 - w0) / 1e9);
     out.events = replies(r1) - replies(r0);
     out.events_per_s = double(out.events) / (double(w1 - w0) / 1e9);
     out.cpu_us_per_event = out.events ? (cpu1 - cpu0) * 1e6 / double(out.events) : 0;
@@ -202,6 +217,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     out.hmis = r1.total.hmis;
   }
   raw.reset();
+  pub.reset();
   if (r)
     r->stop();
   c.reset();

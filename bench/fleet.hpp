@@ -3,6 +3,7 @@
 // and kvmid's memory, each next to the floor it is compared to.
 #pragma once
 
+#include "bench/publishing.hpp"
 #include "kernel-patches/sim/sim.hpp"
 
 #include <chrono>
@@ -24,12 +25,14 @@ struct fleet_run {
   // but the simulator's and the bench's own) over the window, per reply.
   double cpu_us_per_event = 0;
   uint64_t violations = 0, hmis = 0;
+  nats_figures nats;        // with a publisher (drive's `nats`)
 };
 
 // vms x vcpus, each vCPU drawing guest actions at `rate` per second, for
-// `seconds` after every vCPU is configured.
+// `seconds` after every vCPU is configured. With `nats`, kvmid (not the raw
+// responder) also publishes its bus records to JetStream as configured.
 fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seconds,
-                unsigned sim_threads = 1);
+                unsigned sim_threads = 1, const kvmid::nats_options* nats = nullptr);
 
 struct memory_run {
   uint64_t base_kib = 0;          // kvmid with no VM

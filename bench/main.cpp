@@ -2,11 +2,13 @@
 // CDF plot when gnuplot is present). Every figure names the floor it is
 // compared to, measured in the same run.
 //   kvmid-bench [ROUNDS [OUT_DIR [SECONDS [SECTIONS]]]]
-// SECTIONS is a comma list of latency, throughput, memory and guest (a real
-// Linux guest under QEMU; default all),
+// SECTIONS is a comma list of latency, throughput, memory, guest (a real
+// Linux guest under QEMU) and nats (JetStream publishing on vs off, against
+// a nats-server the bench starts; default all),
 // so one figure can be re-measured while working on it.
 #include "bench/fleet.hpp"
 #include "bench/guest.hpp"
+#include "bench/jetstream_server.hpp"
 #include "actors/log.hpp"
 #include "bench/floor.hpp"
 #include "proto/codec.hpp"
@@ -62,6 +64,33 @@ void write_cdf(const std::string& path, const kvmi::sim::latency& l) {
 
 const char* verdict(bool met) { return met ? "met" : "MISSED"; }
 
+// A run with NATS publishing beside the same run without.
+void row_vs(const char* name, const kvmi::sim::latency& l, const kvmi::sim::latency& off) {
+  std::printf("%-40s %9.1f %9.1f %9.1f %9.1f   x%.2f x%.2f\n", name, l.p50_us, l.p99_us,
+              l.p999_us, l.max_us, off.p50_us > 0 ? l.p50_us / off.p50_us : 0,
+              off.p99_us > 0 ? l.p99_us / off.p99_us : 0);
+}
+
+nlohmann::json to_json(const bench::nats_figures& n) {
+  return {{"published_in_window", n.published}, {"published_per_s", n.published_per_s},
+          {"published_total", n.published_total}, {"stream_messages", n.stream_messages},
+          {"bus_dropped", n.bus_dropped}, {"spool_peak_records", n.spool_peak},
+          {"spool_used", n.spool_peak > 0}, {"spool_full_dropped", n.spool_full}};
+}
+
+// Publishing to its own stream and subjects, so each run counts only its
+// records; raw events too (the heaviest load the config can ask for).
+kvmid::nats_options publish_to(const std::string& url, const std::string& name) {
+  kvmid::nats_options o;
+  o.enabled = true;
+  o.urls = {url};
+  o.host = "bench";
+  o.subject_prefix = "bench_" + name;
+  o.stream = "BENCH_" + name;
+  o.raw_events = true;
+  return o;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -77,7 +106,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   double secs = argc > 3 ? std::strtod(argv[3], nullptr) : 3.0;
-  std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory,guest";
+  std::string sections = argc > 4 ? argv[4] : "latency,throughput,memory,guest,nats";
   sections = "," + sections + ",";
   auto want = [&](const char* name) {
     // Appended, not "," + std::string(name): GCC 12 at -O3 reports a false
@@ -89,9 +118,9 @@ int main(int argc, char** argv) {
   for (size_t i = 1; i + 1 < sections.size();) {
     size_t j = sections.find(',', i);
     auto w = sections.substr(i, j - i);
-    if (w != "latency" && w != "throughput" && w != "memory" && w != "guest") {
+    if (w != "latency" && w != "throughput" && w != "memory" && w != "guest" && w != "nats") {
       std::fprintf(stderr,
-                   "kvmid-bench: unknown section '%s' (latency, throughput, memory, guest)\n",
+                   "kvmid-bench: unknown section '%s' (latency, throughput, memory, guest, nats)\n",
                    w.c_str());
       return 2;
     }
@@ -106,6 +135,7 @@ int main(int argc, char** argv) {
   bench::samples blocking, uring;
   bench::summary fb, fu;
   bench::fleet_run k1, k1v7, r1, k64, r64, kt, rt;
+  bench::fleet_run n1_off, n1_on, n64_off, n64_on, nt_off, nt_on;
   bench::memory_run mem;
   double share = 0;
   if (want("latency")) {
@@ -233,8 +263,69 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
 
+  if (want("nats")) {
+    std::printf("\nNATS JetStream publishing (nats-server on loopback, raw events too, acks "
+                "awaited)\nround trip of a %zu-byte event and its reply (us)\n", event_bytes);
+    std::printf("%-40s %9s %9s %9s %9s   %s\n", "", "p50", "p99", "p99.9", "max",
+                "ratio to NATS off (p50 p99)");
+    std::fflush(stdout);
+    try {
+      bench::jetstream_server ns(NATS_SERVER_BIN);
+      const double flat_out = 1e6;
+      auto o1 = publish_to(ns.url(), "1"), o64 = publish_to(ns.url(), "64"),
+           ot = publish_to(ns.url(), "4096");
+      n1_off = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs);
+      n1_on = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs, 1, &o1);
+      row_vs("kvmid, 1 vCPU, NATS off", n1_off.lat, n1_off.lat);
+      row_vs("kvmid, 1 vCPU, NATS on", n1_on.lat, n1_off.lat);
+      std::fflush(stdout);
+      n64_off = bench::drive(bench::target::kvmid, 1, 64, flat_out, secs);
+      n64_on = bench::drive(bench::target::kvmid, 1, 64, flat_out, secs, 1, &o64);
+      row_vs("kvmid, 64 vCPUs, NATS off", n64_off.lat, n64_off.lat);
+      row_vs("kvmid, 64 vCPUs, NATS on", n64_on.lat, n64_off.lat);
+      std::fflush(stdout);
+      nt_off = bench::drive(bench::target::kvmid, 128, 32, 2000, secs);
+      nt_on = bench::drive(bench::target::kvmid, 128, 32, 2000, secs, 1, &ot);
+      auto& n = nt_on.nats;
+      std::printf("\n128 VMs x 32 vCPUs flat out, NATS on, %.0f s window\n", secs);
+      std::printf("%-40s %12.0f events/s   (NATS off: %.0f)\n", "kvmid", nt_on.events_per_s,
+                  nt_off.events_per_s);
+      std::printf("%-40s %12.0f records/s\n", "published, acked by JetStream",
+                  n.published_per_s);
+      std::printf("%-40s %12llu   (the stream holds %lld)\n", "acked over the run, drained",
+                  (unsigned long long)n.published_total, (long long)n.stream_messages);
+      std::printf("%-40s %12llu   (the publisher's bus queue was full)\n", "records dropped",
+                  (unsigned long long)n.bus_dropped);
+      std::printf("%-40s %12s   (peak %lld records, %llu dropped full)\n", "spool used",
+                  n.spool_peak > 0 ? "yes" : "no", (long long)n.spool_peak,
+                  (unsigned long long)n.spool_full);
+      report["nats"] = {
+        {"kvmid_1vcpu_off", to_json(n1_off.lat)},
+        {"kvmid_1vcpu_on", to_json(n1_on.lat)},
+        {"ratio_p50_1vcpu", n1_on.lat.p50_us / n1_off.lat.p50_us},
+        {"ratio_p99_1vcpu", n1_on.lat.p99_us / n1_off.lat.p99_us},
+        {"publisher_1vcpu", to_json(n1_on.nats)},
+        {"kvmid_64vcpu_off", to_json(n64_off.lat)},
+        {"kvmid_64vcpu_on", to_json(n64_on.lat)},
+        {"ratio_p50_64vcpu", n64_on.lat.p50_us / n64_off.lat.p50_us},
+        {"ratio_p99_64vcpu", n64_on.lat.p99_us / n64_off.lat.p99_us},
+        {"publisher_64vcpu", to_json(n64_on.nats)},
+        {"throughput",
+         {{"vcpus", 128 * 32},
+          {"kvmid_events_per_s_off", nt_off.events_per_s},
+          {"kvmid_events_per_s_on", nt_on.events_per_s},
+          {"publisher", to_json(n)}}}};
+    } catch (const std::exception& e) {
+      std::printf("nats run failed: %s\n", e.what());
+      report["nats"] = {{"error", e.what()}};
+    }
+    std::fflush(stdout);
+  }
+
   uint64_t bad = k1.violations + k1v7.violations + k64.violations + kt.violations + k1.hmis
                  + k1v7.hmis + k64.hmis + kt.hmis;
+  for (auto* n : {&n1_off, &n1_on, &n64_off, &n64_on, &nt_off, &nt_on})
+    bad += n->violations + n->hmis;
   std::printf("\ntargets (this machine)\n");
   // The goals of the performance work, each against its floor of this run.
   bool t1 = k1.lat.p50_us * 1e3 <= 1.3 * double(fu.p50);
@@ -267,11 +358,22 @@ int main(int argc, char** argv) {
     std::printf("  100,000 vCPUs attached in < 5 s:       %.3f s  %s\n", mem.scale_attach_s,
                 verdict(t6));
   }
+  // Publishing must not delay an event's reply: within 10 % of the same
+  // run without it.
+  bool tn50 = n1_off.lat.p50_us > 0 && n1_on.lat.p50_us <= 1.1 * n1_off.lat.p50_us;
+  bool tn99 = n1_off.lat.p99_us > 0 && n1_on.lat.p99_us <= 1.1 * n1_off.lat.p99_us;
+  if (want("nats") && n1_off.lat.p50_us > 0) {
+    std::printf("  NATS on: p50 within 10 %% of off:      x%.2f  %s\n",
+                n1_on.lat.p50_us / n1_off.lat.p50_us, verdict(tn50));
+    std::printf("  NATS on: p99 within 10 %% of off:      x%.2f  %s\n",
+                n1_on.lat.p99_us / n1_off.lat.p99_us, verdict(tn99));
+  }
   std::printf("  invariant violations + HMIs seen by the simulator in kvmid runs: %llu\n",
               (unsigned long long)bad);
   report["targets"] = {{"p50_1vcpu", t1},     {"p99_1vcpu", t2},      {"p50_64vcpu", t64},
                        {"throughput", t3},     {"cpu_per_event", tcpu}, {"memory_per_vcpu", t4},
-                       {"attach_10000", t5},    {"attach_100000", t6}};
+                       {"attach_10000", t5},    {"attach_100000", t6},
+                       {"nats_p50_1vcpu", tn50}, {"nats_p99_1vcpu", tn99}};
   report["kvmid_violations_and_hmis"] = bad;
 
   if (want("latency")) {

@@ -98,7 +98,9 @@ std::string usage() {
   std::string out =
     "usage: kvmictl [--server URL|unix:PATH | --unix PATH] [--token-file F | --token T] [--json]\n"
     "               [--timeout SECONDS] COMMAND [ARGS]\n"
-    "       kvmictl --nats URL[,URL] [--nats-prefix P] [--nats-creds F] [--gather-ms N]\n"
+    "       kvmictl --nats URL[,URL] [--nats-prefix P] [--gather-ms N]\n"
+    "               [--nats-creds F | --nats-user U --nats-password-file F]\n"
+    "               [--nats-ca F] [--nats-cert F --nats-key F]\n"
     "               vms | watch [--kind K] [--count N] | pause|resume|unhook UUID   (the fleet)\n"
     "       kvmictl --version | help [COMMAND] | COMMAND --help\n"
     "commands:\n";
@@ -115,7 +117,8 @@ std::string usage() {
     out += "\n";
   }
   out += "environment: KVMID_API (http://127.0.0.1:8181 or unix:/path), KVMID_TOKEN_FILE, "
-         "KVMID_TOKEN\n"
+         "KVMID_TOKEN,\n"
+         "             KVMID_NATS_PASSWORD (with --nats-user, when no --nats-password-file)\n"
          "exit: 0 ok, 1 the API answered an error, 2 usage, 3 no answer\n";
   return out;
 }

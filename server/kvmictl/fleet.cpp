@@ -37,13 +37,20 @@ std::string connect(const fleet_options& o, nats_conn& c) {
   natsStatus s = natsOptions_SetServers(no, ptrs.data(), int(ptrs.size()));
   if (s == NATS_OK)
     s = natsOptions_SetTimeout(no, 5000);
-  if (s == NATS_OK && !o.creds_file.empty())
-    s = natsOptions_SetUserCredentialsFromFiles(no, o.creds_file.c_str(), nullptr);
-  if (s == NATS_OK)
+  if (s != NATS_OK) {
+    natsOptions_Destroy(no);
+    return "--nats " + o.url + ": " + natsStatus_GetText(s);
+  }
+  auto err = kvmid::apply_nats_auth(no, o.auth,
+                             {"--nats-user", "--nats-password-file", "nkey seed file",
+                              "--nats-creds", "--nats-ca", "--nats-cert"});
+  if (err.empty())
     s = natsConnection_Connect(&c.nc, no);
   natsOptions_Destroy(no);
+  if (!err.empty())
+    return err;
   if (s != NATS_OK)
-    return "cannot reach NATS at " + o.url + ": " + natsStatus_GetText(s);
+    return "cannot reach NATS at " + o.url + ": " + kvmid::nats_error_text(s);
   return {};
 }
 
@@ -214,6 +221,31 @@ int fleet_watch(const fleet_options& o, nats_conn& c) {
 }
 
 } // namespace
+
+std::string complete_fleet_auth(fleet_options& o, const std::string& password_file,
+                                const char* env_password) {
+  auto& a = o.auth;
+  if (a.user.empty() && !password_file.empty())
+    return "--nats-password-file needs --nats-user";
+  if (!password_file.empty()) {
+    auto pw = kvmid::read_nats_password(password_file);
+    if (!pw.error.empty())
+      return "--nats-password-file: " + pw.error;
+    a.password = pw.text;
+  } else if (env_password) {
+    a.password = env_password;
+  }
+  if (!a.user.empty() && a.password.empty())
+    return "--nats-user needs a password: --nats-password-file FILE or KVMID_NATS_PASSWORD";
+  if (!a.user.empty() && !a.creds_file.empty())
+    return "give --nats-user or --nats-creds, not both";
+  auto& f = a.tls_files;
+  if (f.cert_file.empty() != f.key_file.empty())
+    return "--nats-cert and --nats-key go together";
+  a.tls = a.tls || o.url.find("tls://") != std::string::npos || !f.ca_file.empty()
+          || !f.cert_file.empty();
+  return {};
+}
 
 bool fleet_command(const std::string& cmd) {
   return cmd == "vms" || cmd == "watch" || cmd == "pause" || cmd == "resume" || cmd == "unhook";

@@ -11,6 +11,8 @@
 //                       <prefix>.bus.*.alert.>, or --kind K for another kind)
 #pragma once
 
+#include "server/nats/nats_client_auth.hpp"
+
 #include <string>
 #include <vector>
 
@@ -19,13 +21,22 @@ namespace kvmictl {
 struct fleet_options {
   std::string url;              // nats://host:4222 (comma list for several)
   std::string prefix = "kvmi";  // the kvmids' "subject_prefix"
-  std::string creds_file;       // NATS credentials (--nats-creds)
+  // --nats-user with --nats-password-file or KVMID_NATS_PASSWORD,
+  // --nats-creds, and --nats-ca/--nats-cert/--nats-key (TLS)
+  kvmid::nats_client_auth auth;
   bool json_out = false;
   long timeout_s = 30;          // one command's answer
   long gather_ms = 1000;        // how long answers to <prefix>.api.all are collected
   std::string kind = "alert";   // watch: the record kind
   long count = -1;              // watch: stop after this many records
 };
+
+// Completes o.auth from the command line: the password from password_file
+// (a secret file, owner-only) or else env_password (KVMID_NATS_PASSWORD);
+// TLS for tls:// URLs or when TLS files are given. Why the options do not
+// fit together or a file cannot be read, or "".
+std::string complete_fleet_auth(fleet_options& o, const std::string& password_file,
+                                const char* env_password);
 
 // The commands --nats serves.
 bool fleet_command(const std::string& cmd);

@@ -1,10 +1,12 @@
 // kvmictl: a small CLI over kvmid's HTTP API.
 //
 //   kvmictl [--server URL | --unix PATH] [--token T | --token-file F] [--json] CMD ...
-//   kvmictl --nats URL [--nats-prefix P] [--nats-creds F] [--gather-ms N] vms|watch|pause|resume|unhook
+//   kvmictl --nats URL [--nats-prefix P] [--nats-creds F | --nats-user U
+//           --nats-password-file F] [--nats-ca F] [--nats-cert F --nats-key F]
+//           [--gather-ms N] vms|watch|pause|resume|unhook
 //     the whole fleet over NATS (fleet.hpp)
 //   env: KVMID_API (http://127.0.0.1:8181 or unix:/run/kvmid/api.sock),
-//        KVMID_TOKEN, KVMID_TOKEN_FILE
+//        KVMID_TOKEN, KVMID_TOKEN_FILE, KVMID_NATS_PASSWORD
 //
 // Exit codes: 0 ok, 1 the API answered with an error, 2 usage, 3 no answer.
 #include "actors/bounded_json.hpp"
@@ -381,6 +383,7 @@ int main(int argc, char** argv) {
   long watch_count = -1;
   bool help = false, force = false;
   kvmictl::fleet_options fleet;
+  std::string nats_password_file;
   std::vector<std::string> command_options; // checked once the command is known
   // A usage error: one line naming what is wrong, exit 2.
   auto usage_error = [](const std::string& why) {
@@ -429,7 +432,17 @@ int main(int argc, char** argv) {
     } else if (a == "--nats-prefix") {
       fleet.prefix = next();
     } else if (a == "--nats-creds") {
-      fleet.creds_file = next();
+      fleet.auth.creds_file = next();
+    } else if (a == "--nats-user") {
+      fleet.auth.user = next();
+    } else if (a == "--nats-password-file") {
+      nats_password_file = next();
+    } else if (a == "--nats-ca") {
+      fleet.auth.tls_files.ca_file = next();
+    } else if (a == "--nats-cert") {
+      fleet.auth.tls_files.cert_file = next();
+    } else if (a == "--nats-key") {
+      fleet.auth.tls_files.key_file = next();
     } else if (a == "--gather-ms") {
       fleet.gather_ms = count(60000);
     } else if (a == "--json") {
@@ -501,6 +514,10 @@ int main(int argc, char** argv) {
       return usage_error(args[0] + " is not served over --nats (vms, watch, pause, resume, unhook are)");
     if (!watch_vm.empty())
       return usage_error("watch --vm is not served over --nats (the fleet's stream is by kind)");
+    if (auto why = kvmictl::complete_fleet_auth(fleet, nats_password_file,
+                                                std::getenv("KVMID_NATS_PASSWORD"));
+        !why.empty())
+      return usage_error(why);
     fleet.json_out = o.json_out;
     fleet.timeout_s = o.timeout;
     fleet.count = watch_count;

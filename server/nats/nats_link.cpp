@@ -1,7 +1,7 @@
 #include "server/nats/nats_link.hpp"
 
 #include "actors/log.hpp"
-#include "server/secret_file.hpp"
+#include "server/nats/nats_client_auth.hpp"
 
 #include <nats/nats.h>
 
@@ -33,7 +33,7 @@ struct options_guard {
 };
 
 std::string failed(const char* what, natsStatus s) {
-  return std::string(what) + ": " + natsStatus_GetText(s) + " (" + nats_GetLastError(nullptr) + ")";
+  return std::string(what) + ": " + nats_error_text(s);
 }
 
 } // namespace
@@ -63,43 +63,18 @@ std::variant<std::unique_ptr<nats_link>, std::string> nats_link::connect(const n
   // Retry in the background when no server answers now: kvmid serves its
   // VMs whether or not NATS is up.
   natsOptions_SetRetryOnFailedConnect(g.o, true, on_reconnected, nullptr);
+  nats_client_auth a{o.user, {}, o.nkey_seed_file, o.creds_file, o.tls, o.tls_files};
   if (!o.user.empty()) {
-    auto pw = read_secret_file(o.password_file, 4096);
+    auto pw = read_nats_password(o.password_file);
     if (!pw.error.empty())
       return "/nats/password_file: " + pw.error;
-    std::string p(pw.bytes.begin(), pw.bytes.end());
-    while (!p.empty() && (p.back() == '\n' || p.back() == '\r'))
-      p.pop_back();
-    if ((s = natsOptions_SetUserInfo(g.o, o.user.c_str(), p.c_str())) != NATS_OK)
-      return "/nats/user: " + failed("not usable", s);
+    a.password = pw.text;
   }
-  if (!o.nkey_seed_file.empty()) {
-    auto seed = read_secret_file(o.nkey_seed_file, 4096);
-    if (!seed.error.empty())
-      return "/nats/nkey_seed_file: " + seed.error;
-    // The client derives the public key from the seed and signs the
-    // server's nonce with it; it reads the file itself.
-    if ((s = natsOptions_SetNKeyFromSeed(g.o, nullptr, o.nkey_seed_file.c_str())) != NATS_OK)
-      return "/nats/nkey_seed_file: " + failed("not usable", s);
-  }
-  if (!o.creds_file.empty()) {
-    auto creds = read_secret_file(o.creds_file, 64 * 1024);
-    if (!creds.error.empty())
-      return "/nats/creds_file: " + creds.error;
-    if ((s = natsOptions_SetUserCredentialsFromFiles(g.o, o.creds_file.c_str(), nullptr)) != NATS_OK)
-      return "/nats/creds_file: " + failed("not usable", s);
-  }
-  if (o.tls) {
-    natsOptions_SetSecure(g.o, true);
-    if (!o.tls_files.ca_file.empty()
-        && (s = natsOptions_LoadCATrustedCertificates(g.o, o.tls_files.ca_file.c_str())) != NATS_OK)
-      return "/nats/tls/ca_file: " + failed(o.tls_files.ca_file.c_str(), s);
-    if (!o.tls_files.cert_file.empty()
-        && (s = natsOptions_LoadCertificatesChain(g.o, o.tls_files.cert_file.c_str(),
-                                                  o.tls_files.key_file.c_str()))
-             != NATS_OK)
-      return "/nats/tls/cert_file: " + failed(o.tls_files.cert_file.c_str(), s);
-  }
+  if (auto err = apply_nats_auth(g.o, a,
+                                 {"/nats/user", "/nats/password_file", "/nats/nkey_seed_file",
+                                  "/nats/creds_file", "/nats/tls/ca_file", "/nats/tls/cert_file"});
+      !err.empty())
+    return err;
   s = natsConnection_Connect(&l->nc_, g.o);
   if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED)
     return failed("cannot connect to NATS", s);

@@ -3,6 +3,7 @@
 // kvmid itself for the config path), and curl as the client.
 #include "api_fakes.hpp"
 #include "proc.hpp"
+#include "tests/support/test_pki.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -42,42 +43,17 @@ struct temp_dir {
   }
 };
 
-void openssl(std::vector<std::string> args) {
-  args.insert(args.begin(), OPENSSL_BIN);
-  auto r = test::run(args);
-  INFO("openssl " << args[1] << ": " << r.err);
-  REQUIRE(r.status == 0);
-}
-
 // CA "ca" signing a server cert for 127.0.0.1/localhost and a client cert;
-// CA "rogue" signing another client cert. P-256 keys: quick to make.
+// CA "rogue" signing another client cert.
 struct pki {
   temp_dir dir;
 
-  void make_ca(const std::string& name) {
-    openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", dir / (name + ".key"), "-out", dir / (name + ".pem"), "-days",
-             "2", "-subj", "/CN=kvmid test " + name, "-addext",
-             "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"});
-  }
-  void make_leaf(const std::string& name, const std::string& ca, const std::string& ext) {
-    openssl({"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", dir / (name + ".key"), "-out", dir / (name + ".csr"), "-subj",
-             "/CN=kvmid test " + name});
-    dir.write(name + ".ext", ext);
-    openssl({"x509", "-req", "-in", dir / (name + ".csr"), "-CA", dir / (ca + ".pem"), "-CAkey",
-             dir / (ca + ".key"), "-set_serial", "1", "-days", "2", "-extfile",
-             dir / (name + ".ext"), "-out", dir / (name + ".pem")});
-    ::chmod((dir / (name + ".key")).c_str(), 0600);
-  }
-
   pki() {
-    make_ca("ca");
-    make_ca("rogue");
-    make_leaf("server", "ca",
-              "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
-    make_leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
-    make_leaf("stranger", "rogue", "extendedKeyUsage=clientAuth\n");
+    test::make_test_ca(dir.path, "ca");
+    test::make_test_ca(dir.path, "rogue");
+    test::make_test_leaf(dir.path, "server", "ca", test::loopback_server_ext);
+    test::make_test_leaf(dir.path, "client", "ca", test::client_ext);
+    test::make_test_leaf(dir.path, "stranger", "rogue", test::client_ext);
   }
 
   tls_options server(bool mtls = false) const {

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace kvmid::test {
 
@@ -24,7 +25,11 @@ class nats_server {
 public:
   static constexpr size_t max_payload = 64 * 1024;
 
-  nats_server() : dir_("nats"), port_(free_loopback_port()) { start(); }
+  // extra_args: more nats-server flags (--user, --tls ...).
+  explicit nats_server(std::vector<std::string> extra_args = {})
+    : dir_("nats"), port_(free_loopback_port()), extra_args_(std::move(extra_args)) {
+    start();
+  }
   ~nats_server() { stop(); }
   nats_server(const nats_server&) = delete;
   nats_server& operator=(const nats_server&) = delete;
@@ -33,9 +38,11 @@ public:
     REQUIRE(pid_ <= 0);
     // A small max_payload, so a test can reach it with one API answer.
     auto conf = dir_.write("nats.conf", "max_payload: " + std::to_string(max_payload) + "\n");
-    pid_ = spawn({NATS_SERVER_BIN, "-c", conf.string(), "-js", "-sd", (dir_ / "store").string(),
-                  "-a", "127.0.0.1", "-p", std::to_string(port_)},
-                 (dir_ / "out.log").string(), (dir_ / "err.log").string());
+    std::vector<std::string> args = {NATS_SERVER_BIN, "-c", conf.string(), "-js", "-sd",
+                                     (dir_ / "store").string(), "-a", "127.0.0.1", "-p",
+                                     std::to_string(port_)};
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+    pid_ = spawn(args, (dir_ / "out.log").string(), (dir_ / "err.log").string());
     REQUIRE(pid_ > 0);
     REQUIRE_MESSAGE(wait_until([&] { return accepts() || try_reap(pid_) != -2; },
                                "nats-server to accept on port " + std::to_string(port_)),
@@ -48,7 +55,9 @@ public:
     pid_ = -1;
   }
   bool running() const { return pid_ > 0; }
-  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+  std::string url(const std::string& scheme = "nats") const {
+    return scheme + "://127.0.0.1:" + std::to_string(port_);
+  }
   std::string log() const {
     std::ifstream in(dir_ / "err.log");
     std::stringstream s;
@@ -57,19 +66,11 @@ public:
   }
 
 private:
-  bool accepts() const {
-    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(s);
-    return ok;
-  }
+  bool accepts() const { return loopback_accepts(port_); }
 
   temp_dir dir_;
   uint16_t port_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
 };
 

@@ -12,17 +12,15 @@ namespace {
 constexpr auto retry_pause = std::chrono::milliseconds(500);
 constexpr auto idle_tick = std::chrono::milliseconds(200);
 
-bus_filter publisher_filter(bool raw_events) {
+bus_filter only(std::vector<bus_kind> kinds) {
   bus_filter f;
-  f.kinds = {bus_kind::lifecycle, bus_kind::alert, bus_kind::report};
-  if (raw_events)
-    f.kinds.push_back(bus_kind::event);
+  f.kinds = std::move(kinds);
   return f;
 }
 } // namespace
 
 jetstream_publisher::jetstream_publisher(nats_link& link, event_bus& bus, metrics_registry& m,
-                                         nats_options o, spool s)
+                                         nats_options o, spool s, queues q)
   : link_(link), bus_(bus), o_(std::move(o)), spool_(std::move(s)),
     connected_(m.get_gauge("kvmid_nats_connected", "1 while kvmid is connected to a NATS server")),
     spool_records_(m.get_gauge("kvmid_nats_spool_records",
@@ -32,7 +30,9 @@ jetstream_publisher::jetstream_publisher(nats_link& link, event_bus& bus, metric
     published_(m.get_counter("kvmid_nats_published_total",
                              "Records JetStream acknowledged (each once)")),
     spool_errors_(m.get_counter("kvmid_nats_spool_errors_total",
-                                "Records lost because the spool could not be written or read")) {
+                                "Records lost because the spool could not be written or read")),
+    events_dropped_(m.get_counter("kvmid_nats_events_dropped_total",
+                                  "Raw KVMI events dropped because publishing fell behind them")) {
   m.get_gauge("kvmid_nats_spool_capacity_records", "The NATS spool's bound, in records")
     .set(int64_t(spool_.capacity()));
   spool_records_.set(int64_t(spool_.size()));
@@ -43,12 +43,18 @@ jetstream_publisher::jetstream_publisher(nats_link& link, event_bus& bus, metric
   jo.PublishAsync.MaxPending = int64_t(batch) * 4;
   if (natsConnection_JetStream(&js_, link_.connection(), &jo) != NATS_OK)
     throw std::runtime_error(std::string("nats: no JetStream context: ") + nats_GetLastError(nullptr));
-  sub_ = bus_.subscribe(publisher_filter(o_.raw_events), bus_queue);
-  sub_->set_notify([this] {
+  auto wake = [this] {
     std::lock_guard lk(mu_);
     woken_ = true;
     cv_.notify_one();
-  });
+  };
+  records_ = bus_.subscribe(only({bus_kind::lifecycle, bus_kind::alert, bus_kind::report}),
+                            q.records);
+  records_->set_notify(wake);
+  if (o_.raw_events) {
+    events_ = bus_.subscribe(only({bus_kind::event}), q.events);
+    events_->set_notify(wake);
+  }
   if (!spool_.empty() && log_on(log_info))
     std::fprintf(stderr, "kvmid: nats: %zu spooled records from an earlier run wait for NATS\n",
                  spool_.size());
@@ -57,7 +63,8 @@ jetstream_publisher::jetstream_publisher(nats_link& link, event_bus& bus, metric
 
 jetstream_publisher::~jetstream_publisher() {
   stop();
-  sub_.reset();
+  records_.reset();
+  events_.reset();
   jsCtx_Destroy(js_);
 }
 
@@ -204,7 +211,15 @@ void jetstream_publisher::run() {
     if (!up)
       stream_ok_ = false; // a restarted server may have lost it
     got.clear();
-    sub_->poll(got, stopping ? SIZE_MAX : batch);
+    size_t want = stopping ? SIZE_MAX : batch;
+    records_->poll(got, want);
+    if (events_) {
+      if (got.size() < want)
+        events_->poll(got, want - got.size());
+      uint64_t d = events_->dropped();
+      events_dropped_.inc(d - events_dropped_seen_);
+      events_dropped_seen_ = d;
+    }
     busy = got.size() == batch;
     std::vector<keyed> fresh;
     fresh.reserve(got.size());

@@ -1,8 +1,11 @@
 // Sends every bus record to the JetStream stream, on a thread of its own:
 // lifecycle records, alerts and reports always, raw KVMI events when
 // "raw_events" asks. The vCPU's path never waits for NATS: the bus hands
-// records over through a bounded queue (a full one drops and counts, as for
-// any subscriber) and this thread alone talks to the server.
+// records over through bounded queues and this thread alone talks to the
+// server. Raw events have a queue of their own, so a fleet's flood of them
+// that outruns NATS drops events (kvmid_nats_events_dropped_total), never
+// an alert; each batch takes the other records first. Across the two
+// queues the stream's order may differ from the bus's: `seq` keeps it.
 //
 // Records are published asynchronously in batches, each with its
 // Nats-Msg-Id (record_subject.hpp), and the batch waits up to
@@ -33,13 +36,19 @@
 
 namespace kvmid {
 
+// The bounds of the publisher's two bus queues, in records.
+struct publisher_queues {
+  size_t records = 65536; // lifecycle records, alerts, reports
+  size_t events = 65536;  // raw KVMI events
+};
+
 class jetstream_publisher {
 public:
   static constexpr size_t batch = 256;
-  static constexpr size_t bus_queue = 65536;
+  using queues = publisher_queues;
 
   jetstream_publisher(nats_link& link, event_bus& bus, metrics_registry& m, nats_options o,
-                      spool s);
+                      spool s, queues q = {});
   // stop()s.
   ~jetstream_publisher();
   jetstream_publisher(const jetstream_publisher&) = delete;
@@ -63,13 +72,16 @@ private:
   event_bus& bus_;
   nats_options o_;
   spool spool_;
-  std::shared_ptr<subscription> sub_;
+  std::shared_ptr<subscription> records_;
+  std::shared_ptr<subscription> events_; // only with raw_events
+  uint64_t events_dropped_seen_ = 0;
   jsCtx* js_ = nullptr;
   gauge& connected_;
   gauge& spool_records_;
   counter& spool_full_;
   counter& published_;
   counter& spool_errors_;
+  counter& events_dropped_;
 
   bool stream_ok_ = false;
   bool stream_warned_ = false;

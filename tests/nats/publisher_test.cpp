@@ -14,6 +14,7 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <set>
 
 using namespace kvmid;
@@ -47,6 +48,7 @@ struct rig {
   std::unique_ptr<event_bus> bus = std::make_unique<event_bus>();
   std::unique_ptr<nats_link> link;
   std::unique_ptr<jetstream_publisher> pub;
+  jetstream_publisher::queues queues;
 
   explicit rig(const std::string& name, size_t spool_records = 1000) : prefix("t" + name) {
     o.enabled = true;
@@ -64,7 +66,8 @@ struct rig {
     link = std::move(std::get<std::unique_ptr<nats_link>>(l));
     auto sp = spool::open(state.path() / "nats-spool", o.spool_records);
     REQUIRE(std::holds_alternative<spool>(sp));
-    pub = std::make_unique<jetstream_publisher>(*link, *bus, metrics, o, std::move(std::get<spool>(sp)));
+    pub = std::make_unique<jetstream_publisher>(*link, *bus, metrics, o, std::move(std::get<spool>(sp)),
+                                                 queues);
   }
   // A new kvmid run: new bus (new boot id), the same state directory.
   void restart() {
@@ -139,6 +142,44 @@ TEST_CASE("raw events go to the stream when the config asks for them") {
   r.alerts(5, bus_kind::event);
   REQUIRE(wait_until([&] { return js.count(r.o.stream) == 5; }, "5 raw events in the stream"));
   CHECK(js.all(r.o.stream)[0].subject == r.prefix + ".bus.host-raw.event.pf");
+}
+
+TEST_CASE("raw events that outrun the publisher are dropped and counted and no alert is") {
+  rig r("flood");
+  r.pub.reset();
+  r.o.raw_events = true;
+  r.queues = {1024, 8};
+  r.restart();
+  jetstream_reader js(server().url());
+  r.alerts(1);
+  REQUIRE(wait_until([&] { return r.metric("kvmid_nats_published_total") == 1; }, "the stream made"));
+  // A server that takes the batch and acks nothing for a while: the
+  // publisher waits out its ack timeout while the fleet floods the bus.
+  REQUIRE(::kill(server().pid(), SIGSTOP) == 0);
+  struct resume {
+    ~resume() { ::kill(server().pid(), SIGCONT); }
+  } resume_server;
+  constexpr int events = 1000, every = 50;
+  for (int i = 0; i < events; ++i) {
+    r.alerts(1, bus_kind::event);
+    if (i % every == 0)
+      r.alerts(1);
+  }
+  ::kill(server().pid(), SIGCONT);
+  auto in_stream = [&](const std::string& kind) {
+    size_t n = 0;
+    for (auto& m : js.all(r.o.stream))
+      n += m.subject.find("." + kind + ".") != std::string::npos;
+    return n;
+  };
+  REQUIRE(wait_until(
+    [&] {
+      return r.metric("kvmid_nats_spool_records") == 0 && in_stream("alert") == 1 + events / every
+             && int64_t(in_stream("event")) + r.metric("kvmid_nats_events_dropped_total") == events;
+    },
+    "every alert in the stream and every raw event there or counted as dropped"));
+  CHECK(r.metric("kvmid_nats_events_dropped_total") > events / 2);
+  check_exactly_once(js, r.o.stream, 1 + events / every + in_stream("event"));
 }
 
 TEST_CASE("an outage spools records and the reconnect drains them exactly once") {

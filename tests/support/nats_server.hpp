@@ -55,6 +55,7 @@ public:
     pid_ = -1;
   }
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   std::string url(const std::string& scheme = "nats") const {
     return scheme + "://127.0.0.1:" + std::to_string(port_);
   }

@@ -69,9 +69,9 @@ TEST_CASE("a bad nats field stops start-up naming the field") {
 }
 
 TEST_CASE("stream_replicas takes 1 to 5 and names the field and range otherwise") {
-  CHECK(parse_nats_options({{"stream_replicas", 3}}, "k.json").stream_replicas == 3);
-  CHECK(parse_nats_options({{"stream_replicas", 5}}, "k.json").stream_replicas == 5);
-  for (json bad : {json(0), json(6), json(-1), json("3"), json(2.5)}) {
+  CHECK(parse_nats_options({{"stream_replicas", 3u}}, "k.json").stream_replicas == 3);
+  CHECK(parse_nats_options({{"stream_replicas", 5u}}, "k.json").stream_replicas == 5);
+  for (json bad : {json(0u), json(6u), json(-1), json("3"), json(2.5)}) {
     CAPTURE(bad.dump());
     auto r = refusal({{"stream_replicas", bad}});
     CHECK(r.first == "/nats/stream_replicas");
@@ -79,7 +79,7 @@ TEST_CASE("stream_replicas takes 1 to 5 and names the field and range otherwise"
   }
   json cfg = {{"cookie_file", "/c"},
               {"listeners", {{{"type", "unix"}, {"path", "/tmp/k.sock"}}}},
-              {"nats", {{"stream_replicas", 9}}}};
+              {"nats", {{"stream_replicas", 9u}}}};
   CHECK_THROWS_WITH_AS(parse_config(cfg, "k.json"),
                        "k.json: /nats/stream_replicas: must be an integer 1..5", config_error);
 }

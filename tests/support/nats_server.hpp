@@ -57,16 +57,7 @@ public:
   }
 
 private:
-  bool accepts() const {
-    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(s);
-    return ok;
-  }
+  bool accepts() const { return loopback_accepts(port_); }
 
   temp_dir dir_;
   uint16_t port_;

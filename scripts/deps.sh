@@ -15,7 +15,9 @@ pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       # amtool checks the shipped config/alertmanager.yml
       prometheus-alertmanager
       # the dashboard's tests drive a headless browser over DevTools (tests/ui)
-      chromium)
+      chromium
+      # the fleet test's network namespaces and veth pairs (ip netns, tests/fleet)
+      iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

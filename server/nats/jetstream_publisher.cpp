@@ -115,6 +115,7 @@ bool jetstream_publisher::ensure_stream() {
     cfg.Subjects = subs;
     cfg.SubjectsLen = 1;
     cfg.Storage = js_FileStorage;
+    cfg.Replicas = int64_t(o_.stream_replicas);
     cfg.Duplicates = std::chrono::duration_cast<std::chrono::nanoseconds>(o_.duplicate_window).count();
     s = js_AddStream(&si, js_, &cfg, nullptr, &jerr);
     if (s == NATS_OK && log_on(log_info))

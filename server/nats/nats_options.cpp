@@ -89,7 +89,8 @@ nats_options parse_nats_options(const nlohmann::json& j, const std::string& file
     throw config_error(file, at, "must be an object");
   static constexpr const char* known[] = {
     "enabled", "urls", "host", "subject_prefix", "stream", "create_stream",
-    "duplicate_window_s", "raw_events", "spool_records", "ack_timeout_ms", "api", "api_role",
+    "stream_replicas", "duplicate_window_s", "raw_events", "spool_records", "ack_timeout_ms",
+    "api", "api_role",
     "user", "password_file", "nkey_seed_file", "creds_file", "tls"};
   for (auto& [k, v] : j.items())
     if (std::find(std::begin(known), std::end(known), k) == std::end(known))
@@ -121,7 +122,11 @@ nats_options parse_nats_options(const nlohmann::json& j, const std::string& file
   if (!valid_subject_token(o.stream) || o.stream.find_first_of("/\\") != std::string::npos)
     r.fail("/stream", "must be a stream name without '.', '*', '>', '/', '\\' or spaces");
   r.flag("create_stream", o.create_stream);
-  uint64_t v = uint64_t(o.duplicate_window.count());
+  // JetStream's own limit: a stream has at most 5 replicas.
+  uint64_t v = uint64_t(o.stream_replicas);
+  r.count("stream_replicas", 1, 5, v);
+  o.stream_replicas = int(v);
+  v = uint64_t(o.duplicate_window.count());
   r.count("duplicate_window_s", 1, 7 * 24 * 3600, v);
   o.duplicate_window = std::chrono::seconds(v);
   r.flag("raw_events", o.raw_events);

@@ -26,6 +26,7 @@ struct nats_options {
   std::string subject_prefix = "kvmi";
   std::string stream = "KVMI";
   bool create_stream = true;       // add the stream when it does not exist
+  int stream_replicas = 1;         // copies of the stream in a JetStream cluster (odd: quorum)
   std::chrono::seconds duplicate_window{600}; // the stream's de-duplication window
   bool raw_events = false;         // every KVMI event too, not only lifecycle/alerts/reports
   size_t spool_records = 100000;   // bound of the on-disk spool

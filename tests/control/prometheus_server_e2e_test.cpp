@@ -4,6 +4,7 @@
 #include "actors/protocol_fault.hpp"
 #include "server/dialect/handshake_failure.hpp"
 #include "tests/support/kvmid_process.hpp"
+#include "tests/support/prometheus_server.hpp"
 
 #include <ctime>
 
@@ -11,43 +12,6 @@ using namespace kvmid;
 using namespace kvmid::test;
 
 namespace {
-
-// A Prometheus server in its own directory, stopped by pid when the test
-// ends (and killed with it if it aborts: PR_SET_PDEATHSIG).
-struct prometheus_server {
-  std::filesystem::path dir;
-  uint16_t port = free_loopback_port();
-  pid_t pid = -1;
-
-  prometheus_server(std::filesystem::path d, const std::string& config) : dir(std::move(d)) {
-    std::ofstream(dir / "prometheus.yml") << config;
-    pid = spawn({PROMETHEUS_BIN, "--config.file=" + (dir / "prometheus.yml").string(),
-                 "--storage.tsdb.path=" + (dir / "prometheus-data").string(),
-                 "--web.listen-address=127.0.0.1:" + std::to_string(port), "--log.level=warn"},
-                (dir / "prometheus.out").string(), (dir / "prometheus.err").string());
-    REQUIRE(pid > 0);
-  }
-  ~prometheus_server() { stop(pid); }
-
-  json get(const std::string& path, const std::string& query = {}) const {
-    std::vector<std::string> args{CURL_BIN, "-sS", "--max-time", "5", "-G",
-                                  "http://127.0.0.1:" + std::to_string(port) + path};
-    if (!query.empty())
-      args.insert(args.end(), {"--data-urlencode", "query=" + query});
-    return json::parse(run(args).out, nullptr, false);
-  }
-  // The value of a query yielding one sample; -1 when there is none.
-  double value_of(const std::string& query) const {
-    auto j = get("/api/v1/query", query);
-    if (!j.is_object() || j["data"]["result"].size() != 1)
-      return -1;
-    return std::stod(j["data"]["result"][0]["value"][1].get<std::string>());
-  }
-  std::string log() const {
-    std::ifstream in(dir / "prometheus.err");
-    return {std::istreambuf_iterator<char>(in), {}};
-  }
-};
 
 // Whole seconds of an RFC 3339 UTC time as Prometheus's API writes it; 0
 // if it is not one.

@@ -33,6 +33,7 @@ TEST_CASE("the nats section is off by default and fills every default") {
   CHECK(o.api_all_subject() == "kvmi.api.all");
   CHECK(o.record_subject_root() == "kvmi.bus");
   CHECK(o.spool_records == 100000);
+  CHECK(o.stream_replicas == 1);
   CHECK(o.api_role == "read");
   auto full = parse_nats_options(
     {{"enabled", true}, {"host", "n7"}, {"subject_prefix", "dc1.kvmi"}, {"creds_file", "/c"},
@@ -65,6 +66,22 @@ TEST_CASE("a bad nats field stops start-up naming the field") {
   auto unknown = refusal({{"url", "nats://x:1"}});
   CHECK(unknown.first == "/nats/url");
   CHECK(unknown.second == "unknown field");
+}
+
+TEST_CASE("stream_replicas takes 1 to 5 and names the field and range otherwise") {
+  CHECK(parse_nats_options({{"stream_replicas", 3u}}, "k.json").stream_replicas == 3);
+  CHECK(parse_nats_options({{"stream_replicas", 5u}}, "k.json").stream_replicas == 5);
+  for (json bad : {json(0u), json(6u), json(-1), json("3"), json(2.5)}) {
+    CAPTURE(bad.dump());
+    auto r = refusal({{"stream_replicas", bad}});
+    CHECK(r.first == "/nats/stream_replicas");
+    CHECK(r.second == "must be an integer 1..5");
+  }
+  json cfg = {{"cookie_file", "/c"},
+              {"listeners", {{{"type", "unix"}, {"path", "/tmp/k.sock"}}}},
+              {"nats", {{"stream_replicas", 9u}}}};
+  CHECK_THROWS_WITH_AS(parse_config(cfg, "k.json"),
+                       "k.json: /nats/stream_replicas: must be an integer 1..5", config_error);
 }
 
 TEST_CASE("the config file takes a nats section and names its errors by file") {

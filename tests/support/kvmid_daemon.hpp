@@ -38,6 +38,9 @@ struct kvmid_daemon {
   std::string api_sock = (dir / "api.sock").string();
   std::string kvmi_sock = (dir / "kvmi.sock").string();
   nlohmann::json config;
+  // Put before kvmid's command line, e.g. {"ip", "netns", "exec", name}:
+  // it must exec kvmid in place, so the pid is kvmid's.
+  std::vector<std::string> launcher;
   pid_t kvmid = -1;
   // Kills kvmid when a constructor fails half-way or a test forgets to stop.
   struct reaper {
@@ -90,8 +93,9 @@ struct kvmid_daemon {
   // answers.
   void start() {
     REQUIRE(kvmid <= 0);
-    kvmid = spawn({KVMID_BIN, "--config", config_path()}, (dir / "kvmid.out").string(),
-                  (dir / "kvmid.err").string());
+    std::vector<std::string> cmd = launcher;
+    cmd.insert(cmd.end(), {KVMID_BIN, "--config", config_path()});
+    kvmid = spawn(cmd, (dir / "kvmid.out").string(), (dir / "kvmid.err").string());
     REQUIRE(kvmid > 0);
     INFO("kvmid stderr: " << log());
     REQUIRE(wait_until(

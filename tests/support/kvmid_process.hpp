@@ -44,6 +44,8 @@ struct kvmid_process_options {
   json extra_listeners = json::array(); // KVMI listeners beside the fleet's UNIX socket
   std::string log_level = "info";
   bool tcp = false;      // an API listener on 127.0.0.1 as well
+  std::string tcp_address; // with tcp: "host:port" instead of 127.0.0.1 and a free port
+  std::vector<std::string> launcher; // kvmid_daemon::launcher
   bool reconnect = true; // the simulated device manager reconnects after a close
   std::string read_token;  // non-empty: also an api.read_token_file holding it
   json extra = json::object(); // more top-level config sections ("nats": {...})
@@ -67,8 +69,9 @@ struct kvmid_process : kvmid_daemon {
   explicit kvmid_process(options o = {}) : kvmid_daemon("e2e", e2e_cookie(), "e2e-token-7f3a") {
     if (!o.read_token.empty())
       write_file("read.token", o.read_token + "\n");
-    if (o.tcp)
+    if (o.tcp && o.tcp_address.empty())
       tcp_port = free_loopback_port();
+    launcher = o.launcher;
     start(make_config(o, dir.string(), tcp_port));
 
     kvmi::sim::options so;
@@ -126,8 +129,11 @@ struct kvmid_process : kvmid_daemon {
   // dir/api.sock (and 127.0.0.1:tcp_port if o.tcp), KVMI on dir/kvmi.sock.
   static json make_config(const options& o, const std::string& dir, uint16_t tcp_port = 0) {
     json listen = json::array({"unix:" + dir + "/api.sock"});
-    if (o.tcp)
-      listen.push_back("tcp:127.0.0.1:" + std::to_string(tcp_port));
+    if (o.tcp) {
+      std::string tcp = "tcp:";
+      tcp += o.tcp_address.empty() ? "127.0.0.1:" + std::to_string(tcp_port) : o.tcp_address;
+      listen.push_back(tcp);
+    }
     json api = {{"listen", listen}, {"token_file", dir + "/token"}};
     if (!o.read_token.empty())
       api["read_token_file"] = dir + "/read.token";

@@ -69,6 +69,18 @@ inline std::string read_all(int s, bool* eof = nullptr) {
   return out;
 }
 
+// True if something accepts TCP connections on 127.0.0.1:port.
+inline bool loopback_accepts(uint16_t port) {
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(s);
+  return ok;
+}
+
 // A TCP port on 127.0.0.1 that was free a moment ago.
 inline uint16_t free_loopback_port() {
   int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

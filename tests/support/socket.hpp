@@ -94,18 +94,6 @@ inline uint16_t free_loopback_port() {
   return ntohs(a.sin_port);
 }
 
-// True if something accepts TCP connections on 127.0.0.1:port.
-inline bool loopback_accepts(uint16_t port) {
-  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(s);
-  return ok;
-}
-
 // True once the server closed (EOF or reset), discarding what it sent;
 // false if it is still open after 30 s.
 inline bool wait_eof(int fd) {

@@ -191,6 +191,10 @@ int main(int argc, char** argv) {
       std::printf("%-40s %9.3f s\n", "attach + configure 10,000 vCPUs", mem.attach_s);
       std::printf("%-40s %9.3f s   kvmid RSS %.0f MiB\n", "attach + configure 100,000 vCPUs",
                   mem.scale_attach_s, double(mem.scale_kib) / 1024);
+      std::printf("%-40s %9llu reconnects, %llu failed handshakes, %llu refused connects\n",
+                  "  ... the simulator retried", (unsigned long long)mem.scale_reconnects,
+                  (unsigned long long)mem.scale_handshake_failures,
+                  (unsigned long long)mem.scale_connect_failures);
     } else {
       std::printf("memory run failed: %s\n", mem.error.c_str());
     }
@@ -200,7 +204,10 @@ int main(int argc, char** argv) {
                         {"per_idle_vcpu_kib", mem.per_vcpu_kib()},
                         {"attach_10000_vcpus_s", mem.attach_s},
                         {"attach_100000_vcpus_s", mem.scale_attach_s},
-                        {"rss_100000_vcpus_kib", mem.scale_kib}};
+                        {"rss_100000_vcpus_kib", mem.scale_kib},
+                        {"scale_reconnects", mem.scale_reconnects},
+                        {"scale_handshake_failures", mem.scale_handshake_failures},
+                        {"scale_connect_failures", mem.scale_connect_failures}};
   }
 
   if (want("guest")) {

@@ -267,7 +267,8 @@ memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t f
   std::ofstream(dir.p / "kvmid.json") << cfg.dump(2);
 
   // One kvmid per measurement, so each figure starts from the same heap.
-  auto run = [&](uint32_t nvms, uint32_t nvcpus, double* attach) -> uint64_t {
+  auto run = [&](uint32_t nvms, uint32_t nvcpus, double* attach,
+                 memory_run* retries = nullptr) -> uint64_t {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -302,6 +303,12 @@ memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t f
           throw std::runtime_error("kvmid did not configure the fleet within 300 s");
         if (attach)
           *attach = double(now_ns() - t0) / 1e9;
+        if (retries) {
+          auto rep = h.make_report();
+          retries->scale_reconnects = rep.total.reconnects;
+          retries->scale_handshake_failures = rep.total.handshake_failures;
+          retries->scale_connect_failures = rep.total.connect_failures;
+        }
         std::this_thread::sleep_for(500ms); // idle: let the allocator settle
         kib = rss_kib(pid);
         h.stop();
@@ -320,7 +327,7 @@ memory_run measure_memory(const std::string& kvmid_bin, uint32_t vms, uint32_t f
     if (scale_vms) {
       m.scale_vms = scale_vms;
       m.scale_vcpus = scale_vcpus;
-      m.scale_kib = run(scale_vms, scale_vcpus, &m.scale_attach_s);
+      m.scale_kib = run(scale_vms, scale_vcpus, &m.scale_attach_s, &m);
     }
     m.ok = true;
   } catch (const std::exception& e) {

@@ -44,6 +44,9 @@ struct memory_run {
   uint32_t scale_vms = 0, scale_vcpus = 0;
   uint64_t scale_kib = 0;
   double scale_attach_s = 0;
+  // What slowed the scale attach down, as the simulator saw it: sessions
+  // that had to be made again, handshakes that failed, refused connects.
+  uint64_t scale_reconnects = 0, scale_handshake_failures = 0, scale_connect_failures = 0;
   double per_vm_kib() const;      // (vms_kib - base) / vms
   double per_vcpu_kib() const;    // (fleet - vms-run) / extra vCPUs
   bool ok = false;

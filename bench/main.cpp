@@ -42,10 +42,15 @@ void row(const char* name, const bench::summary& s) {
               s.max / 1e3);
 }
 
-void row(const char* name, const kvmi::sim::latency& l, const bench::summary& floor) {
-  std::printf("%-40s %9.1f %9.1f %9.1f %9.1f   x%.2f x%.2f x%.2f\n", name, l.p50_us, l.p99_us,
-              l.p999_us, l.max_us, l.p50_us * 1e3 / double(floor.p50),
-              l.p99_us * 1e3 / double(floor.p99), l.p999_us * 1e3 / double(floor.p999));
+// With the introspector's CPU time per event answered: at these rates
+// its threads are mostly idle between events, so this is where the cost
+// of waking (and of polling before sleeping) shows.
+void row(const char* name, const bench::fleet_run& r, const bench::summary& floor) {
+  auto& l = r.lat;
+  std::printf("%-40s %9.1f %9.1f %9.1f %9.1f   x%.2f x%.2f x%.2f   %.1f us CPU/event\n", name,
+              l.p50_us, l.p99_us, l.p999_us, l.max_us, l.p50_us * 1e3 / double(floor.p50),
+              l.p99_us * 1e3 / double(floor.p99), l.p999_us * 1e3 / double(floor.p999),
+              r.cpu_us_per_event);
 }
 
 void write_cdf(const std::string& path, bench::samples s) {
@@ -142,7 +147,7 @@ int main(int argc, char** argv) {
     std::printf("round trip of a %zu-byte event and its %zu-byte reply, %zu rounds (us)\n",
                 event_bytes, reply_bytes, rounds);
     std::printf("%-40s %9s %9s %9s %9s   %s\n", "", "p50", "p99", "p99.9", "max",
-                "ratio to the io_uring floor (p50 p99 p99.9)");
+                "ratio to the io_uring floor (p50 p99 p99.9), CPU");
     blocking = bench::floor_blocking(rounds, event_bytes, reply_bytes);
     uring = bench::floor_uring(rounds, event_bytes, reply_bytes);
     fb = bench::summarize(blocking);
@@ -161,16 +166,16 @@ int main(int argc, char** argv) {
     // the same simulator shows what the simulator itself adds.
     const double flat_out = 1e6;
     k1 = bench::drive(bench::target::kvmid, 1, 1, flat_out, secs);
-    row("kvmid, 1 vCPU", k1.lat, fu);
+    row("kvmid, 1 vCPU", k1, fu);
     k1v7 = bench::drive(bench::target::kvmid_v7, 1, 1, flat_out, secs);
-    row("kvmid v7 (kvmi-sim v7), 1 vCPU", k1v7.lat, fu);
+    row("kvmid v7 (kvmi-sim v7), 1 vCPU", k1v7, fu);
     r1 = bench::drive(bench::target::raw, 1, 1, flat_out, secs);
-    row("raw responder, 1 vCPU", r1.lat, fu);
+    row("raw responder, 1 vCPU", r1, fu);
     std::fflush(stdout);
     k64 = bench::drive(bench::target::kvmid, 1, 64, flat_out, secs);
-    row("kvmid, 64 vCPUs", k64.lat, fu);
+    row("kvmid, 64 vCPUs", k64, fu);
     r64 = bench::drive(bench::target::raw, 1, 64, flat_out, secs);
-    row("raw responder, 64 vCPUs", r64.lat, fu);
+    row("raw responder, 64 vCPUs", r64, fu);
     std::fflush(stdout);
     report["kvmid_1vcpu"] = to_json(k1.lat);
     report["raw_1vcpu"] = to_json(r1.lat);
@@ -183,6 +188,10 @@ int main(int argc, char** argv) {
     report["kvmid_v7_1vcpu"]["ratio_p99_to_floor"] = k1v7.lat.p99_us * 1e3 / double(fu.p99);
     report["kvmid_64vcpu"]["ratio_p50_to_floor"] = k64.lat.p50_us * 1e3 / double(fu.p50);
     report["kvmid_64vcpu"]["ratio_p99_to_floor"] = k64.lat.p99_us * 1e3 / double(fu.p99);
+    for (auto [key, run] : {std::pair{"kvmid_1vcpu", &k1}, std::pair{"kvmid_v7_1vcpu", &k1v7},
+                            std::pair{"raw_1vcpu", &r1}, std::pair{"kvmid_64vcpu", &k64},
+                            std::pair{"raw_64vcpu", &r64}})
+      report[key]["cpu_us_per_event"] = run->cpu_us_per_event;
   }
 
   if (want("throughput")) {
@@ -221,6 +230,10 @@ int main(int argc, char** argv) {
       std::printf("%-40s %9.3f s\n", "attach + configure 10,000 vCPUs", mem.attach_s);
       std::printf("%-40s %9.3f s   kvmid RSS %.0f MiB\n", "attach + configure 100,000 vCPUs",
                   mem.scale_attach_s, double(mem.scale_kib) / 1024);
+      std::printf("%-40s %9llu reconnects, %llu failed handshakes, %llu refused connects\n",
+                  "  ... the simulator retried", (unsigned long long)mem.scale_reconnects,
+                  (unsigned long long)mem.scale_handshake_failures,
+                  (unsigned long long)mem.scale_connect_failures);
     } else {
       std::printf("memory run failed: %s\n", mem.error.c_str());
     }
@@ -230,7 +243,10 @@ int main(int argc, char** argv) {
                         {"per_idle_vcpu_kib", mem.per_vcpu_kib()},
                         {"attach_10000_vcpus_s", mem.attach_s},
                         {"attach_100000_vcpus_s", mem.scale_attach_s},
-                        {"rss_100000_vcpus_kib", mem.scale_kib}};
+                        {"rss_100000_vcpus_kib", mem.scale_kib},
+                        {"scale_reconnects", mem.scale_reconnects},
+                        {"scale_handshake_failures", mem.scale_handshake_failures},
+                        {"scale_connect_failures", mem.scale_connect_failures}};
   }
 
   if (want("guest")) {

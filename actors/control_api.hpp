@@ -86,6 +86,13 @@ struct vcpu_info {
   uint64_t alerts = 0;
 };
 
+// How often one rule of the VM's policy fired, over the VM's record.
+struct rule_hit_info {
+  std::string kind; // the alert family ("page-protection", ...) or "breakpoint"
+  std::string name;
+  uint64_t hits = 0;
+};
+
 struct vm_info {
   std::string uuid, name;
   bool connected = false;
@@ -101,6 +108,7 @@ struct vm_info {
   uint64_t events = 0, alerts = 0, protocol_errors = 0;
   std::string policy;       // name of the policy that applies
   std::shared_ptr<const vm_policy> policy_rules; // its rules (get_vm only; may be null)
+  std::vector<rule_hit_info> rule_hits; // one per rule of policy_rules (get_vm only)
   std::vector<region_info> regions;
   std::vector<vcpu_info> vcpus; // filled by get_vm / list_vcpus, empty in list_vms
 };

@@ -6,6 +6,7 @@
 #include "actors/core.hpp"
 #include "actors/policy.hpp"
 #include "actors/protocol_fault.hpp"
+#include "actors/rule_hits.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
 
@@ -97,6 +98,7 @@ struct vm_history {
   uint64_t sessions = 0, events = 0, alerts = 0, protocol_errors = 0;
   bool saw_history = false; // unregister: breakpoints include the history's
   std::map<uint64_t, breakpoint_state> breakpoints; // hits survive reconnects
+  rule_counts rule_hits; // alerts by rule: totals, or (unregister) this session's
   vm_info last;                                     // as it was at disconnect
 };
 

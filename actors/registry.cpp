@@ -205,6 +205,12 @@ caf::behavior registry_behavior(reg_actor* self, core* c) {
         for (auto& [gpa, bp] : h.breakpoints)
           e.hist.breakpoints[gpa] = bp;
       e.hist.last = std::move(h.last);
+      add(e.hist.rule_hits, h.rule_hits);
+      if (e.hist.last.policy_rules) { // bounded by the last policy, as the session was
+        keep_only(e.hist.rule_hits, *e.hist.last.policy_rules);
+        e.hist.last.rule_hits =
+          rule_hits_of(*e.hist.last.policy_rules, e.hist.rule_hits, e.hist.breakpoints);
+      }
       e.hist.last.sessions = e.hist.sessions;
       e.hist.last.events = e.hist.events;
       e.hist.last.alerts = e.hist.alerts;

@@ -86,6 +86,7 @@ void publish_alert(vcpu_actor* self, const kvmi::event_msg& ev, const decision& 
   m.alert(d.rule).inc();
   s.p.stats->alerts.fetch_add(1, std::memory_order_relaxed);
   sh.alerts.fetch_add(1, std::memory_order_relaxed);
+  sh.rule_hits.count(d.rule, d.rule_name);
   bus_record r;
   r.kind = bus_kind::alert;
   r.name = std::string(d.rule);

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "actors/core_impl.hpp"
+#include "actors/rule_hits.hpp"
 
 #include <atomic>
 #include <deque>
@@ -24,6 +25,7 @@ struct vm_shared {
   link_ptr link;
   std::vector<kvmi::hs::region> regions; // the memory map: what a page walk may read
   std::atomic<uint64_t> events{0}, alerts{0}; // this session's, all vCPUs
+  rule_hit_counter rule_hits;                 // this session's alerts by rule
   // By vCPU index; grown by the VM actor only. A deque, so a vCPU actor's
   // element never moves while it writes to it.
   std::deque<vcpu_stats> stats;

@@ -64,6 +64,7 @@ struct vm_st {
   std::unordered_map<uint16_t, intercepts> intercepting;
   vm_history hist;
   uint64_t base_events = 0, base_alerts = 0, base_protocol_errors = 0;
+  rule_counts base_rule_hits; // the registry's totals before this session
   uint64_t protocol_errors = 0; // this session's
   int64_t connected_since = 0;  // unix seconds of this session's handshake
   // The registry's history arrived (the VM-wide set-up waits for it, so it
@@ -644,8 +645,12 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   v.protocol_errors = s.base_protocol_errors + s.protocol_errors;
   v.connected_since = s.connected_since;
   v.policy = s.policy->name;
-  if (with_vcpus) // the one-VM view shows the rules in force
+  if (with_vcpus) { // the one-VM view shows the rules in force and their hits
     v.policy_rules = s.policy;
+    auto hits = s.base_rule_hits;
+    add(hits, s.sh->rule_hits.snapshot());
+    v.rule_hits = rule_hits_of(*s.policy, hits, s.st.breakpoints);
+  }
   for (auto& r : s.p.guest.regions) {
     region_info ri;
     ri.gpa = r.gpa;
@@ -1221,6 +1226,7 @@ void on_closed(vm_actor* self) {
   // This session's counts only: the registry owns the totals.
   s.hist.events = s.sh->events.load();
   s.hist.alerts = s.sh->alerts.load();
+  s.hist.rule_hits = s.sh->rule_hits.snapshot();
   s.hist.protocol_errors = s.protocol_errors;
   s.hist.saw_history = s.saw_history;
   for (auto& [gpa, bp] : s.st.breakpoints)
@@ -1340,6 +1346,8 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
         s2.base_protocol_errors = h.protocol_errors;
         s2.base_events = h.events;
         s2.base_alerts = h.alerts;
+        s2.base_rule_hits = std::move(h.rule_hits);
+        keep_only(s2.base_rule_hits, *s2.policy);
         s2.saw_history = true;
         for (auto& [gpa, bp] : h.breakpoints)
           if (!s2.st.breakpoints.count(gpa)) {
@@ -1510,6 +1518,9 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       if (s2.unhook != unhook_phase::none)
         return; // going away: nothing more is set up
       s2.policy = pol;
+      // Only the rules of the policy in force keep their counts.
+      s2.sh->rule_hits.keep_only(*pol);
+      keep_only(s2.base_rule_hits, *pol);
       s2.setup_done = false;
       vcpu_update u;
       u.policy = pol;

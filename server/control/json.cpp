@@ -76,6 +76,10 @@ json to_json(const vm_info& v, bool detail) {
   if (detail) {
     if (v.policy_rules)
       j["policy_rules"] = to_json(*v.policy_rules);
+    json hits = json::array();
+    for (auto& h : v.rule_hits)
+      hits.push_back({{"kind", h.kind}, {"name", h.name}, {"hits", h.hits}});
+    j["rule_hits"] = std::move(hits);
     j["commands_mask"] = hex_u64(v.commands_mask);
     j["events_mask"] = hex_u64(v.events_mask);
     json regions = json::array();

@@ -10,9 +10,10 @@
 # set (a chroot would need a shell and systemd-sysusers inside the empty
 # root), and they honour it. --force-depends: the root holds no libc;
 # the installed binaries run with this host's libraries.
-# usage: package_test.sh BUILD_DIR
+# usage: package_test.sh BUILD_DIR MAINTAINER (the configured KVMID_PACKAGE_MAINTAINER)
 set -euo pipefail
 build=$1
+maintainer=$2
 for tool in cpack dpkg dpkg-deb fakeroot dpkg-shlibdeps systemd-sysusers lintian python3 man; do
   command -v "$tool" > /dev/null || { echo "$0: $tool is missing (scripts/deps.sh installs it)" >&2; exit 1; }
 done
@@ -32,7 +33,7 @@ echo "package_test: packed $(basename "$deb")"
 control=$(dpkg-deb -f "$deb")
 echo "$control"
 grep -q '^Package: kvmid$' <<<"$control" || fail "no Package: kvmid"
-grep -q '^Maintainer: .*<.*@.*>$' <<<"$control" || fail "no Maintainer with an address"
+grep -qxF "Maintainer: $maintainer" <<<"$control" || fail "the Maintainer is not the configured '$maintainer'"
 # dpkg-shlibdeps found the libraries the binaries link.
 for lib in libc6 liburing2 libsystemd0 libcurl4 libssl3; do
   grep -q "^Depends: .*\b$lib\b" <<<"$control" || fail "Depends lacks $lib"
@@ -65,6 +66,8 @@ for f in usr/sbin/kvmid usr/bin/kvmictl usr/bin/kvmi-sim \
   [ -f "$root/$f" ] || fail "missing /$f"
 done
 [ -x "$root/usr/sbin/kvmid" ] || fail "/usr/sbin/kvmid is not executable"
+gzip -dc "$root/usr/share/doc/kvmid/changelog.gz" | grep -qF " -- $maintainer  " \
+  || fail "the changelog is not signed by '$maintainer'"
 # Nothing of the build or the tests: only these top-level directories.
 extra=$(dpkg-deb -c "$deb" | awk '{print $6}' | grep -Ev '^\./(usr|etc|lib)(/|$)|^\./$' || true)
 [ -z "$extra" ] || fail "unexpected files: $extra"

@@ -4,9 +4,12 @@
 // filter skips it, at the end of the run); the cases run in file order.
 #include "tests/support/kvmid_process.hpp"
 #include "tests/ui/cdp_page.hpp"
+#include "tests/ui/cut_connections.hpp"
 
 #include "server/control/encoding.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -22,6 +25,7 @@ namespace {
 // check waits far longer, so a loaded machine cannot fail it; the time it
 // took is printed.
 constexpr auto alert_deadline = 20s;
+constexpr size_t stream_queue = 8;
 
 struct dashboard {
   kvmid_process kvmid{[] {
@@ -29,6 +33,9 @@ struct dashboard {
     o.vms = 3;
     o.vcpus = 2;
     o.tcp = true; // the browser's http://127.0.0.1:<port>/ui
+    // A small queue per stream subscriber, so a resumed stream overflows it
+    // (the reconnect case) with a dozen alerts.
+    o.api_extra = {{"stream_queue", stream_queue}};
     return o;
   }()};
   std::string origin = "http://127.0.0.1:" + std::to_string(kvmid.tcp_port);
@@ -158,6 +165,58 @@ bool page_shows_vcpus(cdp_page& p, const std::string& state) {
                     "the page to show every vCPU " + state);
 }
 
+// How many of the page's alerts are the LSTAR write of `value` on sim-vm-1.
+size_t alerts_shown(cdp_page& p, uint64_t value) {
+  std::string text = control::hex_u64(value);
+  return p.eval("[...document.querySelectorAll('#alerts li.alert')].filter(li => li.dataset.vmName "
+                "=== 'sim-vm-1' && li.textContent.includes(" + js(text) + ")).length").get<size_t>();
+}
+
+// An LSTAR write of `value` on sim-vm-1, denied: one msr-protection alert.
+void lstar_alert(kvmid_process& k, uint64_t value) {
+  auto m = get_within(k.sim->write_msr(1, 1, msr_lstar, value), "an LSTAR write");
+  REQUIRE(m.event == kvmi::event_id::msr);
+}
+
+// A header of a request as DevTools shows it, by its name in any case.
+json header(const json& request, const std::string& lower_name) {
+  for (auto& [name, value] : request["headers"].items()) {
+    std::string n = name;
+    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (n == lower_name)
+      return value;
+  }
+  return nullptr;
+}
+
+uint64_t bus_dropped(kvmid_process& k) {
+  auto text = k.http("GET", "/metrics").body;
+  auto at = text.find("\nkvmid_bus_dropped_total ");
+  REQUIRE(at != std::string::npos);
+  return std::stoull(text.substr(at + 25));
+}
+
+// Cuts the page's event stream from kvmid's side and holds the page's
+// reconnection (the DevTools Fetch domain pauses it) until the caller
+// continues it; the paused request.
+json cut_stream_and_hold_reconnect(dashboard& d) {
+  auto& p = *d.page;
+  p.call("Fetch.enable", {{"patterns", json::array({{{"urlPattern", "*/v1/events*"},
+                                                      {"requestStage", "Request"}}})}});
+  REQUIRE(cut_accepted_connections(d.kvmid.kvmid, d.kvmid.tcp_port) >= 1);
+  auto paused = d.browser.wait_event("Fetch.requestPaused", 20s);
+  REQUIRE_MESSAGE(paused, "the page did not reconnect its event stream within 20 s");
+  CHECK(p.eval("document.querySelector('#stream-status').dataset.state") == "reconnecting");
+  return *paused;
+}
+
+void release_reconnect(dashboard& d, const json& paused) {
+  d.page->call("Fetch.continueRequest", {{"requestId", paused["requestId"]}});
+  d.page->call("Fetch.disable");
+  CHECK(d.page->wait_for("document.querySelector('#stream-status').dataset.state === 'live'",
+                         "the page's event stream live again"));
+}
+
 } // namespace
 
 TEST_SUITE("ui") {
@@ -246,6 +305,74 @@ TEST_CASE("ui: a policy alert shows on the page once the simulator has raised it
   CHECK(p.wait_for("document.querySelectorAll('#latency .bucket').length === 16 && "
                    "document.querySelector('#latency-summary').textContent.includes('replies')",
                    "the event reply latency histogram"));
+}
+
+TEST_CASE("ui: the live alerts resume after kvmid cuts the stream - from Last-Event-ID - none twice - and kvmid's drops are shown") {
+  auto& d = fixture();
+  auto& p = signed_in(d);
+  d.browser.keep("Fetch.requestPaused");
+  REQUIRE(p.wait_for("document.querySelector('#stream-status').dataset.state === 'live'",
+                     "the page's event stream"));
+  lstar_alert(d.kvmid, 0x5eed0000);
+  REQUIRE(p.wait_for("document.querySelector('#alerts li.alert')?.textContent.includes('0x5eed0000')",
+                     "the first alert"));
+
+  // Alerts raised while the page is cut off come with the resumed stream.
+  auto paused = cut_stream_and_hold_reconnect(d);
+  auto last_id = p.eval("document.querySelector('#stream-status').dataset.lastEventId");
+  REQUIRE(last_id.is_string());
+  CHECK(header(paused["request"], "last-event-id") == last_id);
+  lstar_alert(d.kvmid, 0x5eed0001);
+  lstar_alert(d.kvmid, 0x5eed0002);
+  release_reconnect(d, paused);
+  CHECK(p.wait_for("document.querySelector('#alerts li.alert')?.textContent.includes('0x5eed0002')",
+                   "the alerts raised while cut off"));
+  for (uint64_t v : {0x5eed0000, 0x5eed0001, 0x5eed0002})
+    CHECK(alerts_shown(p, v) == 1);
+  CHECK(p.eval("(() => { const s = [...document.querySelectorAll('#alerts li.alert')]"
+               ".map(li => li.dataset.seq); return new Set(s).size === s.length; })()") == true);
+
+  // More than the stream's queue holds while cut off: the resumed stream
+  // replays the first `stream_queue` of them and kvmid reports the rest
+  // dropped, which the page shows.
+  uint64_t dropped_before = bus_dropped(d.kvmid);
+  auto page_dropped = [&] {
+    return std::stoull(p.eval("document.querySelector('#stream-notes').dataset.dropped || '0'")
+                         .get<std::string>());
+  };
+  auto shown_before = page_dropped();
+  paused = cut_stream_and_hold_reconnect(d);
+  constexpr size_t extra = 3;
+  for (uint64_t i = 0; i < stream_queue + extra; ++i)
+    lstar_alert(d.kvmid, 0x5eed0100 + i);
+  release_reconnect(d, paused);
+  CHECK(bus_dropped(d.kvmid) - dropped_before == extra);
+  CHECK(p.wait_for("document.querySelector('#stream-notes').dataset.dropped === '"
+                     + std::to_string(shown_before + extra) + "'",
+                   "the page to show kvmid's drops"));
+  CHECK(p.text("#stream-notes") == "records dropped by kvmid: " + std::to_string(shown_before + extra));
+  for (uint64_t i = 0; i < stream_queue + extra; ++i) {
+    CAPTURE(i);
+    CHECK(alerts_shown(p, 0x5eed0100 + i) == (i < stream_queue ? 1u : 0u));
+  }
+}
+
+TEST_CASE("ui: the VM page shows each rule's hits as kvmid counts them") {
+  auto& d = fixture();
+  auto& p = vm_page(d, "sim-vm-1", 2);
+  json hits = d.kvmid.http("GET", "/v1/vms/sim-vm-1").j()["rule_hits"];
+  REQUIRE(hits.size() == 2); // kernel-text and lstar
+  for (auto& h : hits) {
+    CAPTURE(h.dump());
+    if (h["name"] == "lstar")
+      CHECK(h["hits"].get<uint64_t>() >= 1); // the earlier cases' alerts
+    std::string cell = "#rule-list tr[data-kind=\"" + h["kind"].get<std::string>()
+                       + "\"][data-rule=\"" + h["name"].get<std::string>()
+                       + "\"] td:nth-child(4)";
+    CHECK(p.wait_for("document.querySelector(" + js(cell) + ")?.textContent === '"
+                       + std::to_string(h["hits"].get<uint64_t>()) + "'",
+                     "the page to show the API's count"));
+  }
 }
 
 TEST_CASE("ui: pausing a VM from the page holds every vCPU and resuming releases them") {

@@ -70,7 +70,7 @@ const vmPath = (vm) => '/v1/vms/' + encodeURIComponent(vm);
 
 // --- screens -----------------------------------------------------------------
 
-const state = { started: false, authorized: false, ruleHits: new Map() };
+const state = { started: false, authorized: false };
 
 function showOnly(id) {
   for (const s of ['login', 'unauthorized', 'main']) $('#' + s).hidden = s !== id;
@@ -207,17 +207,21 @@ async function renderVm(name) {
   more.textContent = pages.next ? 'More ranges from ' + pages.next + ' (kvmictl page-access lists them all).' : '';
 }
 
+// The policy's rules with their hits as kvmid counts them (rule_hits: the
+// alerts of each rule, the hits of each policy breakpoint, over the VM's
+// record).
 function renderRules(vm) {
   const p = vm.policy_rules;
+  const counted = new Map((vm.rule_hits || []).map((h) => [h.kind + '/' + h.name, h.hits]));
   const rows = [];
-  const hits = (rule) => state.ruleHits.get(vm.uuid + '/' + rule) || 0;
-  const row = (kind, rule, target) => rows.push(el('tr', { 'data-rule': rule },
-    el('td', {}, kind), el('td', {}, rule), el('td', { class: 'mono' }, target), num(hits(rule))));
+  const row = (label, kind, rule, target) => rows.push(el('tr', { 'data-rule': rule, 'data-kind': kind },
+    el('td', {}, label), el('td', {}, rule), el('td', { class: 'mono' }, target),
+    num(counted.get(kind + '/' + rule) || 0)));
   if (p) {
-    for (const r of p.page_protection) row('page', r.name, r.gpa + ' +' + r.size + ' ' + r.access + ' (' + r.on_violation + ')');
-    for (const r of p.msr_protection) row('msr', r.name, 'MSR ' + r.msr);
-    for (const r of p.cr_pins) row('cr pin', r, '');
-    for (const r of p.breakpoints) row('breakpoint', r.name, r.gpa);
+    for (const r of p.page_protection) row('page', 'page-protection', r.name, r.gpa + ' +' + r.size + ' ' + r.access + ' (' + r.on_violation + ')');
+    for (const r of p.msr_protection) row('msr', 'msr-protection', r.name, 'MSR ' + r.msr);
+    for (const r of p.cr_pins) row('cr pin', 'cr-pin', r, '');
+    for (const r of p.breakpoints) row('breakpoint', 'breakpoint', r.name, r.gpa);
   }
   fill($('#rule-list tbody'), rows);
 }
@@ -346,7 +350,8 @@ const stream = {
   controller: null,
   retryMs: 1000,
   timer: null,
-  dropped: 0,
+  dropped: 0, // what kvmid reported lost on this connection
+  droppedBefore: 0, // on the connections before it
 
   setStatus(s, text) {
     const e = $('#stream-status');
@@ -382,6 +387,8 @@ const stream = {
     }
     this.setStatus('live', 'live');
     this.retryMs = 1000;
+    this.droppedBefore += this.dropped; // kvmid counts each connection's from 0
+    this.dropped = 0;
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
@@ -408,13 +415,16 @@ const stream = {
       else if (field === 'event') event = value;
       else if (field === 'data') data += (data ? '\n' : '') + value;
     }
-    if (id) this.lastId = id;
+    if (id) {
+      this.lastId = id;
+      $('#stream-status').dataset.lastEventId = id;
+    }
     if (!data) return;
     let j;
     try { j = JSON.parse(data); } catch (e) { return; }
     if (event === 'dropped') {
       this.dropped = j.dropped;
-      note('kvmid dropped ' + j.dropped + ' records of this stream (the page read too slowly)');
+      note('kvmid dropped ' + j.dropped + ' records of this connection (its queue in kvmid was full)');
     } else if (event === 'replay-gap') {
       note(j.message);
     } else if (j.kind === 'alert') {
@@ -438,7 +448,10 @@ function note(text) {
   const li = el('li', { class: 'notice' }, el('time', {}, new Date().toISOString().slice(11, 19)),
     el('span', { class: 'what' }, text));
   prependAlert(li);
-  $('#stream-notes').textContent = stream.dropped ? 'records dropped by kvmid: ' + stream.dropped : '';
+  const dropped = stream.droppedBefore + stream.dropped;
+  const notes = $('#stream-notes');
+  notes.dataset.dropped = dropped;
+  notes.textContent = dropped ? 'records dropped by kvmid: ' + dropped : '';
 }
 
 function prependAlert(li) {
@@ -449,8 +462,6 @@ function prependAlert(li) {
 
 function showAlert(a) {
   const rule = a.fields && a.fields.rule ? a.fields.rule : a.name;
-  const key = a.vm + '/' + rule;
-  state.ruleHits.set(key, (state.ruleHits.get(key) || 0) + 1);
   const when = new Date(a.time_ns / 1e6).toISOString().slice(11, 23);
   prependAlert(el('li', { class: 'alert', 'data-seq': a.seq, 'data-vm': a.vm, 'data-vm-name': a.vm_name,
     'data-name': a.name, 'data-rule': rule },

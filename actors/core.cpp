@@ -13,13 +13,17 @@ int64_t now_ns() {
 void configure_scheduler(caf::actor_system_config& cfg, size_t workers) {
   cfg.set("scheduler.max-threads", workers);
   cfg.set("logger.verbosity", caf::atom("quiet"));
-  // CAF's idle workers poll, then sleep 50 us between polls (500 times),
-  // then wait on a condition variable that an enqueue signals. A vCPU's event
-  // arriving during the 50 us sleeps waits for them (with timer slack, about
-  // 110 us: most of kvmid's round trip). Polling without the sleeps reaches
-  // the signalled wait within microseconds, so an event wakes its worker
-  // at once.
-  cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{0});
+  // CAF's idle workers poll their queue and steal (aggressively, then with
+  // 50 us sleeps between 500 polls) before they wait on a condition variable
+  // that an enqueue signals. The sleeps cost a vCPU's event about 110 us
+  // (timer slack); the polling takes the cores the io_uring thread and the
+  // peers need: attaching 100,000 vCPUs on 2 cores took 3 s in some runs
+  // and 8 to 63 s in others. No polling at all: an idle worker waits on its
+  // condition variable at once, woken by the enqueue, and steals after 1 ms
+  // of waiting (CAF's default: 10 ms).
+  cfg.set("work-stealing.aggressive-poll-attempts", size_t{0});
+  cfg.set("work-stealing.moderate-poll-attempts", size_t{0});
+  cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::milliseconds(1)});
 }
 
 core::core(core_options opts)

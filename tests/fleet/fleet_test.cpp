@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
 using namespace kvmid;
 using namespace kvmid::test;
@@ -299,6 +300,7 @@ TEST_CASE("a fleet of three hosts on a NATS cluster with Prometheus and Alertman
   // Host 3 cut off: its alerts wait in its spool, the other hosts answer
   // over NATS as before, and it sends the alerts once it is back.
   net.set_link(3, false);
+  auto cut_at = std::chrono::steady_clock::now();
   make_alerts(cut, 3);
   REQUIRE(wait_until([&] { return metric(cut, "kvmid_nats_spool_records") >= 3; },
                      "the cut host's alerts in its spool"));
@@ -324,6 +326,9 @@ TEST_CASE("a fleet of three hosts on a NATS cluster with Prometheus and Alertman
   CHECK(paused["status"] == 200);
   CHECK(nats_request(js.connection(), host_name(2),
                      {{"method", "POST"}, {"path", "/v1/vms/" + hosts[2]->uuid(0) + "/resume"}}, 10000)["status"] == 200);
+  // An outage of 10 s, not just as long as the checks above take: the cut
+  // host's NATS client sees its pings go unanswered meanwhile.
+  std::this_thread::sleep_until(cut_at + 10s);
   net.set_link(3, true);
   REQUIRE(wait_until([&] { return metric(cut, "kvmid_nats_spool_records") == 0; },
                      "the cut host's spool to drain once its link is back", 60s));

@@ -40,3 +40,17 @@ function(kvmid_check_maintainer value out)
   endif()
   set(${out} "${why}" PARENT_SCOPE)
 endfunction()
+
+# Sets the cache variable KVMID_PACKAGE_MAINTAINER (from the environment on
+# the first configure) and stops the configure if lintian would refuse it.
+# Called before add_subdirectory(tests): package_deb checks the value.
+macro(kvmid_package_maintainer)
+  kvmid_maintainer_from_env(_maintainer)
+  set(KVMID_PACKAGE_MAINTAINER "${_maintainer}" CACHE STRING
+      "Maintainer field of the Debian package: \"Full Name <user@host>\" (default: DEBFULLNAME/DEBEMAIL, else a local build's)")
+  kvmid_check_maintainer("${KVMID_PACKAGE_MAINTAINER}" _why)
+  if(_why)
+    message(FATAL_ERROR "KVMID_PACKAGE_MAINTAINER '${KVMID_PACKAGE_MAINTAINER}' ${_why}: "
+      "set it with -DKVMID_PACKAGE_MAINTAINER=\"Full Name <user@example.net>\"")
+  endif()
+endmacro()

@@ -11,15 +11,8 @@ find_program(GZIP_EXECUTABLE gzip REQUIRED)
 # Debian's upstream version may hold a '-' only before a revision: the git
 # suffix (0.1-g1d0def5-dirty) becomes 0.1+g1d0def5+dirty, a native version.
 string(REPLACE "-" "+" KVMID_DEB_VERSION "${KVMID_VERSION}")
-include(${CMAKE_CURRENT_LIST_DIR}/KvmidMaintainer.cmake)
-kvmid_maintainer_from_env(_maintainer)
-set(KVMID_PACKAGE_MAINTAINER "${_maintainer}" CACHE STRING
-    "Maintainer field of the Debian package: \"Full Name <user@host>\" (default: DEBFULLNAME/DEBEMAIL, else a local build's)")
-kvmid_check_maintainer("${KVMID_PACKAGE_MAINTAINER}" _why)
-if(_why)
-  message(FATAL_ERROR "KVMID_PACKAGE_MAINTAINER '${KVMID_PACKAGE_MAINTAINER}' ${_why}: "
-    "set it with -DKVMID_PACKAGE_MAINTAINER=\"Full Name <user@example.net>\"")
-endif()
+# KVMID_PACKAGE_MAINTAINER: set by kvmid_package_maintainer() in the
+# top-level CMakeLists.txt, before the tests that check the package.
 
 # Compressed as Debian wants (gzip -9n: no name or time in the header, so
 # the same page gives the same bytes), at build time.

@@ -209,6 +209,9 @@ struct reactor::impl {
   // Sends from other threads have their own queue: no std::function (and
   // no allocation) per reply on the hot path.
   std::vector<std::pair<conn_id, std::vector<uint8_t>>> sends, sends_ring;
+  bool posted_here = false; // ring thread only: it posted to the queues itself
+
+  std::vector<turn_hook> turn_hooks, new_turn_hooks; // new_: under lmu
 
   std::mutex pool_mu;
   std::vector<std::vector<uint8_t>> pool;
@@ -239,32 +242,57 @@ struct reactor::impl {
     return s;
   }
 
+  // The reactor whose loop runs on this thread, if any.
+  static inline thread_local impl* current = nullptr;
+  bool on_ring() const { return current == this; }
+
+  // From the ring thread itself (a turn hook's actors), work goes in the
+  // same queues, so it stays in order with what other threads posted, but
+  // needs no eventfd: the loop runs the queues before it sleeps.
+  void wake_unless(bool quiet) {
+    if (quiet)
+      return;
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+  }
+
   void post_send(conn_id c, std::vector<uint8_t>&& b) {
     bool wake;
+    bool local = on_ring();
     {
       std::lock_guard lk(tmu);
       wake = tasks.empty() && sends.empty() && !spinning;
       sends.emplace_back(c, std::move(b));
       posted.store(true, std::memory_order_release);
     }
-    if (wake) {
-      uint64_t one = 1;
-      [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
-    }
+    posted_here |= local;
+    wake_unless(!wake || local);
   }
 
   void post(std::function<void()> fn) {
     bool wake;
+    bool local = on_ring();
     {
       std::lock_guard lk(tmu);
       wake = tasks.empty() && sends.empty() && !spinning;
       tasks.push_back(std::move(fn));
       posted.store(true, std::memory_order_release);
     }
-    if (wake) {
-      uint64_t one = 1;
-      [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+    posted_here |= local;
+    wake_unless(!wake || local);
+  }
+
+  // Runs every turn hook; true when one of them left work for the next turn.
+  bool run_turn_hooks(bool stopping) {
+    bool more = false;
+    for (auto& h : turn_hooks)
+      more |= h(stopping);
+    if (posted_here) {
+      posted_here = false;
+      run_tasks();
+      more = true; // the tasks may have handed the hooks new work
     }
+    return more;
   }
 
   void arm_wake() {
@@ -617,22 +645,29 @@ struct reactor::impl {
   }
 
   void loop() {
+    current = this;
     arm_wake();
     arm_heartbeat();
     bool active = false; // the last round handed work on or received some
+    bool more = false;   // a turn hook left work: collect completions, do not sleep
     while (true) {
       {
         std::lock_guard lk(lmu);
         for (auto li : new_listeners)
           arm_accept(li);
         new_listeners.clear();
+        for (auto& h : new_turn_hooks)
+          turn_hooks.push_back(std::move(h));
+        new_turn_hooks.clear();
       }
       flush_dirty();
       if (stop_req.load() && conns.empty())
         break;
       __kernel_timespec ts{};
       __kernel_timespec* tsp = nullptr;
-      if (!timers.empty()) {
+      if (more || posted_here) {
+        tsp = &ts; // work is waiting here: collect completions, do not sleep
+      } else if (!timers.empty()) {
         auto d = timers.begin()->first - clock::now();
         if (d < clock::duration::zero())
           d = clock::duration::zero();
@@ -684,6 +719,7 @@ struct reactor::impl {
       }
       io_uring_cq_advance(&ring, n);
       fire_timers();
+      more = run_turn_hooks(false);
       reap();
       if (stop_req.load()) {
         run_tasks();
@@ -700,6 +736,7 @@ struct reactor::impl {
           }
       }
     }
+    run_turn_hooks(true); // the hooks hand what is left to other threads
   }
 
   void setup_multishot() {
@@ -942,5 +979,12 @@ void reactor::post(conn_id c, std::function<void(conn_ctx&, connection_handler&)
 }
 
 void reactor::post(std::function<void()> fn) { impl_->post(std::move(fn)); }
+
+void reactor::add_turn_hook(turn_hook h) {
+  std::lock_guard lk(impl_->lmu);
+  impl_->new_turn_hooks.push_back(std::move(h));
+}
+
+bool reactor::on_ring_thread() const { return impl_->on_ring(); }
 
 } // namespace kvmid::net

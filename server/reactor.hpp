@@ -94,6 +94,13 @@ public:
 
 using handler_factory = std::function<std::unique_ptr<connection_handler>()>;
 
+// Work the ring thread does after each turn's completions, before it sleeps:
+// the actors a KVMI session hosts on the ring run here. Returns true when it
+// left work for the next turn (the ring then collects completions without
+// sleeping). Called once more with stopping = true after the last turn, to
+// hand what is left to other threads.
+using turn_hook = std::function<bool(bool stopping)>;
+
 struct reactor_options {
   unsigned ring_entries = 1024;
   size_t send_queue_limit = 4096;  // messages per connection
@@ -146,6 +153,10 @@ public:
   // still exists.
   void post(conn_id c, std::function<void(conn_ctx&, connection_handler&)> fn);
   void post(std::function<void()> fn);
+
+  // From any thread; takes effect at the ring's next turn.
+  void add_turn_hook(turn_hook h);
+  bool on_ring_thread() const;
 
   size_t connections() const;
   size_t queued_total() const; // messages waiting on every connection (metrics)

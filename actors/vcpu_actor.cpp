@@ -5,6 +5,7 @@
 
 #include "actors/event_fields.hpp"
 #include "actors/log.hpp"
+#include "actors/ring_unit.hpp"
 #include "actors/skip_instruction.hpp"
 
 #include <cstdio>
@@ -37,7 +38,7 @@ struct vcpu_st {
   bool releasing = false; // an unhook waits to hear that no event of ours waits
 };
 
-using vcpu_actor = caf::stateful_actor<vcpu_st>;
+using vcpu_actor = caf::stateful_actor<vcpu_st, ring_actor>; // runs on the ring (ring_unit.hpp)
 
 constexpr auto request_timeout = std::chrono::seconds(30);
 

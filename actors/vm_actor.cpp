@@ -5,6 +5,7 @@
 #include "actors/core_impl.hpp"
 #include "actors/event_fields.hpp"
 #include "actors/log.hpp"
+#include "actors/ring_unit.hpp"
 #include "actors/vcpu_actor.hpp"
 
 #include <cstdio>
@@ -92,7 +93,7 @@ struct vm_st {
   std::vector<uint8_t> buf;
 };
 
-using vm_actor = caf::stateful_actor<vm_st>;
+using vm_actor = caf::stateful_actor<vm_st, ring_actor>; // runs on the ring (ring_unit.hpp)
 using done_fn = std::function<void()>;
 using unhook_phase = vm_st::unhook_phase;
 

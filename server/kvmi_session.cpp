@@ -3,6 +3,7 @@
 #include "actors/core_impl.hpp"
 #include "actors/link.hpp"
 #include "actors/log.hpp"
+#include "actors/ring_unit.hpp"
 
 #include <cstdio>
 #include <mutex>
@@ -88,6 +89,7 @@ dialect_options dialect_of(const kvmi_listener_options& o) {
 struct listener_state {
   kvmi_listener_options o;
   gauge* pending = nullptr; // kvmid_handshakes_pending
+  std::shared_ptr<ring_unit> unit; // runs this listener's VM and vCPU actors
 };
 
 class kvmi_handler final : public net::connection_handler {
@@ -163,7 +165,7 @@ public:
     if (!cause_)
       cause_ = close_cause{from_reactor(why), link_ ? std::string() : "during the handshake"};
     if (vm_) {
-      caf::anon_send(vm_, closed_atom::value);
+      l_.unit->send(vm_, closed_atom::value);
     } else if (!failed_) {
       failed_ = true;
       count_failure(ctx, {"peer_closed", "connection closed during the handshake"});
@@ -261,11 +263,11 @@ private:
         to = link_->vcpu(in.event->common.vcpu);
       if (!to)
         to = vm_;
-      caf::anon_send(to, event_atom::value, std::move(*in.event), now_ns());
+      l_.unit->send(to, event_atom::value, std::move(*in.event), now_ns());
       return;
     }
     if (in.reply)
-      caf::anon_send(vm_, reply_atom::value, std::move(*in.reply));
+      l_.unit->send(vm_, reply_atom::value, std::move(*in.reply));
   }
 
   void protocol_error(net::conn_ctx& ctx, protocol_fault why) {
@@ -274,7 +276,7 @@ private:
     // The VM actor counts and reports it (before it exists: counted here);
     // the socket closes now so no further byte of this stream is trusted.
     if (vm_)
-      caf::anon_send(vm_, proto_err_atom::value, why);
+      l_.unit->send(vm_, proto_err_atom::value, why);
     else {
       failed_ = true; // no handshake failure: it was done
       c_.internals().m.protocol_error(why.reason).inc();
@@ -309,6 +311,14 @@ net::handler_factory kvmi_handler_factory(net::reactor& r, core& c, kvmi_listene
                                       "KVMI connections still in their handshake");
   for (auto reason : handshake_failure_reasons)
     c.internals().m.handshake_failure(reason);
+  l->unit = std::make_shared<ring_unit>(c.system());
+  r.add_turn_hook([unit = l->unit](bool stopping) {
+    if (stopping) {
+      unit->detach();
+      return false;
+    }
+    return unit->run(1024); // then the ring collects completions again
+  });
   return [&r, &c, l]() -> std::unique_ptr<net::connection_handler> {
     return std::make_unique<kvmi_handler>(r, c, *l);
   };

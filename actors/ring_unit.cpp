@@ -1,0 +1,52 @@
+#include "actors/ring_unit.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/resumable.hpp>
+#include <caf/scheduler/abstract_coordinator.hpp>
+
+namespace kvmid {
+
+ring_unit::ring_unit(caf::actor_system& sys)
+  : caf::execution_unit(&sys), throughput_(sys.scheduler().max_throughput()) {}
+
+ring_unit::~ring_unit() { detach(); }
+
+void ring_unit::exec_later(caf::resumable* job) {
+  // Only the ring thread may queue here; anything else (a late message
+  // after the ring stopped, a non-ring actor) is CAF's scheduler's.
+  bool here = !detached_ && (owner_ == std::thread::id{} || owner_ == std::this_thread::get_id())
+              && dynamic_cast<ring_actor*>(job) != nullptr;
+  if (here)
+    q_.push_back(job);
+  else
+    system().scheduler().enqueue(job);
+}
+
+bool ring_unit::run(size_t budget) {
+  owner_ = std::this_thread::get_id();
+  while (!q_.empty() && budget-- > 0) {
+    auto* job = q_.front();
+    q_.pop_front();
+    switch (job->resume(this, throughput_)) {
+      case caf::resumable::resume_later:
+        q_.push_back(job); // its mailbox is not empty yet: keep the reference
+        break;
+      case caf::resumable::done:
+      case caf::resumable::awaiting_message:
+      case caf::resumable::shutdown_execution_unit:
+        caf::intrusive_ptr_release(job);
+        break;
+    }
+  }
+  return !q_.empty();
+}
+
+void ring_unit::detach() {
+  detached_ = true;
+  while (!q_.empty()) {
+    system().scheduler().enqueue(q_.front()); // the reference goes with it
+    q_.pop_front();
+  }
+}
+
+} // namespace kvmid

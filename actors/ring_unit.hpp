@@ -1,0 +1,67 @@
+// Runs the VM and vCPU actors on the io_uring thread that serves their
+// socket. A vCPU's event is then decoded, decided, encoded and queued for
+// sending on one thread: no CAF worker is woken and no eventfd written on
+// the way, where before every event crossed threads twice (several µs of
+// wake-up each, and most of kvmid's CPU per event).
+//
+// A ring_unit is a CAF execution unit: a message sent with it as context
+// to a ring_actor whose mailbox was empty puts that actor in the unit's
+// queue, and the ring thread resumes it at the end of its turn (run()).
+// Any other actor goes to CAF's scheduler as usual, so the registry, the
+// API and the publishers, which may block or take long, never hold up the
+// ring. A ring_actor that a worker-run actor messages runs on that worker:
+// CAF runs an actor on one thread at a time whichever thread that is.
+#pragma once
+
+#include <caf/event_based_actor.hpp>
+#include <caf/execution_unit.hpp>
+#include <caf/mailbox_element.hpp>
+
+#include <cstddef>
+#include <deque>
+#include <thread>
+
+namespace kvmid {
+
+// The base of the actors a ring_unit keeps (vm_actor, vcpu_actor).
+class ring_actor : public caf::event_based_actor {
+public:
+  using caf::event_based_actor::event_based_actor;
+};
+
+class ring_unit final : public caf::execution_unit {
+public:
+  explicit ring_unit(caf::actor_system& sys);
+  ~ring_unit() override;
+  ring_unit(const ring_unit&) = delete;
+  ring_unit& operator=(const ring_unit&) = delete;
+
+  void exec_later(caf::resumable* job) override;
+
+  // Ring thread: resumes up to `budget` queued actors. True when some are
+  // left (the ring then turns again without sleeping).
+  bool run(size_t budget);
+  // Ring thread, when it stops: queued actors go to CAF's scheduler, and so
+  // does every actor scheduled from now on.
+  void detach();
+
+  // Ring thread: delivers a message as anon_send does, but with this unit
+  // as the context, so a ring_actor it wakes runs here.
+  template <class... Ts>
+  void send(const caf::actor& to, Ts&&... xs) {
+    if (to)
+      to->enqueue(caf::make_mailbox_element(nullptr, caf::make_message_id(), {},
+                                            std::forward<Ts>(xs)...),
+                  this);
+  }
+
+  size_t queued() const { return q_.size(); }
+
+private:
+  std::deque<caf::resumable*> q_; // each holds one reference
+  std::thread::id owner_;         // the ring thread, once it ran
+  size_t throughput_;
+  bool detached_ = false;
+};
+
+} // namespace kvmid

@@ -9,6 +9,7 @@
 #include <caf/all.hpp>
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <mutex>
 
@@ -24,7 +25,27 @@ struct core_metrics {
   gauge* send_queue = nullptr;
   counter* bus_dropped = nullptr;
   metrics_registry* reg = nullptr;
+  // The alert families' counters, each looked up at its first alert: the
+  // registry's lookup (strings, a lock, a map) is not paid per alert.
+  struct alert_family {
+    std::string_view rule;
+    std::atomic<counter*> c{nullptr};
+  };
+  std::array<alert_family, 3> alert_families{
+    {{"page-protection"}, {"msr-protection"}, {"cr-pin"}}};
   counter& alert(std::string_view rule) {
+    for (auto& f : alert_families)
+      if (f.rule == rule) {
+        auto* c = f.c.load(std::memory_order_acquire);
+        if (!c) {
+          c = &alert_counter(rule);
+          f.c.store(c, std::memory_order_release);
+        }
+        return *c;
+      }
+    return alert_counter(rule);
+  }
+  counter& alert_counter(std::string_view rule) {
     return reg->get_counter("kvmid_alerts_total", "Policy violations (alerts) by rule",
                             {{"rule", std::string(rule)}});
   }

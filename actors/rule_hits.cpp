@@ -21,9 +21,11 @@ void for_each_alert_rule(const vm_policy& p, F&& f) {
 } // namespace
 
 void rule_hit_counter::count(std::string_view kind, std::string_view name) {
-  rule_key k{std::string(kind), std::string(name)};
   std::lock_guard lk(mu_);
-  ++counts_[std::move(k)];
+  auto it = counts_.find(rule_key_view{kind, name});
+  if (it == counts_.end())
+    it = counts_.emplace(rule_key{std::string(kind), std::string(name)}, 0).first;
+  ++it->second;
 }
 
 rule_counts rule_hit_counter::snapshot() const {

@@ -23,7 +23,16 @@ struct rule_key {
   std::string name; // the rule's name in the policy
   auto operator<=>(const rule_key&) const = default;
 };
-using rule_counts = std::map<rule_key, uint64_t>;
+// A key to look one up by, without building its strings (one per alert).
+struct rule_key_view {
+  std::string_view kind, name;
+};
+inline std::strong_ordering operator<=>(const rule_key& a, const rule_key_view& b) {
+  if (auto c = std::string_view(a.kind) <=> b.kind; c != 0)
+    return c;
+  return std::string_view(a.name) <=> b.name;
+}
+using rule_counts = std::map<rule_key, uint64_t, std::less<>>;
 
 // One session's counts, bumped by the vCPU actors as they raise alerts and
 // read by the VM actor.

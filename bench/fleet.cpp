@@ -97,12 +97,16 @@ uint64_t rss_kib(pid_t pid) {
   return 0;
 }
 
-// CPU seconds (user + system) of this process's threads, but the
-// simulator's (named kvmi-sim) and the calling one.
-double introspector_cpu_s() {
+struct cpu_seconds {
+  double user = 0, system = 0;
+};
+
+// CPU seconds of this process's threads, but the simulator's (named
+// kvmi-sim) and the calling one.
+cpu_seconds introspector_cpu_s() {
   static const long ticks = ::sysconf(_SC_CLK_TCK);
   std::string self = std::to_string(::gettid());
-  double s = 0;
+  cpu_seconds s;
   std::error_code ec;
   for (auto& t : fs::directory_iterator("/proc/self/task", ec)) {
     auto tid = t.path().filename().string();
@@ -124,7 +128,8 @@ double introspector_cpu_s() {
       else if (i == 15)
         stime = std::stoull(field);
     }
-    s += double(utime + stime) / double(ticks);
+    s.user += double(utime) / double(ticks);
+    s.system += double(stime) / double(ticks);
   }
   return s;
 }
@@ -190,7 +195,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
       throw std::runtime_error("bench: the fleet was not configured within 120 s");
     out.attach_s = double(now_ns() - t0) / 1e9;
     auto r0 = h.make_report();
-    double cpu0 = introspector_cpu_s();
+    auto cpu0 = introspector_cpu_s();
     uint64_t p0 = pub ? pub->published() : 0;
     uint64_t w0 = now_ns();
     if (pub) {
@@ -203,7 +208,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
       std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     }
     auto r1 = h.make_report();
-    double cpu1 = introspector_cpu_s();
+    auto cpu1 = introspector_cpu_s();
     uint64_t p1 = pub ? pub->published() : 0;
     uint64_t w1 = now_ns();
     h.stop();
@@ -211,7 +216,11 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
       out.nats = pub->finish(p1 - p0, double(w1 - w0) / 1e9);
     out.events = replies(r1) - replies(r0);
     out.events_per_s = double(out.events) / (double(w1 - w0) / 1e9);
-    out.cpu_us_per_event = out.events ? (cpu1 - cpu0) * 1e6 / double(out.events) : 0;
+    if (out.events) {
+      double sys = cpu1.system - cpu0.system;
+      out.cpu_us_per_event = (cpu1.user - cpu0.user + sys) * 1e6 / double(out.events);
+      out.kernel_us_per_event = sys * 1e6 / double(out.events);
+    }
     out.lat = r1.event_latency;
     out.violations = r1.total.violation_count();
     out.hmis = r1.total.hmis;

@@ -24,6 +24,7 @@ struct fleet_run {
   // CPU time of the introspector's threads (every thread of this process
   // but the simulator's and the bench's own) over the window, per reply.
   double cpu_us_per_event = 0;
+  double kernel_us_per_event = 0; // the part of it spent in the kernel (system time)
   uint64_t violations = 0, hmis = 0;
   nats_figures nats;        // with a publisher (drive's `nats`)
 };

@@ -6,16 +6,16 @@
 
 namespace kvmid {
 
-ring_unit::ring_unit(caf::actor_system& sys)
-  : caf::execution_unit(&sys), throughput_(sys.scheduler().max_throughput()) {}
+ring_unit::ring_unit(caf::actor_system& sys, std::function<bool()> on_ring)
+  : caf::execution_unit(&sys), on_ring_(std::move(on_ring)),
+    throughput_(sys.scheduler().max_throughput()) {}
 
 ring_unit::~ring_unit() { detach(); }
 
 void ring_unit::exec_later(caf::resumable* job) {
   // Only the ring thread may queue here; anything else (a late message
   // after the ring stopped, a non-ring actor) is CAF's scheduler's.
-  bool here = !detached_ && (owner_ == std::thread::id{} || owner_ == std::this_thread::get_id())
-              && dynamic_cast<ring_actor*>(job) != nullptr;
+  bool here = !detached_ && on_ring_() && dynamic_cast<ring_actor*>(job) != nullptr;
   if (here)
     q_.push_back(job);
   else
@@ -23,7 +23,6 @@ void ring_unit::exec_later(caf::resumable* job) {
 }
 
 bool ring_unit::run(size_t budget) {
-  owner_ = std::this_thread::get_id();
   while (!q_.empty() && budget-- > 0) {
     auto* job = q_.front();
     q_.pop_front();

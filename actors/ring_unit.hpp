@@ -19,7 +19,7 @@
 
 #include <cstddef>
 #include <deque>
-#include <thread>
+#include <functional>
 
 namespace kvmid {
 
@@ -31,7 +31,10 @@ public:
 
 class ring_unit final : public caf::execution_unit {
 public:
-  explicit ring_unit(caf::actor_system& sys);
+  // on_ring: true on the thread that calls run() (any other thread's
+  // exec_later, e.g. a response promise delivered with a stale context,
+  // goes to CAF's scheduler).
+  ring_unit(caf::actor_system& sys, std::function<bool()> on_ring);
   ~ring_unit() override;
   ring_unit(const ring_unit&) = delete;
   ring_unit& operator=(const ring_unit&) = delete;
@@ -59,7 +62,7 @@ public:
 
 private:
   std::deque<caf::resumable*> q_; // each holds one reference
-  std::thread::id owner_;         // the ring thread, once it ran
+  std::function<bool()> on_ring_;
   size_t throughput_;
   bool detached_ = false;
 };

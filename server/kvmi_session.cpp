@@ -311,7 +311,7 @@ net::handler_factory kvmi_handler_factory(net::reactor& r, core& c, kvmi_listene
                                       "KVMI connections still in their handshake");
   for (auto reason : handshake_failure_reasons)
     c.internals().m.handshake_failure(reason);
-  l->unit = std::make_shared<ring_unit>(c.system());
+  l->unit = std::make_shared<ring_unit>(c.system(), [&r] { return r.on_ring_thread(); });
   r.add_turn_hook([unit = l->unit](bool stopping) {
     if (stopping) {
       unit->detach();

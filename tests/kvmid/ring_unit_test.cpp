@@ -34,9 +34,13 @@ caf::behavior plain_probe(caf::event_based_actor*, ran_on p) {
 struct fixture {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
+  std::thread::id ring = std::this_thread::get_id(); // the test's thread plays the ring
   fixture() {
     configure_scheduler(cfg, 2);
     sys = std::make_unique<caf::actor_system>(cfg);
+  }
+  std::function<bool()> on_ring() {
+    return [id = ring] { return std::this_thread::get_id() == id; };
   }
 };
 
@@ -61,7 +65,7 @@ struct probe {
 
 TEST_CASE("a vCPU actor woken through the ring unit runs on the ring thread, at run()") {
   fixture f;
-  ring_unit unit(*f.sys);
+  ring_unit unit(*f.sys, f.on_ring());
   probe x(*f.sys, ring_probe);
   unit.send(x.a, 1);
   CHECK(unit.queued() == 1);
@@ -74,7 +78,7 @@ TEST_CASE("a vCPU actor woken through the ring unit runs on the ring thread, at 
 
 TEST_CASE("any other actor sent to through the ring unit runs on CAF's workers") {
   fixture f;
-  ring_unit unit(*f.sys);
+  ring_unit unit(*f.sys, f.on_ring());
   probe x(*f.sys, plain_probe);
   unit.send(x.a, 1);
   CHECK(unit.queued() == 0);
@@ -84,7 +88,7 @@ TEST_CASE("any other actor sent to through the ring unit runs on CAF's workers")
 
 TEST_CASE("a stopping ring hands the actors it had queued, and later ones, to CAF's workers") {
   fixture f;
-  ring_unit unit(*f.sys);
+  ring_unit unit(*f.sys, f.on_ring());
   probe queued(*f.sys, ring_probe), later(*f.sys, ring_probe);
   unit.send(queued.a, 1);
   REQUIRE(unit.queued() == 1);
@@ -96,4 +100,15 @@ TEST_CASE("a stopping ring hands the actors it had queued, and later ones, to CA
     REQUIRE(x->ran_by(10000ms));
     CHECK(x->ran.get() != std::this_thread::get_id());
   }
+}
+
+TEST_CASE("a vCPU actor scheduled through the ring unit from another thread runs on CAF's workers") {
+  // As a response promise delivered with the context its actor last ran in.
+  fixture f;
+  ring_unit unit(*f.sys, f.on_ring());
+  probe x(*f.sys, ring_probe);
+  std::thread([&] { unit.send(x.a, 1); }).join();
+  CHECK(unit.queued() == 0);
+  REQUIRE(x.ran_by(10000ms));
+  CHECK(x.ran.get() != std::this_thread::get_id());
 }

@@ -130,10 +130,16 @@ void event_bus::publish(bus_record r) {
     std::lock_guard lk(mu_);
     if (r.kind != bus_kind::event && replay_ > 0) {
       if (ring_.size() == replay_) {
+        // The evicted record's strings take the copy: once the ring is full,
+        // keeping a record for replay allocates nothing.
         evicted_ = std::max(evicted_, ring_.front().seq);
+        auto slot = std::move(ring_.front());
         ring_.pop_front();
+        slot = r;
+        ring_.push_back(std::move(slot));
+      } else {
+        ring_.push_back(r);
       }
-      ring_.push_back(r);
     }
     for (auto* s : subs_)
       if (s->offer(r, dropped_total_)) {

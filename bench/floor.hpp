@@ -17,6 +17,10 @@ samples floor_uring(size_t rounds, size_t event_bytes, size_t reply_bytes);
 // One message from a non-actor thread to an actor and its answer back, the
 // caller polling: the hop kvmid's design puts on every event (hop.cpp).
 samples actor_hop(size_t rounds, size_t workers);
+// The memory floor of one idle vCPU: KiB of RSS per idle CAF actor with a
+// vCPU actor's state size, n of them spawned in a process that does
+// nothing else (kvmid-bench --idle-actor-floor).
+double idle_actor_kib(size_t n, size_t workers);
 
 struct summary {
   uint64_t p50 = 0, p99 = 0, p999 = 0, max = 0;

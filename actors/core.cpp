@@ -15,15 +15,16 @@ void configure_scheduler(caf::actor_system_config& cfg, size_t workers) {
   cfg.set("logger.verbosity", caf::atom("quiet"));
   // CAF's idle workers poll their queue and steal (aggressively, then with
   // 50 us sleeps between 500 polls) before they wait on a condition variable
-  // that an enqueue signals. The sleeps cost a vCPU's event about 110 us
-  // (timer slack); the polling takes the cores the io_uring thread and the
-  // peers need: attaching 100,000 vCPUs on 2 cores took 3 s in some runs
-  // and 8 to 63 s in others. No polling at all: an idle worker waits on its
-  // condition variable at once, woken by the enqueue, and steals after 1 ms
-  // of waiting (CAF's default: 10 ms).
+  // that an enqueue signals. The polling takes the cores the io_uring thread
+  // and the peers need: attaching 100,000 vCPUs on 2 cores took 3 s in some
+  // runs and 8 to 63 s in others. No polling at all: an idle worker waits on
+  // its condition variable at once, woken by the enqueue, and looks for work
+  // to steal every 10 ms (CAF's default). Every KVMI event is decided on the
+  // ring thread (ring_unit.hpp), so no event waits for a worker; a 1 ms
+  // interval cost an idle kvmid about 2,000 wake-ups a second.
   cfg.set("work-stealing.aggressive-poll-attempts", size_t{0});
   cfg.set("work-stealing.moderate-poll-attempts", size_t{0});
-  cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::milliseconds(1)});
+  cfg.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::milliseconds(10)});
 }
 
 core::core(core_options opts)

@@ -128,24 +128,19 @@ void event_bus::publish(bus_record r) {
   std::vector<std::function<void()>> to_notify;
   {
     std::lock_guard lk(mu_);
-    if (r.kind != bus_kind::event && replay_ > 0) {
-      if (ring_.size() == replay_) {
-        // The evicted record's strings take the copy: once the ring is full,
-        // keeping a record for replay allocates nothing.
-        evicted_ = std::max(evicted_, ring_.front().seq);
-        auto slot = std::move(ring_.front());
-        ring_.pop_front();
-        slot = r;
-        ring_.push_back(std::move(slot));
-      } else {
-        ring_.push_back(r);
-      }
-    }
     for (auto* s : subs_)
       if (s->offer(r, dropped_total_)) {
         std::lock_guard lk2(s->mu_);
         to_notify.push_back(s->notify_);
       }
+    // The subscribers took their copies: the ring keeps the record itself.
+    if (r.kind != bus_kind::event && replay_ > 0) {
+      if (ring_.size() == replay_) {
+        evicted_ = std::max(evicted_, ring_.front().seq);
+        ring_.pop_front();
+      }
+      ring_.push_back(std::move(r));
+    }
   }
   for (auto& fn : to_notify)
     fn();

@@ -265,7 +265,8 @@ struct reactor::impl {
       sends.emplace_back(c, std::move(b));
       posted.store(true, std::memory_order_release);
     }
-    posted_here |= local;
+    if (local)
+      posted_here = true; // only the ring thread may touch it
     wake_unless(!wake || local);
   }
 
@@ -278,7 +279,8 @@ struct reactor::impl {
       tasks.push_back(std::move(fn));
       posted.store(true, std::memory_order_release);
     }
-    posted_here |= local;
+    if (local)
+      posted_here = true; // only the ring thread may touch it
     wake_unless(!wake || local);
   }
 

@@ -3,6 +3,7 @@
 // (one hop); the reply goes straight to the link (one hop back).
 #include "actors/vcpu_actor.hpp"
 
+#include "actors/alert_record.hpp"
 #include "actors/event_fields.hpp"
 #include "actors/log.hpp"
 #include "actors/ring_unit.hpp"
@@ -88,43 +89,7 @@ void publish_alert(vcpu_actor* self, const kvmi::event_msg& ev, const decision& 
   s.p.stats->alerts.fetch_add(1, std::memory_order_relaxed);
   sh.alerts.fetch_add(1, std::memory_order_relaxed);
   sh.rule_hits.count(d.rule, d.rule_name);
-  bus_record r;
-  r.kind = bus_kind::alert;
-  r.name = std::string(d.rule);
-  r.vm = sh.uuid;
-  r.vm_name = sh.name;
-  r.vcpu = s.p.index;
-  r.fields.emplace_back("rule", std::string(d.rule_name));
-  r.fields.emplace_back("action", std::string(kvmi::name(d.act)));
-  char buf[160];
-  switch (ev.kind()) {
-    case kvmi::event_id::msr: {
-      auto& e = std::get<kvmi::event_msr>(ev.data);
-      std::snprintf(buf, sizeof buf, "denied write of MSR 0x%x (0x%llx -> 0x%llx)", e.msr,
-                    (unsigned long long)e.old_value, (unsigned long long)e.new_value);
-      r.fields.emplace_back("msr", std::to_string(e.msr));
-      r.fields.emplace_back("value", std::to_string(e.new_value));
-      break;
-    }
-    case kvmi::event_id::cr: {
-      auto& e = std::get<kvmi::event_cr>(ev.data);
-      std::snprintf(buf, sizeof buf, "CR%u write 0x%llx would clear pinned bits; forced 0x%llx",
-                    e.cr, (unsigned long long)e.new_value, (unsigned long long)d.new_val);
-      r.fields.emplace_back("cr", std::to_string(e.cr));
-      break;
-    }
-    case kvmi::event_id::pf: {
-      auto& e = std::get<kvmi::event_pf>(ev.data);
-      std::snprintf(buf, sizeof buf, "access 0x%x to protected gpa 0x%llx (gva 0x%llx)", e.mode,
-                    (unsigned long long)e.gpa, (unsigned long long)e.gva);
-      r.fields.emplace_back("gpa", std::to_string(e.gpa));
-      r.fields.emplace_back("access", std::to_string(e.mode));
-      break;
-    }
-    default: std::snprintf(buf, sizeof buf, "policy violation"); break;
-  }
-  r.message = buf;
-  sh.c->bus().publish(std::move(r));
+  sh.c->bus().publish(alert_record({sh.uuid, sh.name, s.p.index}, ev, d));
 }
 
 // The event is the one in state.seq/event (in_event): decide, then reply now

@@ -15,12 +15,24 @@ namespace kvmid {
 
 namespace {
 
-// What decide(), the alerts, the reports and a denied write read of an
-// event (its data and registers), kept while the vCPU is configured.
-struct waiting_event {
-  kvmi::event_data data;
+// The registers of an event, for the kinds whose handling reads them: a
+// hypercall's report reads its arguments, and a denied write to a protected
+// page is skipped by decoding the faulting instruction.
+constexpr bool reads_registers(kvmi::event_id k) {
+  return k == kvmi::event_id::pf || k == kvmi::event_id::hypercall;
+}
+struct event_registers {
   kvm_regs regs{};
   kvm_sregs sregs{};
+};
+
+// What decide(), the alerts, the reports and a denied write read of an
+// event, kept while the vCPU is configured. Every vCPU of an attaching VM
+// waits here at once, with a PAUSE_VCPU event that needs no registers: they
+// are kept only when read (456 of 488 bytes, per vCPU, at every attach).
+struct waiting_event {
+  kvmi::event_data data;
+  std::unique_ptr<event_registers> saved;
 };
 
 // Kept small: an idle vCPU costs its CAF actor plus this (one actor per
@@ -189,7 +201,9 @@ void decide_and_reply(vcpu_actor* self, const kvmi::event_msg& ev) {
 // by; then the decision on the event that gave us the chance.
 void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
   auto& s = self->state;
-  s.unconfigured.reset(new waiting_event{ev.data, ev.common.regs, ev.common.sregs});
+  s.unconfigured.reset(new waiting_event{ev.data, nullptr});
+  if (reads_registers(ev.kind()))
+    s.unconfigured->saved.reset(new event_registers{ev.common.regs, ev.common.sregs});
   uint8_t gen = s.config_gen;
   auto done = [=] {
     auto& s2 = self->state;
@@ -202,8 +216,10 @@ void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
     again.seq = s2.seq;
     again.common.event = s2.event;
     again.common.vcpu = s2.p.index;
-    again.common.regs = w->regs;
-    again.common.sregs = w->sregs;
+    if (w->saved) {
+      again.common.regs = w->saved->regs;
+      again.common.sregs = w->saved->sregs;
+    }
     again.data = std::move(w->data);
     decide_and_reply(self, again);
   };

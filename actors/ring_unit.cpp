@@ -4,7 +4,24 @@
 #include <caf/resumable.hpp>
 #include <caf/scheduler/abstract_coordinator.hpp>
 
+#include <utility>
+
 namespace kvmid {
+
+namespace {
+thread_local ring_actor* running_actor = nullptr;
+} // namespace
+
+ring_actor* ring_actor::running() noexcept { return running_actor; }
+
+caf::resumable::resume_result ring_actor::resume(caf::execution_unit* ctx,
+                                                 size_t max_throughput) {
+  struct restore {
+    ring_actor* prev;
+    ~restore() { running_actor = prev; }
+  } r{std::exchange(running_actor, this)};
+  return caf::event_based_actor::resume(ctx, max_throughput);
+}
 
 ring_unit::ring_unit(caf::actor_system& sys, std::function<bool()> on_ring)
   : caf::execution_unit(&sys), on_ring_(std::move(on_ring)),

@@ -27,6 +27,14 @@ namespace kvmid {
 class ring_actor : public caf::event_based_actor {
 public:
   using caf::event_based_actor::event_based_actor;
+
+  // The ring_actor this thread is running (inside resume), else nullptr.
+  // A behavior shared by many actors finds its actor here instead of
+  // capturing it: every vCPU actor then shares one set of handlers instead
+  // of each holding its own copy (an idle vCPU's largest cost after CAF's).
+  static ring_actor* running() noexcept;
+
+  resume_result resume(caf::execution_unit* ctx, size_t max_throughput) override;
 };
 
 class ring_unit final : public caf::execution_unit {

@@ -243,29 +243,14 @@ void configure(vcpu_actor* self, const kvmi::event_msg& ev) {
       [=](caf::error&) { done(); });
 }
 
-caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
-  auto& st = self->state;
-  st.p = std::move(p);
-  // A vCPU actor that fails (a bug) closes its VM's session, as a link to
-  // the VM actor would, without a link per vCPU. No capture: no allocation.
-  self->set_exception_handler([](caf::scheduled_actor* a, std::exception_ptr& e) -> caf::error {
-    auto& s = static_cast<vcpu_actor*>(a)->state;
-    std::string what = "vcpu " + std::to_string(s.p.index) + ": ";
-    try {
-      if (e)
-        std::rethrow_exception(e);
-      what += "failed";
-    } catch (const std::exception& x) {
-      what += x.what();
-    } catch (...) {
-      what += "unknown exception";
-    }
-    s.p.shared->link->close(disconnect_reason::actor_error, std::move(what));
-    caf::anon_send(s.p.vm, closed_atom::value);
-    return caf::sec::runtime_error;
-  });
+vcpu_actor* running_vcpu() { return static_cast<vcpu_actor*>(ring_actor::running()); }
+
+// The handlers of every vCPU actor: one behavior shared by all of them,
+// captureless, so an idle vCPU does not hold its own copy (128 bytes).
+caf::behavior vcpu_handlers() {
   return {
-    [=](event_atom, kvmi::event_msg& ev, int64_t t) {
+    [](event_atom, kvmi::event_msg& ev, int64_t t) {
+      auto* self = running_vcpu();
       auto& s = self->state;
       auto& sh = *s.p.shared;
       if (s.in_event) {
@@ -303,7 +288,8 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
       else
         decide_and_reply(self, ev);
     },
-    [=](update_atom, vcpu_update& u) {
+    [](update_atom, vcpu_update& u) {
+      auto* self = running_vcpu();
       auto& s = self->state;
       if (u.snapshot)
         s.p.snapshot = std::move(u.snapshot);
@@ -324,6 +310,31 @@ caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
         send_reply(self, decision{});
     },
   };
+}
+
+caf::behavior vcpu_behavior(vcpu_actor* self, vcpu_params p) {
+  auto& st = self->state;
+  st.p = std::move(p);
+  // A vCPU actor that fails (a bug) closes its VM's session, as a link to
+  // the VM actor would, without a link per vCPU. No capture: no allocation.
+  self->set_exception_handler([](caf::scheduled_actor* a, std::exception_ptr& e) -> caf::error {
+    auto& s = static_cast<vcpu_actor*>(a)->state;
+    std::string what = "vcpu " + std::to_string(s.p.index) + ": ";
+    try {
+      if (e)
+        std::rethrow_exception(e);
+      what += "failed";
+    } catch (const std::exception& x) {
+      what += x.what();
+    } catch (...) {
+      what += "unknown exception";
+    }
+    s.p.shared->link->close(disconnect_reason::actor_error, std::move(what));
+    caf::anon_send(s.p.vm, closed_atom::value);
+    return caf::sec::runtime_error;
+  });
+  static const caf::behavior shared = vcpu_handlers();
+  return shared; // a reference to the one behavior, not a copy of it
 }
 
 } // namespace

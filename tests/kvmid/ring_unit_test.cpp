@@ -112,3 +112,46 @@ TEST_CASE("a vCPU actor scheduled through the ring unit from another thread runs
   REQUIRE(x.ran_by(10000ms));
   CHECK(x.ran.get() != std::this_thread::get_id());
 }
+
+namespace {
+
+// Two actors sharing one captureless behavior: each handler call must see
+// its own actor as the running one, wherever it runs.
+using seen = std::shared_ptr<std::promise<caf::actor_addr>>;
+struct shared_st {
+  static inline const char* name = "kvmid.test.shared";
+  seen out;
+};
+using shared_actor = caf::stateful_actor<shared_st, ring_actor>;
+
+caf::behavior shared_probe(shared_actor* self, seen out) {
+  self->state.out = std::move(out);
+  static const caf::behavior shared = caf::behavior{[](int) {
+    auto* self = static_cast<shared_actor*>(ring_actor::running());
+    self->state.out->set_value(self->address());
+  }};
+  return shared;
+}
+
+} // namespace
+
+TEST_CASE("a behavior shared by ring actors finds the one running, on the ring and on workers") {
+  fixture f;
+  ring_unit unit(*f.sys, f.on_ring());
+  CHECK(ring_actor::running() == nullptr);
+  auto p1 = std::make_shared<std::promise<caf::actor_addr>>();
+  auto p2 = std::make_shared<std::promise<caf::actor_addr>>();
+  auto r1 = p1->get_future(), r2 = p2->get_future();
+  auto a1 = f.sys->spawn<caf::lazy_init>(shared_probe, p1);
+  auto a2 = f.sys->spawn<caf::lazy_init>(shared_probe, p2);
+  unit.send(a1, 1);         // runs here, at run()
+  caf::anon_send(a2, 1);    // runs on a CAF worker
+  unit.run(16);
+  REQUIRE(r1.wait_for(5s) == std::future_status::ready);
+  REQUIRE(r2.wait_for(5s) == std::future_status::ready);
+  CHECK(r1.get() == a1.address());
+  CHECK(r2.get() == a2.address());
+  CHECK(ring_actor::running() == nullptr); // restored after the turn
+  caf::anon_send_exit(a1, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(a2, caf::exit_reason::user_shutdown);
+}

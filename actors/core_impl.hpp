@@ -1,6 +1,7 @@
 // Internals shared by the core's actors (not part of the contract).
 #pragma once
 
+#include "actors/alert_kinds.hpp"
 #include "actors/core.hpp"
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
@@ -31,8 +32,8 @@ struct core_metrics {
     std::string_view rule;
     std::atomic<counter*> c{nullptr};
   };
-  std::array<alert_family, 3> alert_families{
-    {{"page-protection"}, {"msr-protection"}, {"cr-pin"}}};
+  std::array<alert_family, alert_kind::all.size()> alert_families{
+    {{alert_kind::all[0]}, {alert_kind::all[1]}, {alert_kind::all[2]}}};
   counter& alert(std::string_view rule) {
     for (auto& f : alert_families)
       if (f.rule == rule) {

@@ -1,5 +1,7 @@
 #include "actors/policy.hpp"
 
+#include "actors/alert_kinds.hpp"
+
 #include <algorithm>
 
 namespace kvmid {
@@ -94,7 +96,7 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
         if (cleared) {
           d.new_val |= cleared;
           d.alert = true;
-          d.rule = "cr-pin";
+          d.rule = alert_kind::cr_pin;
           d.rule_name = pin.name;
         }
       }
@@ -108,7 +110,7 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
         if (r.msr == e.msr && e.new_value != e.old_value) {
           d.new_val = e.old_value; // deny: the MSR keeps its value
           d.alert = true;
-          d.rule = "msr-protection";
+          d.rule = alert_kind::msr_protection;
           d.rule_name = r.name;
         }
       break;
@@ -124,7 +126,7 @@ decision decide(const kvmi::event_msg& ev, const vm_policy& p, const vm_state& s
           && (e.gpa < pg.deny_gpa || e.gpa - pg.deny_gpa >= pg.deny_size))
         break; // the rest of a page a deny range is scoped to: let through
       d.alert = true;
-      d.rule = "page-protection";
+      d.rule = alert_kind::page_protection;
       d.rule_name = it->second.rule_name;
       d.gpa = page;
       switch (it->second.on_violation) {

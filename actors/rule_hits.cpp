@@ -1,21 +1,23 @@
 #include "actors/rule_hits.hpp"
 
+#include "actors/alert_kinds.hpp"
+
 namespace kvmid {
 
 namespace {
 
-constexpr std::string_view page_kind = "page-protection", msr_kind = "msr-protection",
-                           cr_kind = "cr-pin", breakpoint_kind = "breakpoint";
+// Breakpoints count their hits too, beside the alert families.
+constexpr std::string_view breakpoint_kind = "breakpoint";
 
 // Every alerting rule of `p` as its key, in the policy's order.
 template <class F>
 void for_each_alert_rule(const vm_policy& p, F&& f) {
   for (auto& r : p.pages)
-    f(rule_key{std::string(page_kind), r.name});
+    f(rule_key{std::string(alert_kind::page_protection), r.name});
   for (auto& r : p.msrs)
-    f(rule_key{std::string(msr_kind), r.name});
+    f(rule_key{std::string(alert_kind::msr_protection), r.name});
   for (auto& r : p.crs)
-    f(rule_key{std::string(cr_kind), r.name});
+    f(rule_key{std::string(alert_kind::cr_pin), r.name});
 }
 
 } // namespace

@@ -1,5 +1,6 @@
 #include "server/control/sse.hpp"
 
+#include "actors/alert_kinds.hpp"
 #include "actors/excerpt.hpp"
 #include "server/control/encoding.hpp"
 #include "server/control/router.hpp"
@@ -34,7 +35,8 @@ bool known_record_name(std::string_view n) {
     "vm-connected", "vm-disconnected", "vm-unhooked", "vm-paused", "vm-resumed",
     "handshake-failed", "protocol-error", "api-call",
     // alerts: the policy's rule kinds, and a forced protection change
-    "page-protection", "msr-protection", "cr-pin", "protection-override",
+    alert_kind::page_protection, alert_kind::msr_protection, alert_kind::cr_pin,
+    "protection-override",
     // reports
     "agent-report", "breakpoint-hit"};
   return parse_event_kind(n).has_value()

@@ -7,6 +7,7 @@
 
 #include <caf/actor.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -76,26 +77,51 @@ public:
     if (vcpus_.size() <= i)
       vcpus_.resize(size_t(i) + 1);
     vcpus_[i] = std::move(a);
-  }
-  caf::actor vcpu(uint16_t i) const {
-    std::lock_guard lk(mu_);
-    return i < vcpus_.size() ? vcpus_[i] : caf::actor{};
+    changed();
   }
   // The routes to the vCPU actors, leaving none.
   std::vector<caf::actor> take_vcpus() {
     std::lock_guard lk(mu_);
+    changed();
     return std::move(vcpus_);
   }
   void clear_routes() {
     std::lock_guard lk(mu_);
     vcpus_.clear();
     vm_ = caf::actor{};
+    changed();
+  }
+
+  // The socket's own copy of the routes, for its one reading thread: an
+  // event finds its vCPU actor without the lock or a reference count, and
+  // the copy is refreshed only after the routes changed (attach, hot-plug,
+  // unhook), entry by entry.
+  struct route_cache {
+    std::vector<caf::actor> vcpus;
+    uint64_t gen = 0;
+  };
+  // The route to vCPU i, or nullptr (none: the VM actor takes the event).
+  const caf::actor* vcpu(route_cache& c, uint16_t i) const {
+    if (gen_.load(std::memory_order_acquire) != c.gen)
+      refresh(c);
+    return i < c.vcpus.size() && c.vcpus[i] ? &c.vcpus[i] : nullptr;
   }
 
 private:
+  void changed() { gen_.store(gen_.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
+  void refresh(route_cache& c) const {
+    std::lock_guard lk(mu_);
+    c.gen = gen_.load(std::memory_order_relaxed);
+    c.vcpus.resize(vcpus_.size());
+    for (size_t i = 0; i < vcpus_.size(); ++i)
+      if (c.vcpus[i] != vcpus_[i])
+        c.vcpus[i] = vcpus_[i];
+  }
+
   mutable std::mutex mu_;
   caf::actor vm_;
   std::vector<caf::actor> vcpus_;
+  std::atomic<uint64_t> gen_{1}; // changed under mu_; a new cache (gen 0) refreshes
 };
 
 } // namespace kvmid

@@ -164,6 +164,7 @@ public:
       cause_ = link_->cause();
     if (!cause_)
       cause_ = close_cause{from_reactor(why), link_ ? std::string() : "during the handshake"};
+    routes_ = {}; // the vCPU actors are the VM actor's to end
     if (vm_) {
       l_.unit->send(vm_, closed_atom::value);
     } else if (!failed_) {
@@ -258,12 +259,10 @@ private:
     if (in.error)
       return protocol_error(ctx, std::move(*in.error));
     if (in.event) {
-      caf::actor to;
+      const caf::actor* to = nullptr;
       if (in.event->kind() != kvmi::event_id::unhook)
-        to = link_->vcpu(in.event->common.vcpu);
-      if (!to)
-        to = vm_;
-      l_.unit->send(to, event_atom::value, std::move(*in.event), now_ns());
+        to = link_->vcpu(routes_, in.event->common.vcpu);
+      l_.unit->send(to ? *to : vm_, event_atom::value, std::move(*in.event), now_ns());
       return;
     }
     if (in.reply)
@@ -294,6 +293,7 @@ private:
   kvmi::frame_splitter split_;
   kvmi::byte_order order_ = kvmi::byte_order::native;
   std::shared_ptr<reactor_link> link_;
+  kvmi_link::route_cache routes_; // read on this socket's ring thread only
   caf::actor vm_;
   std::string vm_label_; // " (vm <uuid> <name>)" once the handshake is done
   std::optional<close_cause> cause_; // set by whoever closed first on the ring

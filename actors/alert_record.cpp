@@ -18,26 +18,35 @@ void append_hex(std::string& s, uint64_t v) {
   s.append("0x").append(b, r.ptr);
 }
 
-std::string dec(uint64_t v) {
-  std::string s;
-  append_dec(s, v);
-  return s;
+// Sets field i, reusing the strings already there.
+void set_field(bus_record& r, size_t i, std::string_view key, std::string_view value) {
+  if (i == r.fields.size())
+    r.fields.emplace_back();
+  r.fields[i].first.assign(key);
+  r.fields[i].second.assign(value);
+}
+
+void set_dec_field(bus_record& r, size_t i, std::string_view key, uint64_t v) {
+  char b[24];
+  auto res = std::to_chars(b, b + sizeof b, v);
+  set_field(r, i, key, std::string_view(b, size_t(res.ptr - b)));
 }
 
 } // namespace
 
-bus_record alert_record(const alert_source& from, const kvmi::event_msg& ev, const decision& d) {
-  bus_record r;
+void fill_alert(bus_record& r, const alert_source& from, const kvmi::event_msg& ev,
+                const decision& d) {
   r.kind = bus_kind::alert;
-  r.name = std::string(d.rule);
-  r.vm = from.vm;
-  r.vm_name = from.vm_name;
+  r.name.assign(d.rule);
+  r.vm.assign(from.vm);
+  r.vm_name.assign(from.vm_name);
   r.vcpu = from.vcpu;
   r.fields.reserve(4);
-  r.fields.emplace_back("rule", std::string(d.rule_name));
-  r.fields.emplace_back("action", std::string(kvmi::name(d.act)));
+  size_t n = 0;
+  set_field(r, n++, "rule", d.rule_name);
+  set_field(r, n++, "action", kvmi::name(d.act));
   std::string& m = r.message;
-  m.reserve(80);
+  m.clear();
   switch (ev.kind()) {
     case kvmi::event_id::msr: {
       auto& e = std::get<kvmi::event_msr>(ev.data);
@@ -48,8 +57,8 @@ bus_record alert_record(const alert_source& from, const kvmi::event_msg& ev, con
       m.append(" -> ");
       append_hex(m, e.new_value);
       m.append(")");
-      r.fields.emplace_back("msr", dec(e.msr));
-      r.fields.emplace_back("value", dec(e.new_value));
+      set_dec_field(r, n++, "msr", e.msr);
+      set_dec_field(r, n++, "value", e.new_value);
       break;
     }
     case kvmi::event_id::cr: {
@@ -60,7 +69,7 @@ bus_record alert_record(const alert_source& from, const kvmi::event_msg& ev, con
       append_hex(m, e.new_value);
       m.append(" would clear pinned bits; forced ");
       append_hex(m, d.new_val);
-      r.fields.emplace_back("cr", dec(e.cr));
+      set_dec_field(r, n++, "cr", e.cr);
       break;
     }
     case kvmi::event_id::pf: {
@@ -72,12 +81,18 @@ bus_record alert_record(const alert_source& from, const kvmi::event_msg& ev, con
       m.append(" (gva ");
       append_hex(m, e.gva);
       m.append(")");
-      r.fields.emplace_back("gpa", dec(e.gpa));
-      r.fields.emplace_back("access", dec(e.mode));
+      set_dec_field(r, n++, "gpa", e.gpa);
+      set_dec_field(r, n++, "access", e.mode);
       break;
     }
     default: m.append("policy violation"); break;
   }
+  r.fields.resize(n);
+}
+
+bus_record alert_record(const alert_source& from, const kvmi::event_msg& ev, const decision& d) {
+  bus_record r;
+  fill_alert(r, from, ev, d);
   return r;
 }
 

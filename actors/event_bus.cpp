@@ -91,9 +91,11 @@ std::shared_ptr<subscription> event_bus::subscribe(bus_filter f, size_t capacity
     // the subscription, so none is seen twice or missed.
     uint64_t after = from->boot == boot_ ? from->seq : 0;
     s->replay_gap_ = from->boot != boot_ || evicted_ > after;
-    for (auto& r : ring_)
+    for (size_t i = 0; i < ring_.size(); ++i) {
+      auto& r = ring_[(oldest_ + i) % ring_.size()];
       if (r.seq > after)
         s->offer(r, dropped_total_);
+    }
   }
   subs_.push_back(s.get());
   if (ev)
@@ -116,7 +118,18 @@ size_t event_bus::subscribers() const {
   return subs_.size();
 }
 
-void event_bus::publish(bus_record r) {
+bus_record& event_bus::claim(bus_kind k) {
+  if (k == bus_kind::event || replay_ == 0)
+    return scratch_;
+  if (ring_.size() < replay_)
+    return ring_.emplace_back();
+  auto& slot = ring_[oldest_];
+  evicted_ = std::max(evicted_, slot.seq);
+  oldest_ = (oldest_ + 1) % ring_.size();
+  return slot;
+}
+
+void event_bus::offer(bus_record& r, std::unique_lock<std::mutex>& lk) {
   if (r.seq == 0)
     r.seq = seq_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (r.time_ns == 0)
@@ -126,24 +139,21 @@ void event_bus::publish(bus_record r) {
   // Notify callbacks run outside the bus lock but while the subscription
   // cannot go away (its destructor takes the bus lock first).
   std::vector<std::function<void()>> to_notify;
-  {
-    std::lock_guard lk(mu_);
-    for (auto* s : subs_)
-      if (s->offer(r, dropped_total_)) {
-        std::lock_guard lk2(s->mu_);
-        to_notify.push_back(s->notify_);
-      }
-    // The subscribers took their copies: the ring keeps the record itself.
-    if (r.kind != bus_kind::event && replay_ > 0) {
-      if (ring_.size() == replay_) {
-        evicted_ = std::max(evicted_, ring_.front().seq);
-        ring_.pop_front();
-      }
-      ring_.push_back(std::move(r));
+  for (auto* s : subs_)
+    if (s->offer(r, dropped_total_)) {
+      std::lock_guard lk2(s->mu_);
+      to_notify.push_back(s->notify_);
     }
-  }
+  lk.unlock();
   for (auto& fn : to_notify)
     fn();
+}
+
+void event_bus::publish(bus_record r) {
+  std::unique_lock lk(mu_);
+  bus_record& slot = claim(r.kind);
+  slot = r; // a copy into the slot's buffers; r is freed while still hot
+  offer(slot, lk);
 }
 
 } // namespace kvmid

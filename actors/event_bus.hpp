@@ -102,6 +102,19 @@ public:
   std::shared_ptr<subscription> subscribe(bus_filter f, size_t capacity = 1024,
                                           std::optional<bus_cursor> from = std::nullopt);
   void publish(bus_record r); // fills seq and time_ns when 0
+  // Publishes the record fill(r) writes. Raw events aside, r is the replay
+  // ring's next slot, filled in place under the bus lock: a full ring then
+  // publishes without allocating, its strings keeping their buffers. fill
+  // sets every field but seq and time_ns, which the bus sets; keep it short.
+  template <class Fill>
+  void publish_filled(bus_kind k, Fill&& fill) {
+    std::unique_lock lk(mu_);
+    bus_record& r = claim(k);
+    fill(r);
+    r.seq = 0;
+    r.time_ns = 0;
+    offer(r, lk);
+  }
   // Cheap check before building a raw-event record.
   bool wants_events() const { return event_subs_.load(std::memory_order_relaxed) > 0; }
   size_t subscribers() const;
@@ -111,13 +124,23 @@ public:
 private:
   friend class subscription;
   void unsubscribe(subscription* s);
+  // Under mu_: where the next record of kind k goes.
+  bus_record& claim(bus_kind k);
+  // Under lk: stamps r (seq, time when 0), hands it to the subscribers,
+  // unlocks and calls the notifications that became due.
+  void offer(bus_record& r, std::unique_lock<std::mutex>& lk);
 
   counter* dropped_total_;
   size_t replay_;
   std::string boot_;
   mutable std::mutex mu_;
-  std::deque<bus_record> ring_; // guarded by mu_; no raw events
-  uint64_t evicted_ = 0;        // highest seq that left the ring
+  // The replay ring, guarded by mu_; no raw events. Once full, the oldest
+  // slot is overwritten by copy: its strings keep their buffers, so a full
+  // ring publishes without freeing a record's worth of cold memory.
+  std::vector<bus_record> ring_;
+  size_t oldest_ = 0;    // index of the oldest record once the ring is full
+  uint64_t evicted_ = 0; // highest seq that left the ring
+  bus_record scratch_;   // guarded by mu_: a raw event, or any record without a ring
   std::vector<subscription*> subs_;
   std::atomic<uint64_t> seq_{0};
   std::atomic<int> event_subs_{0};

@@ -101,7 +101,9 @@ void publish_alert(vcpu_actor* self, const kvmi::event_msg& ev, const decision& 
   s.p.stats->alerts.fetch_add(1, std::memory_order_relaxed);
   sh.alerts.fetch_add(1, std::memory_order_relaxed);
   sh.rule_hits.count(d.rule, d.rule_name);
-  sh.c->bus().publish(alert_record({sh.uuid, sh.name, s.p.index}, ev, d));
+  sh.c->bus().publish_filled(bus_kind::alert, [&](bus_record& r) {
+    fill_alert(r, {sh.uuid, sh.name, s.p.index}, ev, d);
+  });
 }
 
 // The event is the one in state.seq/event (in_event): decide, then reply now

@@ -83,3 +83,57 @@ TEST_CASE("any other kind is a plain policy violation") {
   CHECK(r.message == "policy violation");
   CHECK(r.fields.size() == 2);
 }
+
+TEST_CASE("an alert filled over an older record is the alert alone, with nothing of the old one") {
+  kvmi::event_msg msr;
+  msr.common.event = uint16_t(kvmi::event_id::msr);
+  msr.data = kvmi::event_msr{0xc0000082, 0, 0xffffffff81800000, 0xdead0000};
+  kvmi::event_msg bp;
+  bp.common.event = uint16_t(kvmi::event_id::breakpoint);
+  bp.data = kvmi::event_breakpoint{};
+  // The bus reuses its replay slots: a short alert over a long one, and a
+  // long one over a short one, must each read as if built afresh.
+  bus_record slot;
+  slot.fields.emplace_back("extra", "a value longer than any small-string buffer");
+  fill_alert(slot, {uuid, vm_name, 3}, msr, denied("msr-protection", "lstar"));
+  CHECK(slot.message == alert_record({uuid, vm_name, 3}, msr, denied("msr-protection", "lstar")).message);
+  CHECK(slot.fields == alert_record({uuid, vm_name, 3}, msr, denied("msr-protection", "lstar")).fields);
+  fill_alert(slot, {"other-uuid", "db", 7}, bp, denied("breakpoint", "bp"));
+  auto fresh = alert_record({"other-uuid", "db", 7}, bp, denied("breakpoint", "bp"));
+  CHECK(slot.name == fresh.name);
+  CHECK(slot.vm == "other-uuid");
+  CHECK(slot.vm_name == "db");
+  CHECK(slot.vcpu == 7);
+  CHECK(slot.message == "policy violation");
+  CHECK(slot.fields == fresh.fields);
+  CHECK(slot.fields.size() == 2);
+}
+
+TEST_CASE("alerts published in place reach subscribers and the replay ring in order") {
+  event_bus bus(nullptr, 2);
+  auto live = bus.subscribe(bus_filter{}, 100);
+  kvmi::event_msg msr;
+  msr.common.event = uint16_t(kvmi::event_id::msr);
+  for (uint64_t v = 1; v <= 5; ++v) {
+    msr.data = kvmi::event_msr{0xc0000082, 0, v, v};
+    bus.publish_filled(bus_kind::alert, [&](bus_record& r) {
+      fill_alert(r, {uuid, vm_name, uint16_t(v)}, msr, denied("msr-protection", "lstar"));
+    });
+  }
+  std::vector<bus_record> got;
+  REQUIRE(live->poll(got) == 5);
+  for (size_t i = 0; i < 5; ++i) {
+    CHECK(got[i].seq == i + 1);
+    CHECK(got[i].vcpu == int32_t(i + 1));
+    CHECK(got[i].time_ns > 0);
+    CHECK(fields_of(got[i])["value"] == std::to_string(i + 1));
+  }
+  // The ring of 2 kept the last two, whole.
+  auto late = bus.subscribe(bus_filter{}, 100, bus_cursor{bus.boot(), 0});
+  got.clear();
+  REQUIRE(late->poll(got) == 2);
+  CHECK(got[0].seq == 4);
+  CHECK(fields_of(got[0])["value"] == "4");
+  CHECK(got[1].seq == 5);
+  CHECK(got[1].message == "denied write of MSR 0xc0000082 (0x5 -> 0x5)");
+}

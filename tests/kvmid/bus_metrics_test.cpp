@@ -89,6 +89,38 @@ TEST_CASE("a resumed subscriber gets the records after its cursor from the repla
   CHECK(bus.subscribe(bus_filter{}, 100)->poll(got) == 0);
 }
 
+TEST_CASE("a full replay ring keeps the newest records whole and in order as it wraps") {
+  event_bus bus(nullptr, 3);
+  // Records of different sizes, so an overwritten slot must take the new
+  // record's fields, not keep a longer one's tail.
+  for (int i = 1; i <= 10; ++i) {
+    auto r = rec(bus_kind::alert, "alert-" + std::to_string(i), std::string(size_t(i) * 7, 'v'));
+    for (int f = 0; f < (i % 4); ++f)
+      r.fields.emplace_back("f" + std::to_string(f), std::string(size_t(i) * 5, 'x'));
+    bus.publish(std::move(r));
+  }
+  auto s = bus.subscribe(bus_filter{}, 100, bus_cursor{bus.boot(), 0});
+  CHECK(s->replay_gap());
+  std::vector<bus_record> got;
+  REQUIRE(s->poll(got) == 3);
+  for (int k = 0; k < 3; ++k) {
+    int i = 8 + k;
+    CHECK(got[size_t(k)].seq == uint64_t(i));
+    CHECK(got[size_t(k)].name == "alert-" + std::to_string(i));
+    CHECK(got[size_t(k)].vm == std::string(size_t(i) * 7, 'v'));
+    REQUIRE(got[size_t(k)].fields.size() == size_t(i % 4));
+    for (auto& [key, value] : got[size_t(k)].fields)
+      CHECK(value == std::string(size_t(i) * 5, 'x'));
+  }
+  // A cursor inside the ring: only what follows it.
+  auto mid = bus.subscribe(bus_filter{}, 100, bus_cursor{bus.boot(), 8});
+  CHECK_FALSE(mid->replay_gap());
+  got.clear();
+  REQUIRE(mid->poll(got) == 2);
+  CHECK(got[0].seq == 9);
+  CHECK(got[1].seq == 10);
+}
+
 TEST_CASE("filters by VM - kind and name with raw events only when asked for") {
   event_bus bus;
   auto def = bus.subscribe(bus_filter{}, 16);

@@ -217,18 +217,33 @@ struct reactor::impl {
   std::mutex pool_mu;
   std::vector<std::vector<uint8_t>> pool;
 
+  // The ring thread's own spare buffers and sends, without a lock: the
+  // vCPU actors run here and send a reply per event.
+  std::vector<std::vector<uint8_t>> pool_here;
+  std::vector<std::pair<conn_id, std::vector<uint8_t>>> sends_here;
+
   std::vector<uint8_t> take_buffer() {
-    std::lock_guard lk(pool_mu);
-    if (pool.empty())
-      return {};
-    auto v = std::move(pool.back());
-    pool.pop_back();
+    std::vector<uint8_t> v;
+    if (on_ring() && !pool_here.empty()) {
+      v = std::move(pool_here.back());
+      pool_here.pop_back();
+    } else {
+      std::lock_guard lk(pool_mu);
+      if (pool.empty())
+        return {};
+      v = std::move(pool.back());
+      pool.pop_back();
+    }
     v.clear();
     return v;
   }
   void give_buffer(std::vector<uint8_t>&& v) {
     if (v.capacity() == 0 || v.capacity() > 65536)
       return;
+    if (on_ring() && pool_here.size() < 1024) {
+      pool_here.push_back(std::move(v));
+      return;
+    }
     std::lock_guard lk(pool_mu);
     if (pool.size() < 4096)
       pool.push_back(std::move(v));
@@ -258,8 +273,17 @@ struct reactor::impl {
   }
 
   void post_send(conn_id c, std::vector<uint8_t>&& b) {
-    bool wake;
     bool local = on_ring();
+    // From the ring, while no other thread's send waits: sends_here, which
+    // run_tasks delivers first, so a connection's bytes keep the order their
+    // senders gave them (one that another thread posted earlier is still in
+    // `sends`, and then this one queues behind it).
+    if (local && !posted.load(std::memory_order_acquire)) {
+      sends_here.emplace_back(c, std::move(b));
+      posted_here = true;
+      return;
+    }
+    bool wake;
     {
       std::lock_guard lk(tmu);
       wake = tasks.empty() && sends.empty() && !spinning;
@@ -572,7 +596,19 @@ struct reactor::impl {
     return it == conns.end() || it->second->finished ? nullptr : it->second.get();
   }
 
+  void deliver(std::vector<std::pair<conn_id, std::vector<uint8_t>>>& q) {
+    for (auto& [cid, b] : q) {
+      if (auto* x = find(cid))
+        x->send(std::move(b));
+      else
+        give_buffer(std::move(b));
+    }
+    q.clear(); // capacity stays for the next round
+  }
+
   void run_tasks() {
+    sends_ring.swap(sends_here); // walked out of place: a delivery may post again
+    deliver(sends_ring);
     std::vector<std::function<void()>> mine;
     {
       std::lock_guard lk(tmu);
@@ -580,13 +616,7 @@ struct reactor::impl {
       sends_ring.swap(sends);
       posted.store(false, std::memory_order_relaxed);
     }
-    for (auto& [cid, b] : sends_ring) {
-      if (auto* x = find(cid))
-        x->send(std::move(b));
-      else
-        give_buffer(std::move(b));
-    }
-    sends_ring.clear(); // capacity stays for the next round
+    deliver(sends_ring);
     for (auto& t : mine)
       t();
   }

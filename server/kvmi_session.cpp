@@ -147,7 +147,9 @@ public:
         start_session(ctx);
       }
     }
-    auto err = split_.feed(bytes, [&](const kvmi::frame& f) { on_frame(ctx, f); });
+    // The frames of one read arrived together: one clock read dates them all.
+    int64_t received = now_ns();
+    auto err = split_.feed(bytes, [&](const kvmi::frame& f) { on_frame(ctx, f, received); });
     if (err && !dead_)
       protocol_error(ctx, {protocol_error_reason::bad_frame, std::string(kvmi::name(err.code))});
   }
@@ -247,7 +249,7 @@ private:
                  order_ == kvmi::byte_order::swapped ? ", swapped byte order" : "");
   }
 
-  void on_frame(net::conn_ctx& ctx, const kvmi::frame& f) {
+  void on_frame(net::conn_ctx& ctx, const kvmi::frame& f, int64_t received) {
     if (dead_)
       return;
     if (!link_) {
@@ -262,7 +264,7 @@ private:
       const caf::actor* to = nullptr;
       if (in.event->kind() != kvmi::event_id::unhook)
         to = link_->vcpu(routes_, in.event->common.vcpu);
-      l_.unit->send(to ? *to : vm_, event_atom::value, std::move(*in.event), now_ns());
+      l_.unit->send(to ? *to : vm_, event_atom::value, std::move(*in.event), received);
       return;
     }
     if (in.reply)

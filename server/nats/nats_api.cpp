@@ -151,6 +151,11 @@ nats_api::start(nats_link& link, control::http_api& api, const nats_options& o) 
     a->st_->subs.push_back(sub);
     ++a->st_->handlers_open;
   }
+  // The server has the subscriptions before kvmid says it is ready: a
+  // request sent right after start-up finds its responder instead of NATS's
+  // "no responders". Not connected yet: they go with the connect.
+  if (link.connected())
+    natsConnection_FlushTimeout(link.connection(), 2000);
   if (log_on(log_info))
     std::fprintf(stderr, "kvmid: nats: API on %s and %s (role %s)\n", o.api_subject().c_str(),
                  o.api_all_subject().c_str(), o.api_role.c_str());

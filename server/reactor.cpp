@@ -126,6 +126,7 @@ struct reactor::impl {
     std::vector<iovec> iov;      // the send in flight: q's head, gathered
     msghdr mh{};
     bool sending = false, recv_armed = false;
+    bool dirty = false; // listed in impl::dirty
     bool closing = false, flush_then_close = false, notified = false, finished = false;
     close_reason why = close_reason::local;
     std::vector<uint8_t> rbuf; // plain recv fallback
@@ -146,7 +147,10 @@ struct reactor::impl {
       }
       q.push_back(std::move(b));
       r->queued.fetch_add(1, std::memory_order_relaxed);
-      r->dirty.push_back(cid);
+      if (!dirty) {
+        dirty = true;
+        r->dirty.push_back(cid);
+      }
       return true;
     }
     void close(bool now) override {
@@ -198,7 +202,7 @@ struct reactor::impl {
 
   std::unordered_map<conn_id, std::unique_ptr<conn>> conns;
   conn_id next_id = 1;
-  std::vector<conn_id> dirty; // connections with sends to start
+  std::vector<conn_id> dirty, dirty_run; // connections with sends to start, once each
   std::vector<conn_id> dead;  // finished, to destroy
   timer_map timers;
   std::map<std::pair<conn_id, uint64_t>, timer_map::iterator> timer_index;
@@ -217,10 +221,9 @@ struct reactor::impl {
   std::mutex pool_mu;
   std::vector<std::vector<uint8_t>> pool;
 
-  // The ring thread's own spare buffers and sends, without a lock: the
-  // vCPU actors run here and send a reply per event.
+  // The ring thread's own spare buffers, without a lock: the vCPU actors
+  // run here and send a reply per event.
   std::vector<std::vector<uint8_t>> pool_here;
-  std::vector<std::pair<conn_id, std::vector<uint8_t>>> sends_here;
 
   std::vector<uint8_t> take_buffer() {
     std::vector<uint8_t> v;
@@ -237,15 +240,18 @@ struct reactor::impl {
     v.clear();
     return v;
   }
+  // A few hundred spares serve the replies in flight; more would keep an
+  // attach storm's worth of buffers (5,000 of them once) scattered over
+  // the heap for good.
   void give_buffer(std::vector<uint8_t>&& v) {
     if (v.capacity() == 0 || v.capacity() > 65536)
       return;
-    if (on_ring() && pool_here.size() < 1024) {
+    if (on_ring() && pool_here.size() < 256) {
       pool_here.push_back(std::move(v));
       return;
     }
     std::lock_guard lk(pool_mu);
-    if (pool.size() < 4096)
+    if (pool.size() < 256)
       pool.push_back(std::move(v));
   }
 
@@ -274,13 +280,16 @@ struct reactor::impl {
 
   void post_send(conn_id c, std::vector<uint8_t>&& b) {
     bool local = on_ring();
-    // From the ring, while no other thread's send waits: sends_here, which
-    // run_tasks delivers first, so a connection's bytes keep the order their
-    // senders gave them (one that another thread posted earlier is still in
-    // `sends`, and then this one queues behind it).
+    // From the ring, while no other thread's send waits: straight onto the
+    // connection's queue, without a queue between (an attach storm posts a
+    // command per vCPU at once; such a queue grew to megabytes and kept
+    // them). A send another thread posted earlier is still in `sends`: then
+    // this one queues behind it, so a connection's bytes keep their order.
     if (local && !posted.load(std::memory_order_acquire)) {
-      sends_here.emplace_back(c, std::move(b));
-      posted_here = true;
+      if (auto* x = find(c))
+        x->send(std::move(b));
+      else
+        give_buffer(std::move(b));
       return;
     }
     bool wake;
@@ -607,8 +616,6 @@ struct reactor::impl {
   }
 
   void run_tasks() {
-    sends_ring.swap(sends_here); // walked out of place: a delivery may post again
-    deliver(sends_ring);
     std::vector<std::function<void()>> mine;
     {
       std::lock_guard lk(tmu);
@@ -643,11 +650,13 @@ struct reactor::impl {
   }
 
   void flush_dirty() {
-    auto d = std::move(dirty);
-    dirty.clear();
-    for (auto id : d)
-      if (auto* c = find(id))
+    dirty_run.swap(dirty); // starting a send may list a connection again
+    for (auto id : dirty_run)
+      if (auto* c = find(id)) {
+        c->dirty = false;
         start_send(*c);
+      }
+    dirty_run.clear(); // capacity stays for the next turn
   }
 
   // Busy-polls for work posted by other threads or a completion, for at most

@@ -560,6 +560,12 @@ std::vector<kvmi::command> vcpu_commands(vm_actor* self, uint16_t vcpu) {
   auto& s = self->state;
   auto& pol = *s.policy;
   std::vector<kvmi::command> cmds;
+  // One allocation, not a growing vector: every vCPU of an attaching VM
+  // comes here at once.
+  cmds.reserve(1 + pol.crs.size() + pol.msrs.size()
+               + (size_t(vcpu) < s.intercepting.size() && s.intercepting[vcpu]
+                    ? s.intercepting[vcpu]->crs.size() + s.intercepting[vcpu]->msrs.size()
+                    : 0));
   uint32_t mask = pol.vcpu_events() & s.version.events & kvmi::known_vcpu_events;
   cmds.push_back(kvmi::control_events{vcpu, 0, mask});
   vm_st::intercepts now;

@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
                   (unsigned long long)mem.base_kib);
       std::printf("%-40s %9.1f KiB   (100 VMs x 1 vCPU)\n", "per VM (with its one vCPU)",
                   mem.per_vm_kib());
-      std::printf("%-40s %9.2f KiB   (100 VMs x 100 vCPUs, idle)   x%.2f the floor\n",
+      std::printf("%-40s %9.2f KiB   (100 VMs x 100 vCPUs, idle; median of 3)   x%.2f the floor\n",
                   "per idle vCPU", mem.per_vcpu_kib(),
                   actor_floor > 0 ? mem.per_vcpu_kib() / actor_floor : 0.0);
       std::printf("%-40s %9.3f s\n", "attach + configure 10,000 vCPUs", mem.attach_s);

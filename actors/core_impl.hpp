@@ -50,10 +50,22 @@ struct core_metrics {
     return reg->get_counter("kvmid_alerts_total", "Policy violations (alerts) by rule",
                             {{"rule", std::string(rule)}});
   }
+  // Each command's "ok" counter, looked up at its first success: every
+  // vCPU of an attaching VM takes several commands, and the registry's
+  // lookup builds its label strings each time.
+  std::array<std::atomic<counter*>, kvmi::num_messages> command_ok{};
   counter& command(kvmi::msg_id id, std::string_view result) {
-    return reg->get_counter("kvmid_commands_total", "KVMI commands sent, by command and result",
-                            {{"command", std::string(kvmi::name(id))},
-                             {"result", std::string(result)}});
+    auto i = static_cast<size_t>(id);
+    bool ok = result == "ok" && i < command_ok.size();
+    if (ok)
+      if (auto* c = command_ok[i].load(std::memory_order_acquire))
+        return *c;
+    auto& c = reg->get_counter("kvmid_commands_total", "KVMI commands sent, by command and result",
+                               {{"command", std::string(kvmi::name(id))},
+                                {"result", std::string(result)}});
+    if (ok)
+      command_ok[i].store(&c, std::memory_order_release);
+    return c;
   }
   counter& protocol_error(protocol_error_reason reason) {
     return reg->get_counter("kvmid_protocol_errors_total",

@@ -1,5 +1,6 @@
 // The event bus (bounded per subscriber, drops counted) and the metrics
 // registry (labelled series, histogram buckets, Prometheus text).
+#include "actors/core_impl.hpp"
 #include "actors/event_bus.hpp"
 #include "actors/metrics.hpp"
 
@@ -215,4 +216,24 @@ TEST_CASE("metrics: labelled counters - gauges - histograms and their Prometheus
   auto snap = m.snapshot();
   REQUIRE(snap.size() == 3);
   CHECK(snap[0].name == "kvmid_event_reply_seconds"); // sorted by name
+}
+
+TEST_CASE("a command's counters are the registry's, by command and result, cached or not") {
+  metrics_registry reg;
+  core_metrics m;
+  m.reg = &reg;
+  m.command(kvmi::msg_id::control_events, "ok").inc();
+  m.command(kvmi::msg_id::control_events, "ok").inc(); // from the cache
+  m.command(kvmi::msg_id::control_events, "EINVAL").inc();
+  m.command(kvmi::msg_id::control_cr, "ok").inc();
+  auto count = [&](const char* cmd, const char* result) {
+    return reg
+      .get_counter("kvmid_commands_total", "KVMI commands sent, by command and result",
+                   {{"command", cmd}, {"result", result}})
+      .value();
+  };
+  CHECK(count(std::string(kvmi::name(kvmi::msg_id::control_events)).c_str(), "ok") == 2);
+  CHECK(count(std::string(kvmi::name(kvmi::msg_id::control_events)).c_str(), "EINVAL") == 1);
+  CHECK(count(std::string(kvmi::name(kvmi::msg_id::control_cr)).c_str(), "ok") == 1);
+  CHECK(&m.command(kvmi::msg_id::control_cr, "ok") == &m.command(kvmi::msg_id::control_cr, "ok"));
 }

@@ -605,16 +605,6 @@ struct reactor::impl {
     return it == conns.end() || it->second->finished ? nullptr : it->second.get();
   }
 
-  void deliver(std::vector<std::pair<conn_id, std::vector<uint8_t>>>& q) {
-    for (auto& [cid, b] : q) {
-      if (auto* x = find(cid))
-        x->send(std::move(b));
-      else
-        give_buffer(std::move(b));
-    }
-    q.clear(); // capacity stays for the next round
-  }
-
   void run_tasks() {
     std::vector<std::function<void()>> mine;
     {
@@ -623,7 +613,13 @@ struct reactor::impl {
       sends_ring.swap(sends);
       posted.store(false, std::memory_order_relaxed);
     }
-    deliver(sends_ring);
+    for (auto& [cid, b] : sends_ring) {
+      if (auto* x = find(cid))
+        x->send(std::move(b));
+      else
+        give_buffer(std::move(b));
+    }
+    sends_ring.clear(); // capacity stays for the next round
     for (auto& t : mine)
       t();
   }

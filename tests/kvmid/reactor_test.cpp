@@ -238,6 +238,48 @@ TEST_CASE("a full send queue closes that connection only - posted sends arrive i
   r.post_send(calm_id, {1, 2, 3}); // a gone connection: dropped, no crash
 }
 
+TEST_CASE("sends from the ring and from another thread keep the order they were made in") {
+  kvmid::test::temp_dir d("reactor");
+  reactor r(reactor_options{});
+  // On the ring (on_data), each step is made after the one before: a
+  // thread's send posted and joined, then the ring's own, and the other way
+  // round. The ring's own send goes straight to the connection unless
+  // another thread's waits in the queue: then it must queue behind it.
+  struct h : connection_handler {
+    reactor* r = nullptr;
+    void on_data(conn_ctx& c, std::span<const uint8_t>) override {
+      auto send = [&](uint8_t tag) {
+        auto b = r->take_buffer();
+        b.assign({tag, 0xee});
+        r->post_send(c.id(), std::move(b));
+      };
+      auto from_thread = [&](uint8_t tag) { std::thread([&] { send(tag); }).join(); };
+      from_thread(1); // waits in the queue: the ring is busy here
+      send(2);
+      send(3);
+      from_thread(4);
+      send(5);
+    }
+  };
+  listen_spec s;
+  s.path = (d.path() / "order.sock").string();
+  r.add_listener(s, [&] {
+    auto x = std::make_unique<h>();
+    x->r = &r;
+    return x;
+  });
+  r.start();
+  int fd = connect_unix(s.path);
+  ::send(fd, "go", 2, MSG_NOSIGNAL);
+  auto got = read_n(fd, 10);
+  REQUIRE(got.size() == 10);
+  for (size_t i = 0; i < 5; ++i) {
+    CHECK(int(uint8_t(got[2 * i])) == int(i + 1));
+    CHECK(uint8_t(got[2 * i + 1]) == 0xee);
+  }
+  ::close(fd);
+}
+
 TEST_CASE("tcp listeners bind loopback and report the port - bad addresses throw") {
   reactor r;
   std::atomic<int> closes{0};

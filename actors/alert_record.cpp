@@ -6,16 +6,30 @@ namespace kvmid {
 
 namespace {
 
-void append_dec(std::string& s, uint64_t v) {
+// A number as the message shows it: 0x-prefixed hex, or decimal.
+struct hex {
+  uint64_t v;
+};
+struct dec {
+  uint64_t v;
+};
+
+void append_part(std::string& s, std::string_view text) { s.append(text); }
+void append_part(std::string& s, hex h) {
   char b[24];
-  auto r = std::to_chars(b, b + sizeof b, v);
+  auto r = std::to_chars(b, b + sizeof b, h.v, 16);
+  s.append("0x").append(b, r.ptr);
+}
+void append_part(std::string& s, dec d) {
+  char b[24];
+  auto r = std::to_chars(b, b + sizeof b, d.v);
   s.append(b, r.ptr);
 }
 
-void append_hex(std::string& s, uint64_t v) {
-  char b[24];
-  auto r = std::to_chars(b, b + sizeof b, v, 16);
-  s.append("0x").append(b, r.ptr);
+// The message, part after part.
+template <class... Parts>
+void append(std::string& s, Parts... parts) {
+  (append_part(s, parts), ...);
 }
 
 // Sets field i, reusing the strings already there.
@@ -50,37 +64,22 @@ void fill_alert(bus_record& r, const alert_source& from, const kvmi::event_msg& 
   switch (ev.kind()) {
     case kvmi::event_id::msr: {
       auto& e = std::get<kvmi::event_msr>(ev.data);
-      m.append("denied write of MSR ");
-      append_hex(m, e.msr);
-      m.append(" (");
-      append_hex(m, e.old_value);
-      m.append(" -> ");
-      append_hex(m, e.new_value);
-      m.append(")");
+      append(m, "denied write of MSR ", hex{e.msr}, " (", hex{e.old_value}, " -> ",
+             hex{e.new_value}, ")");
       set_dec_field(r, n++, "msr", e.msr);
       set_dec_field(r, n++, "value", e.new_value);
       break;
     }
     case kvmi::event_id::cr: {
       auto& e = std::get<kvmi::event_cr>(ev.data);
-      m.append("CR");
-      append_dec(m, e.cr);
-      m.append(" write ");
-      append_hex(m, e.new_value);
-      m.append(" would clear pinned bits; forced ");
-      append_hex(m, d.new_val);
+      append(m, "CR", dec{e.cr}, " write ", hex{e.new_value}, " would clear pinned bits; forced ",
+             hex{d.new_val});
       set_dec_field(r, n++, "cr", e.cr);
       break;
     }
     case kvmi::event_id::pf: {
       auto& e = std::get<kvmi::event_pf>(ev.data);
-      m.append("access ");
-      append_hex(m, e.mode);
-      m.append(" to protected gpa ");
-      append_hex(m, e.gpa);
-      m.append(" (gva ");
-      append_hex(m, e.gva);
-      m.append(")");
+      append(m, "access ", hex{e.mode}, " to protected gpa ", hex{e.gpa}, " (gva ", hex{e.gva}, ")");
       set_dec_field(r, n++, "gpa", e.gpa);
       set_dec_field(r, n++, "access", e.mode);
       break;

@@ -151,6 +151,8 @@ void event_bus::offer(bus_record& r, std::unique_lock<std::mutex>& lk) {
 
 void event_bus::publish(bus_record r) {
   std::unique_lock lk(mu_);
+  if (r.kind == bus_kind::event || replay_ == 0)
+    return offer(r, lk); // nothing is kept: the subscribers copy r itself
   bus_record& slot = claim(r.kind);
   slot = r; // a copy into the slot's buffers; r is freed while still hot
   offer(slot, lk);

@@ -7,7 +7,8 @@
 #   bench/profile-event-path.sh [BUILD_DIR] [SETTLE_SECONDS]   (build, 1)
 #
 # Sampling starts SETTLE_SECONDS after kvmid's ring thread appears (the
-# fleet attaching) and ends with that thread, at the end of kvmid's window.
+# fleet attaching) and ends with that thread, at the end of kvmid's first
+# window (of three: the CPU per event it scales by is their median).
 #
 # Needs perf (Debian: linux-perf) and permission to profile (root, or
 # kernel.perf_event_paranoid <= 1). KEEP=1 keeps perf.data and the reports.

@@ -78,7 +78,8 @@ void send_reply(vcpu_actor* self, const decision& d) {
                  sh.uuid.c_str(), s.p.index, int(e.reason.size()), e.reason.data());
     msg = make_reply(s.seq, s.event, decision{});
   }
-  sh.link->send(msg);
+  // Counted and marked running before the send: whoever sees the vCPU run
+  // on must also see its reply (and any hold) in the metrics and the API.
   auto& m = sh.c->internals().m;
   int64_t now = now_ns();
   int64_t held = s.holding ? now - s.t_hold : 0;
@@ -89,6 +90,7 @@ void send_reply(vcpu_actor* self, const decision& d) {
   s.holding = false;
   s.p.stats->event.store(-1, std::memory_order_relaxed);
   set_state(s, vcpu_state::running);
+  sh.link->send(msg);
   if (s.releasing)
     report_released(self);
 }

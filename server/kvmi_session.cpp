@@ -173,9 +173,10 @@ public:
       failed_ = true;
       count_failure(ctx, {"peer_closed", "connection closed during the handshake"});
     }
-    c_.internals().m.disconnect(cause_->why).inc();
+    // Logged before it is counted: whoever sees the count sees the line.
     if (!quiet_)
       log_close(ctx);
+    c_.internals().m.disconnect(cause_->why).inc();
   }
 
 private:

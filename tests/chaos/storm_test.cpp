@@ -401,6 +401,14 @@ TEST_CASE("chaos: reconnect storm with duplicate - unknown-seq and slow replies 
       for (auto v : slow)
         if (f.h->vm_counters(v).faults_injected < 20)
           return false;
+      // A duplicate or stray reply is seen unless a storm's close cut it
+      // off: wait for kvmid to have read one on each such VM.
+      for (auto v : dup)
+        if (info(f, v).protocol_errors == 0)
+          return false;
+      for (auto v : unknown)
+        if (info(f, v).protocol_errors == 0)
+          return false;
       return true;
     },
     60000ms));

@@ -104,6 +104,9 @@ struct vm_info {
   std::string protocol;     // "v5" | "v7": the session's KVMI dialect
   uint32_t vcpu_count = 0;
   bool paused = false;      // operator pause in force
+  // The session's set-up (docs/lifecycle.md): "waiting" its turn (nothing
+  // enabled yet), "running", or "done" (every vCPU configured, or given up).
+  std::string setup;
   uint32_t commands_mask = 0, events_mask = 0; // GET_VERSION
   uint64_t events = 0, alerts = 0, protocol_errors = 0;
   std::string policy;       // name of the policy that applies

@@ -57,6 +57,12 @@ core::core(core_options opts)
                     metric_type::counter);
   metrics_->declare("kvmid_vm_disconnects_total",
                     "KVMI sockets closed, by reason (handshakes included)", metric_type::counter);
+  impl_->setups = std::make_shared<setup_gate>(
+    opts_.max_setups,
+    &metrics_->get_gauge("kvmid_vm_setups", "VMs setting up (running) or waiting to (waiting)",
+                         {{"state", "running"}}),
+    &metrics_->get_gauge("kvmid_vm_setups", "VMs setting up (running) or waiting to (waiting)",
+                         {{"state", "waiting"}}));
   impl_->self = this;
   impl_->policies = std::make_shared<const policy_set>(opts_.policies);
   configure_scheduler(impl_->cfg, opts_.worker_threads);

@@ -35,6 +35,7 @@ struct core_options {
   // reload_policies() calls this; nullopt + err fills api_errc::invalid.
   std::function<std::optional<policy_set>(std::string& err)> reload;
   std::chrono::milliseconds command_timeout{5000}; // per KVMI command
+  size_t max_setups = 8; // VMs setting up at once (setup_gate.hpp)
   // Where planted INT3s are recorded (bp_store.hpp); empty: memory only.
   std::string state_dir;
   planted_map planted; // as loaded from state_dir at start-up

@@ -6,6 +6,7 @@
 #include "actors/link.hpp"
 #include "actors/messages.hpp"
 #include "actors/protocol_fault.hpp"
+#include "actors/setup_gate.hpp"
 
 #include <caf/all.hpp>
 
@@ -90,6 +91,7 @@ struct core::impl {
   std::unique_ptr<caf::actor_system> sys;
   caf::actor registry;
   core_metrics m;
+  std::shared_ptr<setup_gate> setups; // its places may outlive the core's end
   std::mutex policy_mu;
   std::shared_ptr<const policy_set> policies;
 

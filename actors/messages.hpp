@@ -7,6 +7,7 @@
 #include "actors/policy.hpp"
 #include "actors/protocol_fault.hpp"
 #include "actors/rule_hits.hpp"
+#include "actors/setup_gate.hpp"
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
 
@@ -55,7 +56,11 @@ using unregister_atom = caf::atom_constant<caf::atom("unregister")>;
 using reload_atom = caf::atom_constant<caf::atom("reload")>;
 // VM actor -> registry: record (or forget) an INT3 kvmid planted
 using persist_bp_atom = caf::atom_constant<caf::atom("persistbp")>;
-using bootstrap_atom = caf::atom_constant<caf::atom("bootstrap")>;
+// setup gate -> VM actor: its set-up may start, with this place
+// (setup_gate::place_ptr, setup_gate.hpp)
+using setup_go_atom = caf::atom_constant<caf::atom("setupgo")>;
+// VM actor -> itself: its set-up held a place at the gate for its bound
+using setup_bound_atom = caf::atom_constant<caf::atom("setupbnd")>;
 // VM actor -> registry: a burst of allocations just ended (a VM's vCPUs
 // configured, or gone); the registry trims the heap once the fleet is quiet
 using heap_settle_atom = caf::atom_constant<caf::atom("heapsettle")>;
@@ -182,6 +187,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::api_response)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::link_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::policy_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::state_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::setup_gate::place_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvmid::vm_info)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<kvmid::vm_info>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<kvmid::unhook_result>)

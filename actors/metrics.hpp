@@ -15,6 +15,7 @@
 //   kvmid_handshake_failures_total  counter {reason}   (server/dialect/handshake_failure.hpp)
 //   kvmid_vm_disconnects_total      counter {reason}   (link.hpp disconnect_reason)
 //   kvmid_handshakes_pending        gauge (KVMI connections still in their handshake)
+//   kvmid_vm_setups                 gauge {state}   running | waiting (setup_gate.hpp)
 //   kvmid_accept_errors_total       counter {errno}    (kvmid's main: failed accepts)
 //   kvmid_event_reply_seconds       histogram (event received -> reply queued, an
 //                                   operator's hold left out)

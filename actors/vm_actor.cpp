@@ -55,6 +55,14 @@ struct vm_st {
   uint64_t tsc_speed = 0;
   bool setup_done = false, setup_running = false;
   std::vector<caf::response_promise> setup_waiters;
+  // Its place at the setup gate (setup_gate.hpp): waited for, then held
+  // from GET_VERSION until PAUSE_ALL_VCPUS was answered and every vCPU
+  // configured in its first event, then given back.
+  enum class gate_phase : uint8_t { waiting, holding, left };
+  gate_phase gate = gate_phase::waiting;
+  setup_gate::place_ptr place;
+  bool paused_all = false;            // the set-up's PAUSE_ALL_VCPUS was answered
+  std::vector<bool> configured_once;  // by vCPU, since the set-up began
   std::set<uint16_t> held;
   std::vector<caf::response_promise> pause_waiters;
   // The CRs and MSRs each vCPU intercepts, so that a reloaded policy which
@@ -100,6 +108,7 @@ struct vm_st {
 using vm_actor = caf::stateful_actor<vm_st, ring_actor>; // runs on the ring (ring_unit.hpp)
 using done_fn = std::function<void()>;
 using unhook_phase = vm_st::unhook_phase;
+using gate_phase = vm_st::gate_phase;
 
 void start_unhook(vm_actor* self);
 void undo_hooks(vm_actor* self);
@@ -166,6 +175,33 @@ void send_cmd(vm_actor* self, kvmi::command cmd, std::function<void(cmd_result)>
 
 // PAUSE_ALL_VCPUS, with what each vCPU now owes counted (and forgiven if
 // the kernel refused it).
+// The set-up ended, one way or another: the next VM may start its own.
+void leave_gate(vm_actor* self) {
+  auto& s = self->state;
+  if (s.gate == gate_phase::waiting)
+    s.c->internals().setups->withdraw(self->address());
+  s.gate = gate_phase::left;
+  s.place.reset();
+}
+
+// The set-up is over once PAUSE_ALL_VCPUS was answered and every vCPU was
+// configured in its first event (which waits for the VM-wide set-up).
+void check_set_up(vm_actor* self) {
+  auto& s = self->state;
+  if (s.gate != gate_phase::holding || !s.paused_all)
+    return;
+  bool any = false;
+  for (size_t i = 0; i < s.vcpus.size(); ++i)
+    if (s.vcpus[i]) {
+      if (i >= s.configured_once.size() || !s.configured_once[i])
+        return;
+      any = true;
+    }
+  if (any && !s.setup_done && s.unhook == unhook_phase::none)
+    return; // its vCPUs wait for the VM-wide set-up, still running
+  leave_gate(self);
+}
+
 void send_pause_all(vm_actor* self, std::function<void(cmd_result)> done) {
   auto& s = self->state;
   s.pauses_asked.resize(s.vcpus.size());
@@ -527,6 +563,7 @@ void run_setup(vm_actor* self, uint16_t vcpu) {
       rp.deliver(s2.policy, s2.snap);
     // Sized for a whole VM configuring at once: give it back.
     std::vector<caf::response_promise>().swap(s2.setup_waiters);
+    check_set_up(self);
     start_unhook(self); // if one waited for this set-up
   });
 }
@@ -656,6 +693,9 @@ vm_info make_info(vm_actor* self, bool with_vcpus) {
   for (auto& x : s.vcpus)
     v.vcpu_count += x ? 1 : 0;
   v.paused = s.st.paused;
+  v.setup = s.gate == gate_phase::waiting   ? "waiting"
+            : s.gate == gate_phase::holding ? "running"
+                                            : "done";
   v.commands_mask = s.version.commands;
   v.events_mask = s.version.events;
   v.events = s.base_events + s.sh->events.load();
@@ -1217,6 +1257,7 @@ void on_closed(vm_actor* self) {
   if (s.closed)
     return;
   s.closed = true;
+  leave_gate(self);
   auto pend = std::move(s.pending);
   s.pending.clear();
   for (auto& [seq, pc] : pend) {
@@ -1307,13 +1348,15 @@ void bootstrap(vm_actor* self) {
       // Every vCPU stops in PAUSE_VCPU (after any CREATE_VCPU) and is
       // configured there, then released.
       send_pause_all(self, [=](cmd_result pr) {
-        if (!pr.ok())
+        if (!pr.ok()) {
           log(self, "PAUSE_ALL_VCPUS: %s", what(pr));
-        else {
-          auto& pa = std::get<kvmi::pause_all_vcpus_reply>(pr.reply.data);
-          for (uint32_t i = 0; i < pa.vcpu_count && i < max_vcpus; ++i)
-            ensure_vcpu(self, static_cast<uint16_t>(i));
+          return leave_gate(self); // no vCPU stops to be configured now
         }
+        auto& pa = std::get<kvmi::pause_all_vcpus_reply>(pr.reply.data);
+        for (uint32_t i = 0; i < pa.vcpu_count && i < max_vcpus; ++i)
+          ensure_vcpu(self, static_cast<uint16_t>(i));
+        self->state.paused_all = true;
+        check_set_up(self);
       });
     });
   });
@@ -1381,8 +1424,34 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       },
       [=](caf::error&) { history_ready(self); });
   publish(self, bus_kind::lifecycle, "vm-connected", "session from " + s.p.peer);
-  bootstrap(self);
+  // The set-up starts when the setup gate lets it: at once, or when
+  // another VM's ends (setup_go_atom).
+  auto start = [=](setup_gate::place_ptr place) {
+    auto& s2 = self->state;
+    s2.gate = gate_phase::holding;
+    s2.place = std::move(place);
+    // Bounded: a VM whose vCPUs never stop (or a slow host) does not keep
+    // the others waiting.
+    self->delayed_send(self, 2 * s2.c->options().command_timeout, setup_bound_atom::value);
+    bootstrap(self);
+  };
+  if (auto place = c->internals().setups->enter(caf::actor_cast<caf::actor>(self)))
+    start(std::move(place));
   return {
+    [=](setup_go_atom, setup_gate::place_ptr& place) {
+      auto& s2 = self->state;
+      // Gone meanwhile or being unhooked: nothing to set up, and the place
+      // goes back with this message.
+      if (s2.gate == gate_phase::waiting && !s2.closed && !s2.closing
+          && s2.unhook == unhook_phase::none)
+        start(std::move(place));
+      else if (s2.gate == gate_phase::waiting)
+        leave_gate(self);
+    },
+    [=](setup_bound_atom) {
+      if (self->state.gate == gate_phase::holding)
+        leave_gate(self);
+    },
     [=](event_atom, kvmi::event_msg& ev, int64_t t) {
       auto& s2 = self->state;
       if (ev.kind() == kvmi::event_id::unhook) // no reply: the close is the answer
@@ -1410,8 +1479,14 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       auto cmds = vcpu_commands(self, vcpu);
       auto left = std::make_shared<size_t>(cmds.size());
       auto next = [=]() mutable {
-        if (--*left == 0)
-          after_setup(self, vcpu, rp);
+        if (--*left != 0)
+          return;
+        auto& s2 = self->state;
+        if (s2.configured_once.size() <= vcpu)
+          s2.configured_once.resize(size_t(vcpu) + 1);
+        s2.configured_once[vcpu] = true;
+        after_setup(self, vcpu, rp);
+        check_set_up(self);
       };
       for (auto& cmd : cmds) // never empty: CONTROL_EVENTS is always there
         send_cmd(self, std::move(cmd), [=](cmd_result r) mutable {

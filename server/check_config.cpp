@@ -170,6 +170,7 @@ json effective_config(const config& cfg, const json& api) {
             {"handshake", cfg.handshake == kvmi::hs::mode::qemu_v5 ? "qemu-v5" : "kvmi"},
             {"handshake_timeout_ms", cfg.handshake_timeout.count()},
             {"max_handshakes", cfg.max_handshakes},
+            {"max_setups", cfg.max_setups},
             {"command_timeout_ms", cfg.command_timeout.count()},
             {"shutdown_timeout_ms", cfg.shutdown_timeout.count()},
             {"send_queue_limit", cfg.send_queue_limit},

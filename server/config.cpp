@@ -246,8 +246,8 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
-                 "policies", "api", "state_dir", "max_handshakes", "shutdown_timeout_ms",
-                 "nats"});
+                 "policies", "api", "state_dir", "max_handshakes", "max_setups",
+                 "shutdown_timeout_ms", "nats"});
   config cfg;
   cfg.file = file;
   if (j.contains("log_level")) {
@@ -287,6 +287,11 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     cfg.max_handshakes = c.integer(j["max_handshakes"], "/max_handshakes");
     if (cfg.max_handshakes < 1 || cfg.max_handshakes > 100000)
       c.fail("/max_handshakes", "must be 1..100000");
+  }
+  if (j.contains("max_setups")) {
+    cfg.max_setups = c.integer(j["max_setups"], "/max_setups");
+    if (cfg.max_setups < 1 || cfg.max_setups > 100000)
+      c.fail("/max_setups", "must be 1..100000");
   }
   if (j.contains("state_dir")) {
     cfg.state_dir = c.str(j["state_dir"], "/state_dir");

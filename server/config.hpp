@@ -45,6 +45,7 @@ struct config {
   kvmi::hs::mode handshake = kvmi::hs::mode::kvmi;
   std::chrono::milliseconds handshake_timeout{10000};
   size_t max_handshakes = 64; // KVMI handshakes pending at once, all listeners
+  size_t max_setups = 8;      // VMs setting up at once (actors/setup_gate.hpp)
   std::chrono::milliseconds command_timeout{5000};
   // SIGTERM/SIGINT: how long unhooking every VM may take before kvmid gives
   // up on the rest, says which, and exits non-zero.

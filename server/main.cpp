@@ -301,6 +301,7 @@ int main(int argc, char** argv) {
   co.worker_threads = cfg.workers;
   co.policies = cfg.policies;
   co.command_timeout = cfg.command_timeout;
+  co.max_setups = cfg.max_setups;
   {
     // An explicit state_dir must work; the default may be unavailable to an
     // unprivileged kvmid, which then keeps the record in memory only.

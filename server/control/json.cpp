@@ -68,6 +68,7 @@ json to_json(const vm_info& v, bool detail) {
             {"protocol", v.protocol},
             {"vcpus", v.vcpu_count},
             {"paused", v.paused},
+            {"setup", v.setup},
             {"policy", v.policy},
             {"counters",
              {{"events", v.events},

@@ -110,7 +110,7 @@ std::string format_vm(const json& vm) {
   if (vm.contains("connected_since"))
     out += "connected_since: " + since(vm) + "\n";
   for (auto* k : {"uuid", "name", "state", "connected", "peer", "sessions", "start_time",
-                  "byte_order", "vcpus", "paused", "policy", "commands_mask", "events_mask"})
+                  "byte_order", "vcpus", "paused", "setup", "policy", "commands_mask", "events_mask"})
     if (vm.contains(k)) {
       std::string key = k;
       out += key + ":" + std::string(key.size() < 14 ? 14 - key.size() : 1, ' ') + str(vm, k)

@@ -91,6 +91,7 @@ struct fake_backend final : control::backend {
     a.vcpu_count = 2;
     a.regions = {{0, 0x100000, "ram", true, 0}, {0xfe000000, 0x1000, "mmio", false, 0}};
     a.connected_since = 1700000000;
+    a.setup = "done";
     a.policy = "linux";
     auto pol = std::make_shared<vm_policy>();
     pol->name = "linux";

@@ -176,6 +176,7 @@ TEST_CASE("api: list VMs and one VM with memory map and vCPUs") {
   CHECK(j["vms"][0]["counters"].contains("events"));
   CHECK_FALSE(j["vms"][0].contains("memory_map"));
   CHECK(j["vms"][0]["connected_since"] == 1700000000);
+  CHECK(j["vms"][0]["setup"] == "done");
   CHECK(j["vms"][0]["policy"] == "linux");
   CHECK_FALSE(j["vms"][0].contains("policy_rules")); // the list stays small
 

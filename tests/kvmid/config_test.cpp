@@ -148,14 +148,23 @@ TEST_CASE("state_dir is optional and taken as given") {
   CHECK(parse_config(j, "t.json").state_dir == "/var/lib/kvmid-test");
 }
 
-TEST_CASE("max_handshakes defaults to 64 and must be 1..100000") {
-  auto j = good();
-  CHECK(parse_config(j, "t.json").max_handshakes == 64);
-  j["max_handshakes"] = 5;
-  CHECK(parse_config(j, "t.json").max_handshakes == 5);
-  for (int bad : {0, 100001}) {
-    j["max_handshakes"] = bad;
-    CHECK(field_of(j) == "/max_handshakes");
+TEST_CASE("max_handshakes (64) and max_setups (8): their defaults, and each must be 1..100000") {
+  struct cap {
+    const char* field;
+    size_t config::*member;
+    size_t fallback;
+  };
+  for (auto c : {cap{"max_handshakes", &config::max_handshakes, 64},
+                 cap{"max_setups", &config::max_setups, 8}}) {
+    INFO(c.field);
+    auto j = good();
+    CHECK(parse_config(j, "t.json").*c.member == c.fallback);
+    j[c.field] = 5;
+    CHECK(parse_config(j, "t.json").*c.member == 5);
+    for (int bad : {0, 100001}) {
+      j[c.field] = bad;
+      CHECK(field_of(j) == std::string("/") + c.field);
+    }
   }
 }
 

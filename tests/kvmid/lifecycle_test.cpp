@@ -255,6 +255,82 @@ struct stalling_relay {
   }
 };
 
+// A v5 host played by hand: its handshake, then what kvmid sends.
+struct hand_host {
+  kvmi::hs::guest_info g;
+  std::optional<kvmi::hs::dm_side> dm;
+  int fd = -1;
+  std::vector<uint8_t> in; // received after the handshake
+
+  hand_host(const std::string& sock, uint8_t id, std::string name) {
+    g.id[0] = id; // not the simulated VM's
+    g.vcpu_count = 1;
+    g.name = std::move(name);
+    g.regions.push_back({0, 64ull << 20, uint32_t(kvmi::hs::region_type::ram), 0, 0});
+    dm.emplace(cookie, g);
+    fd = test::connect_unix(sock);
+    flush();
+  }
+  ~hand_host() { close(); }
+  hand_host(const hand_host&) = delete;
+  hand_host& operator=(const hand_host&) = delete;
+
+  std::string uuid() const { return kvmi::hs::to_string(g.id); }
+  void close() {
+    if (fd >= 0)
+      ::close(fd);
+    fd = -1;
+  }
+  bool hooked() const { return dm->state() == kvmi::hs::status::done; }
+
+  // Reads until the handshake is done: false when `within` passed first.
+  bool handshake(std::chrono::milliseconds within) {
+    return read_until([&] { return hooked(); }, within);
+  }
+  // Reads until the handshake is done and kvmid's first frame header is in,
+  // or `within` passed (nullopt; also when kvmid closed).
+  std::optional<kvmi::msg_hdr> first_frame(std::chrono::milliseconds within) {
+    if (!read_until([&] { return hooked() && in.size() >= sizeof(kvmi::msg_hdr); }, within))
+      return std::nullopt;
+    kvmi::msg_hdr h;
+    std::memcpy(&h, in.data(), sizeof h);
+    return h;
+  }
+
+private:
+  template <class Pred>
+  bool read_until(Pred done, std::chrono::milliseconds within) {
+    auto until = std::chrono::steady_clock::now() + within;
+    while (!done()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+      pollfd p{fd, POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, int(left.count())) <= 0)
+        return false;
+      char b[4096];
+      ssize_t n = ::recv(fd, b, sizeof b, 0);
+      if (n <= 0)
+        return false;
+      in.insert(in.end(), b, b + n);
+      if (!hooked()) {
+        std::span<const uint8_t> rest(in);
+        dm->feed(rest);
+        REQUIRE(dm->state() != kvmi::hs::status::failed);
+        flush();
+        in.erase(in.begin(), in.end() - ptrdiff_t(rest.size()));
+      }
+    }
+    return true;
+  }
+
+  void flush() {
+    if (dm->out().empty())
+      return;
+    REQUIRE(test::send_all(fd, {reinterpret_cast<const char*>(dm->out().data()), dm->out().size()}));
+    dm->out().clear();
+  }
+};
+
 } // namespace
 
 TEST_CASE("a VM that stops reading is closed for send_queue_full with one line") {
@@ -296,45 +372,58 @@ TEST_CASE("a host that closes while GET_VERSION waits for its reply is a peer cl
   REQUIRE(f.ready(0));
   double errors = f.metric("kvmid_protocol_errors_total");
   double peer_closed = f.metric("kvmid_vm_disconnects_total", "reason", "peer_closed");
-  int fd = test::connect_unix(f.sock());
-  kvmi::hs::guest_info g;
-  g.id[0] = 0x77; // not the simulated VM's
-  g.vcpu_count = 1;
-  g.name = "closes-early";
-  g.regions.push_back({0, 64ull << 20, uint32_t(kvmi::hs::region_type::ram), 0, 0});
-  kvmi::hs::dm_side dm(cookie, g);
-  REQUIRE(test::send_all(fd, {reinterpret_cast<const char*>(dm.out().data()), dm.out().size()}));
-  dm.out().clear();
-  // The handshake, then kvmid's first frame.
-  std::vector<uint8_t> in;
-  std::optional<kvmi::msg_hdr> first;
-  while (!first) {
-    char b[4096];
-    ssize_t n = ::recv(fd, b, sizeof b, 0);
-    REQUIRE_MESSAGE(n > 0, "kvmid closed or went silent before its first command");
-    in.insert(in.end(), b, b + n);
-    if (dm.state() == kvmi::hs::status::in_progress) {
-      std::span<const uint8_t> rest(in);
-      dm.feed(rest);
-      REQUIRE(dm.state() != kvmi::hs::status::failed);
-      if (!dm.out().empty()) {
-        REQUIRE(test::send_all(fd, {reinterpret_cast<const char*>(dm.out().data()), dm.out().size()}));
-        dm.out().clear();
-      }
-      in.erase(in.begin(), in.end() - ptrdiff_t(rest.size()));
-    }
-    if (dm.state() == kvmi::hs::status::done && in.size() >= sizeof(kvmi::msg_hdr)) {
-      first.emplace();
-      std::memcpy(&*first, in.data(), sizeof *first);
-    }
-  }
+  hand_host host(f.sock(), 0x77, "closes-early");
+  auto first = host.first_frame(10000ms); // the handshake, then kvmid's first frame
+  REQUIRE_MESSAGE(first, "kvmid closed or went silent before its first command");
   CHECK(first->id == uint16_t(kvmi::msg_id::get_version));
   REQUIRE(f.wait_metric("kvmid_vms", {}, {}, 2));
-  ::close(fd); // with GET_VERSION unanswered
+  host.close(); // with GET_VERSION unanswered
   CHECK(f.wait_metric("kvmid_vm_disconnects_total", "reason", "peer_closed", peer_closed + 1));
   CHECK(f.wait_metric("kvmid_vms", {}, {}, 1)); // its actor is gone: the failed command was seen
   CHECK(f.metric("kvmid_protocol_errors_total") == errors);
   CHECK(f.h->hooked(0));
+}
+
+// max_setups VMs set up at once; the next waits its turn, hooked but sent
+// nothing (so nothing is enabled and its guest raises no events), and
+// starts when a set-up ends, here by its host going.
+TEST_CASE("max_setups: a VM waits its turn with nothing sent - and sets up when the one before ends"
+          * doctest::skip(test::only_in(test::dialect::v5, "the case plays v5 hosts by hand"))) {
+  lifecycle_fleet f([](testing::inproc_options& o) {
+    o.core.max_setups = 1;
+    o.core.command_timeout = 60000ms; // a held place outlasts the test
+  });
+  REQUIRE(f.ready(0));
+  REQUIRE(f.wait_metric("kvmid_vm_setups", "state", "running", 0)); // done: the place is back
+  auto setup_of = [&](const std::string& vm) {
+    auto i = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(vm, cb); });
+    REQUIRE(i.ok());
+    return i.value().setup;
+  };
+  CHECK(setup_of(f.uuid(0)) == "done");
+
+  hand_host first(f.sock(), 0x71, "first");
+  auto get_version = first.first_frame(10000ms);
+  REQUIRE(get_version); // left unanswered: this set-up holds the one place
+  CHECK(get_version->id == uint16_t(kvmi::msg_id::get_version));
+  CHECK(f.metric("kvmid_vm_setups", "state", "running") == 1);
+  CHECK(setup_of(first.uuid()) == "running");
+
+  hand_host second(f.sock(), 0x72, "second");
+  REQUIRE(second.handshake(10000ms));
+  REQUIRE(f.wait_metric("kvmid_vm_setups", "state", "waiting", 1));
+  CHECK(setup_of(second.uuid()) == "waiting");
+  CHECK_FALSE(second.first_frame(300ms)); // hooked, and not a byte more
+
+  first.close();
+  auto next = second.first_frame(10000ms);
+  REQUIRE(next);
+  CHECK(next->id == uint16_t(kvmi::msg_id::get_version));
+  CHECK(f.wait_metric("kvmid_vm_setups", "state", "waiting", 0));
+  CHECK(f.metric("kvmid_vm_setups", "state", "running") == 1);
+  CHECK(setup_of(second.uuid()) == "running");
+  second.close();
+  CHECK(f.wait_metric("kvmid_vm_setups", "state", "running", 0));
 }
 
 // An operator's unhook is meant to last: the device manager reconnects at

@@ -32,6 +32,28 @@ void check_set_up(vm_actor* self) {
   leave_gate(self);
 }
 
+// A place at the setup gate, given at once or later (setup_go_atom): the
+// set-up starts, unless the VM went or is being unhooked meanwhile (then
+// the place goes back as this returns).
+void on_setup_place(vm_actor* self, setup_gate::place_ptr place) {
+  auto& s = self->state;
+  if (s.gate != gate_phase::waiting)
+    return;
+  if (s.closed || s.closing || s.unhook != unhook_phase::none)
+    return leave_gate(self);
+  s.gate = gate_phase::holding;
+  s.place = std::move(place);
+  // Bounded: a VM whose vCPUs never stop (or a slow host) does not keep the
+  // others waiting.
+  self->delayed_send(self, 2 * s.c->options().command_timeout, setup_bound_atom::value);
+  bootstrap(self);
+}
+
+void enter_setup_gate(vm_actor* self) {
+  auto& gate = *self->state.c->internals().setups;
+  if (auto place = gate.enter(caf::actor_cast<caf::actor>(self)))
+    on_setup_place(self, std::move(place));
+}
 
 // The VM-wide part of the policy: page restrictions and breakpoints. Needs
 // a vCPU stopped in an event (SET_PAGE_ACCESS is a vCPU command).

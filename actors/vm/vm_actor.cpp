@@ -127,30 +127,9 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
       },
       [=](caf::error&) { history_ready(self); });
   publish(self, bus_kind::lifecycle, "vm-connected", "session from " + s.p.peer);
-  // The set-up starts when the setup gate lets it: at once, or when
-  // another VM's ends (setup_go_atom).
-  auto start = [=](setup_gate::place_ptr place) {
-    auto& s2 = self->state;
-    s2.gate = gate_phase::holding;
-    s2.place = std::move(place);
-    // Bounded: a VM whose vCPUs never stop (or a slow host) does not keep
-    // the others waiting.
-    self->delayed_send(self, 2 * s2.c->options().command_timeout, setup_bound_atom::value);
-    bootstrap(self);
-  };
-  if (auto place = c->internals().setups->enter(caf::actor_cast<caf::actor>(self)))
-    start(std::move(place));
+  enter_setup_gate(self);
   return {
-    [=](setup_go_atom, setup_gate::place_ptr& place) {
-      auto& s2 = self->state;
-      // Gone meanwhile or being unhooked: nothing to set up, and the place
-      // goes back with this message.
-      if (s2.gate == gate_phase::waiting && !s2.closed && !s2.closing
-          && s2.unhook == unhook_phase::none)
-        start(std::move(place));
-      else if (s2.gate == gate_phase::waiting)
-        leave_gate(self);
-    },
+    [=](setup_go_atom, setup_gate::place_ptr& place) { on_setup_place(self, std::move(place)); },
     [=](setup_bound_atom) {
       if (self->state.gate == gate_phase::holding)
         leave_gate(self);

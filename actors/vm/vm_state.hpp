@@ -132,6 +132,8 @@ uint16_t any_stopped_vcpu(vm_actor* self, bool& found);
 void on_reply_frame(vm_actor* self, raw_frame& rf);
 
 // setup.cpp
+void enter_setup_gate(vm_actor* self); // the set-up starts now, or once let in
+void on_setup_place(vm_actor* self, setup_gate::place_ptr place);
 void leave_gate(vm_actor* self);
 void check_set_up(vm_actor* self);
 void ensure_vcpu(vm_actor* self, uint16_t i);

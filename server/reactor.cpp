@@ -32,6 +32,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace kvmid::net {
 
@@ -67,6 +68,7 @@ struct listener {
   int fd = -1;
   listen_spec spec;
   handler_factory make;
+  handoff_fn handoff; // may take an accepted socket to another reactor
   uint16_t port = 0;
   bool armed = false;
   sockaddr_storage addr{};
@@ -486,25 +488,34 @@ struct reactor::impl {
       return retry_accept_later(li, -res);
     if (res >= 0) {
       accept_recovered(l);
-      auto c = std::make_unique<conn>();
-      c->r = this;
-      c->cid = next_id++;
-      c->fd = res;
-      c->peer_ = peer_name(l, res);
-      c->h = l.make();
-      auto* cp = c.get();
-      conns.emplace(cp->cid, std::move(c));
-      nconns.fetch_add(1, std::memory_order_relaxed);
-      if (!cp->h) {
-        begin_close(*cp, close_reason::local, true);
-      } else {
-        cp->h->on_open(*cp);
-        if (!cp->closing)
-          arm_recv(*cp);
+      auto peer = peer_name(l, res);
+      if (!l.handoff || !l.handoff(res, peer)) {
+        nconns.fetch_add(1, std::memory_order_relaxed);
+        open_conn(res, std::move(peer), l.make);
       }
     }
     if (res != -EBADF && res != -EINVAL)
       arm_accept(li);
+  }
+
+  // Serves fd (already counted in nconns), accepted here or by another
+  // reactor that handed it over.
+  void open_conn(int fd, std::string peer, const handler_factory& make) {
+    auto c = std::make_unique<conn>();
+    c->r = this;
+    c->cid = next_id++;
+    c->fd = fd;
+    c->peer_ = std::move(peer);
+    c->h = make();
+    auto* cp = c.get();
+    conns.emplace(cp->cid, std::move(c));
+    if (!cp->h) {
+      begin_close(*cp, close_reason::local, true);
+    } else {
+      cp->h->on_open(*cp);
+      if (!cp->closing)
+        arm_recv(*cp);
+    }
   }
 
   static std::string peer_name(const listener& l, int fd) {
@@ -844,7 +855,7 @@ reactor::~reactor() {
     ::close(impl_->wake_fd);
 }
 
-int reactor::add_listener(const listen_spec& spec, handler_factory make) {
+int reactor::add_listener(const listen_spec& spec, handler_factory make, handoff_fn handoff) {
   auto fail = [&](const char* what) {
     throw std::system_error(errno, std::generic_category(),
                             std::string(what) + " " + spec.describe());
@@ -959,6 +970,7 @@ int reactor::add_listener(const listen_spec& spec, handler_factory make) {
   l.fd = fd;
   l.spec = spec;
   l.make = std::move(make);
+  l.handoff = std::move(handoff);
   l.port = port;
   impl_->listeners.push_back(std::move(l));
   size_t idx = impl_->listeners.size() - 1;
@@ -978,7 +990,7 @@ void reactor::start() {
     return;
   impl_->th = std::thread([this] {
     // Named, so top -H, perf and /proc show which thread serves the sockets.
-    pthread_setname_np(pthread_self(), "kvmid-ring");
+    pthread_setname_np(pthread_self(), impl_->opts.thread_name.c_str());
     impl_->loop();
   });
 }
@@ -1021,6 +1033,38 @@ void reactor::post(conn_id c, std::function<void(conn_ctx&, connection_handler&)
 }
 
 void reactor::post(std::function<void()> fn) { impl_->post(std::move(fn)); }
+
+namespace {
+// An accepted socket on its way to another ring, counted there: closed and
+// uncounted unless that ring takes it (it may stop first, and its queued
+// tasks then never run).
+struct handed_conn {
+  std::atomic<size_t>* nconns;
+  int fd;
+  handed_conn(std::atomic<size_t>* n, int f) : nconns(n), fd(f) {
+    // Counted at once: whoever places the next socket by connections()
+    // sees this one, though it opens at the ring's next turn.
+    nconns->fetch_add(1, std::memory_order_relaxed);
+  }
+  handed_conn(const handed_conn&) = delete;
+  handed_conn& operator=(const handed_conn&) = delete;
+  ~handed_conn() {
+    if (fd >= 0) {
+      ::close(fd);
+      nconns->fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+};
+} // namespace
+
+void reactor::adopt(int fd, std::string peer, handler_factory make) {
+  auto* im = impl_.get();
+  auto h = std::make_shared<handed_conn>(&im->nconns, fd);
+  im->post([im, h, peer = std::move(peer), make = std::move(make)]() mutable {
+    if (!im->stop_req.load()) // else closed with the task
+      im->open_conn(std::exchange(h->fd, -1), std::move(peer), make);
+  });
+}
 
 void reactor::add_turn_hook(turn_hook h) {
   std::lock_guard lk(impl_->lmu);

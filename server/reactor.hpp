@@ -94,6 +94,11 @@ public:
 
 using handler_factory = std::function<std::unique_ptr<connection_handler>()>;
 
+// Called on the ring thread with each socket a listener accepts and its
+// peer's name: true when it took the socket (to serve it on another
+// reactor, reactor::adopt), false to serve it here.
+using handoff_fn = std::function<bool(int fd, const std::string& peer)>;
+
 // Work the ring thread does after each turn's completions, before it sleeps:
 // the actors a KVMI session hosts on the ring run here. Returns true when it
 // left work for the next turn (the ring then collects completions without
@@ -102,6 +107,8 @@ using handler_factory = std::function<std::unique_ptr<connection_handler>()>;
 using turn_hook = std::function<bool(bool stopping)>;
 
 struct reactor_options {
+  // The ring thread's name (top -H, perf, /proc): at most 15 characters.
+  std::string thread_name = "kvmid-ring";
   unsigned ring_entries = 1024;
   size_t send_queue_limit = 4096;  // messages per connection
   unsigned buffer_count = 512;     // provided recv buffers (multishot)
@@ -135,7 +142,7 @@ public:
 
   // Before or after start(), from any thread. Throws std::system_error with
   // the address on failure (bind/listen), so start-up can name it.
-  int add_listener(const listen_spec& spec, handler_factory make);
+  int add_listener(const listen_spec& spec, handler_factory make, handoff_fn handoff = {});
   // The TCP port actually bound (for port 0), or 0.
   uint16_t bound_port(int listener) const;
 
@@ -153,6 +160,10 @@ public:
   // still exists.
   void post(conn_id c, std::function<void(conn_ctx&, connection_handler&)> fn);
   void post(std::function<void()> fn);
+  // Thread-safe: serves fd, a socket another reactor accepted, from this
+  // reactor's next turn, with a handler from make; counted in connections()
+  // at once. Closed if this reactor stops first.
+  void adopt(int fd, std::string peer, handler_factory make);
 
   // From any thread; takes effect at the ring's next turn.
   void add_turn_hook(turn_hook h);

@@ -717,3 +717,85 @@ TEST_CASE("the heartbeat repeats on the ring thread and pauses while the ring is
   CHECK(wait_until([&] { return count() >= at_entry + 2; }, "heartbeats after the task returned"));
   r.stop();
 }
+
+namespace {
+// Echoes, and records whether each callback ran on the thread of `home`.
+struct homed_echo : echo {
+  reactor* home;
+  std::atomic<int>* away;
+  homed_echo(std::atomic<int>* c, reactor* h, std::atomic<int>* a) : echo(c), home(h), away(a) {}
+  void on_open(conn_ctx&) override {
+    if (!home->on_ring_thread())
+      ++*away;
+  }
+  void on_data(conn_ctx& c, std::span<const uint8_t> b) override {
+    if (!home->on_ring_thread())
+      ++*away;
+    echo::on_data(c, b);
+  }
+};
+} // namespace
+
+TEST_CASE("a listener hands accepted sockets to another reactor - which serves them on its thread") {
+  temp_dir d("reactor");
+  reactor front, back;
+  std::atomic<int> closes{0}, away{0};
+  listen_spec s;
+  s.path = (d.path() / "handoff.sock").string();
+  // Every other socket goes to `back`.
+  std::atomic<int> accepted{0};
+  front.add_listener(
+    s, [&] { return std::make_unique<homed_echo>(&closes, &front, &away); },
+    [&](int fd, const std::string& peer) {
+      if (accepted++ % 2 == 0)
+        return false;
+      back.adopt(fd, peer, [&] { return std::make_unique<homed_echo>(&closes, &back, &away); });
+      return true;
+    });
+  front.start();
+  back.start();
+  std::vector<int> fds;
+  for (int i = 0; i < 6; ++i) {
+    fds.push_back(connect_unix(s.path));
+    std::string m = "hello " + std::to_string(i);
+    ::send(fds.back(), m.data(), m.size(), MSG_NOSIGNAL);
+    CHECK(read_n(fds.back(), m.size()) == m); // served before the next connects
+  }
+  CHECK(front.connections() == 3);
+  CHECK(back.connections() == 3);
+  CHECK(away.load() == 0); // every callback on its own reactor's thread
+  for (int fd : fds) {
+    ::send(fd, "quit", 4, MSG_NOSIGNAL);
+    CHECK(wait_eof(fd));
+    ::close(fd);
+  }
+  CHECK(wait_until([&] { return closes.load() == 6; }, "6 connections closed"));
+  CHECK(front.connections() == 0);
+  CHECK(back.connections() == 0);
+  front.stop();
+  back.stop();
+}
+
+TEST_CASE("a socket handed to a reactor that never runs is closed - and uncounted") {
+  temp_dir d("reactor");
+  reactor front;
+  std::atomic<int> closes{0};
+  listen_spec s;
+  s.path = (d.path() / "handoff.sock").string();
+  auto back = std::make_unique<reactor>(); // never started
+  front.add_listener(
+    s, [&] { return std::make_unique<echo>(&closes); },
+    [&](int fd, const std::string& peer) {
+      back->adopt(fd, peer, [&] { return std::make_unique<echo>(&closes); });
+      return true;
+    });
+  front.start();
+  int fd = connect_unix(s.path);
+  CHECK(wait_until([&] { return back->connections() == 1; }, "the socket handed over"));
+  CHECK(front.connections() == 0);
+  front.stop();
+  back.reset(); // its queued task goes, and the socket with it
+  CHECK(wait_eof(fd));
+  ::close(fd);
+  CHECK(closes.load() == 0); // no handler was ever made
+}

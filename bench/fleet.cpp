@@ -4,6 +4,7 @@
 #include "bench/raw_responder.hpp"
 
 #include "actors/core.hpp"
+#include "server/kvmi_rings.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
 
@@ -158,6 +159,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
   std::string sock = (dir.p / "kvmi.sock").string();
   std::unique_ptr<kvmid::core> c;
   std::unique_ptr<kvmid::net::reactor> r;
+  std::unique_ptr<kvmid::kvmi_rings> rings;
   std::unique_ptr<raw_responder> raw;
   std::unique_ptr<publishing> pub;
   bool v7 = t == target::kvmid_v7;
@@ -172,10 +174,15 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     lo.cookie = cookie;
     lo.max_handshakes = SIZE_MAX; // every VM connects at once; the cap is not measured here
     lo.proto = v7 ? kvmid::protocol::v7 : kvmid::protocol::v5;
-    r->add_listener(s, kvmid::kvmi_handler_factory(*r, *c, lo));
+    // KVMID_BENCH_RINGS=n: kvmid's sockets over n rings (kvmi_rings.hpp).
+    const char* n = std::getenv("KVMID_BENCH_RINGS");
+    rings = std::make_unique<kvmid::kvmi_rings>(*r, n ? std::strtoul(n, nullptr, 10) : 1,
+                                                kvmid::net::reactor_options{});
+    rings->add_listener(s, *c, lo);
     if (nats)
       pub = std::make_unique<publishing>(*c, *nats, dir.p / "nats-spool");
     r->start();
+    rings->start();
   } else {
     raw = std::make_unique<raw_responder>(sock, cookie);
   }
@@ -231,6 +238,8 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
   pub.reset();
   if (r)
     r->stop();
+  if (rings)
+    rings->stop();
   c.reset();
   return out;
 }

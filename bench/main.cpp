@@ -5,7 +5,9 @@
 // SECTIONS is a comma list of latency, throughput, memory, guest (a real
 // Linux guest under QEMU) and nats (JetStream publishing on vs off, against
 // a nats-server the bench starts; default all),
-// so one figure can be re-measured while working on it.
+// so one figure can be re-measured while working on it. KVMID_BENCH_RINGS=n
+// spreads kvmid's KVMI sockets over n rings (default 1, the config's
+// `rings`): worth it only where the simulator leaves cores free.
 #include "bench/fleet.hpp"
 #include "bench/guest.hpp"
 #include "bench/jetstream_server.hpp"

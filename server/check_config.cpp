@@ -3,9 +3,12 @@
 #include "server/control/api.hpp"
 #include "server/control/json.hpp"
 #include "server/control/tls_context.hpp"
+#include "server/kvmi_rings.hpp"
 
 #include <grp.h>
 #include <pwd.h>
+
+#include <thread>
 
 namespace kvmid {
 
@@ -175,6 +178,7 @@ json effective_config(const config& cfg, const json& api) {
             {"shutdown_timeout_ms", cfg.shutdown_timeout.count()},
             {"send_queue_limit", cfg.send_queue_limit},
             {"workers", cfg.workers},
+            {"rings", cfg.rings ? cfg.rings : default_kvmi_rings(std::thread::hardware_concurrency())},
             {"poll_us", cfg.poll.count()},
             {"state_dir", cfg.state_dir.empty() ? default_state_dir() : cfg.state_dir},
             {"listeners", std::move(listeners)},

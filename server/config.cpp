@@ -246,7 +246,7 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
   ctx c{file};
   c.only(j, "", {"$schema", "log_level", "listeners", "cookie_file", "handshake",
                  "handshake_timeout_ms", "command_timeout_ms", "send_queue_limit", "workers", "poll_us",
-                 "policies", "api", "state_dir", "max_handshakes", "max_setups",
+                 "policies", "api", "state_dir", "max_handshakes", "max_setups", "rings",
                  "shutdown_timeout_ms", "nats"});
   config cfg;
   cfg.file = file;
@@ -292,6 +292,11 @@ config parse_config(const nlohmann::json& j, const std::string& file) {
     cfg.max_setups = c.integer(j["max_setups"], "/max_setups");
     if (cfg.max_setups < 1 || cfg.max_setups > 100000)
       c.fail("/max_setups", "must be 1..100000");
+  }
+  if (j.contains("rings")) {
+    cfg.rings = c.integer(j["rings"], "/rings");
+    if (cfg.rings > 64)
+      c.fail("/rings", "must be 0 (one per two cores) or 1..64");
   }
   if (j.contains("state_dir")) {
     cfg.state_dir = c.str(j["state_dir"], "/state_dir");

@@ -52,6 +52,9 @@ struct config {
   std::chrono::milliseconds shutdown_timeout{5000};
   size_t send_queue_limit = 4096;
   size_t workers = 2;
+  // io_uring threads serving KVMI sockets, each with its VMs' actors
+  // (server/kvmi_rings.hpp); 0: one per two cores, 1..8.
+  size_t rings = 0;
   // How long the ring thread polls for a vCPU actor's reply before sleeping
   // (net::reactor_options::spin); 0, the default, sleeps at once.
   std::chrono::microseconds poll{0};

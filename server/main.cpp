@@ -6,6 +6,7 @@
 #include "server/config.hpp"
 #include "server/dialect/dialect.hpp"
 #include "server/instance_lock.hpp"
+#include "server/kvmi_rings.hpp"
 #include "server/kvmi_session.hpp"
 #include "server/reactor.hpp"
 #include "server/shutdown.hpp"
@@ -37,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <unistd.h>
 
 using namespace kvmid;
@@ -375,7 +377,18 @@ int main(int argc, char** argv) {
                      {{"errno", n ? n : std::to_string(err)}})
         .inc();
     };
+    // The extra KVMI rings feed the watchdog through the main ring's
+    // heartbeat: kvmid is alive when every ring turns.
+    std::unique_ptr<kvmi_rings> rings;
+    if (ro.heartbeat.count() > 0)
+      ro.on_heartbeat = [&rings, period = ro.heartbeat] {
+        if (!rings || rings->alive(3 * period))
+          systemd::watchdog();
+      };
     net::reactor r(ro);
+    size_t ring_count =
+      cfg.rings ? cfg.rings : default_kvmi_rings(std::thread::hardware_concurrency());
+    rings = std::make_unique<kvmi_rings>(r, ring_count, ro);
     auto gate = std::make_shared<handshake_gate>(cfg.max_handshakes);
     std::string sim_target;
     try {
@@ -387,7 +400,7 @@ int main(int argc, char** argv) {
         lo.v7_layout = cfg.listeners[i].v7_layout;
         lo.handshake_timeout = cfg.handshake_timeout;
         lo.gate = gate;
-        int li = r.add_listener(cfg.listeners[i].spec, kvmi_handler_factory(r, c, lo));
+        int li = rings->add_listener(cfg.listeners[i].spec, c, lo);
         auto sp = cfg.listeners[i].spec;
         if (sp.type == net::listen_spec::kind::tcp)
           sp.port = r.bound_port(li); // the port really bound when 0 was asked for
@@ -485,6 +498,9 @@ int main(int argc, char** argv) {
     }
 #endif
     r.start();
+    rings->start();
+    if (ring_count > 1)
+      std::fprintf(stderr, "kvmid: %zu rings serve the KVMI sockets\n", ring_count);
     if (!r.multishot())
       std::fprintf(stderr, "kvmid: multishot recv unavailable, using plain recv\n");
     systemd::ready(); // every KVMI and API listener is bound and listening
@@ -540,7 +556,13 @@ int main(int argc, char** argv) {
         reload_on_hup(c);
       c.metrics()
         .get_gauge("kvmid_send_queue_depth", "Messages queued for sending on all KVMI sockets")
-        .set(int64_t(r.queued_total()));
+        .set(int64_t(rings->queued_total()));
+      for (size_t i = 0; i < rings->count(); ++i)
+        c.metrics()
+          .get_gauge("kvmid_ring_connections",
+                     "Sockets each io_uring ring serves (ring 0 also the API's)",
+                     {{"ring", std::to_string(i)}})
+          .set(int64_t(rings->connections(i)));
       if (print)
         std::printf("kvmid: %s\n", sum.line(c, false).c_str());
       std::fflush(stdout);
@@ -570,6 +592,7 @@ int main(int argc, char** argv) {
 #endif
     std::fflush(stdout);
     r.stop();
+    rings->stop();
 #ifdef KVMID_HAVE_CONTROL
     // The last records (the unhooks above) reach NATS or the spool.
     nats_control.reset();

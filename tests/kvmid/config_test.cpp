@@ -1,5 +1,6 @@
 // Config validation: every bad field is named with its JSON pointer.
 #include "server/config.hpp"
+#include "server/kvmi_rings.hpp"
 
 #include <doctest/doctest.h>
 
@@ -146,6 +147,22 @@ TEST_CASE("state_dir is optional and taken as given") {
   CHECK(parse_config(j, "t.json").state_dir.empty());
   j["state_dir"] = "/var/lib/kvmid-test";
   CHECK(parse_config(j, "t.json").state_dir == "/var/lib/kvmid-test");
+}
+
+TEST_CASE("rings: 0 (one per two cores) by default, at most 64 - the default picks 1..8") {
+  auto j = good();
+  CHECK(parse_config(j, "t.json").rings == 0);
+  j["rings"] = 3;
+  CHECK(parse_config(j, "t.json").rings == 3);
+  for (json bad : {json(65), json(-1), json("two")}) {
+    j["rings"] = bad;
+    CHECK(field_of(j) == "/rings");
+  }
+  CHECK(default_kvmi_rings(1) == 1);
+  CHECK(default_kvmi_rings(2) == 1);
+  CHECK(default_kvmi_rings(4) == 2);
+  CHECK(default_kvmi_rings(7) == 3);
+  CHECK(default_kvmi_rings(64) == 8);
 }
 
 TEST_CASE("max_handshakes (64) and max_setups (8): their defaults, and each must be 1..100000") {

@@ -594,6 +594,51 @@ TEST_CASE("1000 vCPUs under a seeded workload - zero invariant violations and ze
   CHECK(f.metric("kvmid_protocol_errors_total") == 0);
 }
 
+// Two rings: the main one accepts, and each new socket goes to the ring
+// that serves fewer; a VM's actors then run on its socket's ring. Every
+// event is still answered once, and the API reaches a VM on either ring.
+TEST_CASE("two rings share the VMs - every event answered once - the API reaches each VM") {
+  vm_policy p = guard();
+  p.pages.push_back({"text", text, 0x8000, 5, pf_action::allow_once});
+  auto o = fleet::options(
+    one(p),
+    [](sim::options& s) {
+      s.vms = 6;
+      s.vcpus_per_vm = 4;
+      s.workload.rate_per_vcpu = 50;
+      s.seed = 11;
+    },
+    {}, {}, {});
+  o.rings = 2;
+  testing::inproc_fleet f(std::move(o));
+  for (uint32_t i = 0; i < 6; ++i)
+    REQUIRE(f.ready(i, guard_mask()));
+  // Accepted one after another, each to the ring with fewer: three each.
+  CHECK(f.rings->connections(0) == 3);
+  CHECK(f.rings->connections(1) == 3);
+  for (uint32_t i = 0; i < 6; ++i) {
+    auto before = *f.h->msr(i, 0, msr_lstar);
+    auto out = f.get(f.h->write_msr(i, 0, msr_lstar, before ^ 0xdead000));
+    CHECK(out.ok);
+    CHECK(out.reply == kvmi::action::continue_);
+    CHECK(*f.h->msr(i, 0, msr_lstar) == before);
+    REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.pause_vm(f.uuid(i), cb); }).ok());
+    auto regs = f.call<registers_info>(
+      [&](control_api& a, auto cb) { a.get_registers(f.uuid(i), 1, {msr_lstar}, cb); });
+    REQUIRE(regs.ok());
+    REQUIRE(regs.value().msrs.size() == 1);
+    CHECK(regs.value().msrs[0].second == *f.h->msr(i, 1, msr_lstar));
+    REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.resume_vm(f.uuid(i), cb); }).ok());
+    REQUIRE(f.ready(i, guard_mask()));
+  }
+  auto d = test::drain(*f.h, {5000ms}); // the fleet's command_timeout
+  CHECK(d.aborted == 0);
+  CHECK(d.replied == d.sent);
+  CHECK(d.sent > 0);
+  CHECK(f.metric("kvmid_protocol_errors_total") == 0);
+  CHECK(f.h->make_report().ok());
+}
+
 TEST_CASE("hot-plugged vCPUs are configured from their CREATE_VCPU event") {
   fleet f(one(guard()));
   REQUIRE(f.ready(0, guard_mask()));

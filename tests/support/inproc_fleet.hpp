@@ -6,6 +6,7 @@
 
 #include "actors/core.hpp"
 #include "kernel-patches/sim/sim.hpp"
+#include "server/kvmi_rings.hpp"
 #include "server/kvmi_session.hpp"
 #include "tests/support/metric_sum.hpp"
 #include "tests/support/test_dialect.hpp"
@@ -39,6 +40,7 @@ struct inproc_options {
   }();
   kvmi::sim::options sim; // unix_path is filled in with the fleet's socket
   net::reactor_options reactor;
+  size_t rings = 1; // io_uring rings serving the KVMI socket (kvmi_rings.hpp)
   // When set, the simulator dials this path (a test's relay) instead of
   // kvmid's socket.
   std::string sim_unix_path;
@@ -53,6 +55,7 @@ struct inproc_fleet {
   std::filesystem::path dir;
   std::unique_ptr<core> c;
   std::unique_ptr<net::reactor> r;
+  std::unique_ptr<kvmi_rings> rings; // r and its extra rings
   std::unique_ptr<kvmi::sim::host> h;
   kvmi::sim::options so; // as the host runs
   std::chrono::milliseconds call_timeout, get_timeout;
@@ -71,8 +74,10 @@ struct inproc_fleet {
     s.path = (dir / "kvmi.sock").string();
     o.listener.proto = o.dialect;
     o.sim.dialect = o.dialect == protocol::v7 ? kvmi::sim::protocol::v7 : kvmi::sim::protocol::v5;
-    r->add_listener(s, kvmi_handler_factory(*r, *c, o.listener));
+    rings = std::make_unique<kvmi_rings>(*r, o.rings, o.reactor);
+    rings->add_listener(s, *c, o.listener);
     r->start();
+    rings->start();
     so = std::move(o.sim);
     so.unix_path = o.sim_unix_path.empty() ? s.path : o.sim_unix_path;
     h = std::make_unique<kvmi::sim::host>(so);
@@ -85,6 +90,7 @@ struct inproc_fleet {
   ~inproc_fleet() {
     h->stop();
     r->stop();
+    rings->stop();
     c.reset();
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);

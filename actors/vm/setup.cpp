@@ -12,6 +12,7 @@ void leave_gate(vm_actor* self) {
     s.c->internals().setups->withdraw(self->address());
   s.gate = gate_phase::left;
   s.place.reset();
+  std::vector<bool>().swap(s.configured_once); // read only while the set-up runs
 }
 
 // The set-up is over once PAUSE_ALL_VCPUS was answered and every vCPU was
@@ -31,6 +32,8 @@ void check_set_up(vm_actor* self) {
     return; // its vCPUs wait for the VM-wide set-up, still running
   leave_gate(self);
 }
+
+static void bootstrap(vm_actor* self);
 
 // A place at the setup gate, given at once or later (setup_go_atom): the
 // set-up starts, unless the VM went or is being unhooked meanwhile (then
@@ -240,7 +243,7 @@ void history_ready(vm_actor* self) {
   start_unhook(self); // if one waited for the history
 }
 
-void bootstrap(vm_actor* self) {
+static void bootstrap(vm_actor* self) {
   send_cmd(self, kvmi::get_version{}, [=](cmd_result r) {
     auto& s2 = self->state;
     if (!r.ok())

@@ -164,9 +164,11 @@ caf::behavior vm_behavior(vm_actor* self, core* c, session_params p) {
         if (--*left != 0)
           return;
         auto& s2 = self->state;
-        if (s2.configured_once.size() <= vcpu)
-          s2.configured_once.resize(size_t(vcpu) + 1);
-        s2.configured_once[vcpu] = true;
+        if (s2.gate == gate_phase::holding) {
+          if (s2.configured_once.size() <= vcpu)
+            s2.configured_once.resize(size_t(vcpu) + 1);
+          s2.configured_once[vcpu] = true;
+        }
         after_setup(self, vcpu, rp);
         check_set_up(self);
       };

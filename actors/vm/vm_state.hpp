@@ -63,7 +63,7 @@ struct vm_st {
   gate_phase gate = gate_phase::waiting;
   setup_gate::place_ptr place;
   bool paused_all = false;            // the set-up's PAUSE_ALL_VCPUS was answered
-  std::vector<bool> configured_once;  // by vCPU, since the set-up began
+  std::vector<bool> configured_once;  // by vCPU, while the set-up runs
   std::set<uint16_t> held;
   std::vector<caf::response_promise> pause_waiters;
   // The CRs and MSRs each vCPU intercepts, so that a reloaded policy which
@@ -140,7 +140,6 @@ void ensure_vcpu(vm_actor* self, uint16_t i);
 std::vector<kvmi::command> vcpu_commands(vm_actor* self, uint16_t vcpu);
 void after_setup(vm_actor* self, uint16_t vcpu, caf::response_promise rp);
 void history_ready(vm_actor* self);
-void bootstrap(vm_actor* self);
 
 // guest_hooks.cpp
 void set_access(vm_actor* self, uint16_t vcpu, std::vector<kvmi::page_access_entry> entries,

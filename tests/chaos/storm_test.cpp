@@ -58,6 +58,14 @@ TEST_CASE("chaos: event storm over 128 VMs x 32 vCPUs saturating kvmid - every e
   });
   REQUIRE(f.configured(60s));
   CHECK(f.metric("kvmid_vcpus") == f.vcpus_total());
+  // Under KVMID_TEST_RINGS=n the VMs are spread evenly over n rings.
+  size_t n = f.rings->count(), on_rings = 0;
+  for (size_t i = 0; i < n; ++i) {
+    CHECK(f.rings->connections(i) >= f.so.vms / n);
+    CHECK(f.rings->connections(i) <= (f.so.vms + n - 1) / n);
+    on_rings += f.rings->connections(i);
+  }
+  CHECK(on_rings == f.so.vms);
   storm_for(f, scaled(3000, 1000) * 1ms);
   CHECK(f.metric("kvmid_vms") == f.so.vms);
   auto d = check_invariants(f);

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -26,6 +27,25 @@
 #include <utility>
 
 namespace kvmid::testing {
+
+// KVMID_TEST_RINGS=n: kvmid's KVMI sockets over n rings (1 when unset), so
+// a suite can run again with its VMs spread over several ring threads. A
+// misspelt value stops the binary rather than quietly running one ring.
+inline size_t test_rings() {
+  static const size_t n = [] {
+    const char* s = std::getenv("KVMID_TEST_RINGS");
+    if (!s || !*s)
+      return size_t(1);
+    char* end = nullptr;
+    unsigned long v = std::strtoul(s, &end, 10);
+    if (*end || v < 1 || v > 64) {
+      std::fprintf(stderr, "KVMID_TEST_RINGS=%s: expected 1..64\n", s);
+      std::exit(2);
+    }
+    return size_t(v);
+  }();
+  return n;
+}
 
 struct inproc_options {
   // Both ends speak it: the listener's protocol and the simulator's dialect.
@@ -40,7 +60,7 @@ struct inproc_options {
   }();
   kvmi::sim::options sim; // unix_path is filled in with the fleet's socket
   net::reactor_options reactor;
-  size_t rings = 1; // io_uring rings serving the KVMI socket (kvmi_rings.hpp)
+  size_t rings = test_rings(); // io_uring rings serving the KVMI socket (kvmi_rings.hpp)
   // When set, the simulator dials this path (a test's relay) instead of
   // kvmid's socket.
   std::string sim_unix_path;

@@ -388,7 +388,13 @@ int main(int argc, char** argv) {
     net::reactor r(ro);
     size_t ring_count =
       cfg.rings ? cfg.rings : default_kvmi_rings(std::thread::hardware_concurrency());
-    rings = std::make_unique<kvmi_rings>(r, ring_count, ro);
+    try {
+      rings = std::make_unique<kvmi_rings>(r, ring_count, ro);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "kvmid: cannot start %zu KVMI rings (config /rings): %s\n", ring_count,
+                   e.what());
+      return 1;
+    }
     auto gate = std::make_shared<handshake_gate>(cfg.max_handshakes);
     std::string sim_target;
     try {

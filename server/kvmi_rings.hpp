@@ -31,7 +31,8 @@ public:
   kvmi_rings(const kvmi_rings&) = delete;
   kvmi_rings& operator=(const kvmi_rings&) = delete;
 
-  // A KVMI listener on the main reactor whose sockets the rings share.
+  // A KVMI listener on the main reactor whose sockets the rings share;
+  // before start() (placement reads the listeners' factories unlocked).
   // Throws as net::reactor::add_listener does; returns its index there.
   int add_listener(const net::listen_spec& spec, core& c, kvmi_listener_options o);
 

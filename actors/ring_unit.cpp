@@ -23,6 +23,44 @@ caf::resumable::resume_result ring_actor::resume(caf::execution_unit* ctx,
   return caf::event_based_actor::resume(ctx, max_throughput);
 }
 
+bool ring_actor::claim(caf::execution_unit* unit) {
+  // A blocked inbox means the last resume ended with nothing left; taking
+  // it to "empty" is what a resume's owner holds, so enqueuers only push.
+  if (!mailbox().try_unblock())
+    return false;
+  // Owned now. Not an actor that has yet to run its first resume (a lazy
+  // one: no behavior, no state set up), nor one waiting for a response.
+  if (!getf(is_initialized_flag) || getf(is_terminated_flag) || !awaited_responses_.empty()) {
+    give_back(unit);
+    return false;
+  }
+  context(unit);
+  prev_running_ = std::exchange(running_actor, this);
+  return true;
+}
+
+void ring_actor::release(caf::execution_unit* unit) {
+  running_actor = std::exchange(prev_running_, nullptr);
+  give_back(unit);
+}
+
+void ring_actor::give_back(caf::execution_unit* unit) {
+  if (mailbox().try_block())
+    return;
+  // A message arrived meanwhile: the actor runs for it, as after a resume
+  // that found more; the unit's queue holds this reference.
+  caf::intrusive_ptr_add_ref(ctrl());
+  unit->exec_later(this);
+}
+
+void ring_actor::failed(std::exception_ptr e) {
+  auto err = exception_handler_(this, e);
+  if (!err)
+    err = caf::sec::runtime_error;
+  // Ended by its own resume, which runs for this exit message.
+  send_exit(address(), std::move(err));
+}
+
 ring_unit::ring_unit(caf::actor_system& sys, std::function<bool()> on_ring)
   : caf::execution_unit(&sys), on_ring_(std::move(on_ring)),
     throughput_(sys.scheduler().max_throughput()) {}

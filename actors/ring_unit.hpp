@@ -35,6 +35,39 @@ public:
   static ring_actor* running() noexcept;
 
   resume_result resume(caf::execution_unit* ctx, size_t max_throughput) override;
+
+  // Runs f on this actor now, on this thread, as if the actor had resumed
+  // for one message, when the actor is idle: nothing in its mailbox, not
+  // running anywhere, no response awaited. False (f not run) otherwise;
+  // the caller then sends the message as usual.
+  //
+  // Why: the vCPU event is the hot path, and an idle vCPU actor is the
+  // common case there. Handled in place, the event skips its 700-byte
+  // mailbox element, the enqueue and the resume (about a fifth of kvmid's
+  // CPU per event), and the actor still owns its state: the claim is CAF's
+  // own (the inbox taken from "blocked" to "empty", as a resume does), so
+  // a message sent meanwhile from any thread waits in the mailbox, and the
+  // actor is scheduled for it when f returns. An exception from f is the
+  // actor's exception handler's, as in a resume, and then ends the actor.
+  template <class F>
+  bool run_in_place(caf::execution_unit* unit, F&& f) {
+    if (!claim(unit))
+      return false;
+    try {
+      f();
+    } catch (...) {
+      failed(std::current_exception());
+    }
+    release(unit);
+    return true;
+  }
+
+private:
+  bool claim(caf::execution_unit* unit);
+  void release(caf::execution_unit* unit);
+  void give_back(caf::execution_unit* unit);
+  void failed(std::exception_ptr e);
+  ring_actor* prev_running_ = nullptr;
 };
 
 class ring_unit final : public caf::execution_unit {

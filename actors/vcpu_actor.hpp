@@ -45,4 +45,12 @@ struct vcpu_params {
 // its memory comes from the same allocator arena) as its VM's others.
 caf::actor spawn_vcpu(caf::local_actor& vm, vcpu_params p);
 
+// On the ring thread that runs this vCPU actor (unit): handles the event
+// in the actor at once when the actor is idle and configured, the common
+// case, without a mailbox element or a resume (ring_actor::run_in_place).
+// False: nothing happened, send the event as a message. vcpu must be a
+// handle spawn_vcpu returned.
+bool deliver_event_in_place(const caf::actor& vcpu, caf::execution_unit* unit,
+                            kvmi::event_msg& ev, int64_t t);
+
 } // namespace kvmid

@@ -78,6 +78,12 @@ share() {
 kernel=$(awk '/\[kernel.kallsyms\]/ {gsub("%", "", $1); print $1; exit}' "$out/dso.txt")
 actors=$(share "kvmid::ring_unit::run")
 handlers=$(share "caf::detail::behavior_impl::invoke")
+# An event for an idle vCPU actor is handled in place, inside on_data
+# (ring_actor::run_in_place); claim and release are its CAF part.
+in_place=$(share "deliver_event_in_place")
+claim=$(share "kvmid::ring_actor::claim")
+release=$(share "kvmid::ring_actor::release")
+event=$(share "(anonymous namespace)::on_event")
 decide=$(share "decide_and_reply")
 # An alert: its record, the bus, the rule's hit count (publish_alert is
 # kept out of line for this).
@@ -85,15 +91,20 @@ alert=$(share "publish_alert")
 reply=$(share "send_reply")
 frames=$(share "kvmi_handler::on_data")
 
-python3 - "$cpu" "${kernel:-0}" "${actors:-0}" "${handlers:-0}" "${decide:-0}" \
-  "${alert:-0}" "${reply:-0}" "${frames:-0}" << 'EOF'
+python3 - "$cpu" "${kernel:-0}" "${actors:-0}" "${handlers:-0}" "${in_place:-0}" \
+  "${claim:-0}" "${release:-0}" "${event:-0}" "${decide:-0}" "${alert:-0}" "${reply:-0}" \
+  "${frames:-0}" << 'EOF'
 import sys
-cpu, kernel, actors, handlers, decide, alert, reply, frames = map(float, sys.argv[1:])
+(cpu, kernel, actors, handlers, in_place, claim, release, event, decide, alert, reply,
+ frames) = map(float, sys.argv[1:])
 rows = [
-    ("received frames: decode, hand to the actor", frames),
-    ("actors (VM and vCPU), all", actors),
+    ("received frames: split, decode, route", frames - in_place),
+    ("events run in place (idle vCPU actor)", in_place),
+    ("  CAF: claim and release the actor", claim + release),
+    ("actors run from their mailboxes", actors),
     ("  CAF: mailboxes, resume, dispatch", actors - handlers),
-    ("  decision and reply (in the handlers)", decide),
+    ("the vCPU event handler, either way", event),
+    ("  decision and reply", decide),
     ("    alert: record, bus, counters", alert),
     ("    reply: encode and queue", reply),
     ("in the kernel (io_uring, UNIX sockets)", kernel),

@@ -4,6 +4,7 @@
 #include "actors/link.hpp"
 #include "actors/log.hpp"
 #include "actors/ring_unit.hpp"
+#include "actors/vcpu_actor.hpp"
 
 #include <cstdio>
 #include <mutex>
@@ -265,6 +266,8 @@ private:
       const caf::actor* to = nullptr;
       if (in.event->kind() != kvmi::event_id::unhook)
         to = link_->vcpu(routes_, in.event->common.vcpu);
+      if (to && deliver_event_in_place(*to, l_.unit.get(), *in.event, received))
+        return;
       l_.unit->send(to ? *to : vm_, event_atom::value, std::move(*in.event), received);
       return;
     }

@@ -10,7 +10,10 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 using namespace kvmid;
 using namespace std::chrono_literals;
@@ -154,4 +157,97 @@ TEST_CASE("a behavior shared by ring actors finds the one running, on the ring a
   CHECK(ring_actor::running() == nullptr); // restored after the turn
   caf::anon_send_exit(a1, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(a2, caf::exit_reason::user_shutdown);
+}
+
+namespace {
+
+// A ring actor that logs the ints it takes; a handler run in place logs
+// through the same state.
+struct inplace_st {
+  static inline const char* name = "kvmid.test.inplace";
+  std::vector<int>* log = nullptr;
+};
+using inplace_actor = caf::stateful_actor<inplace_st, ring_actor>;
+
+caf::behavior inplace_probe(inplace_actor* self, std::vector<int>* log) {
+  self->state.log = log;
+  return {[self](int x) { self->state.log->push_back(x); }};
+}
+
+// One in-place probe on a ring unit; started() gives it its first resume.
+struct inplace_fixture : fixture {
+  ring_unit unit{*sys, on_ring()};
+  std::vector<int> log;
+  caf::actor a = sys->spawn<caf::lazy_init>(inplace_probe, &log);
+  inplace_actor* self = static_cast<inplace_actor*>(caf::actor_cast<caf::abstract_actor*>(a));
+  ~inplace_fixture() { caf::anon_send_exit(a, caf::exit_reason::user_shutdown); }
+  void started() {
+    unit.send(a, 1);
+    unit.run(16); // initialized, then idle
+    REQUIRE(log == std::vector<int>{1});
+  }
+};
+
+} // namespace
+
+TEST_CASE("an idle ring actor runs a handler in place - a message sent meanwhile runs after it") {
+  inplace_fixture f;
+  f.started();
+  bool ran = f.self->run_in_place(&f.unit, [&] {
+    CHECK(ring_actor::running() == f.self);
+    f.self->state.log->push_back(2);
+    f.unit.send(f.a, 3); // waits in the mailbox: the actor is taken
+    CHECK(f.log == std::vector<int>{1, 2});
+  });
+  CHECK(ran);
+  CHECK(ring_actor::running() == nullptr);
+  CHECK(f.unit.queued() == 1); // scheduled for the message that came meanwhile
+  f.unit.run(16);
+  CHECK(f.log == std::vector<int>{1, 2, 3});
+  // Idle again: in place again, and nothing left to schedule.
+  CHECK(f.self->run_in_place(&f.unit, [&] { f.self->state.log->push_back(4); }));
+  CHECK(f.unit.queued() == 0);
+  CHECK(f.log == std::vector<int>{1, 2, 3, 4});
+}
+
+TEST_CASE("a ring actor with a message waiting or that never ran is not run in place") {
+  inplace_fixture f;
+  // Lazy and never resumed: its state is not set up yet.
+  CHECK_FALSE(f.self->run_in_place(&f.unit, [&] { FAIL("ran before its first resume"); }));
+  CHECK(f.unit.queued() == 0);
+  f.unit.send(f.a, 1);
+  REQUIRE(f.unit.queued() == 1);
+  // Its message must come first: not in place while it waits.
+  CHECK_FALSE(f.self->run_in_place(&f.unit, [&] { FAIL("ran ahead of its mailbox"); }));
+  f.unit.run(16);
+  CHECK(f.log == std::vector<int>{1});
+  CHECK(f.self->run_in_place(&f.unit, [&] { f.self->state.log->push_back(2); }));
+  CHECK(f.log == std::vector<int>{1, 2});
+}
+
+TEST_CASE("a handler run in place that throws goes to the actor's exception handler and ends it") {
+  inplace_fixture f;
+  f.started();
+  std::string seen;
+  f.self->set_exception_handler([&](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      seen = x.what();
+    }
+    return caf::sec::runtime_error;
+  });
+  caf::scoped_actor watcher{*f.sys};
+  watcher->monitor(f.a);
+  CHECK(f.self->run_in_place(&f.unit, [] { throw std::runtime_error("bad event"); }));
+  CHECK(seen == "bad event");
+  CHECK(ring_actor::running() == nullptr);
+  f.unit.run(16); // the actor's own resume ends it
+  caf::error why;
+  watcher->receive([&](caf::down_msg& d) { why = d.reason; },
+                   caf::after(std::chrono::seconds(10)) >> [] {});
+  CHECK(why == caf::sec::runtime_error);
+  f.unit.send(f.a, 5); // gone: nothing runs
+  f.unit.run(16);
+  CHECK(f.log == std::vector<int>{1});
 }

@@ -10,6 +10,7 @@
 #include "tests/support/drain.hpp"
 #include "tests/chaos/guest.hpp"
 #include "actors/log.hpp"
+#include "server/dialect/handshake_failure.hpp"
 #include "tests/support/inproc_fleet.hpp"
 
 #include <chrono>
@@ -180,6 +181,13 @@ inline drained check_invariants(fleet& f, expect e = {}) {
   drain_spec spec{f.command_timeout};
   spec.host_closes = e.host_closes;
   spec.handshake_faults = e.handshake_faults;
+  spec.handshake_failures_seen = [&f] {
+    std::string seen;
+    for (auto r : handshake_failure_reasons)
+      if (double n = f.metric("kvmid_handshake_failures_total", "reason", std::string(r)); n > 0)
+        seen += " " + std::string(r) + "=" + std::to_string(uint64_t(n));
+    return seen;
+  };
   spec.paused = [p = e.paused](uint32_t) { return p; };
   spec.closed_on_purpose = [&](uint32_t v) {
     auto i = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(v), cb); });

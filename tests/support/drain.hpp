@@ -38,6 +38,9 @@ struct drain_spec {
   // disconnects): events those ends cut off are accounted for.
   bool host_closes = false;
   bool handshake_faults = false; // the simulator sends bad MACs on purpose
+  // What the introspector counted of failed handshakes, printed when the
+  // simulator saw one it did not expect.
+  std::function<std::string()> handshake_failures_seen = [] { return std::string(); };
 };
 
 struct drained {
@@ -143,8 +146,15 @@ inline drained drain(kvmi::sim::host& h, const drain_spec& spec) {
   INFO("violations:" << violations);
   CHECK(t.violation_count() == 0); // covers double answers (reply_unknown_seq) and bad replies
   CHECK(t.hmis == 0);
-  if (!spec.handshake_faults)
+  if (!spec.handshake_faults && t.handshake_failures != 0) {
+    std::string vms;
+    for (auto& vm : d.vms)
+      if (vm.c.handshake_failures)
+        vms += " vm " + std::to_string(vm.index) + " x" + std::to_string(vm.c.handshake_failures);
+    INFO("failed handshakes:" << vms << "; the introspector counted:"
+                              << spec.handshake_failures_seen());
     CHECK(t.handshake_failures == 0);
+  }
   MESSAGE("drained: sent " << d.sent << " replied " << d.replied << " aborted " << d.aborted
                            << " held " << d.held);
   return d;

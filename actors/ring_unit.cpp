@@ -35,13 +35,11 @@ bool ring_actor::claim(caf::execution_unit* unit) {
     return false;
   }
   context(unit);
-  prev_running_ = std::exchange(running_actor, this);
   return true;
 }
 
-void ring_actor::release(caf::execution_unit* unit) {
-  running_actor = std::exchange(prev_running_, nullptr);
-  give_back(unit);
+ring_actor* ring_actor::exchange_running(ring_actor* a) noexcept {
+  return std::exchange(running_actor, a);
 }
 
 void ring_actor::give_back(caf::execution_unit* unit) {

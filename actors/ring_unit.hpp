@@ -53,21 +53,22 @@ public:
   bool run_in_place(caf::execution_unit* unit, F&& f) {
     if (!claim(unit))
       return false;
+    auto* prev = exchange_running(this);
     try {
       f();
     } catch (...) {
       failed(std::current_exception());
     }
-    release(unit);
+    exchange_running(prev);
+    give_back(unit);
     return true;
   }
 
 private:
   bool claim(caf::execution_unit* unit);
-  void release(caf::execution_unit* unit);
   void give_back(caf::execution_unit* unit);
   void failed(std::exception_ptr e);
-  ring_actor* prev_running_ = nullptr;
+  static ring_actor* exchange_running(ring_actor* a) noexcept;
 };
 
 class ring_unit final : public caf::execution_unit {

@@ -82,7 +82,7 @@ handlers=$(share "caf::detail::behavior_impl::invoke")
 # (ring_actor::run_in_place); claim and release are its CAF part.
 in_place=$(share "deliver_event_in_place")
 claim=$(share "kvmid::ring_actor::claim")
-release=$(share "kvmid::ring_actor::release")
+release=$(share "kvmid::ring_actor::give_back")
 decide=$(share "decide_and_reply")
 # An alert: its record, the bus, the rule's hit count (publish_alert is
 # kept out of line for this).

@@ -86,12 +86,50 @@ one_byte two_byte_map(uint8_t op) {
   }
 }
 
+// Bytes a one-byte-map instruction writes through its ModRM operand.
+uint16_t one_byte_write_size(uint8_t op, uint16_t operand_size) {
+  if (op < 0x40)
+    return (op & 1) ? operand_size : 1;
+  if (op >= 0xd8 && op <= 0xdf)
+    return 0; // x87: up to 108 bytes (FSAVE)
+  switch (op) {
+    case 0x80: case 0x82: case 0x84: case 0x86: case 0x88: case 0x8a: case 0xc0: case 0xc6:
+    case 0xd0: case 0xd2: case 0xf6: case 0xfe:
+      return 1;
+    case 0x8c: // MOV r/m16, Sreg
+      return 2;
+    case 0x8f: // POP r/m
+      return operand_size == 2 ? 2 : 8;
+    default:
+      return operand_size;
+  }
+}
+
+// Bytes a 0F-map instruction writes through its ModRM operand (`op2` the
+// second opcode byte; 0F38 and 0F3A as the most any of theirs writes).
+uint16_t two_byte_write_size(uint8_t op2, uint8_t reg, uint16_t operand_size) {
+  if (op2 >= 0x90 && op2 <= 0x9f)
+    return 1; // SETcc
+  if ((op2 >= 0x10 && op2 <= 0x17) || (op2 >= 0x28 && op2 <= 0x2b) || (op2 >= 0x6e && op2 <= 0x7f)
+      || op2 == 0xd6 || op2 == 0xe7 || op2 == 0x38 || op2 == 0x3a)
+    return 16; // SSE stores, at most an XMM register
+  switch (op2) {
+    case 0x00: return 2;  // SLDT, STR
+    case 0x01: return 10; // SGDT, SIDT: limit and base
+    case 0xae: return 0;  // FXSAVE, XSAVE and kin: an area
+    case 0xb0: case 0xc0: return 1; // CMPXCHG, XADD on bytes
+    case 0xc7: return reg == 1 && operand_size == 8 ? 16 : 8; // CMPXCHG16B, CMPXCHG8B, VMPTRST
+    default: return operand_size;
+  }
+}
+
 } // namespace
 
 std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
   size_t at = 0;
   auto more = [&](size_t n) { return at + n <= bytes.size() && at + n <= max_length; };
   bool opsize = false, adsize = false, rep = false;
+  uint8_t segment = 0;
   for (;; ++at) {
     if (!more(1))
       return std::nullopt;
@@ -102,25 +140,33 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
       adsize = true;
     else if (b == 0xf2 || b == 0xf3)
       rep = true;
-    else if (b != 0xf0 && b != 0x2e && b != 0x36 && b != 0x3e && b != 0x26 && b != 0x64
-             && b != 0x65)
+    else if (b == 0x64 || b == 0x65)
+      segment = b;
+    else if (b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e)
+      segment = 0; // ignored in 64-bit mode, and they cancel an FS or GS before them
+    else if (b != 0xf0)
       break;
   }
-  bool rex_w = false;
+  uint8_t rex = 0;
   if ((bytes[at] & 0xf0) == 0x40) { // REX: the last prefix before the opcode
-    rex_w = bytes[at] & 8;
+    rex = bytes[at];
     ++at;
     if (!more(1))
       return std::nullopt;
   }
+  bool rex_w = rex & 8;
+  uint16_t operand_size = rex_w ? 8 : opsize ? 2 : 4;
+  uint16_t stack_size = opsize ? 2 : 8;
   x86_insn out;
-  uint8_t op = bytes[at++];
+  auto& mem = out.operand;
+  mem.segment = segment;
+  uint8_t op = bytes[at++], op2 = 0;
   one_byte e;
   bool two_byte = op == 0x0f;
   if (two_byte) {
     if (!more(1))
       return std::nullopt;
-    uint8_t op2 = bytes[at++];
+    op2 = bytes[at++];
     if (op2 == 0x38 || op2 == 0x3a) {
       if (!more(1))
         return std::nullopt;
@@ -135,6 +181,14 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
     out.memory = (op >= 0xa4 && op <= 0xa7) || (op >= 0xaa && op <= 0xaf)
                  || (op >= 0x6c && op <= 0x6f) || (op >= 0x50 && op <= 0x57) || op == 0x68
                  || op == 0x6a || op == 0x9c || op == 0xc8 || op == 0xe8;
+    if (op == 0xa4 || op == 0xaa || op == 0x6c)
+      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, 1};
+    else if (op == 0xa5 || op == 0xab)
+      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, operand_size};
+    else if (op == 0x6d)
+      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, uint16_t(opsize ? 2 : 4)};
+    else if ((op >= 0x50 && op <= 0x57) || op == 0x68 || op == 0x6a || op == 0x9c || op == 0xe8)
+      mem = {x86_operand::stack, -1, -1, 1, false, 0, 0, op == 0xe8 ? uint16_t(8) : stack_size};
   }
   if (e.invalid)
     return std::nullopt;
@@ -147,22 +201,40 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
     reg = (modrm >> 3) & 7;
     if (mod != 3) {
       out.memory = true;
+      mem.kind = x86_operand::modrm;
       size_t disp = mod == 1 ? 1 : mod == 2 ? 4 : 0;
       if (rm == 4) { // SIB
         if (!more(1))
           return std::nullopt;
         uint8_t sib = bytes[at++];
+        mem.scale = uint8_t(1u << (sib >> 6));
+        int8_t index = int8_t(((sib >> 3) & 7) | ((rex & 2) << 2));
+        mem.index = index == 4 ? -1 : index; // RSP is no index; R12 is
         if (mod == 0 && (sib & 7) == 5)
-          disp = 4;
+          disp = 4; // no base
+        else
+          mem.base = int8_t((sib & 7) | ((rex & 1) << 3));
       } else if (mod == 0 && rm == 5) {
-        disp = 4; // RIP-relative
+        disp = 4;
+        mem.rip_relative = true;
+      } else {
+        mem.base = int8_t(rm | ((rex & 1) << 3));
       }
       if (!more(disp))
         return std::nullopt;
+      if (disp == 1)
+        mem.disp = int8_t(bytes[at]);
+      else if (disp == 4)
+        mem.disp = int32_t(uint32_t(bytes[at]) | uint32_t(bytes[at + 1]) << 8
+                           | uint32_t(bytes[at + 2]) << 16 | uint32_t(bytes[at + 3]) << 24);
       at += disp;
+      mem.size = two_byte ? two_byte_write_size(op2, reg, operand_size)
+                          : one_byte_write_size(op, operand_size);
     }
-    if (!two_byte && op == 0xff && (reg == 2 || reg == 6))
+    if (!two_byte && op == 0xff && (reg == 2 || reg == 6)) {
       out.memory = true; // call/push through r/m write the stack
+      mem = {x86_operand::stack, -1, -1, 1, false, 0, 0, reg == 2 ? uint16_t(8) : stack_size};
+    }
   }
   size_t n = 0;
   switch (e.immediate) {
@@ -178,9 +250,50 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
   }
   if (!more(n))
     return std::nullopt;
+  if (e.immediate == moffs) {
+    uint64_t a = 0;
+    for (size_t k = 0; k < n; ++k)
+      a |= uint64_t(bytes[at + k]) << (8 * k);
+    mem = {x86_operand::absolute, -1, -1, 1, false, segment, int64_t(a),
+           op == 0xa0 || op == 0xa2 ? uint16_t(1) : operand_size};
+  }
+  if (op == 0xc8)
+    mem.kind = x86_operand::none; // ENTER: its writes depend on its nesting level
+  mem.addr32 = adsize;
   at += n;
   out.length = uint8_t(at);
   return out;
+}
+
+std::optional<uint64_t> written_address(const x86_insn& i, const x86_after& after) {
+  const auto& m = i.operand;
+  uint64_t a = 0;
+  switch (m.kind) {
+    case x86_operand::none:
+      return std::nullopt;
+    case x86_operand::modrm:
+      a = m.rip_relative ? after.rip : m.base >= 0 ? after.gpr[m.base] : 0;
+      if (m.index >= 0)
+        a += after.gpr[m.index] * m.scale;
+      a += uint64_t(m.disp);
+      break;
+    case x86_operand::string: // RDI has moved past the element written
+      a = after.df ? after.gpr[7] + m.size : after.gpr[7] - m.size;
+      break;
+    case x86_operand::stack:
+      a = after.gpr[4];
+      break;
+    case x86_operand::absolute:
+      a = uint64_t(m.disp);
+      break;
+  }
+  if (m.addr32)
+    a = uint32_t(a);
+  if (m.segment == 0x64)
+    a += after.fs_base;
+  else if (m.segment == 0x65)
+    a += after.gs_base;
+  return a;
 }
 
 } // namespace kvmi

@@ -657,8 +657,29 @@ void kvmi_host::unprotect_all() {
   pages_.clear();
 }
 
-// A write watchpoint stopped vCPU `vcpu` after a write at `addr`; true if
-// it was one of ours (a PF event sent, or the write accepted).
+namespace {
+
+kvmi::x86_after after_of(const x86_state& s) {
+  const auto& r = s.regs;
+  kvmi::x86_after a{{r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10,
+                     r.r11, r.r12, r.r13, r.r14, r.r15},
+                    r.rip,
+                    (r.rflags & 0x400) != 0,
+                    s.sregs.fs.base,
+                    s.sregs.gs.base};
+  return a;
+}
+
+} // namespace
+
+// A write watchpoint stopped vCPU `vcpu` after a write to the watchpoint at
+// `addr`; true if it was one of ours (a PF event sent, or the write
+// accepted). The gdbstub names the watchpoint, not the address written: that
+// comes from the writing instruction and the registers after it, as the
+// hardware's fault address would. Failing that, the first byte that differs
+// from the page as kvmid last allowed it, which a write the gdbstub never
+// reported (two vCPUs hitting at once, a stop for another reason in
+// between) can move to the wrong place.
 bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
   for (auto& [page, p] : pages_) {
     for (uint64_t gva : p.gvas) {
@@ -669,17 +690,32 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
         fatal("cannot read a protected page: " + gdb_.error());
         return true;
       }
-      // The first byte the write changed (a write of equal bytes: where it hit).
+      auto st = read_state(vcpu);
+      std::optional<writer> w;
+      if (st)
+        w = find_writer(*st);
       uint64_t off = addr - gva;
-      auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now->begin());
-      if (diff.first != p.bytes.end())
-        off = uint64_t(diff.first - p.bytes.begin());
+      uint16_t size = 0;
+      std::optional<uint64_t> at;
+      if (w && w->insn)
+        at = kvmi::written_address(*w->insn, after_of(*st));
+      auto in_page = [&](uint64_t base) { return at && *at - base < page_size; };
+      auto mapping = std::find_if(p.gvas.begin(), p.gvas.end(), in_page);
+      if (mapping != p.gvas.end()) {
+        off = *at - *mapping;
+        size = uint16_t(std::min<uint64_t>(w->insn->operand.size, page_size - off));
+      } else {
+        auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now->begin());
+        if (diff.first != p.bytes.end())
+          off = uint64_t(diff.first - p.bytes.begin());
+      }
       auto& c = vcpus_[vcpu];
       if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
         c.pf_page = page;
-        auto st = read_state(vcpu);
+        c.pf_offset = uint16_t(off);
+        c.pf_size = size;
         send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0},
-                   st ? std::optional(writer_rip(*st)) : std::nullopt);
+                   w ? std::optional(w->rip) : std::nullopt);
         c.held_since = stopped_at_;
         c.held_by = event_id::pf;
       } else {
@@ -696,29 +732,34 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
 // decoding backwards from RIP: the longest instruction with a memory
 // operand that ends at RIP, or RIP itself when a REP MOVS/STOS there has
 // elements left. Either way RIP + its length is where the guest stopped.
-// RIP as it is when neither fits (outside the kernel image, say).
-uint64_t kvmi_host::writer_rip(const x86_state& s) {
+// RIP as it is, and no instruction, when neither fits (outside the kernel
+// image, say).
+kvmi_host::writer kvmi_host::find_writer(const x86_state& s) {
   constexpr size_t max_insn = 15;
   uint64_t rip = s.regs.rip;
   if (rip < start_kernel_map + max_insn || !text_gva(rip - start_kernel_map - max_insn)
       || !text_gva(rip - start_kernel_map + max_insn))
-    return rip;
+    return {rip, std::nullopt};
   auto bytes = read_physical_raw(rip - start_kernel_map - max_insn, 2 * max_insn);
   if (!bytes)
-    return rip;
+    return {rip, std::nullopt};
   std::span<const uint8_t> b(*bytes);
-  if (auto here = decode_x86_64(b.subspan(max_insn)); here && here->rep_string && s.regs.rcx)
-    return rip;
+  if (auto here = kvmi::decode_x86_64(b.subspan(max_insn)); here && here->rep_string && s.regs.rcx)
+    return {rip, here};
   for (size_t k = max_insn; k >= 1; --k)
-    if (auto i = decode_x86_64(b.subspan(max_insn - k, k)); i && i->length == k && i->memory)
-      return rip - k;
-  return rip;
+    if (auto i = kvmi::decode_x86_64(b.subspan(max_insn - k, k)); i && i->length == k && i->memory)
+      return {rip - k, i};
+  return {rip, std::nullopt};
 }
 
 // The write already happened (a watchpoint stops after the access): what
-// the reply allows is kept, what it refuses is written back.
+// the reply allows is kept, what it refuses is written back. Only the bytes
+// the write covered go back when those are known: a write elsewhere in the
+// page that the gdbstub never reported stands rather than being undone with
+// it.
 void kvmi_host::finish_pf(uint16_t vcpu, action act) {
-  auto it = pages_.find(vcpus_[vcpu].pf_page);
+  auto& c = vcpus_[vcpu];
+  auto it = pages_.find(c.pf_page);
   if (it == pages_.end())
     return; // made writable before the reply (allow-and-unprotect): it stands
   auto& p = it->second;
@@ -731,8 +772,16 @@ void kvmi_host::finish_pf(uint16_t vcpu, action act) {
   }
   // RETRY with the page still protected faults again on hardware, for as
   // long as the page stays so: the write never lands. CRASH: neither.
-  if (*now != p.bytes && !write_physical_raw(it->first, p.bytes))
-    fatal("cannot write a protected page back: " + gdb_.error());
+  size_t from = 0, to = page_size;
+  if (c.pf_size)
+    from = c.pf_offset, to = size_t(c.pf_offset) + c.pf_size;
+  bool written = !std::equal(p.bytes.begin() + from, p.bytes.begin() + to, now->begin() + from);
+  std::copy(p.bytes.begin() + from, p.bytes.begin() + to, now->begin() + from);
+  p.bytes = std::move(*now); // the rest of the page stands
+  if (written
+      && !write_physical_raw(it->first + from,
+                             std::vector<uint8_t>(p.bytes.begin() + from, p.bytes.begin() + to)))
+    return fatal("cannot write a protected page back: " + gdb_.error());
   log("page 0x%s: the write was undone (%s)", hex_addr(it->first).c_str(),
       std::string(name(act)).c_str());
 }

@@ -24,6 +24,7 @@
 #include "proto/codec.hpp"
 #include "proto/handshake.hpp"
 #include "proto/v7/codec.hpp"
+#include "proto/x86_insn.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -81,6 +82,9 @@ private:
     std::optional<kvm_regs> set_regs;
     std::chrono::steady_clock::time_point ev_sent;
     uint64_t pf_page = 0; // the protected page of the PF event waiting
+    // The bytes of that page its write covered, as [pf_offset, pf_offset +
+    // pf_size); pf_size 0 when the write's operand was not worked out.
+    uint16_t pf_offset = 0, pf_size = 0;
     // A BREAKPOINT or PF stop, until the guest resumes (`c`; a v7 re-arm's
     // step in between included): the time an introspector costs the guest.
     std::optional<std::chrono::steady_clock::time_point> held_since;
@@ -143,7 +147,11 @@ private:
   int32_t set_access(uint64_t page, uint8_t access);
   void unprotect_all();
   bool on_watch(uint16_t vcpu, uint64_t addr);
-  uint64_t writer_rip(const x86_state& s);
+  struct writer {
+    uint64_t rip;                       // the writing instruction
+    std::optional<kvmi::x86_insn> insn; // nullopt: not found
+  };
+  writer find_writer(const x86_state& s);
   void finish_pf(uint16_t vcpu, action act);
   void fatal(const std::string& why);
 

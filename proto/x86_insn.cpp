@@ -182,13 +182,13 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
                  || (op >= 0x6c && op <= 0x6f) || (op >= 0x50 && op <= 0x57) || op == 0x68
                  || op == 0x6a || op == 0x9c || op == 0xc8 || op == 0xe8;
     if (op == 0xa4 || op == 0xaa || op == 0x6c)
-      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, 1};
+      mem = {.kind = x86_operand::string, .size = 1};
     else if (op == 0xa5 || op == 0xab)
-      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, operand_size};
+      mem = {.kind = x86_operand::string, .size = operand_size};
     else if (op == 0x6d)
-      mem = {x86_operand::string, -1, -1, 1, false, 0, 0, uint16_t(opsize ? 2 : 4)};
+      mem = {.kind = x86_operand::string, .size = uint16_t(opsize ? 2 : 4)};
     else if ((op >= 0x50 && op <= 0x57) || op == 0x68 || op == 0x6a || op == 0x9c || op == 0xe8)
-      mem = {x86_operand::stack, -1, -1, 1, false, 0, 0, op == 0xe8 ? uint16_t(8) : stack_size};
+      mem = {.kind = x86_operand::stack, .size = op == 0xe8 ? uint16_t(8) : stack_size};
   }
   if (e.invalid)
     return std::nullopt;
@@ -233,7 +233,7 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
     }
     if (!two_byte && op == 0xff && (reg == 2 || reg == 6)) {
       out.memory = true; // call/push through r/m write the stack
-      mem = {x86_operand::stack, -1, -1, 1, false, 0, 0, reg == 2 ? uint16_t(8) : stack_size};
+      mem = {.kind = x86_operand::stack, .size = reg == 2 ? uint16_t(8) : stack_size};
     }
   }
   size_t n = 0;
@@ -254,8 +254,10 @@ std::optional<x86_insn> decode_x86_64(std::span<const uint8_t> bytes) {
     uint64_t a = 0;
     for (size_t k = 0; k < n; ++k)
       a |= uint64_t(bytes[at + k]) << (8 * k);
-    mem = {x86_operand::absolute, -1, -1, 1, false, segment, int64_t(a),
-           op == 0xa0 || op == 0xa2 ? uint16_t(1) : operand_size};
+    mem = {.kind = x86_operand::absolute,
+           .segment = segment,
+           .disp = int64_t(a),
+           .size = op == 0xa0 || op == 0xa2 ? uint16_t(1) : operand_size};
   }
   if (op == 0xc8)
     mem.kind = x86_operand::none; // ENTER: its writes depend on its nesting level

@@ -13,6 +13,25 @@ namespace kvmi::sim {
 
 namespace detail {
 
+latency summarize(const histogram& lat) {
+  latency l;
+  l.count = lat.n;
+  l.p50_us = double(lat.quantile(0.5)) / 1e3;
+  l.p99_us = double(lat.quantile(0.99)) / 1e3;
+  l.p999_us = double(lat.quantile(0.999)) / 1e3;
+  l.max_us = double(lat.max) / 1e3;
+  l.max_ns = lat.max;
+  uint64_t seen = 0;
+  for (size_t i = 0; i < lat.b.size() && lat.n; ++i)
+    if (lat.b[i]) {
+      seen += lat.b[i];
+      double upper = double(std::min(lat.max, histogram::lower(i + 1))) / 1e3;
+      l.cdf.emplace_back(upper, double(seen) / double(lat.n));
+      l.buckets.emplace_back(uint32_t(i), lat.b[i]);
+    }
+  return l;
+}
+
 counters to_counters(const vm_counts& c, protocol dialect) {
   counters r;
   std::copy_n(c.events.begin(), num_events, r.events.begin());
@@ -128,19 +147,21 @@ report host::make_report() const {
     }
   }
   r.total = to_counters(sum, p_->o.dialect);
-  r.event_latency.count = lat.n;
-  r.event_latency.p50_us = double(lat.quantile(0.5)) / 1e3;
-  r.event_latency.p99_us = double(lat.quantile(0.99)) / 1e3;
-  r.event_latency.p999_us = double(lat.quantile(0.999)) / 1e3;
-  r.event_latency.max_us = double(lat.max) / 1e3;
-  uint64_t seen = 0;
-  for (size_t i = 0; i < lat.b.size() && lat.n; ++i)
-    if (lat.b[i]) {
-      seen += lat.b[i];
-      double upper = double(std::min(lat.max, detail::histogram::lower(i + 1))) / 1e3;
-      r.event_latency.cdf.emplace_back(upper, double(seen) / double(lat.n));
-    }
+  r.event_latency = summarize(lat);
   return r;
+}
+
+latency pooled(const std::vector<latency>& runs) {
+  detail::histogram all;
+  for (auto& r : runs) {
+    for (auto [i, n] : r.buckets)
+      if (i < all.b.size()) {
+        all.b[i] += n;
+        all.n += n;
+      }
+    all.max = std::max(all.max, r.max_ns);
+  }
+  return summarize(all);
 }
 
 nlohmann::json to_json(const report& r) {

@@ -236,7 +236,15 @@ struct latency {
   // The whole distribution: (upper bound in us, fraction of events at or
   // below it), one point per non-empty bucket of the log-linear histogram.
   std::vector<std::pair<double, double>> cdf;
+  // The histogram itself, as (bucket, events) for the non-empty buckets,
+  // and its largest value: what pooling several runs needs.
+  std::vector<std::pair<uint32_t, uint64_t>> buckets;
+  uint64_t max_ns = 0;
 };
+
+// The distribution of several runs' events together, as if one run had
+// seen them all.
+latency pooled(const std::vector<latency>& runs);
 
 struct report {
   uint32_t vms = 0, vcpus = 0;

@@ -3,6 +3,7 @@
 // checker must see zero violations, and every event is answered once. Each
 // case runs in the run's dialect (tests/support/test_dialect.hpp; v7: the
 // tool batches as libkvmi does).
+#include "kernel-patches/sim/latency.hpp"
 #include "kernel-patches/sim/sim.hpp"
 #include "proto/v7/codec.hpp"
 #include "proto/v7/handshake.hpp"
@@ -370,6 +371,31 @@ host_run run_until(fleet_tool& tool, const sim::options& o, sim::ms deadline, Do
 
 } // namespace
 
+TEST_CASE("sim: runs pooled give the percentiles of all their events together") {
+  using sim::detail::histogram;
+  auto run = [](uint64_t ns, uint64_t n) {
+    sim::latency l;
+    l.count = n;
+    l.buckets = {{uint32_t(histogram::bucket(ns)), n}};
+    l.max_ns = ns;
+    return l;
+  };
+  // 98 fast events in one run, 2 slow ones in another: the slow ones are
+  // the pool's top 2 %, above its p99 and below its p50 of neither alone.
+  auto p = sim::pooled({run(10'000, 98), run(1'000'000, 2)});
+  CHECK(p.count == 100);
+  CHECK(p.p50_us >= 10.0);
+  CHECK(p.p50_us < 10.5); // a bucket's bound: within 1/64 of the value
+  CHECK(p.p99_us == 1000.0);
+  CHECK(p.max_us == 1000.0);
+  REQUIRE(p.cdf.size() == 2);
+  CHECK(p.cdf[0].second == doctest::Approx(0.98));
+  CHECK(p.cdf[1] == std::pair<double, double>{1000.0, 1.0});
+  auto q = sim::pooled({run(10'000, 100), run(1'000'000, 1)});
+  CHECK(q.p99_us < 10.5); // one slow event in 101 is past the p99
+  CHECK(sim::pooled({}).count == 0);
+}
+
 TEST_CASE("sim: 2,000 vCPUs over 40 VMs against a minimal introspector: zero violations") {
   fleet_tool tool;
   auto o = tool.host_options();
@@ -393,6 +419,13 @@ TEST_CASE("sim: 2,000 vCPUs over 40 VMs against a minimal introspector: zero vio
   // Every event was answered exactly once, or was still waiting when the host stopped.
   CHECK(replies(r) + r.total.unanswered_at_close == total(r.total.events));
   CHECK(r.event_latency.count == replies(r));
+  // Pooled with itself: twice the events, the same distribution.
+  auto twice = sim::pooled({r.event_latency, r.event_latency});
+  CHECK(twice.count == 2 * r.event_latency.count);
+  CHECK(twice.p50_us == r.event_latency.p50_us);
+  CHECK(twice.p99_us == r.event_latency.p99_us);
+  CHECK(twice.max_us == r.event_latency.max_us);
+  CHECK(twice.cdf == r.event_latency.cdf);
   CHECK(tool.cmd_errors == 0);
   CHECK(tool.stream_errors == 0);
   CHECK(tool.events >= total(r.total.events) - r.total.unanswered_at_close);

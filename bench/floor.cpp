@@ -1,6 +1,8 @@
 #include "bench/floor.hpp"
 
 #include <liburing.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +45,35 @@ void check(bool ok, const char* what) {
   if (!ok)
     throw std::runtime_error(std::string(what) + ": " + std::strerror(errno));
 }
+
+// The calling thread on the k-th CPU it may run on, for as long as it
+// lives; where it may run before, restored by the destructor. Nothing
+// changes with fewer than two such CPUs.
+class on_cpu {
+public:
+  explicit on_cpu(int k) {
+    if (sched_getaffinity(0, sizeof(saved_), &saved_) != 0 || CPU_COUNT(&saved_) < 2)
+      return;
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (CPU_ISSET(cpu, &saved_) && seen++ == k) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        pinned_ = pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0;
+        break;
+      }
+  }
+  ~on_cpu() {
+    if (pinned_)
+      pthread_setaffinity_np(pthread_self(), sizeof(saved_), &saved_);
+  }
+  on_cpu(const on_cpu&) = delete;
+  on_cpu& operator=(const on_cpu&) = delete;
+
+private:
+  cpu_set_t saved_{};
+  bool pinned_ = false;
+};
 
 void read_full(int fd, char* p, size_t n) {
   while (n > 0) {
@@ -87,12 +118,14 @@ samples floor_blocking(size_t rounds, size_t event_bytes, size_t reply_bytes) {
   pair(fds);
   // The "kernel" sends an event and waits; the "tool" answers.
   std::thread tool([&] {
+    on_cpu tool_side(1);
     std::vector<char> in(event_bytes), out(reply_bytes, 1);
     for (size_t i = 0; i < rounds; ++i) {
       read_full(fds[1], in.data(), in.size());
       check(::write(fds[1], out.data(), out.size()) == ssize_t(out.size()), "write");
     }
   });
+  on_cpu kernel_side(0); // after the thread starts, which would inherit it
   samples s;
   s.reserve(rounds);
   std::vector<char> ev(event_bytes, 2), rep(reply_bytes);
@@ -112,6 +145,7 @@ samples floor_uring(size_t rounds, size_t event_bytes, size_t reply_bytes) {
   int fds[2];
   pair(fds);
   std::thread tool([&] {
+    on_cpu tool_side(1);
     io_uring ring;
     io_uring_queue_init(8, &ring, 0);
     std::vector<char> in(event_bytes), out(reply_bytes, 1);
@@ -123,6 +157,7 @@ samples floor_uring(size_t rounds, size_t event_bytes, size_t reply_bytes) {
   });
   io_uring ring;
   io_uring_queue_init(8, &ring, 0);
+  on_cpu kernel_side(0); // after the thread starts, which would inherit it
   samples s;
   s.reserve(rounds);
   std::vector<char> ev(event_bytes, 2), rep(reply_bytes);

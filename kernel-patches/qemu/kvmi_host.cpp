@@ -714,11 +714,19 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
         c.pf_page = page;
         c.pf_offset = uint16_t(off);
         c.pf_size = size;
+        log("vcpu %u: write at gpa 0x%s, %s", unsigned(vcpu), hex_addr(page + off).c_str(),
+            size ? join({std::to_string(size), " bytes by the instruction at 0x",
+                         hex_addr(w->rip)}).c_str()
+                 : "its first changed byte");
         send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0},
                    w ? std::optional(w->rip) : std::nullopt);
         c.held_since = stopped_at_;
         c.held_by = event_id::pf;
       } else {
+        log("vcpu %u: write at gpa 0x%s stands: %s", unsigned(vcpu), hex_addr(page + off).c_str(),
+            !hooked_ || unhook_sent_ ? "no session"
+            : c.waiting              ? "its vCPU waits for a reply"
+                                     : "PF events off for its vCPU");
         p.bytes = std::move(*now); // nobody to ask: the write stands
       }
       return true;

@@ -312,6 +312,8 @@ void kvmi_host::on_event_reply(uint32_t seq, uint32_t event, action act) {
   auto& c = vcpus_[i];
   c.waiting = false;
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - c.ev_sent);
+  if (c.set_regs && c.ev == event_id::pf && std::exchange(c.pf_unseen, false))
+    c.set_regs->rip = c.pf_rip;
   if (c.set_regs && !write_regs(i, *c.set_regs))
     log("vcpu %u: SET_REGISTERS not applied: %s", unsigned(i), gdb_.error().c_str());
   c.set_regs.reset();
@@ -325,13 +327,17 @@ void kvmi_host::on_event_reply(uint32_t seq, uint32_t event, action act) {
         (long long)us.count());
   if (act == action::crash) {
     if (c.ev == event_id::pf)
-      finish_pf(i, act);
+      (void)finish_pf(i, act);
     log("vcpu %u: CRASH asked for: the guest is stopped for good", unsigned(i));
     exit_code_ = 2;
     return;
   }
-  if (c.ev == event_id::pf)
-    finish_pf(i, act);
+  if (c.ev == event_id::pf) {
+    auto now = finish_pf(i, act);
+    c.pf_unseen = false;
+    if (now && exit_code_ < 0 && ask_unseen(i, std::move(*now)))
+      return; // the guest stays stopped for that reply too
+  }
   if (c.ev == event_id::breakpoint && act == action::continue_) {
     // v5 re-injects #BP; the gdbstub cannot inject, so the original
     // instruction runs instead (stepped over the breakpoint).
@@ -685,6 +691,10 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
     for (uint64_t gva : p.gvas) {
       if (addr < gva || addr - gva >= page_size)
         continue;
+      if (o_.drop_watch_stops && ++watch_stops_ % o_.drop_watch_stops == 0) {
+        log("vcpu %u: a write watchpoint stop ignored (--drop-watch-stops)", unsigned(vcpu));
+        return true;
+      }
       auto now = read_physical_raw(page, page_size);
       if (!now) {
         fatal("cannot read a protected page: " + gdb_.error());
@@ -718,7 +728,8 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
             size ? join({std::to_string(size), " bytes by the instruction at 0x",
                          hex_addr(w->rip)}).c_str()
                  : "its first changed byte");
-        send_event(vcpu, event_id::pf, event_pf{addr, page + off, page_access_w, 0},
+        uint64_t gva = mapping != p.gvas.end() ? *at : addr;
+        send_event(vcpu, event_id::pf, event_pf{gva, page + off, page_access_w, 0},
                    w ? std::optional(w->rip) : std::nullopt);
         c.held_since = stopped_at_;
         c.held_by = event_id::pf;
@@ -762,36 +773,93 @@ kvmi_host::writer kvmi_host::find_writer(const x86_state& s) {
 
 // The write already happened (a watchpoint stops after the access): what
 // the reply allows is kept, what it refuses is written back. Only the bytes
-// the write covered go back when those are known: a write elsewhere in the
-// page that the gdbstub never reported stands rather than being undone with
-// it.
-void kvmi_host::finish_pf(uint16_t vcpu, action act) {
+// the write covered count, when those are known: a write elsewhere in the
+// page that the gdbstub never reported is neither allowed nor undone with
+// it, but asked about on its own (ask_unseen). Returns the page as the
+// guest now has it; nullopt when it is no longer protected or on failure.
+std::optional<std::vector<uint8_t>> kvmi_host::finish_pf(uint16_t vcpu, action act) {
   auto& c = vcpus_[vcpu];
   auto it = pages_.find(c.pf_page);
   if (it == pages_.end())
-    return; // made writable before the reply (allow-and-unprotect): it stands
+    return std::nullopt; // made writable before the reply (allow-and-unprotect): it stands
   auto& p = it->second;
   auto now = read_physical_raw(it->first, page_size);
-  if (!now)
-    return fatal("cannot read a protected page: " + gdb_.error());
-  if (act == action::continue_) { // v5: the kernel emulates the access
-    p.bytes = std::move(*now);
-    return;
+  if (!now) {
+    fatal("cannot read a protected page: " + gdb_.error());
+    return std::nullopt;
   }
-  // RETRY with the page still protected faults again on hardware, for as
-  // long as the page stays so: the write never lands. CRASH: neither.
   size_t from = 0, to = page_size;
   if (c.pf_size)
     from = c.pf_offset, to = size_t(c.pf_offset) + c.pf_size;
+  if (act == action::continue_) { // v5: the kernel emulates the access
+    std::copy(now->begin() + from, now->begin() + to, p.bytes.begin() + from);
+    return now;
+  }
+  // RETRY with the page still protected faults again on hardware, for as
+  // long as the page stays so: the write never lands. CRASH: neither.
   bool written = !std::equal(p.bytes.begin() + from, p.bytes.begin() + to, now->begin() + from);
   std::copy(p.bytes.begin() + from, p.bytes.begin() + to, now->begin() + from);
-  p.bytes = std::move(*now); // the rest of the page stands
   if (written
       && !write_physical_raw(it->first + from,
-                             std::vector<uint8_t>(p.bytes.begin() + from, p.bytes.begin() + to)))
-    return fatal("cannot write a protected page back: " + gdb_.error());
+                             std::vector<uint8_t>(p.bytes.begin() + from, p.bytes.begin() + to))) {
+    fatal("cannot write a protected page back: " + gdb_.error());
+    return std::nullopt;
+  }
   log("page 0x%s: the write was undone (%s)", hex_addr(it->first).c_str(),
       std::string(name(act)).c_str());
+  return now;
+}
+
+// A write no stop reported landed unasked, where hardware would have
+// faulted on it: with a TCG thread per vCPU two hits at once lose one stop,
+// and with one thread a stop for another reason (a pause) can still come
+// between. `now` is the page of the PF just answered as the guest has it;
+// bytes there that differ from what kvmid allowed are such writes. The
+// first is reported now, on `vcpu` (stopped, just answered), as a PF of its
+// own at its first changed byte, at most 8 bytes (the widest store of the
+// kernel's string and memset paths): kvmid decides it as any other and a
+// RETRY undoes it. Only this page is compared: reading every protected
+// page on every reply would cost each event a page per page protected; a
+// write unseen elsewhere waits for the next PF answered on its page. True
+// if a PF was sent. With no one to ask, the write stands, as in on_watch.
+bool kvmi_host::ask_unseen(uint16_t vcpu, std::vector<uint8_t> now) {
+  auto& c = vcpus_[vcpu];
+  auto it = pages_.find(c.pf_page);
+  if (it == pages_.end() || now.size() != page_size)
+    return false;
+  auto& [page, p] = *it;
+  auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now.begin());
+  if (diff.first == p.bytes.end())
+    return false;
+  auto off = uint16_t(diff.first - p.bytes.begin());
+  uint16_t size = 1;
+  while (size < 8 && off + size < page_size && p.bytes[off + size] != now[off + size])
+    ++size;
+  if (!hooked_ || unhook_sent_ || !(c.events & flag(event_id::pf))) {
+    log("vcpu %u: unreported write at gpa 0x%s stands: %s", unsigned(vcpu),
+        hex_addr(page + off).c_str(),
+        !hooked_ || unhook_sent_ ? "no session" : "PF events off for its vCPU");
+    p.bytes = std::move(now);
+    return false;
+  }
+  auto st = read_state(vcpu);
+  if (!st) {
+    fatal("cannot read registers: " + gdb_.error());
+    return false;
+  }
+  c.pf_offset = off;
+  c.pf_size = size;
+  c.pf_unseen = true;
+  c.pf_rip = st->regs.rip;
+  log("vcpu %u: write at gpa 0x%s, %u bytes, that no stop reported: asked now", unsigned(vcpu),
+      hex_addr(page + off).c_str(), unsigned(size));
+  send_event(vcpu, event_id::pf,
+             event_pf{p.gvas.empty() ? 0 : p.gvas.front() + off, page + off, page_access_w, 0},
+             std::nullopt);
+  if (!c.held_since)
+    c.held_since = stopped_at_;
+  c.held_by = event_id::pf;
+  return true;
 }
 
 int32_t kvmi_host::write_physical(uint64_t gpa, std::vector<uint8_t> data) {

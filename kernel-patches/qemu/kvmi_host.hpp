@@ -47,6 +47,9 @@ struct host_options {
   uint64_t ram_bytes = 256ull << 20;
   unsigned vcpus = 1;
   bool reconnect = true;
+  // Tests: every Nth write watchpoint stop is ignored, as if the gdbstub
+  // had lost it (0: none), so that the write lands unreported.
+  unsigned drop_watch_stops = 0;
 };
 
 // Asked for from outside the loop (signal handlers).
@@ -85,6 +88,11 @@ private:
     // The bytes of that page its write covered, as [pf_offset, pf_offset +
     // pf_size); pf_size 0 when the write's operand was not worked out.
     uint16_t pf_offset = 0, pf_size = 0;
+    // The PF's write was found in the page, not reported by a stop: the
+    // vCPU is long past its instruction, so a SET_REGISTERS in reply (a
+    // tool skipping "the" instruction) keeps RIP where it is.
+    bool pf_unseen = false;
+    uint64_t pf_rip = 0; // RIP when that PF was sent
     // A BREAKPOINT or PF stop, until the guest resumes (`c`; a v7 re-arm's
     // step in between included): the time an introspector costs the guest.
     std::optional<std::chrono::steady_clock::time_point> held_since;
@@ -152,7 +160,8 @@ private:
     std::optional<kvmi::x86_insn> insn; // nullopt: not found
   };
   writer find_writer(const x86_state& s);
-  void finish_pf(uint16_t vcpu, action act);
+  std::optional<std::vector<uint8_t>> finish_pf(uint16_t vcpu, action act);
+  bool ask_unseen(uint16_t vcpu, std::vector<uint8_t> now);
   void fatal(const std::string& why);
 
   host_options o_;
@@ -169,6 +178,7 @@ private:
   bool hooked_ = false, unhooked_ = false, unhook_sent_ = false;
   uint32_t vm_events_ = 0;
   uint32_t ev_seq_ = 0;
+  uint64_t watch_stops_ = 0; // on our pages, for drop_watch_stops
   std::map<uint32_t, uint16_t> pending_; // event seq -> vCPU
   std::vector<uint8_t> scratch_;
   std::chrono::steady_clock::time_point next_connect_{};

@@ -49,6 +49,7 @@ void usage() {
     "  --name NAME          the VM's name in the handshake (qemu-guest)\n"
     "  --protocol v5|v7     the KVMI dialect (v5); v7: QEMU's handshake with an E820 map\n"
     "  --vcpus N --memory MiB (1, 256)  --no-reconnect  --version\n"
+    "  --drop-watch-stops N ignore every Nth write watchpoint stop, as if lost (tests)\n"
     "SIGUSR1 asks for an unhook (UNHOOK event), SIGUSR2 for a new session after one;\n"
     "SIGTERM/SIGINT stop QEMU and exit.\n",
     stderr);
@@ -108,6 +109,7 @@ int main(int argc, char** argv) {
     else if (a == "--vcpus") vm.vcpus = unsigned(std::atoi(value().c_str()));
     else if (a == "--memory") vm.memory_mib = unsigned(std::atoi(value().c_str()));
     else if (a == "--no-reconnect") host.reconnect = false;
+    else if (a == "--drop-watch-stops") host.drop_watch_stops = unsigned(std::atoi(value().c_str()));
     else if (a == "--protocol") {
       auto p = value();
       if (p != "v5" && p != "v7")

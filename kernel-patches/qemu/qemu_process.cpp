@@ -23,8 +23,12 @@ qemu_process::qemu_process(qemu_options o) : o_(std::move(o)) {}
 qemu_process::~qemu_process() { stop(); }
 
 std::vector<std::string> qemu_process::command_line() const {
+  // One TCG thread runs every vCPU in turn: a vCPU's debug stop ends the
+  // turn before another vCPU runs, so two watchpoint hits never race for
+  // the gdbstub's one stop reply (with a thread per vCPU one of them can be
+  // lost, its write landing unreported).
   return {o_.binary,
-          "-accel", "tcg",
+          "-accel", "tcg,thread=single",
           "-m", std::to_string(o_.memory_mib) + "M",
           "-smp", std::to_string(o_.vcpus),
           "-nographic", "-no-reboot",

@@ -154,7 +154,8 @@ void stop_pid(pid_t pid) {
 } // namespace
 
 fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seconds,
-                unsigned sim_threads, const kvmid::nats_options* nats) {
+                unsigned sim_threads, const kvmid::nats_options* nats,
+                std::chrono::microseconds poll) {
   tmpdir dir;
   std::string sock = (dir.p / "kvmi.sock").string();
   std::unique_ptr<kvmid::core> c;
@@ -167,7 +168,9 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     kvmid::core_options co;
     co.policies.policies.push_back(bench_policy());
     c = std::make_unique<kvmid::core>(co);
-    r = std::make_unique<kvmid::net::reactor>();
+    kvmid::net::reactor_options ro;
+    ro.spin = poll;
+    r = std::make_unique<kvmid::net::reactor>(ro);
     kvmid::net::listen_spec s;
     s.path = sock;
     kvmid::kvmi_listener_options lo;
@@ -176,8 +179,7 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
     lo.proto = v7 ? kvmid::protocol::v7 : kvmid::protocol::v5;
     // KVMID_BENCH_RINGS=n: kvmid's sockets over n rings (kvmi_rings.hpp).
     const char* n = std::getenv("KVMID_BENCH_RINGS");
-    rings = std::make_unique<kvmid::kvmi_rings>(*r, n ? std::strtoul(n, nullptr, 10) : 1,
-                                                kvmid::net::reactor_options{});
+    rings = std::make_unique<kvmid::kvmi_rings>(*r, n ? std::strtoul(n, nullptr, 10) : 1, ro);
     rings->add_listener(s, *c, lo);
     if (nats)
       pub = std::make_unique<publishing>(*c, *nats, dir.p / "nats-spool");

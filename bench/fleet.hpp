@@ -32,8 +32,10 @@ struct fleet_run {
 // vms x vcpus, each vCPU drawing guest actions at `rate` per second, for
 // `seconds` after every vCPU is configured. With `nats`, kvmid (not the raw
 // responder) also publishes its bus records to JetStream as configured.
+// `poll`: kvmid's poll_us (reactor_options::spin), 0 as by default.
 fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seconds,
-                unsigned sim_threads = 1, const kvmid::nats_options* nats = nullptr);
+                unsigned sim_threads = 1, const kvmid::nats_options* nats = nullptr,
+                std::chrono::microseconds poll = std::chrono::microseconds{0});
 
 struct memory_run {
   uint64_t base_kib = 0;          // kvmid with no VM

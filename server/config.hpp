@@ -55,8 +55,9 @@ struct config {
   // io_uring threads serving KVMI sockets, each with its VMs' actors
   // (server/kvmi_rings.hpp); 0: one per two cores, 1..8.
   size_t rings = 0;
-  // How long the ring thread polls for a vCPU actor's reply before sleeping
-  // (net::reactor_options::spin); 0, the default, sleeps at once.
+  // How long a ring thread polls for the next event after answering one,
+  // before sleeping (net::reactor_options::spin); 0, the default, sleeps at
+  // once.
   std::chrono::microseconds poll{0};
   // Where kvmid records the INT3s it planted (they outlive a crash in the
   // guest); $STATE_DIRECTORY (systemd) or /var/lib/kvmid when unset.

@@ -114,10 +114,12 @@ struct reactor_options {
   unsigned buffer_count = 512;     // provided recv buffers (multishot)
   unsigned buffer_size = 16384;
   bool force_plain_recv = false;   // tests: take the fallback path even if multishot works
-  // After the ring hands work to other threads, it polls for their answer
-  // this long before sleeping in the kernel, saving the eventfd wakeup. Off
-  // by default: on a 2-core host the polling ring takes the core the actor
-  // needs (bench: 1-vCPU p50 45-55 us off, 68-71 us at 50 us).
+  // After a turn that received data or ran posted work, the ring polls
+  // this long for more (a completion, work another thread posts) before it
+  // sleeps in the kernel: what comes meanwhile is handled without waking
+  // the thread. Off by default, since while work keeps coming the ring
+  // never sleeps and spends a core (config/README.md has the bench's
+  // figures).
   std::chrono::microseconds spin{0};
   // An accept that fails for want of resources (EMFILE, ENFILE, ENOBUFS,
   // ENOMEM) is retried after this delay, doubling up to accept_backoff_max

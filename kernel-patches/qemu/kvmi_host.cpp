@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <poll.h>
+#include <tuple>
 #include <utility>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -678,14 +679,34 @@ kvmi::x86_after after_of(const x86_state& s) {
 
 } // namespace
 
+namespace {
+
+// The first bytes of `now` that differ from `was` (at most 8: the widest
+// store of the kernel's string and memset paths), as [offset, offset +
+// size); nullopt when none differ.
+std::optional<std::pair<uint16_t, uint16_t>> first_change(const std::vector<uint8_t>& was,
+                                                          const std::vector<uint8_t>& now) {
+  auto diff = std::mismatch(was.begin(), was.end(), now.begin(), now.end());
+  if (diff.first == was.end())
+    return std::nullopt;
+  auto off = size_t(diff.first - was.begin());
+  size_t size = 1;
+  while (size < 8 && off + size < was.size() && was[off + size] != now[off + size])
+    ++size;
+  return std::pair{uint16_t(off), uint16_t(size)};
+}
+
+} // namespace
+
 // A write watchpoint stopped vCPU `vcpu` after a write to the watchpoint at
 // `addr`; true if it was one of ours (a PF event sent, or the write
 // accepted). The gdbstub names the watchpoint, not the address written: that
 // comes from the writing instruction and the registers after it, as the
-// hardware's fault address would. Failing that, the first byte that differs
-// from the page as kvmid last allowed it, which a write the gdbstub never
-// reported (two vCPUs hitting at once, a stop for another reason in
-// between) can move to the wrong place.
+// hardware's fault address would. When that does not lead into the page (no
+// instruction decoded, or a stop QEMU delivered late, at the end of a block
+// of instructions, after a lost one left its watchpoint hit pending), the
+// write reported is the first change in the page, as one no stop reported
+// (ask_unseen); and no change, no event.
 bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
   for (auto& [page, p] : pages_) {
     for (uint64_t gva : p.gvas) {
@@ -701,36 +722,41 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
         return true;
       }
       auto st = read_state(vcpu);
-      std::optional<writer> w;
-      if (st)
-        w = find_writer(*st);
-      uint64_t off = addr - gva;
-      uint16_t size = 0;
+      if (!st) {
+        fatal("cannot read registers after a stop: " + gdb_.error());
+        return true;
+      }
+      auto w = find_writer(*st);
       std::optional<uint64_t> at;
-      if (w && w->insn)
-        at = kvmi::written_address(*w->insn, after_of(*st));
+      if (w.insn)
+        at = kvmi::written_address(*w.insn, after_of(*st));
       auto in_page = [&](uint64_t base) { return at && *at - base < page_size; };
       auto mapping = std::find_if(p.gvas.begin(), p.gvas.end(), in_page);
-      if (mapping != p.gvas.end()) {
-        off = *at - *mapping;
-        size = uint16_t(std::min<uint64_t>(w->insn->operand.size, page_size - off));
+      bool seen = mapping != p.gvas.end() && w.insn->operand.size > 0;
+      uint16_t off = 0, size = 0;
+      if (seen) {
+        off = uint16_t(*at - *mapping);
+        size = uint16_t(std::min<uint64_t>(w.insn->operand.size, page_size - off));
+      } else if (auto change = first_change(p.bytes, *now)) {
+        std::tie(off, size) = *change;
       } else {
-        auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now->begin());
-        if (diff.first != p.bytes.end())
-          off = uint64_t(diff.first - p.bytes.begin());
+        log("vcpu %u: a watchpoint stop with no write to report", unsigned(vcpu));
+        return true;
       }
       auto& c = vcpus_[vcpu];
       if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
         c.pf_page = page;
-        c.pf_offset = uint16_t(off);
+        c.pf_offset = off;
         c.pf_size = size;
-        log("vcpu %u: write at gpa 0x%s, %s", unsigned(vcpu), hex_addr(page + off).c_str(),
-            size ? join({std::to_string(size), " bytes by the instruction at 0x",
-                         hex_addr(w->rip)}).c_str()
-                 : "its first changed byte");
-        uint64_t gva = mapping != p.gvas.end() ? *at : addr;
-        send_event(vcpu, event_id::pf, event_pf{gva, page + off, page_access_w, 0},
-                   w ? std::optional(w->rip) : std::nullopt);
+        c.pf_unseen = !seen;
+        c.pf_rip = st->regs.rip;
+        log("vcpu %u: write at gpa 0x%s, %u bytes %s", unsigned(vcpu), hex_addr(page + off).c_str(),
+            unsigned(size),
+            seen ? join({"by the instruction at 0x", hex_addr(w.rip)}).c_str()
+                 : "changed, its instruction unknown");
+        send_event(vcpu, event_id::pf,
+                   event_pf{seen ? *at : p.gvas.front() + off, page + off, page_access_w, 0},
+                   seen ? std::optional(w.rip) : std::nullopt);
         c.held_since = stopped_at_;
         c.held_by = event_id::pf;
       } else {
@@ -811,30 +837,27 @@ std::optional<std::vector<uint8_t>> kvmi_host::finish_pf(uint16_t vcpu, action a
 }
 
 // A write no stop reported landed unasked, where hardware would have
-// faulted on it: with a TCG thread per vCPU two hits at once lose one stop,
-// and with one thread a stop for another reason (a pause) can still come
-// between. `now` is the page of the PF just answered as the guest has it;
-// bytes there that differ from what kvmid allowed are such writes. The
-// first is reported now, on `vcpu` (stopped, just answered), as a PF of its
-// own at its first changed byte, at most 8 bytes (the widest store of the
-// kernel's string and memset paths): kvmid decides it as any other and a
-// RETRY undoes it. Only this page is compared: reading every protected
-// page on every reply would cost each event a page per page protected; a
-// write unseen elsewhere waits for the next PF answered on its page. True
-// if a PF was sent. With no one to ask, the write stands, as in on_watch.
+// faulted on it: QEMU loses a watchpoint stop now and then (two vCPUs
+// hitting at once; a stop for another reason in between), and that vCPU's
+// next hits then stop it late, at the end of a block of instructions whose
+// writes have all landed. `now` is the page of the PF just answered as the
+// guest has it; bytes there that differ from what kvmid allowed are such
+// writes. The first change is reported now, on `vcpu` (stopped, just
+// answered), as a PF of its own: kvmid decides it as any other and a RETRY
+// undoes it. Only this page is compared: reading every protected page on
+// every reply would cost each event a page per page protected; a write
+// unseen elsewhere waits for the next PF answered on its page. True if a
+// PF was sent. With no one to ask, the write stands, as in on_watch.
 bool kvmi_host::ask_unseen(uint16_t vcpu, std::vector<uint8_t> now) {
   auto& c = vcpus_[vcpu];
   auto it = pages_.find(c.pf_page);
   if (it == pages_.end() || now.size() != page_size)
     return false;
   auto& [page, p] = *it;
-  auto diff = std::mismatch(p.bytes.begin(), p.bytes.end(), now.begin());
-  if (diff.first == p.bytes.end())
+  auto change = first_change(p.bytes, now);
+  if (!change)
     return false;
-  auto off = uint16_t(diff.first - p.bytes.begin());
-  uint16_t size = 1;
-  while (size < 8 && off + size < page_size && p.bytes[off + size] != now[off + size])
-    ++size;
+  auto [off, size] = *change;
   if (!hooked_ || unhook_sent_ || !(c.events & flag(event_id::pf))) {
     log("vcpu %u: unreported write at gpa 0x%s stands: %s", unsigned(vcpu),
         hex_addr(page + off).c_str(),

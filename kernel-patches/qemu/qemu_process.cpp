@@ -26,7 +26,7 @@ std::vector<std::string> qemu_process::command_line() const {
   // One TCG thread runs every vCPU in turn: a vCPU's debug stop ends the
   // turn before another vCPU runs, so two watchpoint hits never race for
   // the gdbstub's one stop reply (with a thread per vCPU one of them can be
-  // lost, its write landing unreported).
+  // lost). Stops lost otherwise: kvmi_host::ask_unseen.
   return {o_.binary,
           "-accel", "tcg,thread=single",
           "-m", std::to_string(o_.memory_mib) + "M",

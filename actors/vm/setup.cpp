@@ -124,10 +124,15 @@ static void run_setup(vm_actor* self, uint16_t vcpu) {
       });
     });
   }
-  chain(q, [=] {
+  chain(q, [=, started = s.policy] {
     auto& s2 = self->state;
-    s2.setup_done = true;
     s2.setup_running = false;
+    // A reload while this ran: set up again for the policy now in force,
+    // on the same vCPU (it waits in its event for setup_waiters), rather
+    // than call the VM set up by the old one and drop the new rules.
+    if (s2.policy != started && !s2.closed && !s2.closing && s2.unhook == unhook_phase::none)
+      return run_setup(self, vcpu);
+    s2.setup_done = true;
     publish_snapshot(self);
     for (auto& rp : s2.setup_waiters)
       rp.deliver(s2.policy, s2.snap);

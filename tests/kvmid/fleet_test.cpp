@@ -722,6 +722,45 @@ TEST_CASE("policy reload applies new rules to a connected VM") {
   CHECK(info.value().policy == "guard");
 }
 
+// The reload comes while the VM's first set-up still runs: its
+// SET_PAGE_ACCESS has reached the host, whose reply is slowed down. The new
+// policy's page rule must be applied once that set-up ends, and the old
+// one's undone, not the new policy dropped for the set-up it interrupted.
+TEST_CASE("a policy reload during a VM's set-up applies the new page rules") {
+  auto next = std::make_shared<policy_set>();
+  auto rx = uint8_t(kvmi::page_access_r | kvmi::page_access_x);
+  vm_policy first;
+  first.name = "first";
+  first.match = {"*"};
+  first.pages.push_back({"old", text + 0x1000, 0x1000, rx, pf_action::allow_once});
+  fleet f(
+    one(first),
+    [](sim::options& o) {
+      o.faults.slow_reply_fraction = 1;
+      o.faults.slow_reply_delay = std::chrono::milliseconds(100);
+    },
+    {}, {},
+    [next](core_options& co, kvmi_listener_options&) {
+      co.reload = [next](std::string&) -> std::optional<policy_set> { return *next; };
+    });
+  REQUIRE(f.h->wait_until([&] { return f.h->page_access(0, text + 0x1000) == rx; },
+                          std::chrono::milliseconds(30000)));
+  vm_policy second = first;
+  second.name = "second";
+  second.pages = {{"new", text, 0x1000, rx, pf_action::allow_once}};
+  *next = one(second);
+  REQUIRE(f.call<done>([&](control_api& a, auto cb) { a.reload_policies(cb); }).ok());
+  CHECK(f.h->wait_until([&] { return f.h->page_access(0, text) == rx; },
+                        std::chrono::milliseconds(30000)));
+  CHECK(f.h->wait_until([&] { return f.h->page_access(0, text + 0x1000) == kvmi::page_access_rwx; },
+                        std::chrono::milliseconds(30000)));
+  REQUIRE(f.ready(0));
+  auto info = f.call<vm_info>([&](control_api& a, auto cb) { a.get_vm(f.uuid(0), cb); });
+  REQUIRE(info.ok());
+  CHECK(info.value().policy == "second");
+  CHECK(f.h->make_report().ok());
+}
+
 TEST_CASE("operator breakpoints and page access through the control API") {
   fleet f(one(guard()), {}, {}, [](sim::host& h) { h.guest_write(0, text + 0x200, {0x41}); });
   REQUIRE(f.ready(0, guard_mask()));

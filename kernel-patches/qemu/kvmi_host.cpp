@@ -677,10 +677,6 @@ kvmi::x86_after after_of(const x86_state& s) {
   return a;
 }
 
-} // namespace
-
-namespace {
-
 // The first bytes of `now` that differ from `was` (at most 8: the widest
 // store of the kernel's string and memset paths), as [offset, offset +
 // size); nullopt when none differ.

@@ -810,9 +810,7 @@ std::optional<std::vector<uint8_t>> kvmi_host::finish_pf(uint16_t vcpu, action a
     fatal("cannot read a protected page: " + gdb_.error());
     return std::nullopt;
   }
-  size_t from = 0, to = page_size;
-  if (c.pf_size)
-    from = c.pf_offset, to = size_t(c.pf_offset) + c.pf_size;
+  size_t from = c.pf_offset, to = std::min<size_t>(page_size, size_t(c.pf_offset) + c.pf_size);
   if (act == action::continue_) { // v5: the kernel emulates the access
     std::copy(now->begin() + from, now->begin() + to, p.bytes.begin() + from);
     return now;

@@ -86,7 +86,7 @@ private:
     std::chrono::steady_clock::time_point ev_sent;
     uint64_t pf_page = 0; // the protected page of the PF event waiting
     // The bytes of that page its write covered, as [pf_offset, pf_offset +
-    // pf_size); pf_size 0 when the write's operand was not worked out.
+    // pf_size): from the instruction's operand, else the first change.
     uint16_t pf_offset = 0, pf_size = 0;
     // The PF's write was found in the page, not reported by a stop: the
     // vCPU is long past its instruction, so a SET_REGISTERS in reply (a

@@ -739,29 +739,12 @@ bool kvmi_host::on_watch(uint16_t vcpu, uint64_t addr) {
         log("vcpu %u: a watchpoint stop with no write to report", unsigned(vcpu));
         return true;
       }
-      auto& c = vcpus_[vcpu];
-      if (hooked_ && !unhook_sent_ && !c.waiting && (c.events & flag(event_id::pf))) {
-        c.pf_page = page;
-        c.pf_offset = off;
-        c.pf_size = size;
-        c.pf_unseen = !seen;
-        c.pf_rip = st->regs.rip;
-        log("vcpu %u: write at gpa 0x%s, %u bytes %s", unsigned(vcpu), hex_addr(page + off).c_str(),
-            unsigned(size),
-            seen ? join({"by the instruction at 0x", hex_addr(w.rip)}).c_str()
-                 : "changed, its instruction unknown");
-        send_event(vcpu, event_id::pf,
-                   event_pf{seen ? *at : p.gvas.front() + off, page + off, page_access_w, 0},
-                   seen ? std::optional(w.rip) : std::nullopt);
-        c.held_since = stopped_at_;
-        c.held_by = event_id::pf;
-      } else {
-        log("vcpu %u: write at gpa 0x%s stands: %s", unsigned(vcpu), hex_addr(page + off).c_str(),
-            !hooked_ || unhook_sent_ ? "no session"
-            : c.waiting              ? "its vCPU waits for a reply"
-                                     : "PF events off for its vCPU");
-        p.bytes = std::move(*now); // nobody to ask: the write stands
-      }
+      if (seen)
+        report_write(vcpu, page, p, *now, off, size, *at, w.rip, st->regs.rip,
+                     join({"by the instruction at 0x", hex_addr(w.rip)}));
+      else
+        report_write(vcpu, page, p, *now, off, size, p.gvas.front() + off, std::nullopt,
+                     st->regs.rip, "changed, its instruction unknown");
       return true;
     }
   }
@@ -852,27 +835,40 @@ bool kvmi_host::ask_unseen(uint16_t vcpu, std::vector<uint8_t> now) {
   if (!change)
     return false;
   auto [off, size] = *change;
-  if (!hooked_ || unhook_sent_ || !(c.events & flag(event_id::pf))) {
-    log("vcpu %u: unreported write at gpa 0x%s stands: %s", unsigned(vcpu),
-        hex_addr(page + off).c_str(),
-        !hooked_ || unhook_sent_ ? "no session" : "PF events off for its vCPU");
-    p.bytes = std::move(now);
-    return false;
-  }
   auto st = read_state(vcpu);
   if (!st) {
     fatal("cannot read registers: " + gdb_.error());
     return false;
   }
+  return report_write(vcpu, page, p, now, off, size, p.gvas.front() + off, std::nullopt,
+                      st->regs.rip, "that no stop reported: asked now");
+}
+
+// A write of `size` bytes at `off` in protected page `page` (`p`, `now` as
+// the guest has it), by stopped vCPU `vcpu`: a PF event for it, true; or,
+// with nobody to ask, the page stands as it is, false. writer: the writing
+// instruction's RIP; nullopt for a write whose instruction is unknown (the
+// vCPU, at `rip`, is past it: a SET_REGISTERS in reply keeps RIP).
+bool kvmi_host::report_write(uint16_t vcpu, uint64_t page, protected_page& p,
+                             std::vector<uint8_t>& now, uint16_t off, uint16_t size, uint64_t gva,
+                             std::optional<uint64_t> writer, uint64_t rip, const std::string& how) {
+  auto& c = vcpus_[vcpu];
+  if (!hooked_ || unhook_sent_ || c.waiting || !(c.events & flag(event_id::pf))) {
+    log("vcpu %u: write at gpa 0x%s stands: %s", unsigned(vcpu), hex_addr(page + off).c_str(),
+        !hooked_ || unhook_sent_ ? "no session"
+        : c.waiting              ? "its vCPU waits for a reply"
+                                 : "PF events off for its vCPU");
+    p.bytes = std::move(now); // nobody to ask: the write stands
+    return false;
+  }
+  c.pf_page = page;
   c.pf_offset = off;
   c.pf_size = size;
-  c.pf_unseen = true;
-  c.pf_rip = st->regs.rip;
-  log("vcpu %u: write at gpa 0x%s, %u bytes, that no stop reported: asked now", unsigned(vcpu),
-      hex_addr(page + off).c_str(), unsigned(size));
-  send_event(vcpu, event_id::pf,
-             event_pf{p.gvas.empty() ? 0 : p.gvas.front() + off, page + off, page_access_w, 0},
-             std::nullopt);
+  c.pf_unseen = !writer;
+  c.pf_rip = rip;
+  log("vcpu %u: write at gpa 0x%s, %u bytes %s", unsigned(vcpu), hex_addr(page + off).c_str(),
+      unsigned(size), how.c_str());
+  send_event(vcpu, event_id::pf, event_pf{gva, page + off, page_access_w, 0}, writer);
   if (!c.held_since)
     c.held_since = stopped_at_;
   c.held_by = event_id::pf;

@@ -162,6 +162,9 @@ private:
   writer find_writer(const x86_state& s);
   std::optional<std::vector<uint8_t>> finish_pf(uint16_t vcpu, action act);
   bool ask_unseen(uint16_t vcpu, std::vector<uint8_t> now);
+  bool report_write(uint16_t vcpu, uint64_t page, protected_page& p, std::vector<uint8_t>& now,
+                    uint16_t off, uint16_t size, uint64_t gva, std::optional<uint64_t> writer,
+                    uint64_t rip, const std::string& how);
   void fatal(const std::string& why);
 
   host_options o_;

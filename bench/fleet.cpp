@@ -194,6 +194,9 @@ fleet_run drive(target t, uint32_t vms, uint32_t vcpus, double rate, double seco
   so.vms = vms;
   so.vcpus_per_vm = vcpus;
   so.workload.rate_per_vcpu = rate;
+  // The simulated vCPUs run between exits, as real ones do, rather than
+  // sleep through the microsecond a flat-out workload leaves (sim.hpp).
+  so.workload.spin_below = 50us;
   so.threads = sim_threads;
   so.seed = 3;
   so.dialect = v7 ? sim::protocol::v7 : sim::protocol::v5;

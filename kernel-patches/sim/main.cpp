@@ -31,6 +31,8 @@ void usage() {
     "  --handshake kvmi|qemu-v5            --swapped (other byte order)\n"
     "  --ram MiB --gpu GiB[@online_ms|@never] (repeatable)\n"
     "  --rate N (guest actions/s per vCPU; 0 = scripted only) --duration S\n"
+    "  --spin-us N (waits for the next guest action shorter than N us are\n"
+    "              spun through, as a vCPU runs between exits; 0)\n"
     "  --page-walks (accesses write the accessed bit into the page table at CR3)\n"
     "  --scenario FILE (JSON steps; runs after all VMs are hooked)\n"
     "  --allow-commands MASK --allow-events MASK\n"
@@ -137,6 +139,11 @@ int main(int argc, char** argv) {
         o.memory.gpus.push_back(s);
       } else if (a == "--rate") o.workload.rate_per_vcpu = std::stod(next());
       else if (a == "--duration") duration = std::stod(next());
+      else if (a == "--spin-us") {
+        o.workload.spin_below = us{std::stoll(next())};
+        if (o.workload.spin_below.count() < 0)
+          throw std::invalid_argument("--spin-us wants 0 or more microseconds");
+      }
       else if (a == "--page-walks") o.workload.page_walks = true;
       else if (a == "--scenario") scenario_file = next();
       else if (a == "--allow-commands") o.allowed_commands = static_cast<uint32_t>(std::stoul(next(), nullptr, 0));

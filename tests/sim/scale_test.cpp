@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <fstream>
+#include <filesystem>
 #include <thread>
 #include <unordered_map>
 
@@ -369,6 +371,23 @@ host_run run_until(fleet_tool& tool, const sim::options& o, sim::ms deadline, Do
   return {h.make_report(), reached};
 }
 
+// How often the simulator's event-loop thread has slept so far: the
+// voluntary context switches of the one thread named kvmi-sim.
+uint64_t sim_thread_sleeps() {
+  for (auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(t.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name != "kvmi-sim")
+      continue;
+    std::ifstream st(t.path() / "status");
+    for (std::string line; std::getline(st, line);)
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0)
+        return std::stoull(line.substr(line.find(':') + 1));
+  }
+  return 0;
+}
+
 } // namespace
 
 TEST_CASE("sim: runs pooled give the percentiles of all their events together") {
@@ -429,6 +448,38 @@ TEST_CASE("sim: 2,000 vCPUs over 40 VMs against a minimal introspector: zero vio
   CHECK(tool.cmd_errors == 0);
   CHECK(tool.stream_errors == 0);
   CHECK(tool.events >= total(r.total.events) - r.total.unanswered_at_close);
+}
+
+TEST_CASE("sim: vCPUs that spin between exits run the same workload and the host still stops") {
+  // One workload twice, the second time with every wait for the next guest
+  // action spun through: both answer every event, only the first sleeps on
+  // its event loop for each action.
+  auto run = [](sim::us spin, uint64_t& sleeps) {
+    fleet_tool tool;
+    auto o = tool.host_options();
+    o.vms = 1;
+    o.vcpus_per_vm = 4; // four keep a guest action always due within the spin
+    o.seed = 13;
+    o.workload.rate_per_vcpu = 2000;
+    o.workload.spin_below = spin;
+    return run_until(tool, o, sim::ms{60000}, [&](const sim::report& r) {
+      sleeps = sim_thread_sleeps(); // read while the thread lives: stop() ends it
+      return total(r.total.events) >= 4000;
+    });
+  };
+  uint64_t slept = 0, spun = 0;
+  auto a = run(sim::us{0}, slept);
+  auto b = run(sim::us{1'000'000}, spun);
+  for (auto* r : {&a, &b}) {
+    INFO(to_json(r->report).dump(2));
+    CHECK(r->reached);
+    CHECK(r->report.ok());
+    CHECK(replies(r->report) + r->report.total.unanswered_at_close == total(r->report.total.events));
+  }
+  INFO("slept " << slept << " times, spun " << spun << " times");
+  CHECK(slept >= total(a.report.total.events) / 2);
+  // What is left: waits for the shard lock, which the test's reports take.
+  CHECK(spun < total(b.report.total.events) / 4);
 }
 
 TEST_CASE("sim: chaos: torn frames, slow replies, hot-plug and reconnect storms stay violation-free") {

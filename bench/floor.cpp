@@ -46,35 +46,6 @@ void check(bool ok, const char* what) {
     throw std::runtime_error(std::string(what) + ": " + std::strerror(errno));
 }
 
-// The calling thread on the k-th CPU it may run on, for as long as it
-// lives; where it may run before, restored by the destructor. Nothing
-// changes with fewer than two such CPUs.
-class on_cpu {
-public:
-  explicit on_cpu(int k) {
-    if (sched_getaffinity(0, sizeof(saved_), &saved_) != 0 || CPU_COUNT(&saved_) < 2)
-      return;
-    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu)
-      if (CPU_ISSET(cpu, &saved_) && seen++ == k) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        pinned_ = pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0;
-        break;
-      }
-  }
-  ~on_cpu() {
-    if (pinned_)
-      pthread_setaffinity_np(pthread_self(), sizeof(saved_), &saved_);
-  }
-  on_cpu(const on_cpu&) = delete;
-  on_cpu& operator=(const on_cpu&) = delete;
-
-private:
-  cpu_set_t saved_{};
-  bool pinned_ = false;
-};
-
 void read_full(int fd, char* p, size_t n) {
   while (n > 0) {
     ssize_t r = ::read(fd, p, n);
@@ -112,6 +83,26 @@ void uring_full(io_uring& ring, bool is_send, int fd, char* p, size_t n) {
 }
 
 } // namespace
+
+on_cpu::on_cpu(int k, bool and_later) {
+  if (sched_getaffinity(0, sizeof(saved_), &saved_) != 0 || CPU_COUNT(&saved_) < 2)
+    return;
+  cpu_set_t want;
+  CPU_ZERO(&want);
+  for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &saved_))
+      continue;
+    if (seen == k || (and_later && seen > k))
+      CPU_SET(cpu, &want);
+    ++seen;
+  }
+  pinned_ = CPU_COUNT(&want) > 0 && pthread_setaffinity_np(pthread_self(), sizeof(want), &want) == 0;
+}
+
+on_cpu::~on_cpu() {
+  if (pinned_)
+    pthread_setaffinity_np(pthread_self(), sizeof(saved_), &saved_);
+}
 
 samples floor_blocking(size_t rounds, size_t event_bytes, size_t reply_bytes) {
   int fds[2];

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <sched.h>
+
 namespace bench {
 
 // Round-trip times in nanoseconds, one per exchange.
@@ -33,5 +35,21 @@ struct summary {
 summary summarize(samples s); // sorts its copy
 
 uint64_t now_ns();
+
+// The calling thread, and the threads it starts meanwhile, on the k-th CPU
+// it may run on (and_later: on that one and every later one), for as long
+// as it lives; where it may run before, restored by the destructor.
+// Nothing changes with fewer than two such CPUs.
+class on_cpu {
+public:
+  explicit on_cpu(int k, bool and_later = false);
+  ~on_cpu();
+  on_cpu(const on_cpu&) = delete;
+  on_cpu& operator=(const on_cpu&) = delete;
+
+private:
+  cpu_set_t saved_{};
+  bool pinned_ = false;
+};
 
 } // namespace bench

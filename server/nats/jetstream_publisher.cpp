@@ -4,6 +4,8 @@
 #include "server/control/sse.hpp"
 #include "server/nats/record_subject.hpp"
 
+#include <pthread.h>
+
 #include <cstdio>
 
 namespace kvmid {
@@ -195,6 +197,8 @@ void jetstream_publisher::to_spool(const jetstream_message& m) {
 }
 
 void jetstream_publisher::run() {
+  pthread_setname_np(pthread_self(), "kvmid-nats");
+  run_below_event_path(); // and the ack threads the library starts from here
   std::vector<bus_record> got;
   bool busy = false;
   while (true) {

@@ -5,7 +5,12 @@
 
 #include <nats/nats.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <thread>
 #include <vector>
 
 namespace kvmid {
@@ -38,7 +43,27 @@ std::string failed(const char* what, natsStatus s) {
 
 } // namespace
 
+void run_below_event_path() {
+  errno = 0;
+  int now = getpriority(PRIO_PROCESS, 0); // Linux: this thread
+  if (now == -1 && errno != 0)
+    return;
+  setpriority(PRIO_PROCESS, 0, std::min(19, now + publishing_nice));
+}
+
 std::variant<std::unique_ptr<nats_link>, std::string> nats_link::connect(const nats_options& o) {
+  // The library starts its threads (its global ones too, on first use) from
+  // the thread that calls it: that thread runs below the event path, the
+  // caller not.
+  std::variant<std::unique_ptr<nats_link>, std::string> out;
+  std::thread([&] {
+    run_below_event_path();
+    out = connect_here(o);
+  }).join();
+  return out;
+}
+
+std::variant<std::unique_ptr<nats_link>, std::string> nats_link::connect_here(const nats_options& o) {
   std::unique_ptr<nats_link> l(new nats_link());
   options_guard g;
   if (natsOptions_Create(&g.o) != NATS_OK)

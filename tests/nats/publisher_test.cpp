@@ -14,8 +14,14 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+
 #include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
+#include <sstream>
 
 using namespace kvmid;
 using namespace kvmid::test;
@@ -103,6 +109,26 @@ void check_exactly_once(jetstream_reader& js, const std::string& stream, size_t 
     ids.insert(m.msg_id);
   CHECK(msgs.size() == n);
   CHECK(ids.size() == msgs.size());
+}
+
+// This process's threads: id -> (name, nice).
+std::map<int, std::pair<std::string, int>> threads_now() {
+  std::map<int, std::pair<std::string, int>> out;
+  for (auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(t.path() / "comm"), stat(t.path() / "stat");
+    std::string name, st;
+    std::getline(comm, name);
+    std::getline(stat, st);
+    // After the ")" that ends the name: state is field 3, nice field 19.
+    std::istringstream rest(st.substr(st.rfind(')') + 2));
+    std::string f;
+    for (int i = 3; i < 19 && rest >> f; ++i) {
+    }
+    int nice = 0;
+    rest >> nice;
+    out[std::stoi(t.path().filename())] = {name, nice};
+  }
+  return out;
 }
 
 } // namespace
@@ -283,4 +309,28 @@ TEST_CASE("the spool keeps records across reopening and skips a damaged file") {
   CHECK(!std::filesystem::exists(d.path() / "00000000000000000009.tmp"));
   CHECK(s.append({"a.f", "id5", "{}"}) == spool::append_result::stored);
   CHECK(s.oldest(10).back().second.msg_id == "id5");
+}
+
+TEST_CASE("NATS threads run below the event path and the caller keeps its priority") {
+  running_nats_server();
+  int base = getpriority(PRIO_PROCESS, 0);
+  auto before = threads_now();
+  rig r("nice");
+  r.alerts(3); // the publisher's first publish starts the library's ack threads
+  REQUIRE(wait_until([&] { return r.metric("kvmid_nats_published_total") == 3; }, "3 records acked"));
+  auto after = threads_now();
+  CHECK(getpriority(PRIO_PROCESS, 0) == base);
+  int want = std::min(19, base + publishing_nice);
+  bool publisher = false;
+  size_t fresh = 0;
+  for (auto& [tid, t] : after) {
+    if (before.count(tid))
+      continue;
+    ++fresh;
+    INFO("thread " << tid << " '" << t.first << "' nice " << t.second);
+    CHECK(t.second == want);
+    publisher = publisher || t.first == "kvmid-nats";
+  }
+  CHECK(publisher);
+  CHECK(fresh >= 2); // the publisher and at least the library's reader
 }

@@ -156,7 +156,7 @@ constexpr int latency_slices = 3;
 // The 1-vCPU round trip once more with the ring polling for the next event
 // this long before it sleeps (kvmid's poll_us): what an operator who gives
 // kvmid a core of its own gets for it. Longer than a polled round trip
-// here (about 30 us), so the next event arrives while the ring polls.
+// here (about 20 us), so the next event arrives while the ring polls.
 constexpr std::chrono::microseconds latency_poll{200};
 const std::string polled_name =
   "kvmid, 1 vCPU, poll_us " + std::to_string(latency_poll.count());
